@@ -2,15 +2,11 @@
  * dispatch.c -- picks a backend for a call; "can this call run, and if not,
  * why" (tk_check). FOUNDATION STUB: the kernels issue replaces the bodies.
  */
-#include "kernels.h"
+#include "internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-struct tk_context {
-    tk_backend backend;
-};
 
 int tk_backend_available(tk_backend b) { return b == TK_BACKEND_REF || b == TK_BACKEND_CPU; }
 
