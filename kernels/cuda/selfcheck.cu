@@ -5,7 +5,7 @@
 
 #include <stdio.h>
 
-extern "C" int tkcuda_selfcheck(char *err, size_t errlen);
+#include "internal.h"
 
 __global__ void selfcheck_kernel(int *out, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
