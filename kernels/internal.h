@@ -12,6 +12,10 @@
 
 #include "kernels.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 struct tki_pca_cache; /* per (layer, head) far-field projections; kernels/pca.c */
 
 struct tk_context {
@@ -41,4 +45,7 @@ int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_config *cfg,
                      const tk_stats_request *stats_req, tk_result *res);
 #endif
 
+#ifdef __cplusplus
+}
+#endif
 #endif
