@@ -63,6 +63,9 @@ void tkcpu_mul3(float *y, const float *a, const float *b, float c, int64_t n);
 void tkcpu_add(float *y, const float *x, int64_t n);
 /* y[i] = a y[i] + b x[i] */
 void tkcpu_axpby(float *y, float a, const float *x, float b, int64_t n);
+/* phi[r][0..ld) = phi[parent[r]] * x[last[r]] * ratio[r] for r = 1..R-1 (ld % 16 == 0) */
+void tkcpu_feature_rows(float *phi, int ld, const int32_t *parent, const uint16_t *last,
+                        const float *ratio, int R, const float *x);
 /* sum of x (fp64) */
 double tkcpu_sum(const float *x, int64_t n);
 /* x[i] = kappa_P(s x[i]) = sum_{p<P} (s x[i])^p / p! */

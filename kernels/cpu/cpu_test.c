@@ -176,12 +176,113 @@ static void test_taylor_fallbacks_match_ref_in_probe_and_full_pass_and_leave_o_u
     tu_free(&t);
 }
 
+/* A hybrid call: text tokens then a gh x gw grid, with pre-RoPE q0/k0. */
+static void make_hybrid(tu_call *t, int B, int H, int T, int gh, int gw, int D, int Dv, uint64_t seed) {
+    int N = T + gh * gw;
+    tu_make(t, B, H, N, N, D, Dv, seed, 1.2);
+    tu_add_q0k0(t, seed, 0.3);
+    t->c.text_tokens = T;
+    t->c.grid_h = gh;
+    t->c.grid_w = gw;
+}
+
+static void hybrid_config(tk_config *cfg, int shape, int radius, int combine, int P) {
+    tu_config(cfg);
+    cfg->window_shape = shape;
+    cfg->local_window = radius;
+    cfg->combine = combine;
+    cfg->global_P = P;
+    cfg->global_dim = 8;
+    cfg->pca_samples = 256;
+}
+
+static void test_hybrid_2d_agrees_with_ref_in_both_combine_modes(void) {
+    tu_call t;
+    make_hybrid(&t, 2, 2, 5, 12, 13, 32, 16, 51); /* 161 tokens: tiles of 8x8 cut at the edges */
+    for (int combine = 0; combine < 2; combine++)
+        for (int radius = 1; radius <= 3; radius += 2) {
+            tk_config cfg;
+            hybrid_config(&cfg, TK_WINDOW_2D, radius, combine, 3);
+            char what[64];
+            snprintf(what, sizeof what, "hybrid 2d r=%d combine=%d", radius, combine);
+            check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, what);
+        }
+    tu_free(&t);
+}
+
+static void test_hybrid_1d_agrees_with_ref_with_text_and_odd_lengths(void) {
+    tu_call t;
+    make_hybrid(&t, 1, 3, 3, 10, 15, 16, 16, 52); /* 153 tokens: 1d tiles of 64 cut at the end */
+    for (int combine = 0; combine < 2; combine++) {
+        tk_config cfg;
+        hybrid_config(&cfg, TK_WINDOW_1D, 7, combine, 3);
+        char what[64];
+        snprintf(what, sizeof what, "hybrid 1d combine=%d", combine);
+        check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, what);
+    }
+    tu_free(&t);
+}
+
+static void test_hybrid_with_masks_agrees_with_ref(void) {
+    tu_call t;
+    make_hybrid(&t, 2, 1, 4, 9, 9, 16, 8, 53);
+    uint8_t *m = tu_add_mask(&t);
+    for (int j = 0; j < t.c.B * t.c.Nk; j++) m[j] = (j * 11) % 5 != 2;
+    for (int shape = 0; shape < 2; shape++)
+        for (int combine = 0; combine < 2; combine++) {
+            tk_config cfg;
+            hybrid_config(&cfg, shape, shape ? 2 : 9, combine, 3);
+            char what[64];
+            snprintf(what, sizeof what, "hybrid masked shape=%d combine=%d", shape, combine);
+            check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, what);
+        }
+    tu_free(&t);
+}
+
+static void test_hybrid_edge_settings_agree_with_ref(void) {
+    tu_call t;
+    make_hybrid(&t, 1, 2, 6, 20, 20, 32, 32, 54); /* 406 tokens, default radius 8 */
+    tk_config cfg;
+    hybrid_config(&cfg, TK_WINDOW_2D, 8, TK_COMBINE_NORMALIZED, 3);
+    check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, "radius 8");
+    hybrid_config(&cfg, TK_WINDOW_2D, 0, TK_COMBINE_NORMALIZED, 3);
+    check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, "radius 0 normalized");
+    hybrid_config(&cfg, TK_WINDOW_2D, 0, TK_COMBINE_ADDITIVE, 3);
+    check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, "radius 0 additive");
+    hybrid_config(&cfg, TK_WINDOW_2D, 2, TK_COMBINE_NORMALIZED, 3);
+    cfg.global_weight = 0;
+    check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, "w = 0");
+    hybrid_config(&cfg, TK_WINDOW_2D, 2, TK_COMBINE_NORMALIZED, 2); /* 1+x goes negative: drops */
+    cfg.global_scale_mul = 4;
+    check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, "P = 2, far terms dropped");
+    hybrid_config(&cfg, TK_WINDOW_1D, 30, TK_COMBINE_NORMALIZED, 4);
+    cfg.qk_norm_power = 0.5;
+    cfg.global_weight = 0.3;
+    check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, "P = 4, norm power, w = 0.3");
+    tu_free(&t);
+}
+
+static void test_hybrid_without_q0_k0_uses_q_k_like_ref(void) {
+    tu_call t;
+    make_hybrid(&t, 1, 1, 2, 11, 7, 16, 16, 55);
+    t.c.q0 = t.c.k0 = NULL;
+    tk_config cfg;
+    hybrid_config(&cfg, TK_WINDOW_2D, 2, TK_COMBINE_NORMALIZED, 3);
+    check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, "no q0/k0");
+    tu_free(&t);
+}
+
 static const th_test tests[] = {
     TH_TEST(test_exact_agrees_with_ref_on_odd_shapes_batches_and_masks),
     TH_TEST(test_exact_with_large_logits_stays_finite_and_agrees),
     TH_TEST(test_taylor_agrees_with_ref_across_terms_blocks_and_shapes),
     TH_TEST(test_taylor_q_k_modification_and_scale_agree_with_ref),
     TH_TEST(test_taylor_fallbacks_match_ref_in_probe_and_full_pass_and_leave_o_untouched),
+    TH_TEST(test_hybrid_2d_agrees_with_ref_in_both_combine_modes),
+    TH_TEST(test_hybrid_1d_agrees_with_ref_with_text_and_odd_lengths),
+    TH_TEST(test_hybrid_with_masks_agrees_with_ref),
+    TH_TEST(test_hybrid_edge_settings_agree_with_ref),
+    TH_TEST(test_hybrid_without_q0_k0_uses_q_k_like_ref),
     {0},
 };
 

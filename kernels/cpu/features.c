@@ -67,7 +67,5 @@ void tkcpu_features_block(const tkcpu_fmap *fm, const float *const *rows, const 
     for (int e = 0; e < d; e++)
         for (int j = n; j < ld; j++) x[(size_t)e * ld + j] = 0;
     for (int j = 0; j < ld; j++) phi[j] = 1.0f;
-    for (int r = 1; r < fm->R; r++)
-        tkcpu_mul3(phi + (size_t)r * ld, phi + (size_t)fm->parent[r] * ld,
-                   x + (size_t)fm->last[r] * ld, fm->ratio[r], ld);
+    tkcpu_feature_rows(phi, ld, fm->parent, fm->last, fm->ratio, fm->R, x);
 }
