@@ -15,8 +15,12 @@
  *              4 N K_win D for the local window (K_win = the window's key
  *              count, 289 away from the edges) plus the far field's
  *              2 N R (Dv+1) twice
+ *   threads    exact again with the backend's pool at 1 thread, OpenBLAS's
+ *              own threads (all cores) inside each sgemm instead: which way
+ *              of using both cores wins
  *   crossover  over a range of N (square grids, H=2): exact vs taylor vs
- *              hybrid time per head, and the first N where each beats exact
+ *              hybrid time per head, and the crossover: the smallest N of the
+ *              range from which on each is faster than exact at every N
  *
  * Timings are the best of a few runs (min wall time). Keep it under ~2
  * minutes on 2 cores: the crossover uses H=2.
@@ -165,33 +169,47 @@ int main(void) {
         printf("%-34s %10.1f %12.1f %10.1f\n", "hybrid 2d r=8 g=16 P=3 (R=153)", thy * 1e3, fh / thy / 1e9,
                100 * fh / thy / base);
     printf("exact reaches %.0f%% of the sgemm rate (goal >= 50%%)\n", 100 * fe / te / base);
+
+    /* the same exact call with OpenBLAS threading instead of the pool */
+    setenv("TK_CPU_THREADS", "1", 1);
+    tk_context *ctx1;
+    if (tk_context_open(TK_BACKEND_CPU, &ctx1, err, sizeof err) == 0) {
+        double t1 = time_call(ctx1, &b, TK_MODE_EXACT, 3);
+        printf("%-34s %10.1f %12.1f %10.1f\n", "exact, pool 1 + OpenBLAS threads", t1 * 1e3, fe / t1 / 1e9,
+               100 * fe / t1 / base);
+        tk_context_close(ctx1);
+    }
+    unsetenv("TK_CPU_THREADS");
     free_call(&b);
 
     /* crossover: time per head over N (square grids, no text) */
     static const int sides[] = {16, 24, 32, 48, 64, 96, 128};
     const int HC = 2;
-    int cross_t = 0, cross_h = 0;
+    enum { NS = sizeof sides / sizeof sides[0] };
+    double te_n[NS], tt_n[NS], th_n[NS];
     printf("\n%8s %12s %12s %12s   (ms per head, H=%d)\n", "N", "exact", "taylor", "hybrid", HC);
-    for (size_t s = 0; s < sizeof sides / sizeof sides[0]; s++) {
+    for (int s = 0; s < NS; s++) {
         int n = sides[s] * sides[s];
         make_call(&b, HC, n, D, sides[s]);
         int reps = n <= 4096 ? 3 : 1;
-        double e = time_call(ctx, &b, TK_MODE_EXACT, reps) / HC;
-        double t = time_call(ctx, &b, TK_MODE_TAYLOR, reps) / HC;
-        double h = time_call(ctx, &b, TK_MODE_HYBRID, reps) / HC;
-        printf("%8d %12.2f %12.2f %12.2f\n", n, e * 1e3, t * 1e3, h * 1e3);
-        if (!cross_t && t > 0 && t < e) cross_t = n;
-        if (!cross_h && h > 0 && h < e) cross_h = n;
+        te_n[s] = time_call(ctx, &b, TK_MODE_EXACT, reps) / HC;
+        tt_n[s] = time_call(ctx, &b, TK_MODE_TAYLOR, reps) / HC;
+        th_n[s] = time_call(ctx, &b, TK_MODE_HYBRID, reps) / HC;
+        printf("%8d %12.2f %12.2f %12.2f\n", n, te_n[s] * 1e3, tt_n[s] * 1e3, th_n[s] * 1e3);
         free_call(&b);
     }
-    if (cross_t)
-        printf("taylor beats exact from N = %d tokens\n", cross_t);
-    else
-        printf("taylor does not beat exact up to N = %d tokens\n", sides[6] * sides[6]);
-    if (cross_h)
-        printf("hybrid beats exact from N = %d tokens\n", cross_h);
-    else
-        printf("hybrid does not beat exact up to N = %d tokens\n", sides[6] * sides[6]);
+    const char *names[2] = {"taylor", "hybrid"};
+    double *times[2] = {tt_n, th_n};
+    for (int m = 0; m < 2; m++) {
+        int from = -1;
+        for (int s = NS - 1; s >= 0 && times[m][s] > 0 && times[m][s] < te_n[s]; s--) from = s;
+        if (from >= 0)
+            printf("%s beats exact from N = %d tokens on (measured N = %d..%d)\n", names[m],
+                   sides[from] * sides[from], sides[0] * sides[0], sides[NS - 1] * sides[NS - 1]);
+        else
+            printf("%s does not beat exact at N = %d (the largest measured)\n", names[m],
+                   sides[NS - 1] * sides[NS - 1]);
+    }
     printf("total bench time %.1f s (machine may be shared with other work: timings are noisy)\n",
            now_s() - t_start);
     tk_context_close(ctx);

@@ -272,6 +272,73 @@ static void test_hybrid_without_q0_k0_uses_q_k_like_ref(void) {
     tu_free(&t);
 }
 
+/* cpu and ref report the same stats: the same helpers (kernels/stats.c) run
+ * on outputs that agree to ~1e-6, and denominators summed in float vs fp64. */
+static void near_rel(double a, double b, double tol, const char *what) {
+    TH_CHECKF(fabs(a - b) <= tol * (fabs(b) + 1e-3), "%s: cpu %.9g, ref %.9g", what, a, b);
+}
+
+static void test_stats_of_cpu_match_stats_of_ref(void) {
+    tu_call t;
+    make_hybrid(&t, 1, 2, 4, 10, 10, 32, 32, 61);
+    tk_stats_request sr = {8, 16, 99};
+    for (int mode = 0; mode < 3; mode++) {
+        tk_config cfg;
+        hybrid_config(&cfg, TK_WINDOW_2D, 2, TK_COMBINE_NORMALIZED, 3);
+        cfg.fallback_on_negative = 0;
+        tk_result a, b;
+        size_t n = tu_n(1, 2, t.c.Nq, 32);
+        float *o2 = malloc(n * sizeof *o2);
+        tk_call c = t.c;
+        TH_CHECK(tu_run(TK_BACKEND_REF, &c, &cfg, (tk_mode)mode, &sr, &a) == 0);
+        c.o = o2;
+        TH_CHECK(tu_run(TK_BACKEND_CPU, &c, &cfg, (tk_mode)mode, &sr, &b) == 0);
+        free(o2);
+        TH_EQ_INT(a.reason, TK_REASON_NONE);
+        TH_EQ_INT(b.reason, TK_REASON_NONE);
+        TH_EQ_INT(a.stats.have, b.stats.have);
+        TH_EQ_INT(a.stats.quality_raw.n, b.stats.quality_raw.n);
+        TH_CHECK(b.stats.quality_raw.n > 0);
+        near_rel(b.stats.quality_raw.rel_l2_mean, a.stats.quality_raw.rel_l2_mean, 1e-3, "quality_raw.rel_l2_mean");
+        near_rel(b.stats.quality_eff.rel_l2_max, a.stats.quality_eff.rel_l2_max, 1e-3, "quality_eff.rel_l2_max");
+        near_rel(b.stats.quality_raw.cos_min, a.stats.quality_raw.cos_min, 1e-5, "quality_raw.cos_min");
+        TH_EQ_INT(a.stats.den.n, b.stats.den.n);
+        if (mode != TK_MODE_EXACT) {
+            TH_CHECK(b.stats.den.n > 0);
+            near_rel(b.stats.den.min, a.stats.den.min, 1e-4, "den.min");
+            near_rel(b.stats.den.mean, a.stats.den.mean, 1e-4, "den.mean");
+            TH_EQ_INT(a.stats.den.n_le_eps, b.stats.den.n_le_eps);
+        }
+        TH_EQ_INT(a.stats.qk.n, b.stats.qk.n);
+        near_rel(b.stats.qk.p99, a.stats.qk.p99, 1e-9, "qk.p99");
+        near_rel(b.stats.k_norm_mod.max, a.stats.k_norm_mod.max, 1e-9, "k_norm_mod.max");
+        if (mode == TK_MODE_HYBRID) near_rel(b.stats.window_mass.mean, a.stats.window_mass.mean, 1e-9, "window_mass");
+        if (mode == TK_MODE_EXACT) TH_CHECK(b.stats.quality_raw.rel_l2_max < 1e-5);
+    }
+    tu_free(&t);
+}
+
+/* More threads than items, one thread, and the default: the same answer
+ * (the key chunks and their partial sums change with the thread count). */
+static void test_any_thread_count_gives_the_ref_answer(void) {
+    static const char *counts[] = {"1", "3", "7"};
+    for (int i = 0; i < 3; i++) {
+        setenv("TK_CPU_THREADS", counts[i], 1);
+        tu_call t;
+        tu_make(&t, 1, 1, 90, 333, 16, 16, 71, 1.0);
+        tk_config cfg;
+        tu_config(&cfg);
+        cfg.sub_head_blocks = 2;
+        check_mode(&t, &cfg, TK_MODE_EXACT, EXACT_TOL, counts[i]);
+        check_mode(&t, &cfg, TK_MODE_TAYLOR, TAYLOR_TOL, counts[i]);
+        tu_free(&t);
+        make_hybrid(&t, 1, 1, 3, 9, 11, 16, 16, 72);
+        hybrid_config(&cfg, TK_WINDOW_2D, 2, TK_COMBINE_NORMALIZED, 3);
+        check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, counts[i]);
+        tu_free(&t);
+    }
+}
+
 static const th_test tests[] = {
     TH_TEST(test_exact_agrees_with_ref_on_odd_shapes_batches_and_masks),
     TH_TEST(test_exact_with_large_logits_stays_finite_and_agrees),
@@ -283,6 +350,8 @@ static const th_test tests[] = {
     TH_TEST(test_hybrid_with_masks_agrees_with_ref),
     TH_TEST(test_hybrid_edge_settings_agree_with_ref),
     TH_TEST(test_hybrid_without_q0_k0_uses_q_k_like_ref),
+    TH_TEST(test_stats_of_cpu_match_stats_of_ref),
+    TH_TEST(test_any_thread_count_gives_the_ref_answer),
     {0},
 };
 

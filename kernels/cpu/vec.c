@@ -204,7 +204,8 @@ static inline __attribute__((always_inline)) double hsum(v16f v) {
         return inside;                                                  \
     }
 
-/* Φ rows 1..R-1 from their parents (features.c); ld is a multiple of 16. */
+/* Φ rows 1..R-1 from their parents (features.c): the first cols (a multiple
+ * of 16) columns of rows of stride ld. */
 #define BODY_FEATURE_ROWS                                               \
     {                                                                   \
         for (int r = 1; r < R; r++) {                                   \
@@ -212,7 +213,7 @@ static inline __attribute__((always_inline)) double hsum(v16f v) {
             const float *a = phi + (size_t)parent[r] * ld;              \
             const float *b = x + (size_t)last[r] * ld;                  \
             v16f cv = vsplat(ratio[r]);                                 \
-            for (int i = 0; i < ld; i += VL) vstore(y + i, vload(a + i) * vload(b + i) * cv); \
+            for (int i = 0; i < cols; i += VL) vstore(y + i, vload(a + i) * vload(b + i) * cv); \
         }                                                               \
     }
 
@@ -229,7 +230,7 @@ static inline __attribute__((always_inline)) double hsum(v16f v) {
     attr static int64_t window_mask_##suffix(float *srow, float *krow, const int32_t *cy,          \
                                              const int32_t *cx, int64_t n, int qy, int qx, int rad) \
         BODY_WINDOW_MASK                                                                           \
-    attr static void feature_rows_##suffix(float *phi, int ld, const int32_t *parent,             \
+    attr static void feature_rows_##suffix(float *phi, int ld, int cols, const int32_t *parent,   \
                                            const uint16_t *last, const float *ratio, int R,       \
                                            const float *x) BODY_FEATURE_ROWS
 
@@ -278,9 +279,9 @@ void tkcpu_add(float *y, const float *x, int64_t n) { PICK(add)(y, x, n); }
 void tkcpu_axpby(float *y, float a, const float *x, float b, int64_t n) { PICK(axpby)(y, a, x, b, n); }
 double tkcpu_sum(const float *x, int64_t n) { return PICK(sum)(x, n); }
 void tkcpu_kappa(float *x, int64_t n, float s, int terms) { PICK(kappa)(x, n, s, terms); }
-void tkcpu_feature_rows(float *phi, int ld, const int32_t *parent, const uint16_t *last,
+void tkcpu_feature_rows(float *phi, int ld, int cols, const int32_t *parent, const uint16_t *last,
                         const float *ratio, int R, const float *x) {
-    PICK(feature_rows)(phi, ld, parent, last, ratio, R, x);
+    PICK(feature_rows)(phi, ld, cols, parent, last, ratio, R, x);
 }
 int64_t tkcpu_window_mask(float *srow, float *krow, const int32_t *cy, const int32_t *cx, int64_t n,
                           int qy, int qx, int rad) {
