@@ -199,6 +199,13 @@ static void test_cross_attention_needs_its_knob(void) {
     EXPECT(&t, &cfg, TK_MODE_TAYLOR, TK_REASON_NONE);
     EXPECT(&t, &cfg, TK_MODE_HYBRID, TK_REASON_NONE);
     tu_free(&t);
+    /* more queries than keys: a 1d window of 2 leaves query 13 with no key */
+    tu_make(&t, 1, 1, 14, 10, 8, 8, 6, 0.5);
+    cfg.local_window = 2;
+    EXPECT(&t, &cfg, TK_MODE_HYBRID, TK_REASON_UNSUPPORTED_SHAPE);
+    cfg.local_window = 4;
+    EXPECT(&t, &cfg, TK_MODE_HYBRID, TK_REASON_NONE);
+    tu_free(&t);
 }
 
 static void test_sub_head_blocks_must_divide_D_and_Dv(void) {
