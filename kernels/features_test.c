@@ -180,6 +180,33 @@ static void test_a_feature_count_past_the_limit_is_refused_with_a_message(void) 
     TH_EQ_INT(taylor_feature_count(60000, 200), -1);
 }
 
+/* docs/MATH.md carries a table of R(d,P); it must say what the code does. */
+static void test_the_feature_count_table_of_docs_math_is_current(void) {
+    FILE *f = fopen("docs/MATH.md", "r");
+    if (!f) th_skip("docs/MATH.md not found from %s", "the working directory");
+    char line[512];
+    int in_table = 0, rows = 0, cells = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (strstr(line, "<!-- feature-count-table -->")) { in_table = 1; continue; }
+        if (strstr(line, "<!-- end feature-count-table -->")) break;
+        if (!in_table || line[0] != '|' || line[2] == 'd' || line[1] == '-') continue;
+        char *p = line + 1;
+        int d = (int)strtol(p, &p, 10);
+        for (int P = 1; P <= 6; P++) {
+            p = strchr(p, '|');
+            TH_CHECK(p != NULL);
+            long long r = strtoll(p + 1, &p, 10);
+            TH_CHECKF(r == taylor_feature_count(d, P), "docs/MATH.md says R(%d,%d)=%lld, code %lld", d, P,
+                      r, (long long)taylor_feature_count(d, P));
+            cells++;
+        }
+        rows++;
+    }
+    fclose(f);
+    TH_EQ_INT(rows, 8);
+    TH_EQ_INT(cells, 48);
+}
+
 static const th_test tests[] = {
     TH_TEST(test_inner_product_of_features_equals_kappa_for_random_d_and_P),
     TH_TEST(test_feature_count_matches_the_spec_table),
@@ -188,6 +215,7 @@ static const th_test tests[] = {
     TH_TEST(test_each_feature_is_the_weighted_monomial_of_the_spec),
     TH_TEST(test_float_features_agree_with_double_features),
     TH_TEST(test_a_feature_count_past_the_limit_is_refused_with_a_message),
+    TH_TEST(test_the_feature_count_table_of_docs_math_is_current),
     {0},
 };
 
