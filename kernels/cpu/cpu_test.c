@@ -19,7 +19,9 @@
  *           terms cancel to a tenth), and num/den divides two such sums.
  *   hybrid  1e-4: the local part is as exact; the far part is a P=3 Taylor on
  *           16 dims (as taylor) scaled by w e^{-m} and added to the local sums.
- * Measured errors sit 10-100x below these (printed on failure).
+ * Measured (TK_TEST_VERBOSE=1 prints them): exact <= 1.5e-6, taylor <= 9e-7,
+ * hybrid <= 6e-7 -- 7x to 100x below the thresholds. Removing the far term
+ * of the hybrid moves o by 0.2-1.6, so the hybrid cases do test it.
  */
 #include "harness.h"
 #include "kernels.h"
@@ -339,6 +341,70 @@ static void test_any_thread_count_gives_the_ref_answer(void) {
     }
 }
 
+/* The numerators go straight to o in a second query pass when the buffer
+ * for them cannot be had (TK_CPU_TAYLOR_BUFFER_MAX=0 forces it). */
+static void test_taylor_without_the_numerator_buffer_agrees_and_still_falls_back(void) {
+    setenv("TK_CPU_TAYLOR_BUFFER_MAX", "0", 1);
+    tu_call t;
+    tu_make(&t, 2, 2, 150, 150, 16, 16, 81, 0.8);
+    tk_config cfg;
+    tu_config(&cfg);
+    cfg.sub_head_blocks = 2;
+    check_mode(&t, &cfg, TK_MODE_TAYLOR, TAYLOR_TOL, "two query passes");
+    for (size_t i = 0; i < tu_n(2, 2, 150, 16); i++) t.k[i] *= 4.0f, t.q[i] = -t.k[i] * 2.0f;
+    cfg.terms = 2;
+    cfg.early_probe = 0;
+    tk_result a, b;
+    compare(&t, &cfg, TK_MODE_TAYLOR, &a, &b); /* checks o untouched */
+    TH_EQ_INT(b.reason, TK_REASON_DENOMINATOR_TOO_SMALL);
+    TH_EQ_INT(b.stage, TK_STAGE_FULL);
+    tu_free(&t);
+}
+
+/* The buffered hybrid path (taken when the far sums could near float's
+ * range) gives the same output as the direct one. */
+static void test_hybrid_buffered_path_agrees_with_ref(void) {
+    setenv("TK_CPU_HYBRID_BUFFER", "1", 1);
+    tu_call t;
+    make_hybrid(&t, 1, 2, 3, 9, 10, 16, 16, 82);
+    for (int combine = 0; combine < 2; combine++) {
+        tk_config cfg;
+        hybrid_config(&cfg, TK_WINDOW_2D, 2, combine, 3);
+        check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, combine ? "buffered normalized" : "buffered additive");
+    }
+    tu_free(&t);
+}
+
+/* Huge but finite q0/k0: the far sums overflow float. The cpu then either
+ * agrees with ref or falls back with denominator_invalid leaving o as it was;
+ * it never writes Inf/NaN. */
+static void test_hybrid_overflowing_far_field_never_writes_nonfinite_output(void) {
+    tu_call t;
+    make_hybrid(&t, 1, 1, 2, 8, 8, 16, 16, 83);
+    for (size_t i = 0; i < tu_n(1, 1, t.c.Nq, 16); i++) t.q0[i] *= 3e9f, t.k0[i] *= 3e9f;
+    for (int combine = 0; combine < 2; combine++) {
+        tk_config cfg;
+        hybrid_config(&cfg, TK_WINDOW_2D, 1, combine, 3);
+        cfg.global_scale_mul = 100;
+        size_t n = tu_n(1, 1, t.c.Nq, 16);
+        float *o = malloc(n * sizeof *o);
+        for (size_t i = 0; i < n; i++) o[i] = 5.0f;
+        tk_call c = t.c;
+        c.o = o;
+        tk_result r;
+        TH_CHECK(tu_run(TK_BACKEND_CPU, &c, &cfg, TK_MODE_HYBRID, NULL, &r) == 0);
+        if (getenv("TK_TEST_VERBOSE")) fprintf(stderr, "overflow combine=%d: %s %s\n", combine, tk_reason_name(r.reason), r.detail);
+        if (r.reason == TK_REASON_NONE) {
+            for (size_t i = 0; i < n; i++) TH_CHECKF(isfinite(o[i]), "o[%zu] = %g", i, (double)o[i]);
+        } else {
+            TH_EQ_INT(r.reason, TK_REASON_DENOMINATOR_INVALID);
+            for (size_t i = 0; i < n; i++) TH_CHECKF(o[i] == 5.0f, "fallback wrote o[%zu]", i);
+        }
+        free(o);
+    }
+    tu_free(&t);
+}
+
 static const th_test tests[] = {
     TH_TEST(test_exact_agrees_with_ref_on_odd_shapes_batches_and_masks),
     TH_TEST(test_exact_with_large_logits_stays_finite_and_agrees),
@@ -352,6 +418,9 @@ static const th_test tests[] = {
     TH_TEST(test_hybrid_without_q0_k0_uses_q_k_like_ref),
     TH_TEST(test_stats_of_cpu_match_stats_of_ref),
     TH_TEST(test_any_thread_count_gives_the_ref_answer),
+    TH_TEST(test_taylor_without_the_numerator_buffer_agrees_and_still_falls_back),
+    TH_TEST(test_hybrid_buffered_path_agrees_with_ref),
+    TH_TEST(test_hybrid_overflowing_far_field_never_writes_nonfinite_output),
     {0},
 };
 

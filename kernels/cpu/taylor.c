@@ -340,7 +340,10 @@ int tkcpu_taylor(tkcpu_job *job) {
 
     /* queries: numerators buffered when they fit, else a den-only pass first */
     size_t o_count = (size_t)p->B * p->H * p->Nq * p->Dv;
-    if (o_count * sizeof(float) <= TAYLOR_BUFFER_MAX) t.num = malloc(o_count * sizeof *t.num);
+    size_t buffer_max = TAYLOR_BUFFER_MAX;
+    const char *bm = getenv("TK_CPU_TAYLOR_BUFFER_MAX"); /* tests: 0 forces the two query passes */
+    if (bm && *bm) buffer_max = (size_t)strtoull(bm, NULL, 10);
+    if (o_count * sizeof(float) <= buffer_max) t.num = malloc(o_count * sizeof *t.num);
     int64_t q_items = (int64_t)t.units * t.qblocks;
     run_pass(&t, t.num ? PASS_Q_BOTH : PASS_Q_DEN, q_items);
 
