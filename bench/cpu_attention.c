@@ -151,16 +151,22 @@ int main(void) {
     printf("cpu backend, %s threads (TK_CPU_THREADS), OpenBLAS %d threads for the baseline\n",
            th ? th : "all", openblas_get_num_threads());
     double t_start = now_s();
-    double base = sgemm_rate(2048, 5);
-    printf("\n%-34s %10s %12s %10s\n", "what", "time ms", "GFLOP/s", "% sgemm");
-    printf("%-34s %10s %12.1f %10s\n", "sgemm 2048^3 (baseline)", "-", base / 1e9, "100");
-
+    double base = 0;
     const int H = 8, N = 4096, D = 128, side = 64;
     bcall b;
     make_call(&b, H, N, D, side);
-    double te = time_call(ctx, &b, TK_MODE_EXACT, 3);
+    /* baseline and exact interleaved, best of each: both see the same load */
+    double te = 1e30;
+    for (int rep = 0; rep < 3; rep++) {
+        double r = sgemm_rate(2048, 3);
+        if (r > base) base = r;
+        double t = time_call(ctx, &b, TK_MODE_EXACT, 1);
+        if (t > 0 && t < te) te = t;
+    }
     double tt = time_call(ctx, &b, TK_MODE_TAYLOR, 2);
     double thy = time_call(ctx, &b, TK_MODE_HYBRID, 3);
+    printf("\n%-34s %10s %12s %10s\n", "what", "time ms", "GFLOP/s", "% sgemm");
+    printf("%-34s %10s %12.1f %10s\n", "sgemm 2048^3 (baseline)", "-", base / 1e9, "100");
     double fe = flops_exact(H, N, D), ft = flops_taylor(H, N, D, 4, 4), fh = flops_hybrid(H, N, D, side, 8, 16, 3);
     printf("%-34s %10.1f %12.1f %10.1f\n", "exact  B=1 H=8 N=4096 D=128", te * 1e3, fe / te / 1e9, 100 * fe / te / base);
     if (tt > 0)

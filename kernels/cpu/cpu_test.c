@@ -223,6 +223,14 @@ static void test_hybrid_1d_agrees_with_ref_with_text_and_odd_lengths(void) {
         check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, what);
     }
     tu_free(&t);
+    /* cross attention: 140 queries over 100 keys, every window still holds keys */
+    tu_make(&t, 2, 1, 140, 100, 16, 8, 56, 1.2);
+    tu_add_q0k0(&t, 56, 0.3);
+    t.c.text_tokens = 2;
+    tk_config cfg;
+    hybrid_config(&cfg, TK_WINDOW_1D, 45, TK_COMBINE_NORMALIZED, 3);
+    check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, "hybrid 1d cross attention");
+    tu_free(&t);
 }
 
 static void test_hybrid_with_masks_agrees_with_ref(void) {

@@ -162,10 +162,13 @@ static inline __attribute__((always_inline)) double hsum(v16f v) {
 #define BODY_KAPPA                                                      \
     {                                                                   \
         v16f sv = vsplat(s), one = vsplat(1.0f);                        \
+        float inv[16];                                                  \
+        int top = terms - 1 < 15 ? terms - 1 : 15;                      \
+        for (int p = 1; p <= top; p++) inv[p] = 1.0f / (float)p;        \
         int64_t i = 0;                                                  \
-        for (; i + VL <= n; i += VL) {                                  \
+        for (; top == terms - 1 && i + VL <= n; i += VL) {              \
             v16f y = vload(x + i) * sv, acc = one;                      \
-            for (int p = terms - 1; p >= 1; p--) acc = one + y * acc * vsplat(1.0f / (float)p); \
+            for (int p = top; p >= 1; p--) acc = one + y * acc * vsplat(inv[p]); \
             vstore(x + i, acc);                                         \
         }                                                               \
         for (; i < n; i++) {                                            \
