@@ -26,6 +26,7 @@
 #include "harness.h"
 #include "kernels.h"
 #include "test_util.h"
+#include "cpu/cpu.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -413,6 +414,20 @@ static void test_hybrid_overflowing_far_field_never_writes_nonfinite_output(void
     tu_free(&t);
 }
 
+/* The portable (non-AVX) build of the vector kernels, end to end. */
+static void test_generic_vector_code_gives_the_ref_answer(void) {
+    TH_CHECK(tkcpu_vec_set_isa("generic") == 0);
+    tu_call t;
+    make_hybrid(&t, 1, 2, 3, 9, 11, 32, 32, 91);
+    tk_config cfg;
+    tu_config(&cfg);
+    check_mode(&t, &cfg, TK_MODE_EXACT, EXACT_TOL, "generic exact");
+    check_mode(&t, &cfg, TK_MODE_TAYLOR, TAYLOR_TOL, "generic taylor");
+    hybrid_config(&cfg, TK_WINDOW_2D, 2, TK_COMBINE_NORMALIZED, 3);
+    check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, "generic hybrid");
+    tu_free(&t);
+}
+
 static const th_test tests[] = {
     TH_TEST(test_exact_agrees_with_ref_on_odd_shapes_batches_and_masks),
     TH_TEST(test_exact_with_large_logits_stays_finite_and_agrees),
@@ -429,6 +444,7 @@ static const th_test tests[] = {
     TH_TEST(test_taylor_without_the_numerator_buffer_agrees_and_still_falls_back),
     TH_TEST(test_hybrid_buffered_path_agrees_with_ref),
     TH_TEST(test_hybrid_overflowing_far_field_never_writes_nonfinite_output),
+    TH_TEST(test_generic_vector_code_gives_the_ref_answer),
     {0},
 };
 

@@ -268,6 +268,21 @@ static int level(void) {
     return l;
 }
 
+int tkcpu_vec_set_isa(const char *name) {
+    int want = !strcmp(name, "generic") ? LEVEL_GENERIC
+               : !strcmp(name, "avx2")  ? LEVEL_AVX2
+               : !strcmp(name, "avx512") ? LEVEL_AVX512
+                                         : -1;
+    if (want < 0 || want > cpu_level()) return -1;
+    __atomic_store_n(&level_cached, want, __ATOMIC_RELAXED);
+    return 0;
+}
+
+const char *tkcpu_vec_isa(void) {
+    static const char *const names[] = {"generic", "avx2", "avx512"};
+    return names[level()];
+}
+
 #ifdef HAVE_X86_VARIANTS
 #define PICK(name) (level() == LEVEL_AVX512 ? name##_avx512 : level() == LEVEL_AVX2 ? name##_avx2 : name##_generic)
 #else
