@@ -270,6 +270,18 @@ static void test_hybrid_edge_settings_agree_with_ref(void) {
     cfg.qk_norm_power = 0.5;
     cfg.global_weight = 0.3;
     check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, "P = 4, norm power, w = 0.3");
+    /* schedules of sigma: window 6 -> 1 and weight 1 -> 0 over sigma 1 -> 0, at sigma 0.5 */
+    hybrid_config(&cfg, TK_WINDOW_2D, 2, TK_COMBINE_NORMALIZED, 3);
+    cfg.local_window_max = 6, cfg.local_window_min = 1;
+    cfg.local_window_sigma_high = 1, cfg.local_window_sigma_low = 0;
+    cfg.global_sigma_high = 1, cfg.global_sigma_low = 0;
+    t.c.sigma = 0.5;
+    tk_result a, b;
+    double e = compare(&t, &cfg, TK_MODE_HYBRID, &a, &b);
+    TH_CHECKF(e <= HYBRID_TOL, "schedules: %.3g", e);
+    TH_EQ_INT(b.window, tk_window_at(&cfg, 0.5));
+    TH_NEAR(b.w, 0.5, 1e-12);
+    TH_EQ_INT(a.window, b.window);
     tu_free(&t);
 }
 
