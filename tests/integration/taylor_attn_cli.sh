@@ -112,6 +112,12 @@ for backend in ref cpu; do
     [ -e "$dir/f.npy" ] && fail "sub_head_block_mismatch: an output file was written"
 done
 
+# NaN in q: the library's bad_input reason, a fallback like any other
+{ head -c 128 "$dir/q.npy"; printf '\000\000\300\177'; tail -c +133 "$dir/q.npy"; } > "$dir/qnan.npy"
+run 3 "NaN input" --q "$dir/qnan.npy" --k "$dir/k.npy" --v "$dir/v.npy" --out "$dir/f.npy" --mode exact
+grep -q "bad_input" "$dir/stderr" || fail "NaN input: reason not printed: $(cat "$dir/stderr")"
+[ -e "$dir/f.npy" ] && fail "NaN input: an output file was written"
+
 # ---- exit 2: bad input, no output ----
 run 2 "unknown option" $IN --out "$dir/b.npy" --no-such-knob 1
 run 2 "knob out of range" $IN --out "$dir/b.npy" --terms 99
