@@ -440,6 +440,60 @@ static void test_generic_vector_code_gives_the_ref_answer(void) {
     tu_free(&t);
 }
 
+/* 300 random calls (seeded): modes, shapes, batches, masks, window shapes,
+ * radii, combine modes, terms, blocks, q/k modification, probe and rule
+ * settings. cpu and ref must take the same path and reason and agree within
+ * the thresholds above. Left out: the additive hybrid with an even far P,
+ * where kappa changes sign and D_far passes through zero, so o = N_far/D_far
+ * amplifies float rounding without bound (both backends are right to 1e-7 in
+ * D_far; the quotient is ill-conditioned). */
+static void test_random_calls_agree_with_ref(void) {
+    uint64_t rs = 2026;
+    for (int it = 0; it < 300; it++) {
+        int B = 1 + (int)(tu_next(&rs) % 3), H = 1 + (int)(tu_next(&rs) % 3);
+        tk_mode mode = (tk_mode)(tu_next(&rs) % 3);
+        int shape = (int)(tu_next(&rs) % 2);
+        int T = (int)(tu_next(&rs) % 6), gh = 1 + (int)(tu_next(&rs) % 14), gw = 1 + (int)(tu_next(&rs) % 14);
+        int Nq = T + gh * gw, Nk = Nq;
+        int blocks = 1 + (int)(tu_next(&rs) % 4);
+        int D = blocks * (1 + (int)(tu_next(&rs) % 12)), Dv = blocks * (1 + (int)(tu_next(&rs) % 10));
+        if (mode != TK_MODE_HYBRID && tu_next(&rs) % 3 == 0) Nk = 1 + (int)(tu_next(&rs) % 700);
+        tu_call t;
+        tu_make(&t, B, H, Nq, Nk, D, Dv, 1000 + it, 0.5 + 2 * tu_uniform(&rs));
+        if (mode == TK_MODE_HYBRID) {
+            if (tu_next(&rs) % 2) tu_add_q0k0(&t, it, 0.3);
+            t.c.text_tokens = T, t.c.grid_h = gh, t.c.grid_w = gw;
+        }
+        if (tu_next(&rs) % 3 == 0) {
+            uint8_t *m = tu_add_mask(&t);
+            for (int j = 0; j < B * Nk; j++) m[j] = tu_next(&rs) % 4 != 0;
+        }
+        tk_config cfg;
+        tu_config(&cfg);
+        cfg.terms = 1 + (int)(tu_next(&rs) % 5);
+        cfg.sub_head_blocks = blocks;
+        cfg.fallback_on_negative = (int)(tu_next(&rs) % 2);
+        cfg.early_probe = (int)(tu_next(&rs) % 2);
+        cfg.denom_fallback_frac_limit = tu_next(&rs) % 2 ? 0.3 : 0;
+        cfg.window_shape = shape;
+        cfg.local_window = (int)(tu_next(&rs) % 6);
+        cfg.combine = (int)(tu_next(&rs) % 2);
+        cfg.global_P = 1 + (int)(tu_next(&rs) % 4);
+        cfg.global_dim = 1 + (int)(tu_next(&rs) % 8);
+        cfg.global_weight = 2 * tu_uniform(&rs);
+        cfg.qk_norm_power = tu_next(&rs) % 3 == 0 ? 0.5 : 0;
+        cfg.qk_normalize = tu_next(&rs) % 5 == 0;
+        cfg.pca_samples = 64;
+        if (mode == TK_MODE_HYBRID && cfg.combine == TK_COMBINE_ADDITIVE && cfg.global_P % 2 == 0) cfg.global_P++;
+        tk_result a, b;
+        double e = compare(&t, &cfg, mode, &a, &b);
+        double tol = mode == TK_MODE_EXACT ? EXACT_TOL : mode == TK_MODE_TAYLOR ? TAYLOR_TOL : HYBRID_TOL;
+        TH_CHECKF(e <= tol, "call %d (mode %d, B%d H%d Nq%d Nk%d D%d Dv%d): error %.3g > %.3g", it, (int)mode, B, H,
+                  Nq, Nk, D, Dv, e, tol);
+        tu_free(&t);
+    }
+}
+
 static const th_test tests[] = {
     TH_TEST(test_exact_agrees_with_ref_on_odd_shapes_batches_and_masks),
     TH_TEST(test_exact_with_large_logits_stays_finite_and_agrees),
@@ -457,6 +511,7 @@ static const th_test tests[] = {
     TH_TEST(test_hybrid_buffered_path_agrees_with_ref),
     TH_TEST(test_hybrid_overflowing_far_field_never_writes_nonfinite_output),
     TH_TEST(test_generic_vector_code_gives_the_ref_answer),
+    TH_TEST(test_random_calls_agree_with_ref),
     {0},
 };
 
