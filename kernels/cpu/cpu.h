@@ -130,7 +130,7 @@ int tkcpu_hybrid(tkcpu_job *job);
 
 /* ---- exact.c: online softmax over key blocks, reused by the hybrid ---- */
 
-enum { TKCPU_QBLOCK = 128, TKCPU_KBLOCK = 512 };
+enum { TKCPU_QBLOCK = 256, TKCPU_KBLOCK = 512 };
 
 typedef struct {
     float *qs; /* TKCPU_QBLOCK x D: the scaled queries */

@@ -1,7 +1,7 @@
 /*
  * cpu_test.c -- the cpu backend against the reference (fp64 oracle), per mode,
  * on shapes that are not multiples of the cpu block sizes (query blocks of
- * 128, key blocks of 512, feature blocks of 32..256 tokens, 8x8 grid tiles),
+ * 256, key blocks of 512, feature blocks of 32..256 tokens, 8x8 grid tiles),
  * with batch > 1, key masks, cross attention and both window shapes.
  *
  * The measure is the normalized error ||o_cpu - o_ref|| / ||o_ref|| over the

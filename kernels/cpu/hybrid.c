@@ -8,7 +8,7 @@
  * sums [S|z] += Φ(k^) [V|1] over the kept keys in feature blocks (features.c).
  *
  * Phase O, items (batch*head, tile). A tile is either
- *   full    up to 128 queries whose window is every key (text queries, or
+ *   full    up to 256 queries whose window is every key (text queries, or
  *           radius 0): the exact path's online softmax over all keys
  *           (exact.c), plus w N_far/D_far when combine is additive;
  *   window  up to 64 image queries (1d: consecutive; 2d: an 8x8 block of
