@@ -12,8 +12,9 @@
  *   probe (early_probe)  z = Σ_blocks Φk·1 (sgemv); den of the probe queries
  *                        (tki_sample_indices, the same for every unit) and the
  *                        rule of SPEC 3.1 -> stage probe, before S
- *   keys                 [S|z] += Φk · [V_c | 1]          (sgemm, R x (dv+1))
- *   queries              [num|den] = Φqᵀ · [S|z]          (sgemm, n x (dv+1))
+ *   keys                 S += Φk · V_c  (sgemm, R x dv); z += Φk·1 (sgemv) when
+ *                        the probe did not build z already
+ *   queries              num = Φqᵀ S  (sgemm, n x dv), den = Φqᵀ z  (sgemv)
  *   rule                 over every den of the call -> stage full
  *   o                    num / max(den, eps)
  *
@@ -23,8 +24,10 @@
  * denominators only (sgemv), then for the numerators straight into o.
  *
  * Blocks hold about 2 MiB of Φ (32 to 256 tokens; 64 for R = 6545): Φ stays
- * in L2 between its build and its sgemm. The products are skinny (dv+1 = 33
- * columns for Flux with 4 blocks), so OpenBLAS packs S once per query block.
+ * in L2 between its build and its sgemm. The products are skinny (dv = 32
+ * columns for Flux with 4 blocks), so OpenBLAS packs S once per query block;
+ * z and den are kept out of them (a 33rd column costs OpenBLAS's kernels
+ * more than a separate sgemv: ~6% measured).
  *
  * Parallel items: (unit, key chunk) for the key passes -- a unit's keys are
  * split into chunks with their own partial sums when there are fewer units
@@ -52,9 +55,11 @@ typedef struct {
     int ld;            /* max(fb, fbq) rounded up to 16: the row stride of Φ and X */
     int kchunks;       /* key chunks per unit */
     int qblocks;       /* query blocks per unit (fb queries each) */
-    float *z;          /* [units][R] (probe) */
-    float *S;          /* [units][R][dv+1] */
-    float *partial;    /* [units][kchunks][R][dv+1] or [units][kchunks][R] when kchunks > 1 */
+    float *z;          /* [units][R] */
+    float *S;          /* [units][R][dv] */
+    float *partial;    /* [units][kchunks] blocks of R*dv (S) then R (z), when kchunks > 1 */
+    size_t plen;       /* R*dv + R: one partial block */
+    int z_known;       /* the probe's pass built z: the S pass skips it */
     float *den;        /* [units][Nq] */
     float *num;        /* [B,H,Nq,Dv] buffered numerators, or NULL (two query passes) */
     int64_t *probe;    /* probe query indices */
@@ -95,7 +100,7 @@ static void chunk_range(int Nk, int chunks, int chunk, int *k0, int *k1) {
     *k1 = (int)((int64_t)Nk * (chunk + 1) / chunks);
 }
 
-/* Key passes: z (PASS_Z) or [S|z] (PASS_S) of one (unit, chunk). */
+/* Key passes: z (PASS_Z) or S and, unless known, z (PASS_S) of one (unit, chunk). */
 static void key_item(taylor_ctx *t, int64_t item, int worker) {
     const tki_plan *p = t->p;
     const tk_call *call = t->job->call;
@@ -104,14 +109,21 @@ static void key_item(taylor_ctx *t, int64_t item, int worker) {
     const float *K = (const float *)call->k + (size_t)bh * p->Nk * p->D;
     const float *V = (const float *)call->v + (size_t)bh * p->Nk * p->Dv;
     const uint8_t *keep = call->key_mask ? call->key_mask + (size_t)b * p->Nk : NULL;
-    const int R = t->R, dv = t->dv, w1 = dv + 1;
-    int with_s = t->pass == PASS_S;
-    size_t acc_len = (size_t)R * (with_s ? (size_t)w1 : 1);
-    float *acc = t->kchunks == 1 ? (with_s ? t->S : t->z) + (size_t)unit * acc_len
-                                 : t->partial + (size_t)item * acc_len;
-    memset(acc, 0, acc_len * sizeof *acc);
-    float *phi = t->phi[worker], *vaug = t->vaug[worker];
+    const int R = t->R, dv = t->dv;
+    int with_s = t->pass == PASS_S, with_z = !with_s || !t->z_known;
+    float *accS = NULL, *accZ = NULL;
+    if (t->kchunks == 1) {
+        accS = t->S + (size_t)unit * R * dv;
+        accZ = t->z + (size_t)unit * R;
+    } else {
+        accS = t->partial + (size_t)item * t->plen;
+        accZ = accS + (size_t)R * dv;
+    }
+    if (with_s) memset(accS, 0, (size_t)R * dv * sizeof *accS);
+    if (with_z) memset(accZ, 0, (size_t)R * sizeof *accZ);
+    float *phi = t->phi[worker], *vaug = t->vaug[worker], *ones = t->out[worker];
     int32_t *rows = t->rows[worker];
+    for (int r = 0; r < t->fb; r++) ones[r] = 1.0f;
     int k0, k1;
     chunk_range(p->Nk, t->kchunks, chunk, &k0, &k1);
     int j = k0;
@@ -122,17 +134,12 @@ static void key_item(taylor_ctx *t, int64_t item, int worker) {
         if (n == 0) break;
         build_features(t, K, rows, n, c, worker);
         if (with_s) {
-            for (int r = 0; r < n; r++) {
-                const float *src = V + (size_t)rows[r] * p->Dv + (size_t)c * dv;
-                memcpy(vaug + (size_t)r * w1, src, (size_t)dv * sizeof *src);
-                vaug[(size_t)r * w1 + dv] = 1.0f;
-            }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, w1, n, 1.0f, phi, t->ld, vaug,
-                        w1, 1.0f, acc, w1);
-        } else {
-            for (int r = 0; r < n; r++) vaug[r] = 1.0f;
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, R, n, 1.0f, phi, t->ld, vaug, 1, 1.0f, acc, 1);
+            for (int r = 0; r < n; r++)
+                memcpy(vaug + (size_t)r * dv, V + (size_t)rows[r] * p->Dv + (size_t)c * dv, (size_t)dv * sizeof(float));
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, dv, n, 1.0f, phi, t->ld, vaug, dv, 1.0f,
+                        accS, dv);
         }
+        if (with_z) cblas_sgemv(CblasRowMajor, CblasNoTrans, R, n, 1.0f, phi, t->ld, ones, 1, 1.0f, accZ, 1);
     }
 }
 
@@ -142,7 +149,7 @@ static void key_item(taylor_ctx *t, int64_t item, int worker) {
 static void query_item(taylor_ctx *t, int64_t item, int worker) {
     const tki_plan *p = t->p;
     const tk_call *call = t->job->call;
-    const int R = t->R, dv = t->dv, w1 = dv + 1;
+    const int R = t->R, dv = t->dv;
     int unit, i0, n;
     int32_t *rows = t->rows[worker];
     if (t->pass == PASS_PROBE) {
@@ -170,19 +177,16 @@ static void query_item(taylor_ctx *t, int64_t item, int worker) {
     }
     for (int r = 0; r < n; r++) rows[r] = i0 + r;
     build_features(t, Q, rows, n, c, worker);
-    const float *S = t->S + (size_t)unit * R * w1;
+    const float *S = t->S + (size_t)unit * R * dv, *z = t->z + (size_t)unit * R;
     float *den = t->den + (size_t)unit * p->Nq + i0;
-    if (t->pass == PASS_Q_DEN) {
-        cblas_sgemv(CblasRowMajor, CblasTrans, R, n, 1.0f, phi, t->ld, S + dv, w1, 0.0f, den, 1);
-        return;
-    }
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, w1, R, 1.0f, phi, t->ld, S, w1, 0.0f, out, w1);
+    if (t->pass != PASS_Q_NUM) cblas_sgemv(CblasRowMajor, CblasTrans, R, n, 1.0f, phi, t->ld, z, 1, 0.0f, den, 1);
+    if (t->pass == PASS_Q_DEN) return;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, dv, R, 1.0f, phi, t->ld, S, dv, 0.0f, out, dv);
     float *dst = t->pass == PASS_Q_BOTH ? t->num : (float *)call->o;
     for (int r = 0; r < n; r++) {
         float *o = dst + ((size_t)bh * p->Nq + i0 + r) * p->Dv + (size_t)c * dv;
-        const float *src = out + (size_t)r * w1;
+        const float *src = out + (size_t)r * dv;
         if (t->pass == PASS_Q_BOTH) {
-            den[r] = src[dv];
             memcpy(o, src, (size_t)dv * sizeof *o);
         } else {
             double dn = den[r] <= p->eps ? p->eps : den[r];
@@ -200,14 +204,15 @@ static void taylor_item(void *arg, int64_t item, int worker) {
         query_item(t, item, worker);
 }
 
-/* Sums the chunk partials of every unit into dst ([units][len]). */
-static void reduce_partials(taylor_ctx *t, float *dst, size_t len) {
+/* Sums the chunk partials of every unit: len values at offset off of each
+ * partial block into dst ([units][len]). */
+static void reduce_partials(taylor_ctx *t, float *dst, size_t off, size_t len) {
     if (t->kchunks == 1) return;
     for (int u = 0; u < t->units; u++) {
         float *d = dst + (size_t)u * len;
-        memcpy(d, t->partial + (size_t)u * t->kchunks * len, len * sizeof *d);
-        for (int ch = 1; ch < t->kchunks; ch++)
-            tkcpu_add(d, t->partial + ((size_t)u * t->kchunks + ch) * len, (int64_t)len);
+        const float *first = t->partial + (size_t)u * t->kchunks * t->plen + off;
+        memcpy(d, first, len * sizeof *d);
+        for (int ch = 1; ch < t->kchunks; ch++) tkcpu_add(d, first + (size_t)ch * t->plen, (int64_t)len);
     }
 }
 
@@ -279,11 +284,12 @@ int tkcpu_taylor(tkcpu_job *job) {
         int most = (p->Nk + t.fb - 1) / t.fb;
         if (t.kchunks > most) t.kchunks = most > 0 ? most : 1;
     }
-    const int R = t.R, w1 = t.dv + 1;
-    size_t s_len = (size_t)R * w1;
-    t.S = malloc((size_t)t.units * s_len * sizeof *t.S);
+    const int R = t.R, dv = t.dv;
+    t.plen = (size_t)R * dv + (size_t)R;
+    t.S = malloc((size_t)t.units * R * dv * sizeof *t.S);
+    t.z = malloc((size_t)t.units * R * sizeof *t.z);
     t.den = malloc((size_t)t.units * p->Nq * sizeof *t.den);
-    if (t.kchunks > 1) t.partial = malloc((size_t)t.units * t.kchunks * s_len * sizeof *t.partial);
+    if (t.kchunks > 1) t.partial = malloc((size_t)t.units * t.kchunks * t.plen * sizeof *t.partial);
     t.phi = calloc((size_t)T, sizeof *t.phi);
     t.x = calloc((size_t)T, sizeof *t.x);
     t.vaug = calloc((size_t)T, sizeof *t.vaug);
@@ -291,13 +297,13 @@ int tkcpu_taylor(tkcpu_job *job) {
     t.rows = calloc((size_t)T, sizeof *t.rows);
     t.fac = calloc((size_t)T, sizeof *t.fac);
     t.ptr = calloc((size_t)T, sizeof *t.ptr);
-    int ok = t.fac && t.ptr && t.S && t.den && (t.kchunks == 1 || t.partial) && t.phi && t.x &&
+    int ok = t.fac && t.ptr && t.S && t.z && t.den && (t.kchunks == 1 || t.partial) && t.phi && t.x &&
              t.vaug && t.out && t.rows;
     for (int w = 0; ok && w < T; w++) {
         t.phi[w] = malloc((size_t)R * t.ld * sizeof(float));
         t.x[w] = malloc((size_t)t.d * t.ld * sizeof(float));
-        t.vaug[w] = malloc((size_t)t.ld * w1 * sizeof(float));
-        t.out[w] = malloc((size_t)t.ld * w1 * sizeof(float));
+        t.vaug[w] = malloc((size_t)t.ld * dv * sizeof(float));
+        t.out[w] = malloc((size_t)t.ld * (dv > 1 ? dv : 1) * sizeof(float));
         t.rows[w] = malloc((size_t)t.ld * sizeof(int32_t));
         t.fac[w] = malloc((size_t)t.ld * sizeof(float));
         t.ptr[w] = malloc((size_t)t.ld * sizeof(float *));
@@ -311,8 +317,7 @@ int tkcpu_taylor(tkcpu_job *job) {
     /* early probe */
     if (p->early_probe) {
         t.probe = malloc((size_t)p->probe_samples * sizeof *t.probe);
-        t.z = malloc((size_t)t.units * R * sizeof *t.z);
-        if (!t.probe || !t.z) {
+        if (!t.probe) {
             free_ctx(&t, T);
             return TK_ERR_NOMEM;
         }
@@ -323,7 +328,8 @@ int tkcpu_taylor(tkcpu_job *job) {
             return TK_ERR_NOMEM;
         }
         run_pass(&t, PASS_Z, (int64_t)t.units * t.kchunks);
-        reduce_partials(&t, t.z, (size_t)R);
+        reduce_partials(&t, t.z, (size_t)R * dv, (size_t)R);
+        t.z_known = 1;
         run_pass(&t, PASS_PROBE, t.units);
         int64_t n_le = 0, n_bad = 0, n_all = (int64_t)t.units * t.n_probe;
         for (int64_t i = 0; i < n_all; i++) {
@@ -340,7 +346,8 @@ int tkcpu_taylor(tkcpu_job *job) {
 
     /* keys: [S|z] */
     run_pass(&t, PASS_S, (int64_t)t.units * t.kchunks);
-    reduce_partials(&t, t.S, s_len);
+    reduce_partials(&t, t.S, 0, (size_t)R * dv);
+    if (!t.z_known) reduce_partials(&t, t.z, (size_t)R * dv, (size_t)R);
 
     /* queries: numerators buffered when they fit, else a den-only pass first */
     size_t o_count = (size_t)p->B * p->H * p->Nq * p->Dv;
