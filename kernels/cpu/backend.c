@@ -63,6 +63,14 @@ int tkcpu_attention(tk_context *ctx, const tk_call *call, const tk_config *cfg, 
         snprintf(res->detail, sizeof res->detail, "%s", err);
         return TK_OK;
     }
+    /* work items are counted in int64 but a head index (b*H + h, times the
+     * sub-head blocks) is an int here */
+    if ((int64_t)plan.B * plan.H * (plan.blocks > 0 ? plan.blocks : 1) > INT32_MAX / 2) {
+        res->reason = TK_REASON_UNSUPPORTED_SHAPE;
+        snprintf(res->detail, sizeof res->detail, "cpu backend: B*H = %lld heads is too many",
+                 (long long)plan.B * plan.H);
+        return TK_OK;
+    }
     res->R = plan.R;
     res->window = mode == TK_MODE_HYBRID ? plan.win.radius : -1;
     res->w = mode == TK_MODE_HYBRID ? plan.w : 0;
