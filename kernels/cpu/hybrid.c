@@ -235,9 +235,14 @@ static void window_tile(hyb *H_, worker_scratch *w, int unit, const tile *t) {
         const float *src = Q + (size_t)qi[r] * D;
         for (int e = 0; e < D; e++) w->qs[(size_t)r * D + e] = src[e] * c0;
     }
-    for (int c = 0; c < nc; c++) {
-        memcpy(w->kc + (size_t)c * D, K + (size_t)w->cand[c] * D, (size_t)D * sizeof(float));
-        memcpy(w->vc + (size_t)c * Dv, V + (size_t)w->cand[c] * Dv, (size_t)Dv * sizeof(float));
+    for (int c = 0; c < nc;) { /* one copy per run of consecutive keys (a grid row) */
+        int e = c + 1;
+        while (e < nc && w->cand[e] == w->cand[e - 1] + 1) e++;
+        memcpy(w->kc + (size_t)c * D, K + (size_t)w->cand[c] * D, (size_t)(e - c) * D * sizeof(float));
+        memcpy(w->vc + (size_t)c * Dv, V + (size_t)w->cand[c] * Dv, (size_t)(e - c) * Dv * sizeof(float));
+        if (normalized_far)
+            memcpy(w->khc + (size_t)c * g, kh + (size_t)w->cand[c] * g, (size_t)(e - c) * g * sizeof(float));
+        c = e;
     }
     if (nc == 0) { /* an empty window (1d cross attention past the keys): no local term */
         w->s[0] = -INFINITY;
@@ -247,7 +252,6 @@ static void window_tile(hyb *H_, worker_scratch *w, int unit, const tile *t) {
     }
     if (normalized_far && nc > 0) {
         for (int r = 0; r < n; r++) memcpy(w->qhc + (size_t)r * g, qh + (size_t)qi[r] * g, (size_t)g * sizeof(float));
-        for (int c = 0; c < nc; c++) memcpy(w->khc + (size_t)c * g, kh + (size_t)w->cand[c] * g, (size_t)g * sizeof(float));
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nc, g, 1.0f, w->qhc, g, w->khc, g, 0.0f, w->kap, nc);
         tkcpu_kappa(w->kap, (int64_t)n * nc, (float)p->s, p->terms);
     }
