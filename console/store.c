@@ -42,7 +42,7 @@ typedef struct {
 static const col_def step_cols[] = {
     SC(sigma, COL_DOUBLE, 0),
     SC(wall_ms, COL_DOUBLE, 0),
-    SC(attn_ms, COL_DOUBLE, TP_HAVE_TIME),
+    SC(attn_ms, COL_DOUBLE, 0), /* always sent for a step */
     SC(config_version, COL_U32, 0),
     SC(calls, COL_INT, 0),
     SC(n_exact, COL_INT, 0),
