@@ -223,6 +223,15 @@ uint64_t tc_synth_last_seq(tc_synth *s) {
     return n;
 }
 
+void tc_synth_new_run(tc_synth *s, const char *run_id) {
+    pthread_mutex_lock(&s->mu);
+    snprintf(s->run_id, sizeof s->run_id, "%s", run_id);
+    s->seq = 0;
+    s->step = -1;
+    for (int i = 0; i < s->ring_len; i++) s->ring[i].seq = 0;
+    pthread_mutex_unlock(&s->mu);
+}
+
 void tc_synth_hold_back(tc_synth *s, int count) {
     pthread_mutex_lock(&s->mu);
     s->hold_back = count;
