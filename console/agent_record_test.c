@@ -2,6 +2,7 @@
  * the real agent (ta_*, ref backend, a tiny model) over ipc. The commands
  * are run as the built program ($BUILD/bin/taylorscope). */
 #include <math.h>
+#include <signal.h>
 #include <nng/nng.h>
 #include <nng/supplemental/util/platform.h>
 #include <stdarg.h>
@@ -265,10 +266,89 @@ static void test_the_history_commands_read_a_recorded_run(void) {
     ta_close(a);
 }
 
+static pid_t spawn_recorder(const char *url, const char *db) {
+    const char *bin = program();
+    pid_t pid = fork();
+    TH_CHECK(pid >= 0);
+    if (pid == 0) {
+        freopen("/dev/null", "w", stderr);
+        execl(bin, bin, "record", url, "--db", db, "--runs", "1", (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static void wait_subscribed(ta_agent *a) {
+    double end = mono_s() + 5;
+    while (ta_subscribers(a) < 1 && mono_s() < end) nng_msleep(10);
+    TH_CHECK(ta_subscribers(a) >= 1);
+    nng_msleep(50);
+}
+
+static void test_kill_9_of_taylorscope_record_then_restart_continues_the_run(void) {
+    ta_agent *a = open_agent("kill");
+    char db_path[512], err[256];
+    snprintf(db_path, sizeof db_path, "%s/kill.db", th_tmpdir());
+    pid_t rec = spawn_recorder(ta_endpoint(a), db_path);
+    wait_subscribed(a);
+    TH_CHECK(ta_run_begin(a, 20, "tiny-model", "euler", err, sizeof err) == 0);
+    int k = 0;
+    for (; k < 8; k++) {
+        host_step(a, k, 1.0 - k / 20.0);
+        nng_msleep(5);
+    }
+    sqlite3 *db;
+    TH_CHECK(sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK);
+    sqlite3_busy_timeout(db, 2000);
+    double end = mono_s() + 5;
+    while (one_int(db, "SELECT count(*) FROM steps") < 4 && mono_s() < end) nng_msleep(10);
+    sqlite3_close(db);
+    for (; k < 10; k++) host_step(a, k, 1.0 - k / 20.0);
+    kill(rec, SIGKILL);
+    int status;
+    waitpid(rec, &status, 0);
+    TH_CHECK(WIFSIGNALED(status));
+    /* consistent, whole steps only, the run still running */
+    TH_CHECK(sqlite3_open(db_path, &db) == SQLITE_OK);
+    TH_EQ_INT(one_int(db, "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check = 'ok'"), 1);
+    long long committed = one_int(db, "SELECT count(*) FROM steps");
+    TH_CHECKF(committed >= 4, "%lld steps committed", committed);
+    TH_EQ_INT(one_int(db, "SELECT count(*) FROM layers"), committed * LAYERS);
+    TH_EQ_INT(one_int(db, "SELECT status = 'running' FROM runs"), 1);
+    sqlite3_close(db);
+    for (; k < 14; k++) host_step(a, k, 1.0 - k / 20.0); /* nobody records these */
+    rec = spawn_recorder(ta_endpoint(a), db_path);
+    wait_subscribed(a);
+    for (; k < 20; k++) host_step(a, k, 1.0 - k / 20.0);
+    TH_CHECK(ta_run_end(a, TA_RUN_FINISHED, "") == 0);
+    /* --runs 1: the recorder exits once the run ended */
+    end = mono_s() + 10;
+    int done = 0;
+    while (!done && mono_s() < end) {
+        done = waitpid(rec, &status, WNOHANG) == rec;
+        if (!done) nng_msleep(20);
+    }
+    if (!done) kill(rec, SIGKILL), waitpid(rec, &status, 0);
+    TH_CHECK(done && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    TH_CHECK(sqlite3_open(db_path, &db) == SQLITE_OK);
+    TH_EQ_INT(one_int(db, "SELECT count(*) FROM runs"), 1);
+    char sql[256];
+    snprintf(sql, sizeof sql, "SELECT status = 'finished' AND agent_run_id = '%s' FROM runs", ta_run_id(a));
+    TH_EQ_INT(one_int(db, sql), 1);
+    TH_EQ_INT(one_int(db, "SELECT count(*) FROM steps WHERE step BETWEEN 0 AND 19"), 20);
+    TH_EQ_INT(one_int(db, "SELECT count(*) FROM layers"), 20 * LAYERS);
+    TH_CHECK(one_int(db, "SELECT count(*) FROM gaps WHERE recovered = 1") >= 1);
+    TH_EQ_INT(one_int(db, "SELECT count(*) FROM gaps WHERE recovered = 0"), 0);
+    TH_EQ_INT(one_int(db, "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check = 'ok'"), 1);
+    sqlite3_close(db);
+    ta_close(a);
+}
+
 static const th_test tests[] = {
     TH_TEST(test_a_real_agent_run_is_recorded_end_to_end),
     TH_TEST(test_set_out_of_range_prints_the_agents_error_and_changes_nothing),
     TH_TEST(test_tap_prints_one_line_per_message),
+    TH_TEST(test_kill_9_of_taylorscope_record_then_restart_continues_the_run),
     TH_TEST(test_the_history_commands_read_a_recorded_run),
     {0},
 };
