@@ -259,6 +259,13 @@ static void test_the_history_commands_read_a_recorded_run(void) {
     TH_CHECKF(rc == 1 && strstr(out, "no database"), "exit %d: %s", rc, out);
     rc = run_cmd(out, sizeof out, "show 1 --db /etc/passwd");
     TH_CHECKF(rc == 1 && strstr(out, "not a SQLite database"), "exit %d: %s", rc, out);
+    char fresh[600];
+    snprintf(fresh, sizeof fresh, "%s/never.db", th_tmpdir());
+    rc = run_cmd(out, sizeof out, "record not-a-url --db '%s'", fresh);
+    struct stat sb;
+    TH_CHECKF(rc == 2 && strstr(out, "unsupported URL") && stat(fresh, &sb) != 0, "exit %d: %s", rc, out);
+    rc = run_cmd(out, sizeof out, "tap");
+    TH_CHECKF(rc == 2 && strstr(out, "no URL"), "exit %d: %s", rc, out);
     sqlite3 *d;
     TH_CHECK(sqlite3_open(db, &d) == SQLITE_OK);
     TH_EQ_INT(one_int(d, "SELECT count(*) FROM steps"), 6);
