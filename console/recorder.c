@@ -305,6 +305,12 @@ static int handle(tc_recorder *r, source *s, tp_msg *m, int replayed, char *err,
 static uint64_t replay_range(tc_recorder *r, source *s, const char *run_id, uint64_t from, uint64_t to,
                              char *err, size_t errlen) {
     uint64_t missing = 0;
+    /* no ring holds more than this: do not ask for what cannot be there */
+    const uint64_t max_replay = 65536;
+    if (to - from + 1 > max_replay) {
+        missing += to - from + 1 - max_replay;
+        from = to - max_replay + 1;
+    }
     for (uint64_t a = from; a <= to && !r->failed;) {
         uint64_t b = to - a + 1 > (uint64_t)r->o.replay_chunk ? a + (uint64_t)r->o.replay_chunk - 1 : to;
         tp_request q;
@@ -327,7 +333,10 @@ static uint64_t replay_range(tc_recorder *r, source *s, const char *run_id, uint
         }
         if (!rep.ok) {
             note(r, "%s: replay of %s seq %llu..%llu refused: %s", s->url, run_id, (unsigned long long)a,
-                 (unsigned long long)b, rep.error);
+                 (unsigned long long)to, rep.error);
+            tp_reply_free(&rep);
+            missing += to - a + 1;
+            break; /* e.g. not the agent's current run: none of it will come */
         } else {
             for (int i = 0; i < rep.n_messages && !r->failed; i++) {
                 tp_msg m;
