@@ -662,12 +662,15 @@ static void to_tk_call(const ta_agent *a, const ta_call *c, int layer, tk_call *
     t->q = c->q, t->k = c->k, t->v = c->v, t->q0 = c->q0, t->k0 = c->k0;
     t->key_mask = c->key_mask;
     t->o = c->o;
-    t->text_tokens = a->model.text_tokens;
-    t->grid_h = a->model.grid_h;
-    t->grid_w = a->model.grid_w;
-    /* a call whose token count is not the model's (e.g. a smaller test
-     * image) has no known grid: the kernels treat it as 1-D */
-    if (c->Nk != a->model.text_tokens + a->model.grid_h * a->model.grid_w) t->grid_h = t->grid_w = 0;
+    /* the model's layout applies to calls of the model's token count; any
+     * other call (cross attention, a smaller image) has no known grid */
+    int tokens = a->model.text_tokens + a->model.grid_h * a->model.grid_w;
+    int grid_ok = c->Nq == tokens && c->Nk == tokens;
+    t->text_tokens = grid_ok || (a->model.text_tokens <= c->Nq && a->model.text_tokens <= c->Nk)
+                         ? a->model.text_tokens
+                         : 0;
+    t->grid_h = grid_ok ? a->model.grid_h : 0;
+    t->grid_w = grid_ok ? a->model.grid_w : 0;
     t->scale = c->scale;
     t->layer = layer;
     t->step = a->step;

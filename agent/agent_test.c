@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -697,6 +698,197 @@ static void test_step_counts_fallbacks_by_reason(void) {
     ta_close(a);
 }
 
+/* The kernel-side reasons, through the agent and the ref backend. */
+
+static float kq[1 * 2 * 16 * 8], kk[1 * 2 * 16 * 8], kv[1 * 2 * 16 * 8], ko[1 * 2 * 16 * 8];
+
+static void fill_random(void) {
+    uint64_t x = 12345;
+    for (size_t i = 0; i < sizeof kq / sizeof kq[0]; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        kq[i] = (float)((x >> 11) * 0x1.0p-53 - 0.5);
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        kk[i] = (float)((x >> 11) * 0x1.0p-53 - 0.5);
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        kv[i] = (float)((x >> 11) * 0x1.0p-53 - 0.5);
+    }
+}
+
+static ta_call kernel_call(void) {
+    ta_call c = small_call(TA_BLOCK_DOUBLE, 0);
+    c.q = kq, c.k = kk, c.v = kv, c.o = ko;
+    return c;
+}
+
+/* An agent with telemetry off whose config is the defaults plus `sets`
+ * ("name=value" pairs, NULL-terminated), in force from step 0. */
+static ta_agent *agent_with(const char *const *sets) {
+    ta_agent *a;
+    open_agent(NULL, 0, 0, &a);
+    set_now(a, "min_tokens", "0");
+    set_now(a, "sub_head_blocks", "1");
+    for (int i = 0; sets && sets[i]; i++) {
+        char name[64];
+        const char *eq = strchr(sets[i], '=');
+        snprintf(name, sizeof name, "%.*s", (int)(eq - sets[i]), sets[i]);
+        set_now(a, name, eq + 1);
+    }
+    TH_CHECK(ta_step_begin(a, 0, 1.0) == 0);
+    return a;
+}
+
+static void expect_kernel_reason(const char *const *sets, ta_call c, tk_reason want) {
+    ta_agent *a = agent_with(sets);
+    tk_result res;
+    TH_CHECK(ta_attention(a, &c, &res) == 0);
+    TH_CHECKF(res.reason == want, "got %s (%s), expected %s", tk_reason_name(res.reason),
+              res.detail, tk_reason_name(want));
+    TH_EQ_INT(res.path, TK_PATH_FALLBACK);
+    ta_close(a);
+}
+
+static void test_a_plain_taylor_call_runs_and_reports_its_stats(void) {
+    fill_random();
+    ta_agent *a = agent_with(NULL);
+    tk_result res;
+    ta_call c = kernel_call();
+    memset(ko, 0, sizeof ko);
+    TH_CHECK(ta_attention(a, &c, &res) == 0);
+    TH_CHECKF(res.reason == TK_REASON_NONE, "%s: %s", tk_reason_name(res.reason), res.detail);
+    TH_EQ_INT(res.path, TK_PATH_TAYLOR);
+    TH_CHECK(res.stats.have & TK_HAVE_QUALITY);
+    TH_CHECK(res.stats.quality_raw.rel_l2_mean < 0.5);
+    int nonzero = 0;
+    for (size_t i = 0; i < sizeof ko / sizeof ko[0]; i++) nonzero += ko[i] != 0;
+    TH_CHECK(nonzero > 0);
+    ta_close(a);
+}
+
+static void test_kernel_limits_give_their_reasons(void) {
+    fill_random();
+    ta_call c = kernel_call();
+    c.Nk = 8;
+    expect_kernel_reason(NULL, c, TK_REASON_CROSS_ATTENTION_DISABLED);
+    expect_kernel_reason((const char *[]){"min_tokens=100", NULL}, kernel_call(),
+                         TK_REASON_BELOW_MIN_TOKENS);
+    expect_kernel_reason((const char *[]){"max_head_dim=4", NULL}, kernel_call(),
+                         TK_REASON_HEAD_DIM_TOO_LARGE);
+    expect_kernel_reason((const char *[]){"sub_head_blocks=3", NULL}, kernel_call(),
+                         TK_REASON_SUB_HEAD_BLOCK_MISMATCH);
+    expect_kernel_reason((const char *[]){"max_feature_dim_R=10", NULL}, kernel_call(),
+                         TK_REASON_FEATURE_DIM_TOO_LARGE);
+    static const uint8_t none_kept[16] = {0};
+    c = kernel_call();
+    c.key_mask = none_kept;
+    expect_kernel_reason(NULL, c, TK_REASON_UNSUPPORTED_MASK);
+    c = kernel_call();
+    c.dtype = TK_DTYPE_F16; /* the ref backend takes f32 only */
+    expect_kernel_reason(NULL, c, TK_REASON_UNSUPPORTED_SHAPE);
+}
+
+static void test_nan_input_is_bad_input(void) {
+    fill_random();
+    kq[5] = NAN;
+    expect_kernel_reason(NULL, kernel_call(), TK_REASON_BAD_INPUT);
+    fill_random();
+    kv[7] = INFINITY;
+    expect_kernel_reason(NULL, kernel_call(), TK_REASON_BAD_INPUT);
+}
+
+static void test_negative_denominators_fall_back_at_the_probe_or_in_full(void) {
+    /* P = 2: kappa = 1 + x, negative for q.k strongly negative */
+    for (size_t i = 0; i < sizeof kq / sizeof kq[0]; i++) kq[i] = 3, kk[i] = -3, kv[i] = 1;
+    ta_agent *a = agent_with((const char *[]){"terms=2", NULL});
+    tk_result res;
+    ta_call c = kernel_call();
+    TH_CHECK(ta_attention(a, &c, &res) == 0);
+    TH_EQ_INT(res.reason, TK_REASON_DENOMINATOR_TOO_SMALL);
+    TH_EQ_INT(res.stage, TK_STAGE_PROBE);
+    ta_close(a);
+    a = agent_with((const char *[]){"terms=2", "early_probe=false", NULL});
+    TH_CHECK(ta_attention(a, &c, &res) == 0);
+    TH_EQ_INT(res.reason, TK_REASON_DENOMINATOR_TOO_SMALL);
+    TH_EQ_INT(res.stage, TK_STAGE_FULL);
+    ta_close(a);
+}
+
+static void test_overflowing_denominators_are_denominator_invalid(void) {
+    /* finite input whose degree-7 terms overflow double: den = inf */
+    for (size_t i = 0; i < sizeof kq / sizeof kq[0]; i++) kq[i] = 1e38f, kk[i] = 1e38f, kv[i] = 1;
+    expect_kernel_reason((const char *[]){"terms=8", NULL}, kernel_call(),
+                         TK_REASON_DENOMINATOR_INVALID);
+}
+
+static void test_a_workspace_that_cannot_be_allocated_is_out_of_memory(void) {
+    if (getenv("TS_SANITIZE")) th_skip("address-space limits and the sanitizer's shadow memory do not mix");
+    /* R(64,5) = 814,385 features: the reference S alone is 814,385 x 64 doubles = 417 MB */
+    enum { N = 64, D = 64 };
+    static float q[N * D], k[N * D], v[N * D], o[N * D];
+    for (int i = 0; i < N * D; i++) q[i] = k[i] = v[i] = (float)((i % 7) - 3) * 0.01f;
+    ta_agent *a = agent_with((const char *[]){"terms=5", "max_feature_dim_R=100000000",
+                                              "max_head_dim=4096", "stats=false", NULL});
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f) th_skip("no /proc/self/statm");
+    unsigned long pages = 0;
+    TH_CHECK(fscanf(f, "%lu", &pages) == 1);
+    fclose(f);
+    struct rlimit rl = {(rlim_t)pages * 4096 + (64ul << 20), RLIM_INFINITY};
+    TH_CHECK(setrlimit(RLIMIT_AS, &rl) == 0);
+    ta_call c = small_call(TA_BLOCK_DOUBLE, 0);
+    c.H = 1, c.Nq = N, c.Nk = N, c.D = D, c.Dv = D;
+    c.q = q, c.k = k, c.v = v, c.o = o;
+    tk_result res;
+    TH_CHECK(ta_attention(a, &c, &res) == 0);
+    TH_CHECKF(res.reason == TK_REASON_OUT_OF_MEMORY, "got %s (%s)", tk_reason_name(res.reason),
+              res.detail);
+    ta_close(a);
+}
+
+static void test_autotune_locks_its_best_candidate_with_origin_autotune(void) {
+    fill_random();
+    ta_agent *a;
+    open_agent("tune", 0, 0, &a);
+    sub s;
+    sub_open(&s, a);
+    set_now(a, "min_tokens", "0");
+    set_now(a, "sub_head_blocks", "1");
+    set_now(a, "auto_tune", "true");
+    set_now(a, "auto_tune_steps", "2");
+    set_now(a, "auto_tune_candidates", "3");
+    char err[256];
+    TH_CHECK(ta_run_begin(a, 4, "tiny", "euler", err, sizeof err) == 0);
+    TH_EQ_INT(ta_config(a)->auto_tune, 1);
+    uint32_t v0 = ta_config_version(a);
+    for (int step = 0; step < 4; step++) {
+        TH_CHECK(ta_step_begin(a, step, 1.0) == 0);
+        for (int i = 0; i < 6; i++) {
+            ta_call c = kernel_call();
+            tk_result res;
+            TH_CHECK(ta_attention(a, &c, &res) == 0);
+        }
+        TH_CHECK(ta_step_end(a) == 0);
+    }
+    TH_CHECK(ta_run_end(a, TA_RUN_FINISHED, "") == 0);
+    tp_msg m;
+    int found = 0, end = 0;
+    while (!end && sub_recv(&s, &m, 2000) == 0) {
+        if (m.type == TP_MSG_KNOB_EVENT && m.u.knob.status == TP_KNOB_APPLIED) {
+            TH_EQ_STR(m.u.knob.origin, "autotune");
+            TH_EQ_INT(m.u.knob.effective_step, 2);
+            TH_EQ_INT(m.u.knob.n_changes, 3);
+            TH_EQ_STR(m.u.knob.changes[0].name, "qk_norm_power");
+            TH_EQ_STR(m.u.knob.changes[2].name, "scale_mul");
+            found++;
+        }
+        end = m.type == TP_MSG_RUN_END;
+        tp_msg_free(&m);
+    }
+    TH_EQ_INT(found, 1);
+    TH_EQ_INT(ta_config_version(a), v0 + 1);
+    sub_close(&s);
+    ta_close(a);
+}
+
 /* ------------------------------------------------------------------ */
 /* aggregation and auto-tune, on results built by hand                 */
 /* ------------------------------------------------------------------ */
@@ -805,6 +997,13 @@ static const th_test tests[] = {
     TH_TEST(test_sigma_above_taylor_sigma_max_is_skipped_by_sigma),
     TH_TEST(test_missing_tensors_and_unknown_blocks_are_unsupported_shape),
     TH_TEST(test_step_counts_fallbacks_by_reason),
+    TH_TEST(test_a_plain_taylor_call_runs_and_reports_its_stats),
+    TH_TEST(test_kernel_limits_give_their_reasons),
+    TH_TEST(test_nan_input_is_bad_input),
+    TH_TEST(test_negative_denominators_fall_back_at_the_probe_or_in_full),
+    TH_TEST(test_overflowing_denominators_are_denominator_invalid),
+    TH_TEST(test_a_workspace_that_cannot_be_allocated_is_out_of_memory),
+    TH_TEST(test_autotune_locks_its_best_candidate_with_origin_autotune),
     TH_TEST(test_step_quantiles_are_over_calls_and_nan_is_kept),
     TH_TEST(test_autotune_picks_the_candidate_with_the_best_score),
     {0},
