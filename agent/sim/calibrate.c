@@ -99,7 +99,9 @@ int tsim_calibrate(tsim_workload *w, const double *sigmas, int nsigma, int radiu
         }
         qsort(mass, (size_t)L * H, sizeof(double), cmp_double);
         row->mass_min = mass[0];
+        row->mass_p10 = mass[(size_t)L * H / 10];
         row->mass_p50 = mass[(size_t)L * H / 2];
+        row->mass_p90 = mass[(size_t)L * H * 9 / 10];
         row->mass_max = mass[(size_t)L * H - 1];
     }
 done:

@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "kernels.h"
 
@@ -84,7 +85,7 @@ double tsim_normal(uint64_t key, uint64_t i);
 typedef struct {
     double locality;    /* 0..1: the spread of heads, from content/text-driven to local */
     double pos_weight;  /* weight of the RoPE-position component at sigma 0 */
-    double freq_decay;  /* RoPE pair energy ~ exp(-pair / freq_decay): small = sharp */
+    double pos_length;  /* tokens: the RoPE pair energy is a band around omega = 1/pos_length */
     double text_weight; /* image-query / text-key affinity */
     double qk_corr;     /* correlation of the q and k content projections */
 } tsim_head_params;
@@ -129,7 +130,7 @@ void tsim_measure_layer(const tsim_shape *shape, const float *q, const float *k,
 /* Summary of one sigma over all layers and heads. */
 typedef struct {
     double sigma;
-    double mass_min, mass_p50, mass_max;  /* across heads (all layers) */
+    double mass_min, mass_p10, mass_p50, mass_p90, mass_max; /* across heads (all layers) */
     double rowmax_min, rowmax_mean, rowmax_max; /* across layers (per layer: mean over heads) */
 } tsim_calib_row;
 
@@ -141,5 +142,96 @@ int tsim_calibrate(tsim_workload *w, const double *sigmas, int nsigma, int radiu
                    char *err, size_t errlen);
 
 const tsim_shape *tsim_workload_shape(const tsim_workload *w);
+
+/* ------------------------------------------------------------------ */
+/* Capture and replay (replay.c): a directory with manifest.tsv and one  */
+/* tensor file (or five) per step and layer; format in docs/SIMULATOR.md */
+/* ------------------------------------------------------------------ */
+
+#define TSIM_MANIFEST "manifest.tsv"
+#define TSIM_CAPTURE_VERSION 1
+
+typedef struct {
+    int step, layer;
+    double sigma;
+    char *file[5]; /* q, k, v, q0, k0: full paths; q0/k0 may be NULL */
+} tsim_replay_call;
+
+typedef struct {
+    char model_name[64];
+    tsim_shape shape;        /* heads, head_dim, blocks, text_tokens, grid from the manifest */
+    int steps;               /* distinct steps, in file order */
+    int ncalls;
+    tsim_replay_call *calls; /* ncalls, ordered by step (owned) */
+} tsim_replay;
+
+/* Reads and checks DIR/manifest.tsv and that every file it names exists.
+ * On success fills *out (release with tsim_replay_free). */
+int tsim_replay_open(const char *dir, tsim_replay *out, char *err, size_t errlen);
+void tsim_replay_free(tsim_replay *r);
+/* Loads one call's tensors into [H,N,D] buffers (H*N*D floats each; q0/k0
+ * may be NULL to skip). *have_q0k0 says whether the capture had them. */
+int tsim_replay_load(const tsim_replay *r, int call, float *q, float *k, float *v, float *q0,
+                     float *k0, int *have_q0k0, char *err, size_t errlen);
+
+typedef enum { TSIM_FORMAT_SAFETENSORS = 0, TSIM_FORMAT_NPY = 1 } tsim_format;
+
+typedef struct tsim_capture tsim_capture;
+/* Creates DIR (or uses an empty existing one) and writes the manifest head. */
+int tsim_capture_open(const char *dir, const char *model_name, const tsim_shape *shape, int steps,
+                      tsim_format format, tsim_capture **out, char *err, size_t errlen);
+/* Writes one call's tensors ([H,N,D]; q0/k0 may be NULL) and its manifest line. */
+int tsim_capture_write(tsim_capture *c, int step, double sigma, int layer, const float *q,
+                       const float *k, const float *v, const float *q0, const float *k0,
+                       char *err, size_t errlen);
+/* Flushes and closes the manifest; returns nonzero when a write had failed. */
+int tsim_capture_close(tsim_capture *c, char *err, size_t errlen);
+
+/* ------------------------------------------------------------------ */
+/* Options (options.c) and the host loop (host.c)                      */
+/* ------------------------------------------------------------------ */
+
+typedef struct {
+    const char *model;          /* "tiny" */
+    int width_px, height_px;    /* 0 = the model's default */
+    int steps;
+    uint64_t seed;
+    tk_backend backend;
+    tk_config knobs;            /* defaults, then --mode, then each --knob in order */
+    const char *listen;         /* NULL = the agent's default ipc endpoint; "" = no telemetry */
+    double wait_console_s;      /* 0 = start at once */
+    int quiet;
+    const char *replay_dir;     /* NULL = synthetic */
+    const char *capture_dir;    /* NULL = no capture */
+    tsim_format capture_format;
+    int calibrate;              /* print the calibration table instead of running */
+    int calibrate_radius;
+    int calibrate_queries;
+    int help, version;
+} tsim_options;
+
+/* Parses argv into *o (strings point into argv). Returns 0, or nonzero with
+ * a message naming the option (the caller exits 2). */
+int tsim_parse_args(int argc, char **argv, tsim_options *o, char *err, size_t errlen);
+void tsim_usage(FILE *f);
+
+typedef struct {
+    int steps_done;
+    int64_t calls, fallbacks;
+    int64_t by_reason[TK_REASON_COUNT];
+    int64_t by_path[4];
+    double wall_ms, generate_ms, attention_ms, exact_ms; /* totals */
+    double output_sum;       /* sum of every output value (replay comparisons) */
+    double output_abs_sum;
+    uint64_t published, dropped;
+    char run_id[64];
+    char endpoint[512];
+} tsim_run_stats;
+
+/* Runs the generation the options describe; progress on stderr unless
+ * quiet. Returns 0 with *st filled, or nonzero with err. */
+int tsim_run(const tsim_options *o, tsim_run_stats *st, char *err, size_t errlen);
+/* The one summary line printed at the end of a run. */
+void tsim_print_summary(FILE *f, const tsim_run_stats *st);
 
 #endif

@@ -213,10 +213,11 @@ static void make_heads(tsim_workload *w) {
             lam += 0.06 * (tsim_uniform(key, 1000 + (uint64_t)h) - 0.5);
             lam = lam < 0 ? 0 : lam > 1 ? 1 : lam;
             p->locality = lam;
-            p->pos_weight = 0.2 + 2.8 * lam * lam;
-            p->freq_decay = 1.0 + 7.0 * (1.0 - lam); /* locality length in tokens */
-            p->text_weight = 0.8 * (1.0 - lam) * (1.0 - lam);
-            p->qk_corr = 0.35 + 0.5 * tsim_uniform(key, 2000 + (uint64_t)h);
+            /* The constants below are the calibration (docs/SIMULATOR.md). */
+            p->pos_weight = 1.5 + 1.5 * lam * lam;
+            p->pos_length = 8.0 - 5.0 * lam;
+            p->text_weight = 0.3 * (1.0 - lam) * (1.0 - lam);
+            p->qk_corr = -0.2 + 1.0 * lam + 0.05 * tsim_uniform(key, 2000 + (uint64_t)h);
         }
     }
     /* Logit scale: layer gains log-spaced so that the row-max logit spans
@@ -232,7 +233,7 @@ static void make_heads(tsim_workload *w) {
             lperm[l] = lperm[j];
             lperm[j] = t;
         }
-        double lo = 3.2, hi = 27.0, D = s->model.head_dim;
+        double lo = 3.8, hi = 28.0, D = s->model.head_dim;
         for (int l = 0; l < L; l++) {
             double f = L > 1 ? (double)lperm[l] / (L - 1) : 0.5;
             double target = lo * pow(hi / lo, f); /* row-max logit aimed at */
@@ -243,11 +244,12 @@ static void make_heads(tsim_workload *w) {
     free(perm);
 }
 
-/* Energy of RoPE pair p of an axis: 1 for frequencies above 1/len, falling
- * as (omega*len)^2 below: a head that sees about len tokens around itself. */
+/* Energy of a RoPE pair of frequency omega: a log-normal band around
+ * omega = 1/len, so q.k of the position component goes like a bump of
+ * about len tokens (cos(offset/len) smoothed), negative beyond. */
 static double pair_energy(double omega, double len) {
-    double x = omega * len;
-    return x >= 1 ? 1.0 : x * x;
+    double x = log(omega * len) / 0.6;
+    return exp(-0.5 * x * x);
 }
 
 static int make_layer(tsim_workload *w, int l) {
@@ -294,7 +296,7 @@ static int make_layer(tsim_workload *w, int l) {
             int base = axis == 1 ? a0 : a0 + a1, dim = axis == 1 ? a1 : a2;
             for (int pr = 0; pr < dim / 2; pr++) {
                 double omega = pow(s->model.rope_theta, -2.0 * pr / dim);
-                double amp = sqrt(pair_energy(omega, p->freq_decay));
+                double amp = sqrt(pair_energy(omega, p->pos_length));
                 double ang = 6.283185307179586 * tsim_uniform(ku, (uint64_t)(h * D + base + 2 * pr));
                 u[base + 2 * pr] = (float)(amp * cos(ang));
                 u[base + 2 * pr + 1] = (float)(amp * sin(ang));
