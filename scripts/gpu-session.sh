@@ -52,6 +52,7 @@ if [ "$what" = test ] || [ "$what" = all ]; then
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
     for b in "$B"/gpu_*; do
+        case "$b" in *.o) continue ;; esac
         "$b" "$@"
     done 2>&1 | tee "$OUTDIR/gpu-bench.log"
 fi

@@ -560,7 +560,7 @@ int64_t tkc_feature_count(int d, int P) {
     double r = 1.0;
     int64_t v = 1;
     for (int i = 1; i <= P - 1; i++) {
-        r = r * (double)(d + i - 1) / i;
+        r = r * (double)(d + i) / i;
         v = (int64_t)(r + 0.5);
         if (r > 9e18) return -1;
     }
