@@ -97,15 +97,15 @@ static void draw_header(const tc_ui *ui, tc_rect r) {
                m->config_version);
         return;
     }
-    snprintf(d, sizeof d, "%.1f msg/s", m->msg_rate_hz);
-    tc_put(r.y + 2, r.x + cw, r.w - cw, A_NORMAL, " %s  cfg v%u  %s", d, m->config_version,
-           m->endpoint);
     char gapbuf[96];
     snprintf(gapbuf, sizeof gapbuf, "drops %llu  gaps %d missing %llu lost %llu",
              (unsigned long long)m->dropped, m->n_gaps, (unsigned long long)(m->missing - m->recovered),
              (unsigned long long)m->lost);
     int gw = (int)strlen(gapbuf) + 1;
-    if (r.w - gw > 40) tc_put(r.y + 2, r.x + r.w - gw, gw, tc_attr(ui, gap_pair), "%s ", gapbuf);
+    if (r.w - cw - gw < 24) gw = 0; /* too narrow: the rate first */
+    snprintf(d, sizeof d, "%.1f msg/s", m->msg_rate_hz);
+    tc_put(r.y + 2, r.x + cw, r.w - cw - gw - 2, A_NORMAL, " %s  cfg v%u  %s", d, m->config_version, m->endpoint);
+    if (gw) tc_put(r.y + 2, r.x + r.w - gw, gw, tc_attr(ui, gap_pair), "%s ", gapbuf);
 }
 
 const tc_panel tc_panel_header = {"header", draw_header};

@@ -9,7 +9,7 @@ static const char *const help_lines[] = {
     "  F1 ?        this help (any key returns)",
     "  F2 1        live view: header, step table, curves, fallback reasons",
     "  F3 2        heat map: a metric per layer and step     m   next metric",
-    "  F4 3        knob editor       Up/Down select   Enter edit   Enter send   Esc cancel",
+    "  F4 3        knob editor       Up/Down select  / find  Enter edit  Enter send  Esc cancel",
     "  F5 4        history browser   Enter open run   c mark / compare   r reload",
     "  l           back to the live run (after opening a stored one)",
     "  Up/Down PgUp/PgDn Home/End    scroll the step table and the heat map (End follows)",

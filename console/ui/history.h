@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "proto.h"
+#include "ui/model.h"
 
 
 typedef struct {
@@ -34,5 +35,12 @@ typedef struct {
 } tc_history;
 
 void tc_history_free(tc_history *h);
+
+/* Reads the runs list of the database at db_path (opened read-only,
+ * refused unless it is a taylorscope file). 0, or nonzero with err. */
+int tc_history_load(const char *db_path, tc_history *h, char *err, size_t errlen);
+/* Loads one run (by the agent's run id) into *m (emptied first) as the
+ * live stream would have built it; m->conn = TC_CONN_HISTORY. */
+int tc_history_load_run(const char *db_path, const char *run_id, tc_model *m, char *err, size_t errlen);
 
 #endif /* TC_UI_HISTORY_H */

@@ -88,7 +88,7 @@ static void range_text(const tp_knob_desc *k, char *buf, size_t len) {
 static void draw_knobs(const tc_ui *ui, tc_rect r) {
     const tc_model *m = ui->shown;
     char t[160];
-    snprintf(t, sizeof t, "knobs  cfg v%u%s   Enter edit  Esc cancel", m ? m->config_version : 0,
+    snprintf(t, sizeof t, "knobs  cfg v%u%s   / find  Enter edit  Esc cancel", m ? m->config_version : 0,
              ui->readonly ? "  READ-ONLY observer" : (m && m->conn == TC_CONN_HISTORY) ? "  (stored run)" : "");
     tc_title(ui, r, t);
     if (r.h < 6) return;
@@ -144,6 +144,10 @@ static void draw_knobs(const tc_ui *ui, tc_rect r) {
     }
     /* edit line or the request's fate */
     int ey = dy + 2;
+    if (ui->searching) {
+        tc_put(ey, r.x, r.w, tc_attr(ui, TC_PAIR_KEY), " find knob: %s_", ui->search_buf);
+        return;
+    }
     if (ui->editing) {
         tc_put(ey, r.x, r.w, tc_attr(ui, TC_PAIR_KEY), " new value for %s: %s_", k.name, ui->edit_buf);
         return;

@@ -196,9 +196,42 @@ static tc_action knob_edit_start(tc_ui *ui) {
     return TC_ACT_REDRAW;
 }
 
+/* "/" in the knob editor: type part of a knob's name, Enter selects the
+ * first knob (in editor order) whose name contains it. */
+static tc_action search_key(tc_ui *ui, int key) {
+    if (key == 27) {
+        ui->searching = 0;
+        return TC_ACT_REDRAW;
+    }
+    if (is_enter(key)) {
+        ui->searching = 0;
+        int n = tc_ui_knob_count(ui->shown);
+        tp_knob_desc k;
+        for (int i = 0; i < n; i++)
+            if (tc_ui_knob_at(ui->shown, i, &k) == 0 && strstr(k.name, ui->search_buf)) {
+                ui->knob_sel = i;
+                ui->status[0] = '\0';
+                return TC_ACT_REDRAW;
+            }
+        tc_ui_status(ui, "no knob matches '%s'", ui->search_buf);
+        return TC_ACT_REDRAW;
+    }
+    if (key == KEY_BACKSPACE || key == 127 || key == 8) {
+        if (ui->search_len > 0) ui->search_buf[--ui->search_len] = '\0';
+        return TC_ACT_REDRAW;
+    }
+    if (key > 32 && key < 127 && ui->search_len < (int)sizeof ui->search_buf - 1) {
+        ui->search_buf[ui->search_len++] = (char)key;
+        ui->search_buf[ui->search_len] = '\0';
+        return TC_ACT_REDRAW;
+    }
+    return key == KEY_RESIZE ? TC_ACT_REDRAW : TC_ACT_NONE;
+}
+
 tc_action tc_ui_key(tc_ui *ui, int key) {
     if (key == ERR) return TC_ACT_NONE;
     if (ui->editing) return edit_key(ui, key);
+    if (ui->searching) return search_key(ui, key);
     if (ui->screen == TC_SCREEN_HELP && key != KEY_RESIZE) {
         ui->screen = ui->back;
         return TC_ACT_REDRAW;
@@ -246,6 +279,12 @@ tc_action tc_ui_key(tc_ui *ui, int key) {
     case TC_SCREEN_KNOBS:
         if (select_key(key, &ui->knob_sel, tc_ui_knob_count(ui->shown), page)) return TC_ACT_REDRAW;
         if (is_enter(key) || key == 'e') return knob_edit_start(ui);
+        if (key == '/') {
+            ui->searching = 1;
+            ui->search_len = 0;
+            ui->search_buf[0] = '\0';
+            return TC_ACT_REDRAW;
+        }
         break;
     case TC_SCREEN_HISTORY: {
         int n = ui->hist ? ui->hist->n : 0;

@@ -86,6 +86,9 @@ struct tc_ui {
     char edit_buf[64];       /* starts as the value in force; the first typed key replaces it */
     int edit_len;
     int edit_fresh;          /* nothing typed yet */
+    int searching;           /* knob editor: the "/" find line is open */
+    char search_buf[TP_NAME_LEN];
+    int search_len;
 
     int run_sel;             /* history: selected run */
     int run_mark;            /* history: run marked for compare, -1 none */
