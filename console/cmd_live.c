@@ -24,13 +24,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cmd.h"
 #include "ui/history.h"
 #include "ui/link.h"
 #include "ui/live.h"
 #include "ui/model.h"
 #include "ui/ui.h"
-
-int tc_cmd_live(int argc, char **argv);
 
 enum {
     REDRAW_MIN_MS = 100,      /* at most 10 frames a second */
@@ -295,8 +294,10 @@ int tc_cmd_live(int argc, char **argv) {
     s.ui.live = &s.live;
     s.ui.readonly = readonly;
     tc_ui_init(&s.ui, mono);
-    snprintf(s.ui.status, sizeof s.ui.status, "attached to %.100s%s%.100s; F1 help", url, record ? ", recording to " : "",
-             record ? s.db_path : "");
+    if (tc_live_source_note(src)[0])
+        tc_ui_status(&s.ui, "attached to %.100s; %.140s; F1 help", url, tc_live_source_note(src));
+    else
+        tc_ui_status(&s.ui, "attached to %.100s, recording to %.120s; F1 help", url, s.db_path);
     s.hist.runs = NULL;
     s.dirty = 1;
 

@@ -29,10 +29,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "store.h"
 #include "ui/live.h"
 #include "ui/model.h"
 
-#define TAYLORSCOPE_APPLICATION_ID 0x54617953 /* "TayS", see schema/001_init.sql */
 
 void tc_history_free(tc_history *h) {
     free(h->runs);
@@ -41,25 +41,14 @@ void tc_history_free(tc_history *h) {
 }
 
 int tc_live_db_path(const char *given, char *buf, size_t len, char *err, size_t errlen) {
-    int n;
-    const char *env = getenv("TAYLORSCOPE_DB"), *xdg = getenv("XDG_DATA_HOME"), *home = getenv("HOME");
-    if (given && *given)
-        n = snprintf(buf, len, "%s", given);
-    else if (env && *env)
-        n = snprintf(buf, len, "%s", env);
-    else if (xdg && *xdg == '/')
-        n = snprintf(buf, len, "%s/taylorscope/runs.db", xdg);
-    else if (home && *home)
-        n = snprintf(buf, len, "%s/.local/share/taylorscope/runs.db", home);
-    else {
-        snprintf(err, errlen, "no database path: set --db, TAYLORSCOPE_DB or HOME");
-        return -1;
+    if (given && *given) {
+        if (snprintf(buf, len, "%s", given) >= (int)len) {
+            snprintf(err, errlen, "database path too long");
+            return -1;
+        }
+        return 0;
     }
-    if (n < 0 || (size_t)n >= len) {
-        snprintf(err, errlen, "database path too long");
-        return -1;
-    }
-    return 0;
+    return tc_default_db_path(buf, len, err, errlen) == 0 ? 0 : -1;
 }
 
 static int db_open(const char *path, sqlite3 **db, char *err, size_t errlen) {
@@ -80,7 +69,7 @@ static int db_open(const char *path, sqlite3 **db, char *err, size_t errlen) {
     if (sqlite3_prepare_v2(*db, "PRAGMA application_id", -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
         app = sqlite3_column_int(st, 0);
     sqlite3_finalize(st);
-    if (app != TAYLORSCOPE_APPLICATION_ID) {
+    if (app != TC_APPLICATION_ID) {
         snprintf(err, errlen, "%s is not a taylorscope database (application_id %d)", path, app);
         sqlite3_close(*db);
         *db = NULL;
