@@ -61,6 +61,7 @@ typedef struct {
     int64_t last_draw_ns;
     /* a knob change waiting for the control socket to be free */
     int want_set;
+    int64_t want_since_ns;
     char want_knob[TP_NAME_LEN], want_value[64];
 } live_state;
 
@@ -101,7 +102,13 @@ static void send_knob(live_state *s, const char *knob, const char *value) {
     m->edit.effective_step = -1;
     snprintf(m->edit.knob, sizeof m->edit.knob, "%s", knob);
     snprintf(m->edit.value, sizeof m->edit.value, "%s", value);
-    if (tc_link_send_request(&s->link, &r, now_ns(), err, sizeof err) != 0) {
+    int rc = tc_link_send_request(&s->link, &r, now_ns(), err, sizeof err);
+    if (rc == 1 && now_ns() - s->want_since_ns < (int64_t)CONTROL_TIMEOUT_MS * 1000000) {
+        s->want_set = 1; /* not connected yet: tried again from the loop */
+        m->edit.state = TC_EDIT_SENDING;
+        return;
+    }
+    if (rc != 0) {
         m->edit.state = TC_EDIT_REJECTED;
         snprintf(m->edit.error, sizeof m->edit.error, "not sent: %.200s", err);
         return;
@@ -169,13 +176,13 @@ static void do_action(live_state *s, tc_action a, int *quit) {
     case TC_ACT_NONE: return;
     case TC_ACT_QUIT: *quit = 1; return;
     case TC_ACT_SET_KNOB:
-        if (s->link.busy) {
-            s->want_set = 1;
-            snprintf(s->want_knob, sizeof s->want_knob, "%s", s->ui.act_knob);
-            snprintf(s->want_value, sizeof s->want_value, "%s", s->ui.act_value);
-        } else {
-            send_knob(s, s->ui.act_knob, s->ui.act_value);
-        }
+        snprintf(s->want_knob, sizeof s->want_knob, "%s", s->ui.act_knob);
+        snprintf(s->want_value, sizeof s->want_value, "%s", s->ui.act_value);
+        s->want_since_ns = now_ns();
+        if (s->link.busy)
+            s->want_set = 1; /* after the request in flight */
+        else
+            send_knob(s, s->want_knob, s->want_value);
         break;
     case TC_ACT_RELOAD_HISTORY:
     case TC_ACT_OPEN_RUN:
@@ -363,6 +370,11 @@ int tc_cmd_live(int argc, char **argv) {
             s.want_set = 0;
             send_knob(&s, s.want_knob, s.want_value);
             s.dirty = 1;
+        }
+        if (s.link.busy && s.want_set && t - s.want_since_ns > (int64_t)CONTROL_TIMEOUT_MS * 1000000) {
+            s.want_set = 0; /* the request in flight never finished: give this one up too */
+            s.live.edit.state = TC_EDIT_REJECTED;
+            snprintf(s.live.edit.error, sizeof s.live.edit.error, "not sent: the agent did not answer");
         }
         replay_gaps(&s);
 

@@ -94,9 +94,12 @@ int tc_link_send_request(tc_link *l, tp_request *r, int64_t now_ns, char *err, s
     }
     int rv = nng_send(sock_of(l->req_id), buf.data, buf.len, NNG_FLAG_NONBLOCK);
     tp_buf_free(&buf);
+    if (rv == NNG_EAGAIN) { /* no connection to the agent (yet): nothing was sent */
+        snprintf(err, errlen, "the agent's control socket %s is not connected", l->ctl_url);
+        return 1;
+    }
     if (rv != 0) {
-        snprintf(err, errlen, "cannot send to %s: %s", l->ctl_url,
-                 rv == NNG_EAGAIN ? "the agent is not reachable" : nng_strerror(rv));
+        snprintf(err, errlen, "cannot send to %s: %s", l->ctl_url, nng_strerror(rv));
         return -1;
     }
     l->busy = 1;

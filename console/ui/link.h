@@ -44,8 +44,9 @@ void tc_link_close(tc_link *l);
  * is waiting, -1 when one arrived but did not decode (err says why). */
 int tc_link_recv_msg(tc_link *l, tp_msg *out, char *err, size_t errlen);
 
-/* Sends a request (r->request_id is filled when empty). Refused (-1) while
- * another is in flight. */
+/* Sends a request (r->request_id is filled when empty). Returns 0 sent,
+ * 1 not connected to the agent (yet; nothing sent, try again later), -1
+ * refused (another request in flight, or an error; err says). */
 int tc_link_send_request(tc_link *l, tp_request *r, int64_t now_ns, char *err, size_t errlen);
 /* The reply to the request in flight, without blocking: 1 with *out, 0 not
  * yet, -1 undecodable (the request is over). */
