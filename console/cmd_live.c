@@ -241,6 +241,10 @@ int tc_cmd_live(int argc, char **argv) {
     int prc = parse_args(argc, argv, &url, &readonly, &mono, &db, &record);
     if (prc) return prc == 1 ? 0 : prc;
 
+    if (!isatty(STDIN_FILENO) || !isatty(STDOUT_FILENO)) {
+        fprintf(stderr, "taylorscope live: needs a terminal (use `taylorscope tap` or `record` in scripts)\n");
+        return 1;
+    }
     static live_state s; /* large; one per process */
     memset(&s, 0, sizeof s);
     char err[512], pub[256], ctl[256];
@@ -269,12 +273,6 @@ int tc_cmd_live(int argc, char **argv) {
     int with_sub = !tc_live_source_has_stream(src);
     if (tc_link_open(&s.link, url, with_sub, err, sizeof err) != 0) {
         fprintf(stderr, "taylorscope live: %s\n", err);
-        tc_live_source_close(src);
-        return 1;
-    }
-    if (!isatty(STDIN_FILENO) || !isatty(STDOUT_FILENO)) {
-        fprintf(stderr, "taylorscope live: needs a terminal (use `taylorscope tap` or `record` in scripts)\n");
-        tc_link_close(&s.link);
         tc_live_source_close(src);
         return 1;
     }

@@ -1,0 +1,91 @@
+# tmux.sh -- helpers for the console's tmux-driven tests (sourced by
+# tests/integration/console_*.sh; not a test itself, so it lives in a
+# folder tests/run.sh does not scan).
+#
+# Each test gets a private tmux server (tmux -L <unique>), a temp folder
+# holding the database and the ipc endpoints, and a trap that kills the
+# tmux server and the simulator whatever happens.
+#
+#   console_setup NAME          temp dir, socket name, traps
+#   console_need_sim            exit 77 unless taylor-sim can stream
+#   console_start_sim STEPS MS  the tiny CPU simulator publishing at $URL
+#                               (MS: pause after each step), in the background
+#   console_start CMD...        a tmux session of 80x24 running CMD
+#   console_wait TEXT [SECS]    until the screen shows TEXT (grep -F), else fail
+#   console_screen              the screen as text
+#   console_keys KEY...         tmux send-keys
+#   console_type TEXT           send-keys -l (literal text)
+#   console_fail WHY            print WHY and the screen, exit 1
+
+B=${TS_BIN:-build/bin}
+
+console_setup() {
+    CT_NAME=$1
+    CT_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ts-$CT_NAME.XXXXXX")
+    CT_SOCK="ts-$CT_NAME-$$"
+    URL="ipc://$CT_DIR/agent.pub"
+    DB="$CT_DIR/runs.db"
+    CT_SIM_PID=
+    trap console_cleanup EXIT
+    trap 'exit 1' INT TERM
+    command -v tmux >/dev/null 2>&1 || { echo "tmux is not installed"; exit 77; }
+}
+
+console_cleanup() {
+    tmux -L "$CT_SOCK" kill-server >/dev/null 2>&1
+    if [ -n "$CT_SIM_PID" ]; then
+        kill "$CT_SIM_PID" 2>/dev/null
+        wait "$CT_SIM_PID" 2>/dev/null
+    fi
+    rm -rf "$CT_DIR"
+}
+
+console_need_sim() {
+    "$B/taylor-sim" --help 2>/dev/null | grep -q -- "--endpoint" ||
+        { echo "taylor-sim cannot publish yet (no --endpoint)"; exit 77; }
+}
+
+console_start_sim() {
+    "$B/taylor-sim" --model tiny --backend cpu --steps "$1" --step-delay-ms "$2" --endpoint "$URL" \
+        >"$CT_DIR/sim.log" 2>&1 &
+    CT_SIM_PID=$!
+}
+
+# (the session's TERM is tmux's own, so the keys it sends are the ones the
+# program's terminfo expects)
+console_start() {
+    tmux -L "$CT_SOCK" -f /dev/null new-session -d -x 80 -y 24 -s console \
+        "$*; echo \"console exited \$?\" > '$CT_DIR/exit'; sleep 60"
+}
+
+console_screen() { tmux -L "$CT_SOCK" capture-pane -p -t console; }
+
+console_keys() { tmux -L "$CT_SOCK" send-keys -t console "$@"; }
+
+console_type() { tmux -L "$CT_SOCK" send-keys -t console -l -- "$1"; }
+
+console_fail() {
+    echo "FAIL: $1"
+    echo "---- screen ----"
+    console_screen 2>/dev/null
+    [ -f "$CT_DIR/sim.log" ] && { echo "---- sim.log (tail) ----"; tail -5 "$CT_DIR/sim.log"; }
+    exit 1
+}
+
+console_wait() {
+    ct_text=$1
+    ct_secs=${2:-10}
+    ct_i=0
+    while [ $ct_i -lt $((ct_secs * 10)) ]; do
+        console_screen 2>/dev/null | grep -qF -- "$ct_text" && return 0
+        sleep 0.1
+        ct_i=$((ct_i + 1))
+    done
+    console_fail "waited ${ct_secs}s for \"$ct_text\""
+}
+
+# The number in column $2 (1-based, whitespace-separated) of the step row of
+# step $1 in the step table, or empty.
+console_step_field() {
+    console_screen | awk -v s="$1" -v c="$2" '$1 == s && NF >= 10 { print $c; exit }'
+}
