@@ -203,7 +203,39 @@ static void test_a_tiny_terminal_gets_a_notice_and_every_screen_draws_at_80x24(v
     tc_model_free(&m);
 }
 
+static void test_compare_shows_the_knobs_that_differ_and_both_curves(void) {
+    term_open(24, 80);
+    tc_model a, b;
+    tc_model_init(&a);
+    tc_model_init(&b);
+    char err[128], text[8192];
+    TH_CHECK(tc_model_fill_synthetic(&a, 57, 50, err, sizeof err) == 0);
+    TH_CHECK(tc_model_fill_synthetic(&b, 57, 30, err, sizeof err) == 0);
+    b.header.initial.local_window = 4;
+    b.header.initial.qk_norm_power = 0.5;
+    tc_ui ui = {0};
+    ui.live = &a;
+    tc_ui_init(&ui, 1);
+    ui.cmp[0] = &a;
+    ui.cmp[1] = &b;
+    ui.screen = TC_SCREEN_COMPARE;
+    tc_ui_draw(&ui);
+    screen_text(text, sizeof text);
+    term_close();
+    TH_CHECKF(strstr(text, "qk_norm_power"), "no qk_norm_power diff:\n%s", text);
+    const char *lw = strstr(text, "local_window ");
+    TH_CHECKF(lw, "no local_window diff:\n%s", text);
+    char line[100];
+    snprintf(line, sizeof line, "%.*s", (int)strcspn(lw, "\n"), lw);
+    TH_CHECKF(strstr(line, "8") && strstr(line, "| 4"), "local_window line: '%s'", line);
+    TH_CHECKF(!strstr(text, "scale_mul"), "an equal knob listed:\n%s", text);
+    TH_CHECKF(strstr(text, "A: synthetic-57x50") && strstr(text, "B: synthetic-57x30"), "runs not named:\n%s", text);
+    tc_model_free(&a);
+    tc_model_free(&b);
+}
+
 static const th_test tests[] = {
+    TH_TEST(test_compare_shows_the_knobs_that_differ_and_both_curves),
     TH_TEST(test_the_live_screen_at_80x24_shows_header_steps_reasons_and_keys),
     TH_TEST(test_a_step_without_figures_shows_na_not_zero),
     TH_TEST(test_the_knob_editor_sends_the_typed_value_for_the_selected_knob),
