@@ -54,8 +54,10 @@ static void draw_header(const tc_ui *ui, tc_rect r) {
     char stepbuf[32];
     if (total > 0)
         snprintf(stepbuf, sizeof stepbuf, "step %d/%d", done, total);
-    else
+    else if (done > 0)
         snprintf(stepbuf, sizeof stepbuf, "step %d/n/a", done);
+    else
+        snprintf(stepbuf, sizeof stepbuf, "step n/a");
     int x = r.x;
     tc_put(r.y + 1, x, 16, A_BOLD, " %s", stepbuf);
     x += 16;

@@ -95,7 +95,7 @@ int tc_link_send_request(tc_link *l, tp_request *r, int64_t now_ns, char *err, s
     int rv = nng_send(sock_of(l->req_id), buf.data, buf.len, NNG_FLAG_NONBLOCK);
     tp_buf_free(&buf);
     if (rv == NNG_EAGAIN) { /* no connection to the agent (yet): nothing was sent */
-        snprintf(err, errlen, "the agent's control socket %s is not connected", l->ctl_url);
+        snprintf(err, errlen, "not connected to the agent (%s)", l->ctl_url);
         return 1;
     }
     if (rv != 0) {
