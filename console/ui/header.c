@@ -37,7 +37,8 @@ static void draw_header(const tc_ui *ui, tc_rect r) {
     const tp_step *last = tc_model_last_step(m);
     int total = tc_model_total_steps(m);
     int done = last ? last->step + 1 : 0;
-    if (m->hb_step + 1 > done && m->conn != TC_CONN_HISTORY) done = m->hb_step + 1;
+    /* steps done; a heartbeat names the step in progress, so hb_step are done */
+    if (m->hb_step > done && m->conn != TC_CONN_HISTORY) done = m->hb_step;
     double elapsed_s = NAN, eta_s = NAN;
     if (m->conn == TC_CONN_HISTORY) {
         if (m->stored_started_ns && m->stored_ended_ns > m->stored_started_ns)

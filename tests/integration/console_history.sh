@@ -5,7 +5,7 @@
 . tests/integration/console_lib/tmux.sh
 console_setup history
 console_need_sim
-console_start_sim 6 50
+console_start_sim 6
 console_start "$B/taylorscope" live "$URL" --db "$DB"
 console_wait "ended (finished)" 30
 run=$(console_screen | sed -n 's/^ run \([^ ]*\) .*/\1/p' | head -1)

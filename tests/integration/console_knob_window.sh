@@ -7,9 +7,9 @@
 . tests/integration/console_lib/tmux.sh
 console_setup knob
 console_need_sim
-console_start_sim 60 150
+console_start_sim 200
 console_start "$B/taylorscope" live "$URL" --db "$DB"
-console_wait "step 3/60" 20
+console_wait "step 3/200" 20
 console_keys F4
 console_wait "knobs  cfg v"
 console_keys /

@@ -4,7 +4,7 @@
 . tests/integration/console_lib/tmux.sh
 console_setup resize
 console_need_sim
-console_start_sim 200 100
+console_start_sim 200
 console_start "$B/taylorscope" live "$URL" --db "$DB"
 console_wait "step 2/200" 20
 tmux -L "$CT_SOCK" resize-window -t console -x 50 -y 12

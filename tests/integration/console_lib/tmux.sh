@@ -8,8 +8,10 @@
 #
 #   console_setup NAME          temp dir, socket name, traps
 #   console_need_sim            exit 77 unless taylor-sim can stream
-#   console_start_sim STEPS MS  the tiny CPU simulator publishing at $URL
-#                               (MS: pause after each step), in the background
+#   console_start_sim STEPS     the tiny simulator (hybrid mode, ref backend:
+#                               about half a second a step, slow enough for
+#                               a person -- or a script -- to act between
+#                               steps) publishing at $URL, in the background
 #   console_start CMD...        a tmux session of 80x24 running CMD
 #   console_wait TEXT [SECS]    until the screen shows TEXT (grep -F), else fail
 #   console_screen              the screen as text
@@ -41,13 +43,13 @@ console_cleanup() {
 }
 
 console_need_sim() {
-    "$B/taylor-sim" --help 2>/dev/null | grep -q -- "--endpoint" ||
-        { echo "taylor-sim cannot publish yet (no --endpoint)"; exit 77; }
+    "$B/taylor-sim" --help 2>/dev/null | grep -q -- "--listen" ||
+        { echo "taylor-sim cannot publish (no --listen)"; exit 77; }
 }
 
 console_start_sim() {
-    "$B/taylor-sim" --model tiny --backend cpu --steps "$1" --step-delay-ms "$2" --endpoint "$URL" \
-        >"$CT_DIR/sim.log" 2>&1 &
+    "$B/taylor-sim" --model tiny --backend ref --mode hybrid --steps "$1" --listen "$URL" \
+        --wait-console 20 --quiet >"$CT_DIR/sim.log" 2>&1 &
     CT_SIM_PID=$!
 }
 
