@@ -1,6 +1,7 @@
 #!/bin/sh
 # make demo: the simulator (tiny model, hybrid mode; the cpu backend, or
-# cuda when a GPU answers) with the console attached to it, recording into
+# cuda when a GPU answers, or ref when neither runs hybrid attention yet)
+# with the console attached to it, recording into
 # the history database: $TAYLORSCOPE_DB, else
 # $XDG_DATA_HOME/taylorscope/runs.db, else ~/.local/share/taylorscope/runs.db
 # (`taylorscope runs` lists what is there).
@@ -9,7 +10,7 @@
 # interrupted, its run's end is recorded (finished, or failed/lost when cut
 # short), and nothing is left running.
 #
-# Environment: DEMO_STEPS (default 200), DEMO_BACKEND (cpu|cuda|ref),
+# Environment: DEMO_STEPS (default 200; 60 on ref), DEMO_BACKEND (cpu|cuda|ref),
 # DEMO_DB (a database other than the default), BUILD (default build).
 set -u
 BUILD=${BUILD:-build}
@@ -18,7 +19,19 @@ steps=${DEMO_STEPS:-200}
 backend=${DEMO_BACKEND:-}
 if [ -z "$backend" ]; then
     backend=cpu
-    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then backend=cuda; fi
+    # the GPU when one answers and the simulator can run a step on it
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 &&
+        "$B/taylor-sim" --model tiny --backend cuda --steps 1 --listen none --quiet >/dev/null 2>&1; then
+        backend=cuda
+    fi
+    # a backend that cannot run hybrid attention yet answers every call with
+    # backend_error: then the reference backend (slow, about half a second
+    # a step for tiny, which suits a demo) shows real figures
+    if "$B/taylor-sim" --model tiny --mode hybrid --backend "$backend" --steps 1 --listen none --quiet 2>/dev/null |
+        grep -q "backend_error"; then
+        backend=ref
+        steps=${DEMO_STEPS:-60}
+    fi
 fi
 set -- 
 [ -n "${DEMO_DB:-}" ] && set -- --db "$DEMO_DB"
