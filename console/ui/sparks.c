@@ -81,6 +81,10 @@ void tc_spark_row(const tc_ui *ui, const tc_model *m, int kind, int y, int x, in
         last_rep = has[i];
     }
     if (!fixed_scale) tc_spark_range(m, kind, n, &lo, &hi);
+    if (kind == SP_FB) { /* a share: always on [0, 1], so no fallbacks is the lowest bar */
+        lo = 0;
+        hi = 1;
+    }
     if (!(lo <= hi)) lo = hi = 0;
     int pair = kind == SP_FB && last_rep && last_raw > 0 ? TC_PAIR_WARN : TC_PAIR_GOOD;
     tc_spark(ui, y, x + label_w, sw, vals, has, n, lo, hi, tc_attr(ui, pair));
