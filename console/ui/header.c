@@ -102,7 +102,7 @@ static void draw_header(const tc_ui *ui, tc_rect r) {
     }
     char gapbuf[96];
     snprintf(gapbuf, sizeof gapbuf, "drops %llu  gaps %d missing %llu lost %llu",
-             (unsigned long long)m->dropped, m->n_gaps, (unsigned long long)(m->missing - m->recovered),
+             (unsigned long long)m->dropped, m->n_gaps, (unsigned long long)open_gaps,
              (unsigned long long)m->lost);
     int gw = (int)strlen(gapbuf) + 1;
     if (r.w - cw - gw < 24) gw = 0; /* too narrow: the rate first */

@@ -88,7 +88,6 @@ int tc_live_source_service(tc_live_source *s, int64_t now_ns, char *err, size_t 
     tc_recorder_stats st;
     tc_recorder_get_stats(s->rec, &st);
     if (st.lost_messages > s->model->lost) s->model->lost = st.lost_messages;
-    if (st.replayed > s->model->recovered) s->model->recovered = st.replayed;
     return rc;
 }
 

@@ -8,14 +8,13 @@ console_setup demo
 console_need_sim
 build=$(dirname "$B")
 console_start env TMPDIR="$CT_DIR" BUILD="$build" DEMO_DB="$DB" DEMO_BACKEND=ref DEMO_STEPS=200 sh scripts/demo.sh
-console_wait "step 2/200" 30
-first=$(console_screen | sed -n 's/^ step \([0-9]*\)\/200.*/\1/p' | head -1)
-sleep 2
+console_wait "step 1/200" 30
+first=$(console_wait_progress 0)
+second=$(console_wait_progress "$first")
 screen=$(console_screen)
-second=$(echo "$screen" | sed -n 's/^ step \([0-9]*\)\/200.*/\1/p' | head -1)
-[ -n "$first" ] && [ -n "$second" ] && [ "$second" -gt "$first" ] ||
-    console_fail "steps are not arriving (step $first, then $second)"
-echo "$screen" | grep -qE "^ +$((second - 1)) +" || console_fail "no row for step $((second - 1))"
+now=$(echo "$screen" | sed -n 's/^ step \([0-9]*\)\/200.*/\1/p' | head -1)
+[ -n "$now" ] && [ "$now" -gt "$first" ] || console_fail "steps are not arriving (step $first, then $now)"
+echo "$screen" | grep -qE "^ +$((now - 1)) +" || console_fail "no row for step $((now - 1))"
 console_keys q
 i=0
 while [ ! -f "$CT_DIR/exit" ] && [ $i -lt 150 ]; do sleep 0.1; i=$((i + 1)); done

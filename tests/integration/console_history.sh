@@ -5,9 +5,9 @@
 . tests/integration/console_lib/tmux.sh
 console_setup history
 console_need_sim
-console_start_sim 6
+console_start_sim 3
 console_start "$B/taylorscope" live "$URL" --db "$DB"
-console_wait "ended (finished)" 30
+console_wait "ended (finished)" 40
 run=$(console_screen | sed -n 's/^ run \([^ ]*\) .*/\1/p' | head -1)
 [ -n "$run" ] || console_fail "no run id in the header"
 short=$(printf %.16s "$run") # the run column is 16 wide at 80 columns
@@ -15,11 +15,11 @@ console_keys F5
 console_wait "runs in $DB"
 console_wait "$short"
 console_screen | grep -F "$short" | grep -q "finished" || console_fail "the run is not listed as finished"
-console_screen | grep -F "$short" | grep -q " 6/6 " || console_fail "the run does not list 6/6 steps"
+console_screen | grep -F "$short" | grep -q " 3/3 " || console_fail "the run does not list 3/3 steps"
 console_keys Enter
 console_wait "history  status finished" 5
-console_wait "stored run $run opened (6 steps)"
-console_screen | grep -qE "^ +5 " || console_fail "the stored steps are not shown"
+console_wait "stored run $run opened (3 steps)"
+console_screen | grep -qE "^ +2 " || console_fail "the stored steps are not shown"
 console_keys F3
 console_wait "heat map:"
 console_keys q

@@ -6,7 +6,7 @@ console_setup resize
 console_need_sim
 console_start_sim 200
 console_start "$B/taylorscope" live "$URL" --db "$DB"
-console_wait "step 2/200" 20
+console_wait "step 1/200" 30
 tmux -L "$CT_SOCK" resize-window -t console -x 50 -y 12
 console_wait "too small"
 tmux -L "$CT_SOCK" resize-window -t console -x 160 -y 50

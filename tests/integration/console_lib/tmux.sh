@@ -14,6 +14,8 @@
 #                               steps) publishing at $URL, in the background
 #   console_start CMD...        a tmux session of 80x24 running CMD
 #   console_wait TEXT [SECS]    until the screen shows TEXT (grep -F), else fail
+#   console_wait_row STEP [SECS]    until the step table has STEP's row
+#   console_wait_progress K [SECS]  until the progress line passes step K
 #   console_screen              the screen as text
 #   console_keys KEY...         tmux send-keys
 #   console_type TEXT           send-keys -l (literal text)
@@ -74,9 +76,14 @@ console_fail() {
     exit 1
 }
 
+# Timeouts stretch under the sanitizer build (TS_SANITIZE=1), where the
+# reference backend is about ten times slower.
+CT_SLOW=1
+[ "${TS_SANITIZE:-0}" = 1 ] && CT_SLOW=6
+
 console_wait() {
     ct_text=$1
-    ct_secs=${2:-10}
+    ct_secs=$(( ${2:-10} * CT_SLOW ))
     ct_i=0
     while [ $ct_i -lt $((ct_secs * 10)) ]; do
         console_screen 2>/dev/null | grep -qF -- "$ct_text" && return 0
@@ -84,6 +91,31 @@ console_wait() {
         ct_i=$((ct_i + 1))
     done
     console_fail "waited ${ct_secs}s for \"$ct_text\""
+}
+
+# Until the step table shows a row for step $1 (or fail after $2 seconds).
+console_wait_row() {
+    ct_secs=$(( ${2:-20} * CT_SLOW ))
+    ct_i=0
+    while [ $ct_i -lt $((ct_secs * 10)) ]; do
+        [ -n "$(console_step_field "$1" 1)" ] && return 0
+        sleep 0.1
+        ct_i=$((ct_i + 1))
+    done
+    console_fail "waited ${ct_secs}s for the row of step $1"
+}
+
+# Until the progress line's step count is above $1; prints it.
+console_wait_progress() {
+    ct_secs=$(( ${2:-20} * CT_SLOW ))
+    ct_i=0
+    while [ $ct_i -lt $((ct_secs * 10)) ]; do
+        ct_k=$(console_screen | sed -n 's/^ step \([0-9]*\)\/.*/\1/p' | head -1)
+        [ -n "$ct_k" ] && [ "$ct_k" -gt "$1" ] && { echo "$ct_k"; return 0; }
+        sleep 0.1
+        ct_i=$((ct_i + 1))
+    done
+    console_fail "waited ${ct_secs}s for the step count to pass $1"
 }
 
 # The number in column $2 (1-based, whitespace-separated) of the step row of
