@@ -101,8 +101,10 @@ static void draw_header(const tc_ui *ui, tc_rect r) {
         return;
     }
     char gapbuf[96];
+    int n_gaps = 0;
+    for (int i = 0; i < m->n_gaps; i++) n_gaps += !m->gaps[i].backfill;
     snprintf(gapbuf, sizeof gapbuf, "drops %llu  gaps %d missing %llu lost %llu",
-             (unsigned long long)m->dropped, m->n_gaps, (unsigned long long)open_gaps,
+             (unsigned long long)m->dropped, n_gaps, (unsigned long long)open_gaps,
              (unsigned long long)m->lost);
     int gw = (int)strlen(gapbuf) + 1;
     if (r.w - cw - gw < 24) gw = 0; /* too narrow: the rate first */

@@ -458,7 +458,7 @@ static void load_gaps(sqlite3 *db, int64_t run, tc_model *m) {
             m->gaps = g;
             m->cap_gaps = cap;
         }
-        m->gaps[m->n_gaps++] = (tc_gap){from, to, missing ? TC_GAP_LOST : TC_GAP_RECOVERED};
+        m->gaps[m->n_gaps++] = (tc_gap){from, to, missing ? TC_GAP_LOST : TC_GAP_RECOVERED, 0};
         m->missing += to - from + 1;
         m->lost += missing;
         m->recovered += to - from + 1 - missing;

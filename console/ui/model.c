@@ -224,7 +224,7 @@ int tc_model_put_header(tc_model *m, const tp_header *h, char *err, size_t errle
     return 0;
 }
 
-static int add_gap(tc_model *m, uint64_t from, uint64_t to) {
+static int add_gap_kind(tc_model *m, uint64_t from, uint64_t to, int backfill) {
     if (m->n_gaps == m->cap_gaps) {
         int cap = m->cap_gaps ? m->cap_gaps * 2 : 8;
         tc_gap *n = realloc(m->gaps, (size_t)cap * sizeof *n);
@@ -232,9 +232,11 @@ static int add_gap(tc_model *m, uint64_t from, uint64_t to) {
         m->gaps = n;
         m->cap_gaps = cap;
     }
-    m->gaps[m->n_gaps++] = (tc_gap){from, to, TC_GAP_OPEN};
+    m->gaps[m->n_gaps++] = (tc_gap){from, to, TC_GAP_OPEN, backfill};
     return 0;
 }
+
+static int add_gap(tc_model *m, uint64_t from, uint64_t to) { return add_gap_kind(m, from, to, 0); }
 
 void tc_model_gap_result(tc_model *m, uint64_t from_seq, uint64_t to_seq, uint64_t gone) {
     for (int i = 0; i < m->n_gaps; i++) {
@@ -242,7 +244,7 @@ void tc_model_gap_result(tc_model *m, uint64_t from_seq, uint64_t to_seq, uint64
         if (g->from_seq == from_seq && g->to_seq == to_seq && g->state != TC_GAP_RECOVERED &&
             g->state != TC_GAP_LOST) {
             g->state = gone ? TC_GAP_LOST : TC_GAP_RECOVERED;
-            m->lost += gone;
+            if (!g->backfill) m->lost += gone;
         }
     }
 }
@@ -270,6 +272,8 @@ int tc_model_apply(tc_model *m, const tp_msg *msg, int64_t now_ns, char *err, si
 
     /* sequence: gaps and replays */
     if (msg->seq > m->last_seq) {
+        if (m->last_seq == 0 && msg->seq > 1 && m->conn != TC_CONN_HISTORY)
+            (void)add_gap_kind(m, 1, msg->seq - 1, 1); /* attached late: the run's start */
         if (m->last_seq > 0 && msg->seq > m->last_seq + 1) {
             uint64_t from = m->last_seq + 1, to = msg->seq - 1;
             m->missing += to - from + 1;
@@ -280,7 +284,7 @@ int tc_model_apply(tc_model *m, const tp_msg *msg, int64_t now_ns, char *err, si
         for (int i = 0; i < m->n_gaps; i++) {
             tc_gap *g = &m->gaps[i];
             if (msg->seq >= g->from_seq && msg->seq <= g->to_seq) {
-                m->recovered++;
+                if (!g->backfill) m->recovered++;
                 break;
             }
         }

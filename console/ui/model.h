@@ -37,6 +37,7 @@ const char *tc_conn_state_name(tc_conn_state s); /* "waiting" "live" "stale" "en
 typedef struct {
     uint64_t from_seq, to_seq;
     int state;           /* TC_GAP_* */
+    int backfill;        /* published before we attached: not a loss, but worth replaying */
 } tc_gap;
 enum { TC_GAP_OPEN = 0, TC_GAP_ASKED = 1, TC_GAP_RECOVERED = 2, TC_GAP_LOST = 3 };
 
@@ -112,7 +113,9 @@ void tc_model_reset_run(tc_model *m);
 
 /* Applies one decoded message received at local time now_ns. A message of
  * another run starts the model over. Replayed messages (seq at or below the
- * highest seen) fill holes and mark gaps recovered. Returns 0, or nonzero
+ * highest seen) fill holes and mark gaps recovered. The first message of a
+ * run seen past seq 1 (attached late) opens a backfill gap [1, seq-1] that
+ * is not counted as missing. Returns 0, or nonzero
  * with err when the message could not be kept (out of memory). */
 int tc_model_apply(tc_model *m, const tp_msg *msg, int64_t now_ns, char *err, size_t errlen);
 /* Connection upkeep without a message (stale detection, rate decay). */

@@ -72,6 +72,23 @@ static void test_a_sequence_hole_is_a_gap_and_replay_recovers_it(void) {
     tc_model_free(&m);
 }
 
+static void test_attaching_late_asks_for_the_runs_start_without_calling_it_missing(void) {
+    tc_model m;
+    tc_model_init(&m);
+    apply_step(&m, "r1", 40, 12);
+    TH_EQ_INT(m.n_gaps, 1);
+    TH_CHECK(m.gaps[0].backfill);
+    TH_EQ_INT(m.gaps[0].from_seq, 1);
+    TH_EQ_INT(m.gaps[0].to_seq, 39);
+    TH_EQ_INT(m.missing, 0);
+    apply_step(&m, "r1", 5, 2); /* replayed */
+    TH_EQ_INT(m.n_steps, 2);
+    TH_EQ_INT(m.recovered, 0);
+    tc_model_gap_result(&m, 1, 39, 30);
+    TH_EQ_INT(m.lost, 0);
+    tc_model_free(&m);
+}
+
 static void test_heartbeat_past_the_last_seen_seq_is_a_gap(void) {
     tc_model m;
     tc_model_init(&m);
@@ -197,6 +214,7 @@ static void test_the_connection_goes_stale_without_messages(void) {
 static const th_test tests[] = {
     TH_TEST(test_steps_are_kept_in_step_order_and_replayed_duplicates_are_dropped),
     TH_TEST(test_a_sequence_hole_is_a_gap_and_replay_recovers_it),
+    TH_TEST(test_attaching_late_asks_for_the_runs_start_without_calling_it_missing),
     TH_TEST(test_heartbeat_past_the_last_seen_seq_is_a_gap),
     TH_TEST(test_a_new_run_id_starts_the_model_over),
     TH_TEST(test_an_applied_knob_event_changes_the_value_in_force_and_completes_the_edit),
