@@ -88,7 +88,7 @@ static void range_text(const tp_knob_desc *k, char *buf, size_t len) {
 static void draw_knobs(const tc_ui *ui, tc_rect r) {
     const tc_model *m = ui->shown;
     char t[160];
-    snprintf(t, sizeof t, "knobs  cfg v%u%s   / find  Enter edit  Esc cancel", m ? m->config_version : 0,
+    snprintf(t, sizeof t, "knobs  cfg v%u%s   / find  Enter edit  Esc cancel  * not default", m ? m->config_version : 0,
              ui->readonly ? "  READ-ONLY observer" : (m && m->conn == TC_CONN_HISTORY) ? "  (stored run)" : "");
     tc_title(ui, r, t);
     if (r.h < 6) return;
@@ -110,6 +110,13 @@ static void draw_knobs(const tc_ui *ui, tc_rect r) {
             tc_model_knob_value(m, k.name, val, sizeof val);
         else
             snprintf(val, sizeof val, "n/a");
+        const tk_knob *lk = tk_knob_find(k.name);
+        if (m && m->have_config && lk) { /* '*': not the default */
+            char dv[64];
+            tk_config defaults;
+            tk_config_defaults(&defaults);
+            if (strcmp(tk_config_format(&defaults, lk, dv, sizeof dv), val) != 0) strcat(val, "*");
+        }
         int pending = m && (m->edit.state == TC_EDIT_SENDING || m->edit.state == TC_EDIT_PENDING) &&
                       !strcmp(m->edit.knob, k.name);
         if (pending) {
