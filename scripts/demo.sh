@@ -1,6 +1,7 @@
 #!/bin/sh
-# make demo: the main job. For now: the simulator's help (later issues grow
-# this into the simulator running in front of the live console).
+# make demo: the simulator (tiny model, CPU backend, hybrid mode) with its
+# progress line. The console will later run in front of it
+# (--wait-console keeps the first steps for it).
 set -eu
 BUILD=${BUILD:-build}
-"$BUILD/bin/taylor-sim" --help
+exec "$BUILD/bin/taylor-sim" --model tiny --backend cpu --mode hybrid --steps 20 "$@"
