@@ -59,7 +59,7 @@ static void sub_open(sub *s, ta_agent *a) {
     nng_socket_set_size(s->s, NNG_OPT_RECVMAXSZ, TP_MAX_MESSAGE_BYTES);
     TH_CHECK(nng_dial(s->s, ta_endpoint(a), NULL, 0) == 0);
     TH_CHECK(nng_socket_get_int(s->s, NNG_OPT_RECVFD, &s->fd) == 0);
-    for (int i = 0; i < 200 && ta_subscribers(a) < 1; i++) nng_msleep(5);
+    for (int i = 0; i < 1000 && ta_subscribers(a) < 1; i++) nng_msleep(5);
     TH_CHECK(ta_subscribers(a) >= 1);
     nng_msleep(20); /* the subscription reaches the PUB side */
 }
@@ -110,6 +110,8 @@ static void ctl(ta_agent *a, const tp_request *q, tp_reply *rep) {
     ctl_raw(a, b.data, b.len, rep);
     tp_buf_free(&b);
 }
+
+static void set_now(ta_agent *a, const char *name, const char *value);
 
 static void set_request(tp_request *q, const char *id, int64_t expect, tp_knob_change *ch, int n) {
     memset(q, 0, sizeof *q);
@@ -430,6 +432,54 @@ static void test_a_subscriber_sees_header_steps_knob_events_and_run_end_in_order
     ta_close(a);
 }
 
+static void test_the_header_is_resent_with_the_config_in_force(void) {
+    ta_agent *a;
+    ta_options o;
+    memset(&o, 0, sizeof o);
+    char url[300], err[256];
+    snprintf(url, sizeof url, "ipc://%s/resend.pub", th_tmpdir());
+    o.endpoint = url;
+    o.backend = TK_BACKEND_REF;
+    o.model = small_model;
+    o.header_every_s = 0.2;
+    TH_CHECKF(ta_open(&o, &a, err, sizeof err) == 0, "%s", err);
+    sub s;
+    sub_open(&s, a);
+    TH_CHECK(ta_run_begin(a, 9, "tiny", "euler", err, sizeof err) == 0);
+    set_now(a, "global_weight", "0.25");
+    host_step(a, 0, 1.0);
+    int headers = 0, beats = 0;
+    uint64_t seq = 0;
+    tp_msg m;
+    double t_end = 0;
+    for (int i = 0; i < 200 && (headers < 3 || beats < 1); i++) {
+        if (sub_recv(&s, &m, 3000) != 0) break;
+        TH_EQ_INT(m.seq, seq + 1);
+        seq = m.seq;
+        if (m.type == TP_MSG_HEADER) {
+            headers++;
+            if (headers > 1) { /* re-sent after the change applied at step 0 */
+                TH_NEAR(m.u.header.current.global_weight, 0.25, 0);
+                TH_NEAR(m.u.header.initial.global_weight, 1.0, 0);
+                TH_EQ_INT(m.u.header.config_version, 2);
+                TH_EQ_INT(m.u.header.last_step, 0);
+            }
+        }
+        if (m.type == TP_MSG_HEARTBEAT) {
+            beats++;
+            TH_EQ_INT(m.u.hb.step, 0);
+            TH_EQ_INT(m.u.hb.total_steps, 9);
+            TH_EQ_INT(m.u.hb.last_seq, m.seq);
+        }
+        tp_msg_free(&m);
+    }
+    (void)t_end;
+    TH_CHECK(headers >= 3);
+    TH_CHECK(beats >= 1);
+    sub_close(&s);
+    ta_close(a);
+}
+
 static void test_a_replay_request_returns_the_missing_messages(void) {
     ta_agent *a;
     open_agent("replay", 8, 0, &a);
@@ -439,6 +489,13 @@ static void test_a_replay_request_returns_the_missing_messages(void) {
     TH_CHECK(ta_run_end(a, TA_RUN_FINISHED, "") == 0);
     /* nobody listened: 1 header + 12 steps + run_end = 14 messages, ring of 8 */
     tp_request q = {0};
+    tp_reply st;
+    q.op = TP_OP_GET_STATE;
+    for (int i = 0; i < 100; i++) { /* the I/O thread is done with them (a loaded machine) */
+        ctl(a, &q, &st);
+        if (st.last_seq >= 14) break;
+        nng_msleep(50);
+    }
     q.op = TP_OP_REPLAY;
     q.from_seq = 3;
     q.to_seq = 14;
@@ -988,6 +1045,7 @@ static const th_test tests[] = {
     TH_TEST(test_an_expected_version_mismatch_is_refused),
     TH_TEST(test_get_knobs_reports_the_config_in_force),
     TH_TEST(test_a_subscriber_sees_header_steps_knob_events_and_run_end_in_order),
+    TH_TEST(test_the_header_is_resent_with_the_config_in_force),
     TH_TEST(test_a_replay_request_returns_the_missing_messages),
     TH_TEST(test_bad_control_messages_get_an_error_reply_and_the_agent_keeps_serving),
     TH_TEST(test_ipc_sockets_are_private),

@@ -23,15 +23,14 @@ static void print_note(void *user, const char *line) {
 }
 
 int tc_cmd_record(int argc, char **argv) {
-    const char *db = NULL, *lost_text = NULL, *runs_text = NULL, *duration_text = NULL, *slow_text = NULL;
+    const char *db = NULL, *lost_text = NULL, *runs_text = NULL, *duration_text = NULL;
     const char *urls[64];
     int n_urls = 0;
     for (int i = 1; i < argc;) {
         int r;
         if ((r = tc_opt(argc, argv, &i, "--db", &db)) || (r = tc_opt(argc, argv, &i, "--lost-after", &lost_text)) ||
             (r = tc_opt(argc, argv, &i, "--runs", &runs_text)) ||
-            (r = tc_opt(argc, argv, &i, "--duration", &duration_text)) ||
-            (r = tc_opt(argc, argv, &i, "--slow-ms", &slow_text))) {
+            (r = tc_opt(argc, argv, &i, "--duration", &duration_text))) {
             if (r < 0) return tc_usage_error("record", "%s needs a value", argv[i]);
             continue;
         }
@@ -51,10 +50,15 @@ int tc_cmd_record(int argc, char **argv) {
         return tc_usage_error("record", "--runs must be a whole number >= 1, not '%s'", runs_text);
     if (duration_text && tc_parse_seconds(duration_text, &duration_s))
         return tc_usage_error("record", "--duration must be a number of seconds >= 0, not '%s'", duration_text);
-    /* undocumented: make this recorder a slow subscriber (tests of gaps) */
-    if (slow_text && tc_parse_seconds(slow_text, &o.slow_ms))
-        return tc_usage_error("record", "--slow-ms must be a number >= 0, not '%s'", slow_text);
 
+    /* check every URL before the database is created or touched */
+    for (int i = 0; i < n_urls; i++) {
+        char ctl[512], err[256];
+        if (tp_control_url_for(urls[i], ctl, sizeof ctl, err, sizeof err))
+            return tc_usage_error("record", "%s", err);
+        for (int j = 0; j < i; j++)
+            if (!strcmp(urls[i], urls[j])) return tc_usage_error("record", "%s is given twice", urls[i]);
+    }
     tc_store *s;
     int rc = tc_open_history("record", db, TC_STORE_WRITE, &s);
     if (rc) return rc;

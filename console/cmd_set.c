@@ -96,7 +96,8 @@ int tc_cmd_set(int argc, char **argv) {
     if ((rv = nng_dial(req, ctl, NULL, NNG_FLAG_NONBLOCK)) != 0) {
         rc = tc_fail("set", "cannot reach %s: %s", ctl, nng_strerror(rv));
     } else if ((rv = nng_send(req, b.data, b.len, 0)) != 0) {
-        rc = tc_fail("set", "cannot send to %s: %s", ctl, nng_strerror(rv));
+        rc = tc_fail("set", "no answer from %s within %g s (is the agent running?): %s", ctl, timeout_s,
+                     nng_strerror(rv));
     } else if ((rv = nng_recv(req, &data, &len, NNG_FLAG_ALLOC)) != 0) {
         rc = tc_fail("set", "no answer from %s within %g s (is the agent running?): %s", ctl, timeout_s,
                      nng_strerror(rv));

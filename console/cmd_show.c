@@ -31,7 +31,8 @@ static int print_header(sqlite3 *db, int64_t run) {
         "SELECT id, agent_run_id, status, status_message, agent_id, agent_version, source_url,"
         " model_name, model_config, heads, head_dim, n_double, n_single, text_tokens, grid_h, grid_w,"
         " sampler, backend, total_steps, (SELECT count(*) FROM steps WHERE run_id = runs.id), last_step,"
-        " started_ns, config_version, agent_dropped, last_seq"
+        " started_ns, coalesce((SELECT max(config_version) FROM steps WHERE run_id = runs.id), config_version),"
+        " agent_dropped, last_seq"
         " FROM runs WHERE id = ?1";
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) return 1;
     sqlite3_bind_int64(st, 1, run);
@@ -125,6 +126,22 @@ static void print_gaps(sqlite3 *db, int64_t run) {
     sqlite3_finalize(st);
 }
 
+static void print_fallbacks(sqlite3 *db, int64_t run) {
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT reason, sum(count) AS n FROM fallbacks WHERE run_id = ?1"
+                           " GROUP BY reason ORDER BY n DESC, reason",
+                           -1, &st, NULL) != SQLITE_OK)
+        return;
+    sqlite3_bind_int64(st, 1, run);
+    int n = 0;
+    printf("  fallbacks ");
+    while (sqlite3_step(st) == SQLITE_ROW)
+        printf("%s%s %lld", n++ ? ", " : "", col_text(st, 0, "?"), (long long)sqlite3_column_int64(st, 1));
+    printf("%s\n", n ? "" : "none");
+    sqlite3_finalize(st);
+}
+
 static void print_knob_events(sqlite3 *db, int64_t run) {
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(db,
@@ -200,6 +217,7 @@ int tc_cmd_show(int argc, char **argv) {
     } else {
         print_knobs(tc_store_db(s), run);
         print_gaps(tc_store_db(s), run);
+        print_fallbacks(tc_store_db(s), run);
         print_knob_events(tc_store_db(s), run);
         print_steps(tc_store_db(s), run);
     }

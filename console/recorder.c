@@ -305,6 +305,12 @@ static int handle(tc_recorder *r, source *s, tp_msg *m, int replayed, char *err,
 static uint64_t replay_range(tc_recorder *r, source *s, const char *run_id, uint64_t from, uint64_t to,
                              char *err, size_t errlen) {
     uint64_t missing = 0;
+    /* no ring holds more than this: do not ask for what cannot be there */
+    const uint64_t max_replay = 65536;
+    if (to - from + 1 > max_replay) {
+        missing += to - from + 1 - max_replay;
+        from = to - max_replay + 1;
+    }
     for (uint64_t a = from; a <= to && !r->failed;) {
         uint64_t b = to - a + 1 > (uint64_t)r->o.replay_chunk ? a + (uint64_t)r->o.replay_chunk - 1 : to;
         tp_request q;
@@ -327,7 +333,10 @@ static uint64_t replay_range(tc_recorder *r, source *s, const char *run_id, uint
         }
         if (!rep.ok) {
             note(r, "%s: replay of %s seq %llu..%llu refused: %s", s->url, run_id, (unsigned long long)a,
-                 (unsigned long long)b, rep.error);
+                 (unsigned long long)to, rep.error);
+            tp_reply_free(&rep);
+            missing += to - a + 1;
+            break; /* e.g. not the agent's current run: none of it will come */
         } else {
             for (int i = 0; i < rep.n_messages && !r->failed; i++) {
                 tp_msg m;
@@ -383,6 +392,8 @@ static int store_msg(tc_recorder *r, source *s, run_state *rs, const tp_msg *m, 
     return 0;
 }
 
+static void mark_lost(tc_recorder *r, source *s, run_state *rs, const char *why);
+
 static int handle(tc_recorder *r, source *s, tp_msg *m, int replayed, char *err, size_t errlen) {
     run_state *rs = find_run(s, m->run_id);
     if (!rs) {
@@ -409,6 +420,15 @@ static int handle(tc_recorder *r, source *s, tp_msg *m, int replayed, char *err,
         sqlite3_finalize(st);
         note(r, "%s: %s run %s (run %lld) at seq %llu", s->url, created ? "new" : "continuing", m->run_id,
              (long long)run, (unsigned long long)m->seq);
+        /* one agent runs one run at a time: the others of this URL are over,
+         * and their end never arrived */
+        for (int j = 0; j < s->n_runs; j++) {
+            run_state *o = &s->runs[j];
+            if (o == rs || o->ended || o->lost) continue;
+            char why[160];
+            snprintf(why, sizeof why, "the agent started run %s before this run's end was received", m->run_id);
+            mark_lost(r, s, o, why);
+        }
     }
     rs->last_heard_s = mono_s();
     if (rs->lost) {
@@ -440,22 +460,62 @@ static int handle(tc_recorder *r, source *s, tp_msg *m, int replayed, char *err,
     return 0;
 }
 
-static void check_timeouts(tc_recorder *r) {
-    double now = mono_s();
-    for (int i = 0; i < r->n_src; i++) {
+static void mark_lost(tc_recorder *r, source *s, run_state *rs, const char *why) {
+    char err[256];
+    if (tc_store_mark_lost(r->store, rs->run, why, now_ns(), err, sizeof err) == 0) {
+        rs->lost = 1;
+        r->stats.runs_ended++;
+        note(r, "%s: run %s lost: %s", s->url, rs->agent_run_id, why);
+    } else {
+        note(r, "%s: cannot mark run %s lost: %s", s->url, rs->agent_run_id, err);
+    }
+}
+
+/* A silent run: its last messages (the run end, say) may have been dropped
+ * while nothing followed to reveal the gap. Ask the agent where it is and
+ * replay the tail; only then call the run lost. */
+static void recover_tail(tc_recorder *r, source *s, int j, char *err, size_t errlen) {
+    tp_request q;
+    memset(&q, 0, sizeof q);
+    q.version = TP_PROTOCOL_VERSION;
+    q.op = TP_OP_GET_STATE;
+    snprintf(q.origin, sizeof q.origin, "console");
+    q.expected_version = -1;
+    tp_reply rep;
+    char why[512];
+    if (control_call(r, s, &q, &rep, why, sizeof why)) return;
+    run_state *rs = &s->runs[j];
+    if (rep.ok && !strcmp(rep.run_id, rs->agent_run_id) && rep.last_seq >= rs->next) {
+        uint64_t from = rs->next, to = rep.last_seq;
+        char id[TP_RUN_ID_LEN];
+        snprintf(id, sizeof id, "%s", rs->agent_run_id);
+        r->stats.gaps++;
+        note(r, "%s: run %s silent; asking for seq %llu..%llu", s->url, id, (unsigned long long)from,
+             (unsigned long long)to);
+        uint64_t missing = replay_range(r, s, id, from, to, err, errlen);
+        rs = &s->runs[j];
+        r->stats.lost_messages += missing;
+        if (!r->failed && tc_store_add_gap(r->store, rs->run, from, to, missing, now_ns(), to, err, errlen) == 0)
+            rs->next = to + 1;
+        else
+            r->failed = 1;
+    }
+    tp_reply_free(&rep);
+}
+
+static void check_timeouts(tc_recorder *r, char *err, size_t errlen) {
+    for (int i = 0; i < r->n_src && !r->failed; i++) {
         source *s = &r->src[i];
-        for (int j = 0; j < s->n_runs; j++) {
+        for (int j = 0; j < s->n_runs && !r->failed; j++) {
+            if (s->runs[j].ended || s->runs[j].lost || mono_s() - s->runs[j].last_heard_s < r->o.lost_after_s)
+                continue;
+            recover_tail(r, s, j, err, errlen);
             run_state *rs = &s->runs[j];
-            if (rs->ended || rs->lost || now - rs->last_heard_s < r->o.lost_after_s) continue;
-            char why[128], err[256];
+            if (rs->ended || r->failed) continue;
+            rs->last_heard_s = mono_s() - r->o.lost_after_s; /* a replayed tail does not revive it */
+            char why[128];
             snprintf(why, sizeof why, "no message from the agent for %.0f s", r->o.lost_after_s);
-            if (tc_store_mark_lost(r->store, rs->run, why, now_ns(), err, sizeof err) == 0) {
-                rs->lost = 1;
-                r->stats.runs_ended++;
-                note(r, "%s: run %s lost: %s", s->url, rs->agent_run_id, why);
-            } else {
-                note(r, "%s: cannot mark run %s lost: %s", s->url, rs->agent_run_id, err);
-            }
+            mark_lost(r, s, rs, why);
         }
     }
 }
@@ -500,8 +560,8 @@ int tc_recorder_service(tc_recorder *r, char *err, size_t errlen) {
             if (r->failed) return 1;
         }
     }
-    check_timeouts(r);
-    return 0;
+    check_timeouts(r, err, errlen);
+    return r->failed;
 }
 
 int tc_recorder_poll_once(tc_recorder *r, int timeout_ms, char *err, size_t errlen) {

@@ -236,6 +236,79 @@ static void test_a_silent_agent_makes_its_run_lost_until_it_speaks_again(void) {
     tc_synth_close(s);
 }
 
+static void test_a_dropped_run_end_is_replayed_when_the_run_goes_silent(void) {
+    const char *url = ipc_url("tail");
+    tc_synth *s;
+    char err[512];
+    TH_CHECK(tc_synth_open(url, "run-tail", 0, &s, err, sizeof err) == 0);
+    tc_recorder_opts o;
+    memset(&o, 0, sizeof o);
+    o.lost_after_s = 0.3;
+    rig r = rig_open(tmp_path("tail.db"), url, &o);
+    wait_connected(&r, s);
+    tc_synth_header(s, 3, LAYERS);
+    tc_synth_step(s, 0, LAYERS);
+    tc_synth_hold_back(s, 3); /* the last step and the run end never arrive */
+    tc_synth_step(s, 1, LAYERS);
+    tc_synth_step(s, 2, LAYERS);
+    tc_synth_run_end(s, "failed", 3);
+    pump_until_ended(&r, 3);
+    sqlite3 *db = tc_store_db(r.store);
+    TH_EQ_INT(one_int(db, "SELECT status = 'failed' AND steps_done = 3 FROM runs"), 1);
+    TH_EQ_INT(one_int(db, "SELECT count(*) FROM steps"), 3);
+    TH_EQ_INT(one_int(db, "SELECT from_seq = 3 AND to_seq = 5 AND recovered = 1 FROM gaps"), 1);
+    rig_close(&r);
+    tc_synth_close(s);
+}
+
+static void test_a_new_run_of_the_same_agent_makes_an_unended_run_lost(void) {
+    const char *url = ipc_url("newrun");
+    tc_synth *s;
+    char err[512];
+    TH_CHECK(tc_synth_open(url, "run-old", 0, &s, err, sizeof err) == 0);
+    rig r = rig_open(tmp_path("newrun.db"), url, NULL);
+    wait_connected(&r, s);
+    tc_synth_header(s, 5, LAYERS);
+    tc_synth_step(s, 0, LAYERS);
+    pump(&r, 0.1);
+    tc_synth_new_run(s, "run-new"); /* the host crashed and started again */
+    tc_synth_header(s, 5, LAYERS);
+    tc_synth_step(s, 0, LAYERS);
+    pump(&r, 0.1);
+    sqlite3 *db = tc_store_db(r.store);
+    TH_EQ_INT(one_int(db, "SELECT status = 'lost' AND status_message LIKE '%started run run-new%' FROM runs "
+                          "WHERE agent_run_id = 'run-old'"),
+              1);
+    TH_EQ_INT(one_int(db, "SELECT status = 'running' FROM runs WHERE agent_run_id = 'run-new'"), 1);
+    TH_EQ_INT(one_int(db, "SELECT count(*) FROM steps"), 2);
+    rig_close(&r);
+    tc_synth_close(s);
+}
+
+static void test_runs_left_running_become_lost_when_their_agent_is_gone(void) {
+    const char *url = ipc_url("gone");
+    const char *p = tmp_path("gone.db");
+    char err[512];
+    tc_store *st;
+    TH_CHECK(tc_store_open(p, TC_STORE_WRITE, &st, err, sizeof err) == 0);
+    int64_t run;
+    uint64_t last;
+    TH_CHECK(tc_store_run_upsert(st, "run-gone", url, NULL, 1, &run, &last, NULL, err, sizeof err) == 0);
+    TH_CHECK(tc_store_run_upsert(st, "run-elsewhere", "ipc:///other.pub", NULL, 1, &run, &last, NULL, err,
+                                 sizeof err) == 0);
+    tc_store_close(st);
+    tc_recorder_opts o;
+    memset(&o, 0, sizeof o);
+    o.lost_after_s = 0.2;
+    o.replay_timeout_s = 0.1;
+    rig r = rig_open(p, url, &o); /* nobody publishes at url */
+    pump(&r, 0.6);
+    sqlite3 *db = tc_store_db(r.store);
+    TH_EQ_INT(one_int(db, "SELECT status = 'lost' FROM runs WHERE agent_run_id = 'run-gone'"), 1);
+    TH_EQ_INT(one_int(db, "SELECT status = 'running' FROM runs WHERE agent_run_id = 'run-elsewhere'"), 1);
+    rig_close(&r);
+}
+
 /* The child: records until killed. */
 static void record_forever(const char *db, const char *url) {
     tc_store *store;
@@ -377,6 +450,9 @@ static const th_test tests[] = {
     TH_TEST(test_a_gap_is_replayed_from_the_agents_ring),
     TH_TEST(test_what_the_ring_no_longer_has_is_recorded_as_a_gap),
     TH_TEST(test_a_silent_agent_makes_its_run_lost_until_it_speaks_again),
+    TH_TEST(test_a_dropped_run_end_is_replayed_when_the_run_goes_silent),
+    TH_TEST(test_a_new_run_of_the_same_agent_makes_an_unended_run_lost),
+    TH_TEST(test_runs_left_running_become_lost_when_their_agent_is_gone),
     TH_TEST(test_a_recorder_killed_mid_run_resumes_the_same_run),
     TH_TEST(test_a_slow_subscriber_gets_its_gaps_replayed),
     TH_TEST(test_a_read_only_store_is_refused),

@@ -42,7 +42,7 @@ typedef struct {
 static const col_def step_cols[] = {
     SC(sigma, COL_DOUBLE, 0),
     SC(wall_ms, COL_DOUBLE, 0),
-    SC(attn_ms, COL_DOUBLE, TP_HAVE_TIME),
+    SC(attn_ms, COL_DOUBLE, 0), /* always sent for a step */
     SC(config_version, COL_U32, 0),
     SC(calls, COL_INT, 0),
     SC(n_exact, COL_INT, 0),
@@ -278,7 +278,8 @@ int tc_store_open(const char *path, tc_store_mode mode, tc_store **out, char *er
         return 1;
     }
     snprintf(s->path, sizeof s->path, "%s", path);
-    int flags = SQLITE_OPEN_READWRITE | (mode == TC_STORE_WRITE ? SQLITE_OPEN_CREATE : 0);
+    /* one thread per store (store.h): no per-call mutex */
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (mode == TC_STORE_WRITE ? SQLITE_OPEN_CREATE : 0);
     if (sqlite3_open_v2(path, &s->db, flags, NULL) != SQLITE_OK) {
         set_err(err, errlen, "cannot open %s: %s", path, s->db ? sqlite3_errmsg(s->db) : "out of memory");
         tc_store_close(s);
@@ -296,7 +297,7 @@ int tc_store_open(const char *path, tc_store_mode mode, tc_store **out, char *er
         /* a newer taylorscope wrote it: read what we understand, write nothing */
         sqlite3_close(s->db);
         s->db = NULL;
-        if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+        if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
             set_err(err, errlen, "cannot open %s read-only: %s", path, sqlite3_errmsg(s->db));
             tc_store_close(s);
             return 1;

@@ -182,7 +182,7 @@ int tc_synth_open(const char *pub_url, const char *run_id, int ring, tc_synth **
     int rv;
     if ((rv = nng_pub0_open(&s->pub)) || (rv = nng_pipe_notify(s->pub, NNG_PIPE_EV_ADD_POST, on_pipe, s)) ||
         (rv = nng_pipe_notify(s->pub, NNG_PIPE_EV_REM_POST, on_pipe, s)) ||
-        (rv = nng_listen(s->pub, pub_url, NULL, 0))) {
+        (rv = nng_socket_set_int(s->pub, NNG_OPT_SENDBUF, 1024)) || (rv = nng_listen(s->pub, pub_url, NULL, 0))) {
         set_err(err, errlen, "synth: cannot listen on %s: %s", pub_url, nng_strerror(rv));
         tc_synth_close(s);
         return 1;
@@ -221,6 +221,15 @@ uint64_t tc_synth_last_seq(tc_synth *s) {
     uint64_t n = s->seq;
     pthread_mutex_unlock(&s->mu);
     return n;
+}
+
+void tc_synth_new_run(tc_synth *s, const char *run_id) {
+    pthread_mutex_lock(&s->mu);
+    snprintf(s->run_id, sizeof s->run_id, "%s", run_id);
+    s->seq = 0;
+    s->step = -1;
+    for (int i = 0; i < s->ring_len; i++) s->ring[i].seq = 0;
+    pthread_mutex_unlock(&s->mu);
 }
 
 void tc_synth_hold_back(tc_synth *s, int count) {

@@ -25,6 +25,8 @@ void tc_synth_close(tc_synth *s);
 
 int tc_synth_subscribers(tc_synth *s); /* connected SUB pipes */
 uint64_t tc_synth_last_seq(tc_synth *s);
+/* Starts another run: a new run id, sequence numbers from 1, an empty ring. */
+void tc_synth_new_run(tc_synth *s, const char *run_id);
 /* The next `count` messages are numbered and kept in the ring but not sent. */
 void tc_synth_hold_back(tc_synth *s, int count);
 

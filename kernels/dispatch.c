@@ -15,7 +15,8 @@
  *   taylor    sub_head_blocks divides D and Dv               -> sub_head_block_mismatch
  *             R(D/b, terms) <= max_feature_dim_R             -> feature_dim_too_large
  *   hybrid    q0 and k0 both given or both absent, 2d window needs the grid
- *             (text_tokens + grid_h*grid_w = Nq = Nk)        -> unsupported_shape
+ *             (text_tokens + grid_h*grid_w = Nq = Nk), a 1d window must
+ *             reach a key from every query (cross attention) -> unsupported_shape
  *             R(min(global_dim, D), global_P) <= max_feature_dim_R
  *                                                           -> feature_dim_too_large
  *             (host backends) every query's window holds a kept key
@@ -278,6 +279,12 @@ tk_reason tk_check(const tk_context *ctx, const tk_call *c, const tk_config *cfg
             return say(TK_REASON_UNSUPPORTED_SHAPE, detail, len,
                        "a 2d window needs Nq = Nk (got %d, %d)", c->Nq, c->Nk);
     }
+    int radius = tk_window_at(cfg, c->sigma);
+    if (cfg->window_shape == TK_WINDOW_1D && radius > 0 && c->Nq > c->text_tokens &&
+        (int64_t)c->Nq - 1 - radius > (int64_t)c->Nk - 1)
+        return say(TK_REASON_UNSUPPORTED_SHAPE, detail, len,
+                   "1d window %d: query %d has no key within reach (Nk = %d)", radius, c->Nq - 1,
+                   c->Nk);
     int g = cfg->global_dim < c->D ? cfg->global_dim : c->D;
     int64_t R = taylor_feature_count(g, cfg->global_P);
     if (R < 0 || R > cfg->max_feature_dim_R)
@@ -285,8 +292,8 @@ tk_reason tk_check(const tk_context *ctx, const tk_call *c, const tk_config *cfg
                    "far field R(%d,%d)=%lld > max_feature_dim_R %d", g, cfg->global_P,
                    (long long)R, cfg->max_feature_dim_R);
     if (host_backend(ctx)) {
-        tki_window w = {(tk_window_shape)cfg->window_shape, tk_window_at(cfg, c->sigma),
-                        c->text_tokens, c->grid_h, c->grid_w};
+        tki_window w = {(tk_window_shape)cfg->window_shape, radius, c->text_tokens, c->grid_h,
+                        c->grid_w};
         if ((r = check_mask_windows(c, &w, detail, len)) != TK_REASON_NONE) return r;
     }
     return TK_REASON_NONE;

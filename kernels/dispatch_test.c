@@ -6,7 +6,9 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 static void test_ref_and_cpu_backends_are_always_available(void) {
     TH_CHECK(tk_backend_available(TK_BACKEND_REF));
@@ -197,6 +199,13 @@ static void test_cross_attention_needs_its_knob(void) {
     EXPECT(&t, &cfg, TK_MODE_TAYLOR, TK_REASON_NONE);
     EXPECT(&t, &cfg, TK_MODE_HYBRID, TK_REASON_NONE);
     tu_free(&t);
+    /* more queries than keys: a 1d window of 2 leaves query 13 with no key */
+    tu_make(&t, 1, 1, 14, 10, 8, 8, 6, 0.5);
+    cfg.local_window = 2;
+    EXPECT(&t, &cfg, TK_MODE_HYBRID, TK_REASON_UNSUPPORTED_SHAPE);
+    cfg.local_window = 4;
+    EXPECT(&t, &cfg, TK_MODE_HYBRID, TK_REASON_NONE);
+    tu_free(&t);
 }
 
 static void test_sub_head_blocks_must_divide_D_and_Dv(void) {
@@ -247,6 +256,28 @@ static void test_tk_check_explains_without_running(void) {
     tu_free(&t);
 }
 
+/* A workspace that cannot be had is a reason, not a crash: limit the address
+ * space of this (forked) test, then ask for a Taylor call whose S alone
+ * (R(64,5) x 64 doubles = 417 MB) does not fit. */
+static void test_a_workspace_out_of_memory_is_a_reason(void) {
+    if (getenv("TS_SANITIZE")) th_skip("address-space limits do not mix with the sanitizer's shadow memory");
+    tu_call t;
+    tu_make(&t, 1, 1, 2, 2, 64, 64, 10, 0.1);
+    tk_config cfg;
+    tu_config(&cfg);
+    cfg.sub_head_blocks = 1, cfg.terms = 5, cfg.max_feature_dim_R = 1000000, cfg.early_probe = 0;
+    long pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f || fscanf(f, "%ld", &pages) != 1) th_skip("no /proc/self/statm");
+    fclose(f);
+    struct rlimit rl = {(rlim_t)pages * 4096 + ((rlim_t)160 << 20), RLIM_INFINITY};
+    if (setrlimit(RLIMIT_AS, &rl) != 0) th_skip("setrlimit refused");
+    EXPECT(&t, &cfg, TK_MODE_TAYLOR, TK_REASON_OUT_OF_MEMORY);
+    /* the exact path of the same call still runs */
+    EXPECT(&t, &cfg, TK_MODE_EXACT, TK_REASON_NONE);
+    tu_free(&t);
+}
+
 static const th_test tests[] = {
     TH_TEST(test_ref_and_cpu_backends_are_always_available),
     TH_TEST(test_an_unknown_or_absent_backend_is_an_error_with_a_message),
@@ -260,6 +291,7 @@ static const th_test tests[] = {
     TH_TEST(test_sub_head_blocks_must_divide_D_and_Dv),
     TH_TEST(test_a_2d_hybrid_window_needs_the_grid),
     TH_TEST(test_tk_check_explains_without_running),
+    TH_TEST(test_a_workspace_out_of_memory_is_a_reason),
     {0},
 };
 

@@ -183,8 +183,11 @@ int64_t tki_pca_cache_fits(const struct tki_pca_cache *c) { return c ? c->fits :
 int tki_pca_get(tk_context *ctx, const tk_call *call, const tk_config *cfg, int g,
                 const double **proj, char *err, size_t errlen) {
     int H = call->H, D = call->D, B = call->B, Nq = call->Nq, Nk = call->Nk;
+    /* layer < 0 (unknown): no key to cache under, so every call fits anew */
     const double *cached =
-        tki_pca_cache_lookup(ctx->pca, call->layer, H, D, g, call->step, cfg->pca_refit_every);
+        call->layer < 0 ? NULL
+                        : tki_pca_cache_lookup(ctx->pca, call->layer, H, D, g, call->step,
+                                               cfg->pca_refit_every);
     if (cached) {
         *proj = cached;
         return TK_OK;

@@ -70,7 +70,7 @@ int64_t tki_pca_cache_fits(const struct tki_pca_cache *c);
 /*
  * Host-memory convenience for ref and cpu: the projections of call->layer,
  * fitted now (on call->q0/k0, or q/k when absent, host f32) if the cache has
- * none current. cfg gives pca_samples, pca_refit_every and seed. *proj stays
+ * none current. A call with layer < 0 (unknown) is fitted every time. cfg gives pca_samples, pca_refit_every and seed. *proj stays
  * valid until the next call on ctx. Returns 0 or TK_ERR_NOMEM/TK_ERR.
  */
 int tki_pca_get(tk_context *ctx, const tk_call *call, const tk_config *cfg, int g,

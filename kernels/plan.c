@@ -40,7 +40,7 @@ int64_t tki_sample_indices(uint64_t seed, uint64_t salt, int64_t pool, int64_t c
 int tki_in_window(const tki_window *w, int64_t i, int64_t j) {
     if (w->radius <= 0 || i < w->text_tokens) return 1;
     if (w->shape == TK_WINDOW_1D) return (i > j ? i - j : j - i) <= w->radius;
-    if (j < w->text_tokens) return 1;
+    if (j < w->text_tokens || w->grid_w <= 0) return 1; /* no grid: tk_check refuses 2d */
     int64_t a = i - w->text_tokens, b = j - w->text_tokens;
     int64_t dr = a / w->grid_w - b / w->grid_w, dc = a % w->grid_w - b % w->grid_w;
     if (dr < 0) dr = -dr;

@@ -4,6 +4,8 @@
  */
 #include "stats.h"
 
+#include <cblas.h>
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,68 +130,39 @@ void tki_dist_summarize(double *v, int64_t n, tk_dist *out) {
 
 /* ---- reference rows ------------------------------------------------ */
 
-/* out[0..dv) += coef * sum_j softmax(logit)_j v_j over the finite logits
- * (-Inf = excluded). weights (NULL or Nk) receives the probabilities. */
-static void softmax_accumulate(const double *logit, int Nk, const float *v, int64_t v_stride,
-                               int dv, double coef, double *out, double *weights) {
-    double m = -INFINITY;
-    for (int j = 0; j < Nk; j++)
-        if (logit[j] > m) m = logit[j];
-    double sum = 0;
-    for (int j = 0; j < Nk; j++) sum += logit[j] == -INFINITY ? 0 : exp(logit[j] - m);
-    for (int j = 0; j < Nk; j++) {
-        double p = logit[j] == -INFINITY ? 0 : exp(logit[j] - m) / sum;
-        if (weights) weights[j] = p;
-        if (p == 0) continue;
-        const float *vj = v + (size_t)j * v_stride;
-        for (int c = 0; c < dv; c++) out[c] += coef * p * vj[c];
+/* Keys are processed in blocks of this many rows: fp64 copies of a block,
+ * never of the whole key set. */
+#define KEY_BLOCK 1024
+
+/* C[m][n] = alpha * A[m][k] . B[n][k]^T + beta * C (row-major, leading dims). */
+static void gemm_nt(int m, int n, int k, double alpha, const double *A, int lda, const double *B,
+                    int ldb, double beta, double *C, int ldc) {
+    if (m <= 0 || n <= 0) return;
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+/* C[m][n] = alpha * A[m][k] . B[k][n] + beta * C. */
+static void gemm_nn(int m, int n, int k, double alpha, const double *A, int lda, const double *B,
+                    int ldb, double beta, double *C, int ldc) {
+    if (m <= 0 || n <= 0) return;
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* Softmax of one row of logits, in place (-Inf = excluded: weight 0). */
+static void softmax_inplace(double *l, int n) {
+    double m = -INFINITY, sum = 0;
+    for (int j = 0; j < n; j++)
+        if (l[j] > m) m = l[j];
+    for (int j = 0; j < n; j++) {
+        l[j] = l[j] == -INFINITY ? 0 : exp(l[j] - m);
+        sum += l[j];
     }
+    for (int j = 0; j < n; j++) l[j] /= sum;
 }
 
 static double dot(const double *a, const double *b, int n) {
     double s = 0;
     for (int i = 0; i < n; i++) s += a[i] * b[i];
     return s;
-}
-
-void tki_softmax_row(const double *q, const double *keys, int64_t key_stride, int d,
-                     const float *v, int64_t v_stride, int dv, const uint8_t *mask, int Nk,
-                     double scale, double *out, double *weights) {
-    double *logit = malloc((size_t)Nk * sizeof *logit);
-    for (int c = 0; c < dv; c++) out[c] = 0;
-    if (!logit) { /* tiny allocation; callers pre-check memory */
-        for (int c = 0; c < dv; c++) out[c] = NAN;
-        return;
-    }
-    for (int j = 0; j < Nk; j++)
-        logit[j] = (mask && !mask[j]) ? -INFINITY : scale * dot(q, keys + (size_t)j * key_stride, d);
-    softmax_accumulate(logit, Nk, v, v_stride, dv, 1.0, out, weights);
-    free(logit);
-}
-
-void tki_hybrid_eff_row(const tki_plan *plan, int64_t i, const double *q_row, const double *keys,
-                        const double *qhat, const double *khat, const float *v,
-                        const uint8_t *mask, double *logit, double *out) {
-    int Nk = plan->Nk, D = plan->D, Dv = plan->Dv, g = plan->g;
-    int use_far = plan->w > 0 && qhat && khat;
-    for (int c = 0; c < Dv; c++) out[c] = 0;
-    /* local (and, normalized, the far keys on the same softmax) */
-    for (int j = 0; j < Nk; j++) {
-        if (mask && !mask[j])
-            logit[j] = -INFINITY;
-        else if (tki_in_window(&plan->win, i, j))
-            logit[j] = plan->s0 * dot(q_row, keys + (size_t)j * D, D);
-        else if (use_far && plan->combine == TK_COMBINE_NORMALIZED)
-            logit[j] = log(plan->w) + plan->s * dot(qhat, khat + (size_t)j * g, g);
-        else
-            logit[j] = -INFINITY;
-    }
-    softmax_accumulate(logit, Nk, v, Dv, Dv, 1.0, out, NULL);
-    if (!use_far || plan->combine != TK_COMBINE_ADDITIVE) return;
-    /* additive: + w * the far field's own softmax over every kept key */
-    for (int j = 0; j < Nk; j++)
-        logit[j] = (mask && !mask[j]) ? -INFINITY : plan->s * dot(qhat, khat + (size_t)j * g, g);
-    softmax_accumulate(logit, Nk, v, Dv, Dv, plan->w, out, NULL);
 }
 
 /* ---- the whole call ------------------------------------------------ */
@@ -223,13 +196,12 @@ static void quality_add(quality_acc *a, const float *o, const double *e, int dv)
 static void quality_finish(quality_acc *a, tk_quality *q) {
     memset(q, 0, sizeof *q);
     if (a->n_rows == 0) return;
-    double cs_sum = 0, cs_min = INFINITY;
+    double cs_sum = 0, cs_min = INFINITY, rel_sum = 0;
     for (int64_t r = 0; r < a->n_rows; r++) {
         cs_sum += a->cos[r];
         if (a->cos[r] < cs_min || isnan(a->cos[r])) cs_min = a->cos[r];
+        rel_sum += a->rel[r];
     }
-    double rel_sum = 0;
-    for (int64_t r = 0; r < a->n_rows; r++) rel_sum += a->rel[r];
     q->n = a->n_rows;
     q->rel_l2_mean = rel_sum / (double)a->n_rows;
     q->rel_l2_p95 = tki_percentile(a->rel, a->n_rows, 95);
@@ -246,155 +218,239 @@ static double norm_f(const float *x, int n) {
     return sqrt(s);
 }
 
-/* Norm of the Taylor-modified row: each slice scaled by its own factor. */
-static double taylor_mod_norm(const tki_plan *p, const float *x) {
+/* x (D floats) -> out (D doubles), each Taylor slice modified; returns the
+ * norm of the result. */
+static double taylor_mod_row(const tki_plan *p, const float *x, double *out) {
     double total = 0;
+    for (int i = 0; i < p->D; i++) out[i] = x[i];
     for (int c = 0; c < p->blocks; c++) {
-        double n = norm_f(x + (size_t)c * p->d, p->d);
-        double f = tki_qkmod_factor(&p->mod, n);
-        total += (f * n) * (f * n);
+        double *sl = out + (size_t)c * p->d;
+        tki_qkmod_apply(&p->mod, sl, p->d, sl);
+        total += dot(sl, sl, p->d);
     }
     return sqrt(total);
 }
 
-/* x (D floats) -> out (D doubles), each Taylor slice modified. */
-static void taylor_mod_row(const tki_plan *p, const float *x, double *out) {
-    for (int i = 0; i < p->D; i++) out[i] = x[i];
-    for (int c = 0; c < p->blocks; c++)
-        tki_qkmod_apply(&p->mod, out + (size_t)c * p->d, p->d, out + (size_t)c * p->d);
+/* hat[r][0..g) = modify(P_h x_r) for n float rows x (stride D); X: n*D
+ * doubles of scratch. Returns nothing; norms are the caller's. */
+static void far_rows(const tki_plan *p, int h, const float *x, int n, double *X, double *hat) {
+    for (size_t t = 0; t < (size_t)n * p->D; t++) X[t] = x[t];
+    gemm_nt(n, p->g, p->D, 1.0, X, p->D, p->proj + (size_t)h * p->g * p->D, p->D, 0.0, hat, p->g);
+    for (int r = 0; r < n; r++) tki_qkmod_apply(&p->mod, hat + (size_t)r * p->g, p->g, hat + (size_t)r * p->g);
+}
+
+/* Every buffer of tki_stats_fill, allocated and freed together. */
+typedef struct {
+    int64_t *qidx, *qki, *qkj;
+    double *Qs, *Qm, *Qhs;   /* sampled rows: q [ns][D], modified q [ns][D], far q [ns][g] */
+    double *Kb, *Vb, *Kmb;   /* key block: k, v, modified k */
+    double *Xb, *Hb;         /* far: q0/k0 block [KEY_BLOCK][D], its far vectors [KEY_BLOCK][g] */
+    double *L, *Le, *Lf;     /* logits [ns][Nk]: raw, effective, far (additive) */
+    double *Lt;              /* taylor: [blocks][ns][Nk] */
+    double *Er, *Ee;         /* references [ns][Dv] */
+    double *qn_raw, *qn_mod, *kn_raw, *kn_mod, *qk, *wmass;
+    quality_acc raw, eff;
+} stats_buf;
+
+static void buf_free(stats_buf *b) {
+    void *all[] = {b->qidx, b->qki, b->qkj, b->Qs, b->Qm, b->Qhs, b->Kb, b->Vb, b->Kmb, b->Xb, b->Hb,
+                   b->L, b->Le, b->Lf, b->Lt, b->Er, b->Ee, b->qn_raw, b->qn_mod, b->kn_raw,
+                   b->kn_mod, b->qk, b->wmass, b->raw.rel, b->raw.cos, b->eff.rel, b->eff.cos};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
+}
+
+/* malloc of n elements of size sz, at least one. Sets *fail on failure. */
+static void *grab(size_t n, size_t sz, int *fail) {
+    void *p = malloc((n ? n : 1) * sz);
+    if (!p) *fail = 1;
+    return p;
 }
 
 int tki_stats_fill(const tki_plan *p, const tk_call *call, const float *o, const tki_den_acc *den,
                    const tk_stats_request *req, tk_stats *st, char *err, size_t errlen) {
     memset(st, 0, sizeof *st);
     const int B = p->B, H = p->H, Nq = p->Nq, Nk = p->Nk, D = p->D, Dv = p->Dv, g = p->g;
+    const int nb = p->blocks, d = p->d, dv = p->dv;
     const float *q = call->q, *k = call->k, *v = call->v;
-    const uint8_t *mask_all = call->key_mask;
-    int hybrid = p->mode == TK_MODE_HYBRID, taylor = p->mode == TK_MODE_TAYLOR;
-    int far = hybrid && p->proj != NULL;
-    int64_t nsamp = req ? req->quality_samples : 0, nqk = req ? req->qk_samples : 0;
+    const int hybrid = p->mode == TK_MODE_HYBRID, taylor = p->mode == TK_MODE_TAYLOR;
+    const int far = hybrid && p->proj != NULL;
+    int64_t ns = req ? req->quality_samples : 0, nqk = req ? req->qk_samples : 0;
     uint64_t seed = req ? req->seed : 0;
-    if (nsamp > Nq) nsamp = Nq;
-    if (nsamp < 0) nsamp = 0;
-    int64_t nqk_q = nqk > Nq ? Nq : (nqk < 0 ? 0 : nqk), nqk_k = nqk > Nk ? Nk : (nqk < 0 ? 0 : nqk);
-    int64_t rows = (int64_t)B * H * nsamp;
+    ns = ns < 0 ? 0 : ns > Nq ? Nq : ns;
+    int64_t nqk_q = nqk < 0 ? 0 : nqk > Nq ? Nq : nqk, nqk_k = nqk < 0 ? 0 : nqk > Nk ? Nk : nqk;
+    const size_t rows = (size_t)B * H * ns;
 
-    int64_t *qidx = malloc((size_t)(nsamp + 1) * sizeof *qidx);
-    int64_t *qki = malloc((size_t)(nqk_q + 1) * sizeof *qki);
-    int64_t *qkj = malloc((size_t)(nqk_k + 1) * sizeof *qkj);
-    double *keys = malloc((size_t)Nk * D * sizeof *keys);
-    double *keys_mod = taylor ? malloc((size_t)Nk * D * sizeof *keys_mod) : NULL;
-    double *khat = far ? malloc((size_t)Nk * g * sizeof *khat) : NULL;
-    double *qrow = malloc((size_t)(D + g + 1) * sizeof *qrow);
-    double *qhat = qrow + D;
-    double *qmod = malloc((size_t)D * sizeof *qmod);
-    double *weights = malloc((size_t)Nk * sizeof *weights);
-    double *e_raw = malloc((size_t)Dv * sizeof *e_raw), *e_eff = malloc((size_t)Dv * sizeof *e_eff);
-    double *qn_raw = malloc((size_t)B * H * Nq * sizeof *qn_raw);
-    double *qn_mod = malloc((size_t)B * H * Nq * sizeof *qn_mod);
-    double *kn_raw = malloc((size_t)B * H * Nk * sizeof *kn_raw);
-    double *kn_mod = malloc((size_t)B * H * Nk * sizeof *kn_mod);
-    double *qk = malloc((size_t)(B * H * nqk_q * nqk_k + 1) * sizeof *qk);
-    double *wmass = malloc((size_t)(rows + 1) * sizeof *wmass);
-    quality_acc raw = {0}, eff = {0};
-    raw.rel = malloc((size_t)(rows + 1) * sizeof(double));
-    raw.cos = malloc((size_t)(rows + 1) * sizeof(double));
-    eff.rel = malloc((size_t)(rows + 1) * sizeof(double));
-    eff.cos = malloc((size_t)(rows + 1) * sizeof(double));
-    int rc = TK_OK;
-    if (!qidx || !qki || !qkj || !keys || (taylor && !keys_mod) || (far && !khat) || !qrow ||
-        !qmod || !weights || !e_raw || !e_eff || !qn_raw || !qn_mod || !kn_raw || !kn_mod || !qk ||
-        !wmass || !raw.rel || !raw.cos || !eff.rel || !eff.cos) {
-        snprintf(err, errlen, "stats: out of memory");
-        rc = TK_ERR_NOMEM;
-        goto done;
+    stats_buf b;
+    memset(&b, 0, sizeof b);
+    int fail = 0;
+    b.qidx = grab(ns, sizeof *b.qidx, &fail);
+    b.qki = grab(nqk_q, sizeof *b.qki, &fail);
+    b.qkj = grab(nqk_k, sizeof *b.qkj, &fail);
+    b.Qs = grab(ns * D, sizeof(double), &fail);
+    b.Kb = grab((size_t)KEY_BLOCK * D, sizeof(double), &fail);
+    b.Vb = grab((size_t)KEY_BLOCK * Dv, sizeof(double), &fail);
+    b.L = grab(ns * Nk, sizeof(double), &fail);
+    b.Er = grab(ns * Dv, sizeof(double), &fail);
+    b.Ee = grab(ns * Dv, sizeof(double), &fail);
+    if (taylor) {
+        b.Qm = grab(ns * D, sizeof(double), &fail);
+        b.Kmb = grab((size_t)KEY_BLOCK * D, sizeof(double), &fail);
+        b.Lt = grab((size_t)nb * ns * Nk, sizeof(double), &fail);
     }
-    nsamp = tki_sample_indices(seed, TKI_SALT_QUALITY, Nq, nsamp, qidx);
-    nqk_q = tki_sample_indices(seed, TKI_SALT_QK_Q, Nq, nqk_q, qki);
-    nqk_k = tki_sample_indices(seed, TKI_SALT_QK_K, Nk, nqk_k, qkj);
+    if (hybrid) b.Le = grab(ns * Nk, sizeof(double), &fail);
+    if (far) {
+        b.Qhs = grab(ns * g, sizeof(double), &fail);
+        b.Xb = grab((size_t)KEY_BLOCK * D, sizeof(double), &fail);
+        b.Hb = grab((size_t)KEY_BLOCK * g, sizeof(double), &fail);
+        b.Lf = grab(ns * Nk, sizeof(double), &fail);
+    }
+    b.qn_raw = grab((size_t)B * H * Nq, sizeof(double), &fail);
+    b.qn_mod = grab((size_t)B * H * Nq, sizeof(double), &fail);
+    b.kn_raw = grab((size_t)B * H * Nk, sizeof(double), &fail);
+    b.kn_mod = grab((size_t)B * H * Nk, sizeof(double), &fail);
+    b.qk = grab((size_t)B * H * nqk_q * nqk_k, sizeof(double), &fail);
+    b.wmass = grab(rows, sizeof(double), &fail);
+    b.raw.rel = grab(rows, sizeof(double), &fail);
+    b.raw.cos = grab(rows, sizeof(double), &fail);
+    b.eff.rel = grab(rows, sizeof(double), &fail);
+    b.eff.cos = grab(rows, sizeof(double), &fail);
+    if (fail) {
+        buf_free(&b);
+        snprintf(err, errlen, "stats: out of memory");
+        return TK_ERR_NOMEM;
+    }
+    ns = tki_sample_indices(seed, TKI_SALT_QUALITY, Nq, ns, b.qidx);
+    nqk_q = tki_sample_indices(seed, TKI_SALT_QK_Q, Nq, nqk_q, b.qki);
+    nqk_k = tki_sample_indices(seed, TKI_SALT_QK_K, Nk, nqk_k, b.qkj);
 
     int64_t nqn = 0, nqn_mod = 0, nkn = 0, nkn_mod = 0, nqkv = 0, nwm = 0;
-    for (int b = 0; b < B; b++) {
-        const uint8_t *mask = mask_all ? mask_all + (size_t)b * Nk : NULL;
+    for (int bi = 0; bi < B; bi++) {
+        const uint8_t *mask = call->key_mask ? call->key_mask + (size_t)bi * Nk : NULL;
         for (int h = 0; h < H; h++) {
-            size_t bh = (size_t)b * H + h;
+            const size_t bh = (size_t)bi * H + h;
             const float *qh = q + bh * Nq * D, *kh = k + bh * Nk * D, *vh = v + bh * Nk * Dv;
             const float *q0h = p->q_far + bh * Nq * D, *k0h = p->k_far + bh * Nk * D;
             const float *oh = o + bh * Nq * Dv;
-            /* keys: fp64 copy, norms, modified forms */
-            for (int j = 0; j < Nk; j++) {
-                const float *kj = kh + (size_t)j * D;
-                for (int i = 0; i < D; i++) keys[(size_t)j * D + i] = kj[i];
-                if (taylor) taylor_mod_row(p, kj, keys_mod + (size_t)j * D);
-                if (far) tki_far_vector(p, h, k0h + (size_t)j * D, khat + (size_t)j * g);
-                if (mask && !mask[j]) continue;
-                kn_raw[nkn++] = norm_f(kj, D);
-                if (taylor)
-                    kn_mod[nkn_mod++] = taylor_mod_norm(p, kj);
-                else if (far)
-                    kn_mod[nkn_mod++] = sqrt(dot(khat + (size_t)j * g, khat + (size_t)j * g, g));
-                else if (!hybrid)
-                    kn_mod[nkn_mod++] = kn_raw[nkn - 1];
-            }
+
+            /* queries: norms; the sampled rows in fp64 (modified, far) */
             for (int i = 0; i < Nq; i++) {
                 const float *qi = qh + (size_t)i * D;
-                qn_raw[nqn++] = norm_f(qi, D);
-                if (taylor) {
-                    qn_mod[nqn_mod++] = taylor_mod_norm(p, qi);
-                } else if (far) {
-                    tki_far_vector(p, h, q0h + (size_t)i * D, qhat);
-                    qn_mod[nqn_mod++] = sqrt(dot(qhat, qhat, g));
-                } else if (!hybrid) {
-                    qn_mod[nqn_mod++] = qn_raw[nqn - 1];
-                }
+                b.qn_raw[nqn++] = norm_f(qi, D);
+                if (taylor) b.qn_mod[nqn_mod++] = taylor_mod_row(p, qi, b.Kb); /* Kb: scratch */
+                else if (!hybrid) b.qn_mod[nqn_mod++] = b.qn_raw[nqn - 1];
             }
+            if (far)
+                for (int i0 = 0; i0 < Nq; i0 += KEY_BLOCK) {
+                    int n = Nq - i0 < KEY_BLOCK ? Nq - i0 : KEY_BLOCK;
+                    far_rows(p, h, q0h + (size_t)i0 * D, n, b.Xb, b.Hb);
+                    for (int r = 0; r < n; r++) b.qn_mod[nqn_mod++] = sqrt(dot(b.Hb + (size_t)r * g, b.Hb + (size_t)r * g, g));
+                }
+            for (int64_t t = 0; t < ns; t++) {
+                const float *qi = qh + (size_t)b.qidx[t] * D;
+                for (int c = 0; c < D; c++) b.Qs[t * D + c] = qi[c];
+                if (taylor) taylor_mod_row(p, qi, b.Qm + t * D);
+                if (far) tki_far_vector(p, h, q0h + (size_t)b.qidx[t] * D, b.Qhs + t * g);
+            }
+
             /* sampled q.k */
             for (int64_t a = 0; a < nqk_q; a++)
                 for (int64_t c = 0; c < nqk_k; c++) {
-                    int64_t j = qkj[c];
+                    int64_t j = b.qkj[c];
                     if (mask && !mask[j]) continue;
-                    const float *qi = qh + (size_t)qki[a] * D;
+                    const float *qi = qh + (size_t)b.qki[a] * D, *kj = kh + (size_t)j * D;
                     double s = 0;
-                    for (int i = 0; i < D; i++) s += (double)qi[i] * keys[(size_t)j * D + i];
-                    qk[nqkv++] = p->s0 * s;
+                    for (int e = 0; e < D; e++) s += (double)qi[e] * kj[e];
+                    b.qk[nqkv++] = p->s0 * s;
                 }
-            /* quality rows */
-            for (int64_t t = 0; t < nsamp; t++) {
-                int64_t i = qidx[t];
-                const float *qi = qh + (size_t)i * D;
-                for (int c = 0; c < D; c++) qrow[c] = qi[c];
-                tki_softmax_row(qrow, keys, D, D, vh, Dv, Dv, mask, Nk, p->s0, e_raw, weights);
+
+            /* keys, block by block: norms, and the logits of the sampled rows */
+            for (int j0 = 0; j0 < Nk; j0 += KEY_BLOCK) {
+                int n = Nk - j0 < KEY_BLOCK ? Nk - j0 : KEY_BLOCK;
+                for (size_t t = 0; t < (size_t)n * D; t++) b.Kb[t] = kh[(size_t)j0 * D + t];
+                for (int r = 0; r < n; r++) {
+                    int j = j0 + r;
+                    double mod_norm = 0;
+                    if (taylor) mod_norm = taylor_mod_row(p, kh + (size_t)j * D, b.Kmb + (size_t)r * D);
+                    if (mask && !mask[j]) continue;
+                    b.kn_raw[nkn++] = sqrt(dot(b.Kb + (size_t)r * D, b.Kb + (size_t)r * D, D));
+                    if (taylor) b.kn_mod[nkn_mod++] = mod_norm;
+                    else if (!hybrid) b.kn_mod[nkn_mod++] = b.kn_raw[nkn - 1];
+                }
+                if (far) {
+                    far_rows(p, h, k0h + (size_t)j0 * D, n, b.Xb, b.Hb);
+                    for (int r = 0; r < n; r++)
+                        if (!mask || mask[j0 + r])
+                            b.kn_mod[nkn_mod++] = sqrt(dot(b.Hb + (size_t)r * g, b.Hb + (size_t)r * g, g));
+                    gemm_nt((int)ns, n, g, p->s, b.Qhs, g, b.Hb, g, 0.0, b.Lf + j0, Nk);
+                }
+                gemm_nt((int)ns, n, D, p->s0, b.Qs, D, b.Kb, D, 0.0, b.L + j0, Nk);
+                for (int c = 0; c < (taylor ? nb : 0); c++)
+                    gemm_nt((int)ns, n, d, p->s, b.Qm + (size_t)c * d, D, b.Kmb + (size_t)c * d, D, 0.0,
+                            b.Lt + (size_t)c * ns * Nk + j0, Nk);
+            }
+            if (ns == 0) continue;
+
+            /* logits -> probabilities (masked keys excluded) */
+            for (int64_t t = 0; t < ns; t++) {
+                int64_t i = b.qidx[t];
+                double *l = b.L + t * Nk;
+                for (int j = 0; j < Nk; j++) {
+                    int kept = !mask || mask[j];
+                    if (hybrid) {
+                        int inw = tki_in_window(&p->win, i, j);
+                        double *le = b.Le + t * Nk;
+                        if (!kept) le[j] = -INFINITY;
+                        else if (inw) le[j] = l[j];
+                        else if (far && p->combine == TK_COMBINE_NORMALIZED) le[j] = log(p->w) + b.Lf[t * Nk + j];
+                        else le[j] = -INFINITY;
+                        if (far && p->combine == TK_COMBINE_ADDITIVE && !kept) b.Lf[t * Nk + j] = -INFINITY;
+                    }
+                    if (!kept) l[j] = -INFINITY;
+                    for (int c = 0; c < (taylor ? nb : 0); c++)
+                        if (!kept) b.Lt[((size_t)c * ns + t) * Nk + j] = -INFINITY;
+                }
+                softmax_inplace(l, Nk);
                 if (hybrid) {
+                    softmax_inplace(b.Le + t * Nk, Nk);
+                    if (far && p->combine == TK_COMBINE_ADDITIVE) softmax_inplace(b.Lf + t * Nk, Nk);
                     double m = 0;
                     for (int j = 0; j < Nk; j++)
-                        if (tki_in_window(&p->win, i, j)) m += weights[j];
-                    wmass[nwm++] = m;
+                        if (tki_in_window(&p->win, i, j)) m += l[j];
+                    b.wmass[nwm++] = m;
                 }
-                if (taylor) {
-                    taylor_mod_row(p, qi, qmod);
-                    for (int c = 0; c < p->blocks; c++)
-                        tki_softmax_row(qmod + (size_t)c * p->d, keys_mod + (size_t)c * p->d, D,
-                                        p->d, vh + (size_t)c * p->dv, Dv, p->dv, mask, Nk, p->s,
-                                        e_eff + (size_t)c * p->dv, NULL);
-                } else if (hybrid) {
-                    if (far) tki_far_vector(p, h, q0h + (size_t)i * D, qhat);
-                    tki_hybrid_eff_row(p, i, qrow, keys, far ? qhat : NULL, khat, vh, mask,
-                                       weights, e_eff);
-                } else {
-                    memcpy(e_eff, e_raw, (size_t)Dv * sizeof *e_eff);
+                for (int c = 0; c < (taylor ? nb : 0); c++) softmax_inplace(b.Lt + ((size_t)c * ns + t) * Nk, Nk);
+            }
+
+            /* references = probabilities . values, block by block */
+            memset(b.Er, 0, (size_t)ns * Dv * sizeof *b.Er);
+            memset(b.Ee, 0, (size_t)ns * Dv * sizeof *b.Ee);
+            for (int j0 = 0; j0 < Nk; j0 += KEY_BLOCK) {
+                int n = Nk - j0 < KEY_BLOCK ? Nk - j0 : KEY_BLOCK;
+                for (size_t t = 0; t < (size_t)n * Dv; t++) b.Vb[t] = vh[(size_t)j0 * Dv + t];
+                gemm_nn((int)ns, Dv, n, 1.0, b.L + j0, Nk, b.Vb, Dv, 1.0, b.Er, Dv);
+                if (hybrid) {
+                    gemm_nn((int)ns, Dv, n, 1.0, b.Le + j0, Nk, b.Vb, Dv, 1.0, b.Ee, Dv);
+                    if (far && p->combine == TK_COMBINE_ADDITIVE)
+                        gemm_nn((int)ns, Dv, n, p->w, b.Lf + j0, Nk, b.Vb, Dv, 1.0, b.Ee, Dv);
                 }
-                quality_add(&raw, oh + (size_t)i * Dv, e_raw, Dv);
-                quality_add(&eff, oh + (size_t)i * Dv, e_eff, Dv);
+                for (int c = 0; c < (taylor ? nb : 0); c++)
+                    gemm_nn((int)ns, dv, n, 1.0, b.Lt + (size_t)c * ns * Nk + j0, Nk, b.Vb + (size_t)c * dv,
+                            Dv, 1.0, b.Ee + (size_t)c * dv, Dv);
+            }
+            if (!taylor && !hybrid) memcpy(b.Ee, b.Er, (size_t)ns * Dv * sizeof *b.Ee);
+            for (int64_t t = 0; t < ns; t++) {
+                quality_add(&b.raw, oh + (size_t)b.qidx[t] * Dv, b.Er + t * Dv, Dv);
+                quality_add(&b.eff, oh + (size_t)b.qidx[t] * Dv, b.Ee + t * Dv, Dv);
             }
         }
     }
 
-    if (nsamp > 0) {
-        quality_finish(&raw, &st->quality_raw);
-        quality_finish(&eff, &st->quality_eff);
+    if (ns > 0) {
+        quality_finish(&b.raw, &st->quality_raw);
+        quality_finish(&b.eff, &st->quality_eff);
         st->have |= TK_HAVE_QUALITY;
         if (hybrid) {
-            tki_dist_summarize(wmass, nwm, &st->window_mass);
+            tki_dist_summarize(b.wmass, nwm, &st->window_mass);
             st->have |= TK_HAVE_WINDOW_MASS;
         }
     }
@@ -402,37 +458,15 @@ int tki_stats_fill(const tki_plan *p, const tk_call *call, const float *o, const
         tki_den_acc_finish(den, &st->den);
         st->have |= TK_HAVE_DENOMS;
     }
-    tki_dist_summarize(qn_raw, nqn, &st->q_norm_raw);
-    tki_dist_summarize(kn_raw, nkn, &st->k_norm_raw);
-    tki_dist_summarize(qn_mod, nqn_mod, &st->q_norm_mod);
-    tki_dist_summarize(kn_mod, nkn_mod, &st->k_norm_mod);
+    tki_dist_summarize(b.qn_raw, nqn, &st->q_norm_raw);
+    tki_dist_summarize(b.kn_raw, nkn, &st->k_norm_raw);
+    tki_dist_summarize(b.qn_mod, nqn_mod, &st->q_norm_mod);
+    tki_dist_summarize(b.kn_mod, nkn_mod, &st->k_norm_mod);
     st->have |= TK_HAVE_NORMS;
     if (nqkv > 0) {
-        tki_dist_summarize(qk, nqkv, &st->qk);
+        tki_dist_summarize(b.qk, nqkv, &st->qk);
         st->have |= TK_HAVE_QK;
     }
-
-done:
-    free(qidx);
-    free(qki);
-    free(qkj);
-    free(keys);
-    free(keys_mod);
-    free(khat);
-    free(qrow);
-    free(qmod);
-    free(weights);
-    free(e_raw);
-    free(e_eff);
-    free(qn_raw);
-    free(qn_mod);
-    free(kn_raw);
-    free(kn_mod);
-    free(qk);
-    free(wmass);
-    free(raw.rel);
-    free(raw.cos);
-    free(eff.rel);
-    free(eff.cos);
-    return rc;
+    buf_free(&b);
+    return TK_OK;
 }

@@ -3,7 +3,8 @@
  * on the host from a call's inputs and its finished output, the same way for
  * every backend (the cpu backend calls tki_stats_fill with its output; the
  * cuda backend can copy the few rows it needs). Never a full exact attention:
- * exact reference rows only for the sampled queries. Prefix tki_.
+ * exact reference rows only for the sampled queries, as fp64 matrix products
+ * (OpenBLAS dgemm) of the sampled rows with every key. Prefix tki_.
  *
  * What is measured (docs/MATH.md, "Statistics"):
  *   quality_raw  o against exact softmax on the unmodified post-RoPE q/k with
@@ -14,7 +15,7 @@
  *                i.e. exact: = raw; taylor: per sub-head slice, softmax of
  *                s*q~.k~ on the modified slices; hybrid: the hybrid with an
  *                exact exp far field, on the same window, weight, projection
- *                and modification (see tki_hybrid_eff_row). The gap between
+ *                and modification (docs/MATH.md section 4). The gap between
  *                raw and eff is the cost of modification/projection/window;
  *                eff itself is the truncation error.
  *   den          the denominators the backend accumulated (tki_den_acc)
@@ -58,27 +59,6 @@ void tki_den_acc_finish(const tki_den_acc *a, tk_denoms *out);
 void tki_dist_summarize(double *values, int64_t n, tk_dist *out);
 /* The p-th percentile (0..100) of values[0..n) as above; reorders values. */
 double tki_percentile(double *values, int64_t n, double p);
-
-/*
- * One exact softmax row in fp64: out[0..dv) = sum_j p_j v_j with
- * p_j = softmax_j(scale * q.k_j) over the keys j with mask[j] != 0 (mask NULL
- * = all). q: d entries; key j at keys + j*key_stride (d entries), value j at
- * v + j*v_stride (dv entries). weights (NULL or Nk entries) receives p_j (0
- * for masked keys). At least one key must be kept.
- */
-void tki_softmax_row(const double *q, const double *keys, int64_t key_stride, int d,
-                     const float *v, int64_t v_stride, int dv, const uint8_t *mask, int Nk,
-                     double scale, double *out, double *weights);
-
-/*
- * The effective hybrid reference of query i of (b, h) (see above): out (Dv
- * entries). q_row/keys are the post-RoPE q row and the head's keys in fp64
- * ([Nk][D]); qhat/khat the modified far vectors (g entries; [Nk][g]); v the
- * head's values; mask the batch's key mask (NULL = all). scratch: Nk doubles.
- */
-void tki_hybrid_eff_row(const tki_plan *plan, int64_t i, const double *q_row, const double *keys,
-                        const double *qhat, const double *khat, const float *v,
-                        const uint8_t *mask, double *scratch, double *out);
 
 /*
  * Fills *st (and st->have) for a call that produced output o (host f32,

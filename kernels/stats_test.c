@@ -260,6 +260,48 @@ static void test_hybrid_quality_eff_shrinks_as_far_terms_grow(void) {
     tu_free(&t);
 }
 
+/* quality_eff of the hybrid is the hybrid with an exact exp far field
+ * (docs/MATH.md 4). With global_dim = D the projection is a rotation, so the
+ * far logits are s q0.k0 and the reference can be written down here. */
+static void test_hybrid_quality_eff_is_the_hybrid_with_an_exp_far_field(void) {
+    const int N = 12, D = 4, Dv = 2, W = 2;
+    const double w = 0.7, s = 0.5;
+    tu_call t;
+    tu_make(&t, 1, 1, N, N, D, Dv, 8, 1.0);
+    tu_add_q0k0(&t, 8, 0.7);
+    tk_config cfg;
+    tu_config(&cfg);
+    cfg.window_shape = 0, cfg.local_window = W, cfg.global_dim = D, cfg.global_weight = w;
+    tk_stats_request sr = {N, 0, 2};
+    for (int combine = 0; combine < 2; combine++) {
+        cfg.combine = combine;
+        tk_result res;
+        TH_CHECK(tu_run(TK_BACKEND_REF, &t.c, &cfg, TK_MODE_HYBRID, &sr, &res) == 0);
+        TH_EQ_INT(res.reason, TK_REASON_NONE);
+        double e[12 * 2];
+        for (int i = 0; i < N; i++) {
+            double loc[12], farl[12], mloc = -1e300, mfar = -1e300;
+            for (int j = 0; j < N; j++) {
+                double x = 0, x0 = 0;
+                for (int a = 0; a < D; a++) x += (double)t.q[i * D + a] * t.k[j * D + a], x0 += (double)t.q0[i * D + a] * t.k0[j * D + a];
+                int inw = abs(i - j) <= W;
+                loc[j] = inw ? s * x : (combine ? log(w) + s * x0 : -INFINITY);
+                farl[j] = s * x0;
+                mloc = fmax(mloc, loc[j]), mfar = fmax(mfar, farl[j]);
+            }
+            double sl = 0, sf = 0, ol[2] = {0, 0}, of[2] = {0, 0};
+            for (int j = 0; j < N; j++) {
+                double pl = loc[j] == -INFINITY ? 0 : exp(loc[j] - mloc), pf = exp(farl[j] - mfar);
+                sl += pl, sf += pf;
+                for (int a = 0; a < Dv; a++) ol[a] += pl * t.v[j * Dv + a], of[a] += pf * t.v[j * Dv + a];
+            }
+            for (int a = 0; a < Dv; a++) e[i * Dv + a] = ol[a] / sl + (combine ? 0 : w * of[a] / sf);
+        }
+        check_quality(&res.stats.quality_eff, t.o, e, N, Dv, combine ? "eff normalized" : "eff additive");
+    }
+    tu_free(&t);
+}
+
 static void test_percentiles_interpolate_and_keep_non_finite_values(void) {
     double v[101];
     for (int i = 0; i < 101; i++) v[i] = 100 - i; /* 0..100 shuffled by reversal */
@@ -346,6 +388,7 @@ static const th_test tests[] = {
     TH_TEST(test_taylor_stats_equal_brute_force_values),
     TH_TEST(test_hybrid_window_mass_equals_brute_force),
     TH_TEST(test_hybrid_quality_eff_shrinks_as_far_terms_grow),
+    TH_TEST(test_hybrid_quality_eff_is_the_hybrid_with_an_exp_far_field),
     TH_TEST(test_percentiles_interpolate_and_keep_non_finite_values),
     TH_TEST(test_denominator_accumulators_merge_and_count),
     TH_TEST(test_sampled_indices_are_distinct_sorted_and_reproducible),

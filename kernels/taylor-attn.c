@@ -22,6 +22,30 @@
 
 enum { EXIT_OUTPUT = 0, EXIT_INTERNAL = 1, EXIT_BAD_INPUT = 2, EXIT_FALLBACK = 3 };
 
+#ifdef TK_HAVE_CUDA
+/* The cuda backend takes device pointers (kernels.h). These four CUDA
+ * runtime entry points (C linkage, cudaError_t is an int-sized enum, 0 =
+ * success; cudaMemcpyKind 1 = host to device, 2 = device to host) are all
+ * this program needs, declared here so a plain C compile needs no CUDA
+ * headers; the binary links cudart when CUDA is built (Makefile). */
+extern int cudaMalloc(void **ptr, size_t bytes);
+extern int cudaFree(void *ptr);
+extern int cudaMemcpy(void *dst, const void *src, size_t bytes, int kind);
+extern int cudaDeviceSynchronize(void);
+enum { H2D = 1, D2H = 2 };
+
+/* Copies n bytes of host to a new device buffer; NULL host gives NULL. */
+static int to_device(const void *host, size_t n, void **dev) {
+    *dev = NULL;
+    if (!host) return 0;
+    if (cudaMalloc(dev, n ? n : 1) != 0) {
+        *dev = NULL;
+        return -1;
+    }
+    return cudaMemcpy(*dev, host, n, H2D) != 0 ? -1 : 0;
+}
+#endif
+
 static void usage(FILE *f) {
     fprintf(f,
             "usage: taylor-attn --q FILE --k FILE --v FILE --out FILE [options]\n"
@@ -40,7 +64,8 @@ static void usage(FILE *f) {
             "  --mask FILE                  key-padding mask [B,Nk], 1 = key kept, 0 = masked\n"
             "  --text-tokens N              the first N tokens are text (default 0)\n"
             "  --grid HxW                   image tokens after the text, row-major\n"
-            "  --backend ref|cpu|cuda       backend (default cpu)\n"
+            "  --backend ref|cpu|cuda       backend (default cpu; cuda: tensors are copied to\n"
+            "                               the GPU and the output back, f32)\n"
             "  --layer N  --step N          global layer (-1 unknown) and sampling step\n"
             "  --sigma S                    sigma of the step (schedules, gates; default 0)\n"
             "  --scale S                    exact-attention scale s0 (default D^-1/2)\n"
@@ -484,12 +509,6 @@ int main(int argc, char **argv) {
         fprintf(stderr, "taylor-attn: backend %s is not available on this machine\n", tk_backend_name(o.backend));
         goto done;
     }
-    if (o.backend == TK_BACKEND_CUDA) {
-        /* tk_call takes device pointers for cuda; kernels.h has no host<->device copy yet. */
-        fprintf(stderr, "taylor-attn: --backend cuda is not supported by taylor-attn yet (the call "
-                        "takes device memory); use ref or cpu\n");
-        goto done;
-    }
     if (tk_context_open(o.backend, &ctx, err, sizeof err)) {
         fprintf(stderr, "taylor-attn: %s\n", err);
         rc = EXIT_INTERNAL;
@@ -511,6 +530,25 @@ int main(int argc, char **argv) {
     call.layer = o.layer;
     call.step = o.step;
     call.sigma = o.sigma;
+#ifdef TK_HAVE_CUDA
+    void *dev[7] = {NULL, NULL, NULL, NULL, NULL, NULL, NULL}; /* q k v q0 k0 mask o */
+    if (o.backend == TK_BACKEND_CUDA) {
+        size_t qb = (size_t)q.count * 4, kb = (size_t)k.count * 4;
+        if (to_device(call.q, qb, &dev[0]) || to_device(call.k, kb, &dev[1]) ||
+            to_device(call.v, (size_t)v.count * 4, &dev[2]) || to_device(call.q0, qb, &dev[3]) ||
+            to_device(call.k0, kb, &dev[4]) || to_device(call.key_mask, (size_t)B * Nk, &dev[5]) ||
+            cudaMalloc(&dev[6], out_count * sizeof(float)) != 0) {
+            fprintf(stderr, "taylor-attn: cannot copy the tensors to the GPU\n");
+            for (int i = 0; i < 7; i++)
+                if (dev[i]) cudaFree(dev[i]);
+            rc = EXIT_INTERNAL;
+            goto done;
+        }
+        call.q = dev[0], call.k = dev[1], call.v = dev[2], call.q0 = dev[3], call.k0 = dev[4];
+        call.key_mask = dev[5];
+        call.o = dev[6];
+    }
+#endif
     tk_stats_request sreq = {o.cfg.quality_samples, 64, (uint64_t)o.cfg.seed};
     tk_mode mode = (tk_mode)o.cfg.mode;
     tk_result res;
@@ -520,6 +558,20 @@ int main(int argc, char **argv) {
         rc = EXIT_INTERNAL;
         goto done;
     }
+#ifdef TK_HAVE_CUDA
+    if (o.backend == TK_BACKEND_CUDA) {
+        int copy_rc = cudaDeviceSynchronize();
+        if (copy_rc == 0 && res.reason == TK_REASON_NONE)
+            copy_rc = cudaMemcpy(out, dev[6], out_count * sizeof(float), D2H);
+        for (int i = 0; i < 7; i++)
+            if (dev[i]) cudaFree(dev[i]);
+        if (copy_rc != 0) {
+            fprintf(stderr, "taylor-attn: cannot copy the output back from the GPU (error %d)\n", copy_rc);
+            rc = EXIT_INTERNAL;
+            goto done;
+        }
+    }
+#endif
     double wall_ms = now_ms() - t0;
     int dims[6] = {B, H, Nq, Nk, D, Dv};
     if (o.print_stats) print_json(&o, mode, dims, &res, wall_ms);

@@ -62,7 +62,7 @@ CREATE TABLE steps (
     received_ns INTEGER,                -- recorder's clock
     sigma REAL,                         -- noise level of the step
     wall_ms REAL,                       -- host step time, step_begin to step_end
-    attn_ms REAL,                       -- time inside attention calls (have & 16)
+    attn_ms REAL,                       -- time inside attention calls
     config_version INTEGER,             -- knob version in force
     calls INTEGER,                      -- attention calls
     n_exact INTEGER,                    -- calls by path taken: exact

@@ -63,6 +63,10 @@ void tkcpu_mul3(float *y, const float *a, const float *b, float c, int64_t n);
 void tkcpu_add(float *y, const float *x, int64_t n);
 /* y[i] = a y[i] + b x[i] */
 void tkcpu_axpby(float *y, float a, const float *x, float b, int64_t n);
+/* phi[r][0..cols) = phi[parent[r]] * x[last[r]] * ratio[r] for r = 1..R-1;
+ * rows of stride ld; cols a multiple of 16, <= ld */
+void tkcpu_feature_rows(float *phi, int ld, int cols, const int32_t *parent, const uint16_t *last,
+                        const float *ratio, int R, const float *x);
 /* sum of x (fp64) */
 double tkcpu_sum(const float *x, int64_t n);
 /* x[i] = kappa_P(s x[i]) = sum_{p<P} (s x[i])^p / p! */
@@ -92,7 +96,8 @@ void tkcpu_fmap_free(tkcpu_fmap *fm);
 /*
  * Φ [R][ld] of n <= ld tokens: rows[j] points at token j's d values, scaled
  * by factor[j] (NULL = 1: already modified). x: [d][ld] scratch. Columns
- * n..ld-1 hold the features of a zero vector.
+ * n..round16(n)-1 hold the features of a zero vector; the rest are not
+ * touched.
  */
 void tkcpu_features_block(const tkcpu_fmap *fm, const float *const *rows, const float *factor, int n,
                           float *x, float *phi);

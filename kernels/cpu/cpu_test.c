@@ -19,7 +19,9 @@
  *           terms cancel to a tenth), and num/den divides two such sums.
  *   hybrid  1e-4: the local part is as exact; the far part is a P=3 Taylor on
  *           16 dims (as taylor) scaled by w e^{-m} and added to the local sums.
- * Measured errors sit 10-100x below these (printed on failure).
+ * Measured (TK_TEST_VERBOSE=1 prints them): exact <= 1.5e-6, taylor <= 9e-7,
+ * hybrid <= 6e-7 -- 7x to 100x below the thresholds. Removing the far term
+ * of the hybrid moves o by 0.2-1.6, so the hybrid cases do test it.
  */
 #include "harness.h"
 #include "kernels.h"
@@ -176,12 +178,249 @@ static void test_taylor_fallbacks_match_ref_in_probe_and_full_pass_and_leave_o_u
     tu_free(&t);
 }
 
+/* A hybrid call: text tokens then a gh x gw grid, with pre-RoPE q0/k0. */
+static void make_hybrid(tu_call *t, int B, int H, int T, int gh, int gw, int D, int Dv, uint64_t seed) {
+    int N = T + gh * gw;
+    tu_make(t, B, H, N, N, D, Dv, seed, 1.2);
+    tu_add_q0k0(t, seed, 0.3);
+    t->c.text_tokens = T;
+    t->c.grid_h = gh;
+    t->c.grid_w = gw;
+}
+
+static void hybrid_config(tk_config *cfg, int shape, int radius, int combine, int P) {
+    tu_config(cfg);
+    cfg->window_shape = shape;
+    cfg->local_window = radius;
+    cfg->combine = combine;
+    cfg->global_P = P;
+    cfg->global_dim = 8;
+    cfg->pca_samples = 256;
+}
+
+static void test_hybrid_2d_agrees_with_ref_in_both_combine_modes(void) {
+    tu_call t;
+    make_hybrid(&t, 2, 2, 5, 12, 13, 32, 16, 51); /* 161 tokens: tiles of 8x8 cut at the edges */
+    for (int combine = 0; combine < 2; combine++)
+        for (int radius = 1; radius <= 3; radius += 2) {
+            tk_config cfg;
+            hybrid_config(&cfg, TK_WINDOW_2D, radius, combine, 3);
+            char what[64];
+            snprintf(what, sizeof what, "hybrid 2d r=%d combine=%d", radius, combine);
+            check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, what);
+        }
+    tu_free(&t);
+}
+
+static void test_hybrid_1d_agrees_with_ref_with_text_and_odd_lengths(void) {
+    tu_call t;
+    make_hybrid(&t, 1, 3, 3, 10, 15, 16, 16, 52); /* 153 tokens: 1d tiles of 64 cut at the end */
+    for (int combine = 0; combine < 2; combine++) {
+        tk_config cfg;
+        hybrid_config(&cfg, TK_WINDOW_1D, 7, combine, 3);
+        char what[64];
+        snprintf(what, sizeof what, "hybrid 1d combine=%d", combine);
+        check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, what);
+    }
+    tu_free(&t);
+}
+
+static void test_hybrid_with_masks_agrees_with_ref(void) {
+    tu_call t;
+    make_hybrid(&t, 2, 1, 4, 9, 9, 16, 8, 53);
+    uint8_t *m = tu_add_mask(&t);
+    for (int j = 0; j < t.c.B * t.c.Nk; j++) m[j] = (j * 11) % 5 != 2;
+    for (int shape = 0; shape < 2; shape++)
+        for (int combine = 0; combine < 2; combine++) {
+            tk_config cfg;
+            hybrid_config(&cfg, shape, shape ? 2 : 9, combine, 3);
+            char what[64];
+            snprintf(what, sizeof what, "hybrid masked shape=%d combine=%d", shape, combine);
+            check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, what);
+        }
+    tu_free(&t);
+}
+
+static void test_hybrid_edge_settings_agree_with_ref(void) {
+    tu_call t;
+    make_hybrid(&t, 1, 2, 6, 20, 20, 32, 32, 54); /* 406 tokens, default radius 8 */
+    tk_config cfg;
+    hybrid_config(&cfg, TK_WINDOW_2D, 8, TK_COMBINE_NORMALIZED, 3);
+    check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, "radius 8");
+    hybrid_config(&cfg, TK_WINDOW_2D, 0, TK_COMBINE_NORMALIZED, 3);
+    check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, "radius 0 normalized");
+    hybrid_config(&cfg, TK_WINDOW_2D, 0, TK_COMBINE_ADDITIVE, 3);
+    check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, "radius 0 additive");
+    hybrid_config(&cfg, TK_WINDOW_2D, 2, TK_COMBINE_NORMALIZED, 3);
+    cfg.global_weight = 0;
+    check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, "w = 0");
+    hybrid_config(&cfg, TK_WINDOW_2D, 2, TK_COMBINE_NORMALIZED, 2); /* 1+x goes negative: drops */
+    cfg.global_scale_mul = 4;
+    check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, "P = 2, far terms dropped");
+    hybrid_config(&cfg, TK_WINDOW_1D, 30, TK_COMBINE_NORMALIZED, 4);
+    cfg.qk_norm_power = 0.5;
+    cfg.global_weight = 0.3;
+    check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, "P = 4, norm power, w = 0.3");
+    tu_free(&t);
+}
+
+static void test_hybrid_without_q0_k0_uses_q_k_like_ref(void) {
+    tu_call t;
+    make_hybrid(&t, 1, 1, 2, 11, 7, 16, 16, 55);
+    t.c.q0 = t.c.k0 = NULL;
+    tk_config cfg;
+    hybrid_config(&cfg, TK_WINDOW_2D, 2, TK_COMBINE_NORMALIZED, 3);
+    check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, "no q0/k0");
+    tu_free(&t);
+}
+
+/* cpu and ref report the same stats: the same helpers (kernels/stats.c) run
+ * on outputs that agree to ~1e-6, and denominators summed in float vs fp64. */
+static void near_rel(double a, double b, double tol, const char *what) {
+    TH_CHECKF(fabs(a - b) <= tol * (fabs(b) + 1e-3), "%s: cpu %.9g, ref %.9g", what, a, b);
+}
+
+static void test_stats_of_cpu_match_stats_of_ref(void) {
+    tu_call t;
+    make_hybrid(&t, 1, 2, 4, 10, 10, 32, 32, 61);
+    tk_stats_request sr = {8, 16, 99};
+    for (int mode = 0; mode < 3; mode++) {
+        tk_config cfg;
+        hybrid_config(&cfg, TK_WINDOW_2D, 2, TK_COMBINE_NORMALIZED, 3);
+        cfg.fallback_on_negative = 0;
+        tk_result a, b;
+        size_t n = tu_n(1, 2, t.c.Nq, 32);
+        float *o2 = malloc(n * sizeof *o2);
+        tk_call c = t.c;
+        TH_CHECK(tu_run(TK_BACKEND_REF, &c, &cfg, (tk_mode)mode, &sr, &a) == 0);
+        c.o = o2;
+        TH_CHECK(tu_run(TK_BACKEND_CPU, &c, &cfg, (tk_mode)mode, &sr, &b) == 0);
+        free(o2);
+        TH_EQ_INT(a.reason, TK_REASON_NONE);
+        TH_EQ_INT(b.reason, TK_REASON_NONE);
+        TH_EQ_INT(a.stats.have, b.stats.have);
+        TH_EQ_INT(a.stats.quality_raw.n, b.stats.quality_raw.n);
+        TH_CHECK(b.stats.quality_raw.n > 0);
+        near_rel(b.stats.quality_raw.rel_l2_mean, a.stats.quality_raw.rel_l2_mean, 1e-3, "quality_raw.rel_l2_mean");
+        near_rel(b.stats.quality_eff.rel_l2_max, a.stats.quality_eff.rel_l2_max, 1e-3, "quality_eff.rel_l2_max");
+        near_rel(b.stats.quality_raw.cos_min, a.stats.quality_raw.cos_min, 1e-5, "quality_raw.cos_min");
+        TH_EQ_INT(a.stats.den.n, b.stats.den.n);
+        if (mode != TK_MODE_EXACT) {
+            TH_CHECK(b.stats.den.n > 0);
+            near_rel(b.stats.den.min, a.stats.den.min, 1e-4, "den.min");
+            near_rel(b.stats.den.mean, a.stats.den.mean, 1e-4, "den.mean");
+            TH_EQ_INT(a.stats.den.n_le_eps, b.stats.den.n_le_eps);
+        }
+        TH_EQ_INT(a.stats.qk.n, b.stats.qk.n);
+        near_rel(b.stats.qk.p99, a.stats.qk.p99, 1e-9, "qk.p99");
+        near_rel(b.stats.k_norm_mod.max, a.stats.k_norm_mod.max, 1e-9, "k_norm_mod.max");
+        if (mode == TK_MODE_HYBRID) near_rel(b.stats.window_mass.mean, a.stats.window_mass.mean, 1e-9, "window_mass");
+        if (mode == TK_MODE_EXACT) TH_CHECK(b.stats.quality_raw.rel_l2_max < 1e-5);
+    }
+    tu_free(&t);
+}
+
+/* More threads than items, one thread, and the default: the same answer
+ * (the key chunks and their partial sums change with the thread count). */
+static void test_any_thread_count_gives_the_ref_answer(void) {
+    static const char *counts[] = {"1", "3", "7"};
+    for (int i = 0; i < 3; i++) {
+        setenv("TK_CPU_THREADS", counts[i], 1);
+        tu_call t;
+        tu_make(&t, 1, 1, 90, 333, 16, 16, 71, 1.0);
+        tk_config cfg;
+        tu_config(&cfg);
+        cfg.sub_head_blocks = 2;
+        check_mode(&t, &cfg, TK_MODE_EXACT, EXACT_TOL, counts[i]);
+        check_mode(&t, &cfg, TK_MODE_TAYLOR, TAYLOR_TOL, counts[i]);
+        tu_free(&t);
+        make_hybrid(&t, 1, 1, 3, 9, 11, 16, 16, 72);
+        hybrid_config(&cfg, TK_WINDOW_2D, 2, TK_COMBINE_NORMALIZED, 3);
+        check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, counts[i]);
+        tu_free(&t);
+    }
+}
+
+/* The numerators go straight to o in a second query pass when the buffer
+ * for them cannot be had (TK_CPU_TAYLOR_BUFFER_MAX=0 forces it). */
+static void test_taylor_without_the_numerator_buffer_agrees_and_still_falls_back(void) {
+    setenv("TK_CPU_TAYLOR_BUFFER_MAX", "0", 1);
+    tu_call t;
+    tu_make(&t, 2, 2, 150, 150, 16, 16, 81, 0.8);
+    tk_config cfg;
+    tu_config(&cfg);
+    cfg.sub_head_blocks = 2;
+    check_mode(&t, &cfg, TK_MODE_TAYLOR, TAYLOR_TOL, "two query passes");
+    for (size_t i = 0; i < tu_n(2, 2, 150, 16); i++) t.k[i] *= 4.0f, t.q[i] = -t.k[i] * 2.0f;
+    cfg.terms = 2;
+    cfg.early_probe = 0;
+    tk_result a, b;
+    compare(&t, &cfg, TK_MODE_TAYLOR, &a, &b); /* checks o untouched */
+    TH_EQ_INT(b.reason, TK_REASON_DENOMINATOR_TOO_SMALL);
+    TH_EQ_INT(b.stage, TK_STAGE_FULL);
+    tu_free(&t);
+}
+
+/* The buffered hybrid path (taken when the far sums could near float's
+ * range) gives the same output as the direct one. */
+static void test_hybrid_buffered_path_agrees_with_ref(void) {
+    setenv("TK_CPU_HYBRID_BUFFER", "1", 1);
+    tu_call t;
+    make_hybrid(&t, 1, 2, 3, 9, 10, 16, 16, 82);
+    for (int combine = 0; combine < 2; combine++) {
+        tk_config cfg;
+        hybrid_config(&cfg, TK_WINDOW_2D, 2, combine, 3);
+        check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, combine ? "buffered normalized" : "buffered additive");
+    }
+    tu_free(&t);
+}
+
+/* Huge but finite q0/k0: the far sums overflow float. The cpu then either
+ * agrees with ref or falls back with denominator_invalid leaving o as it was;
+ * it never writes Inf/NaN. */
+static void test_hybrid_overflowing_far_field_never_writes_nonfinite_output(void) {
+    tu_call t;
+    make_hybrid(&t, 1, 1, 2, 8, 8, 16, 16, 83);
+    for (size_t i = 0; i < tu_n(1, 1, t.c.Nq, 16); i++) t.q0[i] *= 3e9f, t.k0[i] *= 3e9f;
+    for (int combine = 0; combine < 2; combine++) {
+        tk_config cfg;
+        hybrid_config(&cfg, TK_WINDOW_2D, 1, combine, 3);
+        cfg.global_scale_mul = 100;
+        size_t n = tu_n(1, 1, t.c.Nq, 16);
+        float *o = malloc(n * sizeof *o);
+        for (size_t i = 0; i < n; i++) o[i] = 5.0f;
+        tk_call c = t.c;
+        c.o = o;
+        tk_result r;
+        TH_CHECK(tu_run(TK_BACKEND_CPU, &c, &cfg, TK_MODE_HYBRID, NULL, &r) == 0);
+        if (getenv("TK_TEST_VERBOSE")) fprintf(stderr, "overflow combine=%d: %s %s\n", combine, tk_reason_name(r.reason), r.detail);
+        if (r.reason == TK_REASON_NONE) {
+            for (size_t i = 0; i < n; i++) TH_CHECKF(isfinite(o[i]), "o[%zu] = %g", i, (double)o[i]);
+        } else {
+            TH_EQ_INT(r.reason, TK_REASON_DENOMINATOR_INVALID);
+            for (size_t i = 0; i < n; i++) TH_CHECKF(o[i] == 5.0f, "fallback wrote o[%zu]", i);
+        }
+        free(o);
+    }
+    tu_free(&t);
+}
+
 static const th_test tests[] = {
     TH_TEST(test_exact_agrees_with_ref_on_odd_shapes_batches_and_masks),
     TH_TEST(test_exact_with_large_logits_stays_finite_and_agrees),
     TH_TEST(test_taylor_agrees_with_ref_across_terms_blocks_and_shapes),
     TH_TEST(test_taylor_q_k_modification_and_scale_agree_with_ref),
     TH_TEST(test_taylor_fallbacks_match_ref_in_probe_and_full_pass_and_leave_o_untouched),
+    TH_TEST(test_hybrid_2d_agrees_with_ref_in_both_combine_modes),
+    TH_TEST(test_hybrid_1d_agrees_with_ref_with_text_and_odd_lengths),
+    TH_TEST(test_hybrid_with_masks_agrees_with_ref),
+    TH_TEST(test_hybrid_edge_settings_agree_with_ref),
+    TH_TEST(test_hybrid_without_q0_k0_uses_q_k_like_ref),
+    TH_TEST(test_stats_of_cpu_match_stats_of_ref),
+    TH_TEST(test_any_thread_count_gives_the_ref_answer),
+    TH_TEST(test_taylor_without_the_numerator_buffer_agrees_and_still_falls_back),
+    TH_TEST(test_hybrid_buffered_path_agrees_with_ref),
+    TH_TEST(test_hybrid_overflowing_far_field_never_writes_nonfinite_output),
     {0},
 };
 

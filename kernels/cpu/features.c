@@ -64,10 +64,9 @@ void tkcpu_features_block(const tkcpu_fmap *fm, const float *const *rows, const 
         float fac = factor ? factor[j] : 1.0f;
         for (int e = 0; e < d; e++) x[(size_t)e * ld + j] = src[e] * fac;
     }
+    int cols = (n + 15) / 16 * 16;
     for (int e = 0; e < d; e++)
-        for (int j = n; j < ld; j++) x[(size_t)e * ld + j] = 0;
-    for (int j = 0; j < ld; j++) phi[j] = 1.0f;
-    for (int r = 1; r < fm->R; r++)
-        tkcpu_mul3(phi + (size_t)r * ld, phi + (size_t)fm->parent[r] * ld,
-                   x + (size_t)fm->last[r] * ld, fm->ratio[r], ld);
+        for (int j = n; j < cols; j++) x[(size_t)e * ld + j] = 0;
+    for (int j = 0; j < cols; j++) phi[j] = 1.0f;
+    tkcpu_feature_rows(phi, ld, cols, fm->parent, fm->last, fm->ratio, fm->R, x);
 }

@@ -43,8 +43,9 @@ typedef struct {
     const tki_plan *p;
     tkcpu_fmap fm;     /* the feature map of (d, P, s) */
     int R, d, dv, nb, units;
-    int fb;            /* tokens per feature block */
-    int ld;            /* fb rounded up to 16: the row stride of Φ and X */
+    int fb;            /* keys per feature block */
+    int fbq;           /* queries per feature block (larger: S is packed once a block) */
+    int ld;            /* max(fb, fbq) rounded up to 16: the row stride of Φ and X */
     int kchunks;       /* key chunks per unit */
     int qblocks;       /* query blocks per unit (fb queries each) */
     float *z;          /* [units][R] (probe) */
@@ -146,8 +147,8 @@ static void query_item(taylor_ctx *t, int64_t item, int worker) {
         n = (int)t->n_probe;
     } else {
         unit = (int)(item / t->qblocks);
-        i0 = (int)(item % t->qblocks) * t->fb;
-        n = p->Nq - i0 < t->fb ? p->Nq - i0 : t->fb;
+        i0 = (int)(item % t->qblocks) * t->fbq;
+        n = p->Nq - i0 < t->fbq ? p->Nq - i0 : t->fbq;
     }
     int bh = unit / t->nb, c = unit % t->nb;
     const float *Q = (const float *)call->q + (size_t)bh * p->Nq * p->D;
@@ -238,11 +239,12 @@ static void free_ctx(taylor_ctx *t, int T) {
     free(t->rows);
 }
 
-/* Tokens per feature block: Φ of a block stays near 1 MiB (L2) but never
- * under 32 or over 256 tokens. TK_CPU_TAYLOR_BLOCK overrides (benchmarks). */
-static int feature_block(int64_t R) {
-    const char *e = getenv("TK_CPU_TAYLOR_BLOCK");
-    int fb = e && *e ? atoi(e) : (int)((1 << 18) / (R > 0 ? R : 1));
+/* Tokens per feature block: Φ of a key block stays near `bytes` (L2) but
+ * never under 32 or over 256 tokens. TK_CPU_TAYLOR_BLOCK / _QBLOCK override
+ * (benchmarks). */
+static int feature_block(int64_t R, const char *env, int bytes) {
+    const char *e = getenv(env);
+    int fb = e && *e ? atoi(e) : (int)(bytes / 4 / (R > 0 ? R : 1));
     if (fb < 32) fb = 32;
     if (fb > 256) fb = 256;
     return fb / 16 * 16;
@@ -261,11 +263,12 @@ int tkcpu_taylor(tkcpu_job *job) {
     t.dv = p->dv;
     t.nb = p->blocks;
     t.units = p->B * p->H * p->blocks;
-    t.fb = feature_block(p->R);
-    t.ld = (t.fb + 15) / 16 * 16;
+    t.fb = feature_block(p->R, "TK_CPU_TAYLOR_BLOCK", 1 << 21);
+    t.fbq = feature_block(p->R, "TK_CPU_TAYLOR_QBLOCK", 1 << 21);
+    t.ld = t.fb > t.fbq ? t.fb : t.fbq;
     if (tkcpu_fmap_make(&t.fm, p->d, p->terms, p->s, p->R, t.ld) != TK_OK) return TK_ERR_NOMEM;
     t.R = t.fm.R;
-    t.qblocks = (p->Nq + t.fb - 1) / t.fb;
+    t.qblocks = (p->Nq + t.fbq - 1) / t.fbq;
     t.kchunks = 1;
     if (t.units < 2 * T) {
         t.kchunks = (2 * T + t.units - 1) / t.units;
@@ -337,7 +340,10 @@ int tkcpu_taylor(tkcpu_job *job) {
 
     /* queries: numerators buffered when they fit, else a den-only pass first */
     size_t o_count = (size_t)p->B * p->H * p->Nq * p->Dv;
-    if (o_count * sizeof(float) <= TAYLOR_BUFFER_MAX) t.num = malloc(o_count * sizeof *t.num);
+    size_t buffer_max = TAYLOR_BUFFER_MAX;
+    const char *bm = getenv("TK_CPU_TAYLOR_BUFFER_MAX"); /* tests: 0 forces the two query passes */
+    if (bm && *bm) buffer_max = (size_t)strtoull(bm, NULL, 10);
+    if (o_count * sizeof(float) <= buffer_max) t.num = malloc(o_count * sizeof *t.num);
     int64_t q_items = (int64_t)t.units * t.qblocks;
     run_pass(&t, t.num ? PASS_Q_BOTH : PASS_Q_DEN, q_items);
 

@@ -204,6 +204,19 @@ static inline __attribute__((always_inline)) double hsum(v16f v) {
         return inside;                                                  \
     }
 
+/* Φ rows 1..R-1 from their parents (features.c): the first cols (a multiple
+ * of 16) columns of rows of stride ld. */
+#define BODY_FEATURE_ROWS                                               \
+    {                                                                   \
+        for (int r = 1; r < R; r++) {                                   \
+            float *y = phi + (size_t)r * ld;                            \
+            const float *a = phi + (size_t)parent[r] * ld;              \
+            const float *b = x + (size_t)last[r] * ld;                  \
+            v16f cv = vsplat(ratio[r]);                                 \
+            for (int i = 0; i < cols; i += VL) vstore(y + i, vload(a + i) * vload(b + i) * cv); \
+        }                                                               \
+    }
+
 #define VARIANT(suffix, attr)                                                                      \
     attr static float max_##suffix(const float *x, int64_t n) BODY_MAX                              \
     attr static double exp2_shift_sum_##suffix(float *x, int64_t n, float m) BODY_EXP2_SHIFT_SUM    \
@@ -216,7 +229,10 @@ static inline __attribute__((always_inline)) double hsum(v16f v) {
     attr static void kappa_##suffix(float *x, int64_t n, float s, int terms) BODY_KAPPA             \
     attr static int64_t window_mask_##suffix(float *srow, float *krow, const int32_t *cy,          \
                                              const int32_t *cx, int64_t n, int qy, int qx, int rad) \
-        BODY_WINDOW_MASK
+        BODY_WINDOW_MASK                                                                           \
+    attr static void feature_rows_##suffix(float *phi, int ld, int cols, const int32_t *parent,   \
+                                           const uint16_t *last, const float *ratio, int R,       \
+                                           const float *x) BODY_FEATURE_ROWS
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define HAVE_X86_VARIANTS 1
@@ -263,6 +279,10 @@ void tkcpu_add(float *y, const float *x, int64_t n) { PICK(add)(y, x, n); }
 void tkcpu_axpby(float *y, float a, const float *x, float b, int64_t n) { PICK(axpby)(y, a, x, b, n); }
 double tkcpu_sum(const float *x, int64_t n) { return PICK(sum)(x, n); }
 void tkcpu_kappa(float *x, int64_t n, float s, int terms) { PICK(kappa)(x, n, s, terms); }
+void tkcpu_feature_rows(float *phi, int ld, int cols, const int32_t *parent, const uint16_t *last,
+                        const float *ratio, int R, const float *x) {
+    PICK(feature_rows)(phi, ld, cols, parent, last, ratio, R, x);
+}
 int64_t tkcpu_window_mask(float *srow, float *krow, const int32_t *cy, const int32_t *cx, int64_t n,
                           int qy, int qx, int rad) {
     return PICK(window_mask)(srow, krow, cy, cx, n, qy, qx, rad);

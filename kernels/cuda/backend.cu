@@ -1,29 +1,575 @@
-// backend.cu -- FOUNDATION STUB of the cuda backend entry points; the GPU
-// issue replaces the bodies (kernels/cuda/{exact,taylor,hybrid,stats}.cu).
-#include <stdio.h>
+// backend.cu -- the cuda backend's entry points: context state (workspace,
+// device properties), the mode switch, the Taylor denominator rule and probe,
+// and the stats the GPU path reports.
+//
+// Errors: every CUDA call is checked; a failure is the backend_error reason
+// with the CUDA text in res->detail, a failed allocation is out_of_memory.
+// The output o is written only when the call succeeds: Taylor writes into a
+// workspace copy first and copies it to o once the denominator rule passed.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
-#include "internal.h"
+#include "cuda_internal.h"
+
+namespace {
+
+struct cuda_state {
+    int device;
+    int num_sms;
+    void *ws;        // owned device workspace
+    size_t ws_bytes;
+    int table_key;   // (d << 8 | P) + 1 of the feature table in ws, 0 = none
+    cudaEvent_t ev0, ev1;
+};
+
+uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void fail(tk_result *res, tk_reason r, const char *detail) {
+    res->reason = r;
+    res->path = TK_PATH_FALLBACK;
+    snprintf(res->detail, sizeof res->detail, "%s", detail);
+}
+
+// Grows the workspace to at least bytes. 0 ok, 2 allocation failed, 1 other error.
+int ensure_ws(cuda_state *s, size_t bytes, char *err, size_t errlen) {
+    if (bytes <= s->ws_bytes) return 0;
+    if (s->ws) {
+        cudaError_t e = cudaFree(s->ws);
+        s->ws = nullptr;
+        s->ws_bytes = 0;
+        s->table_key = 0;
+        if (e != cudaSuccess) {
+            snprintf(err, errlen, "cudaFree: %s", cudaGetErrorString(e));
+            return 1;
+        }
+    }
+    cudaError_t e = cudaMalloc(&s->ws, bytes);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError(); // clear the sticky-free allocation error
+        s->ws = nullptr;
+        snprintf(err, errlen, "workspace of %zu bytes: %s", bytes, cudaGetErrorString(e));
+        return e == cudaErrorMemoryAllocation ? 2 : 1;
+    }
+    s->ws_bytes = bytes;
+    return 0;
+}
+
+size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+__global__ void convert_kernel_f32_bf16(const float *src, __nv_bfloat16 *dst, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16(src[i]);
+}
+
+// Exact output of sampled (query, head) rows in fp32: e[(s*BH + bh)*Dv + c].
+template <typename TI>
+__global__ void exact_rows_kernel(const TI *q, const TI *k, const TI *v, const uint8_t *mask,
+                                  const int *rows, int H, int Nq, int Nk, int D, int Dv,
+                                  float scale, float *e) {
+    extern __shared__ float sh[];
+    float *qs = sh;        // [D]
+    float *p = sh + D;     // [128]
+    __shared__ float red[4];
+    const int smp = blockIdx.x, bh = blockIdx.y, b = bh / H, tid = threadIdx.x;
+    const int qi = rows[smp];
+    const TI *qr = q + ((size_t)bh * Nq + qi) * D;
+    const TI *kb = k + (size_t)bh * Nk * D;
+    const TI *vb = v + (size_t)bh * Nk * Dv;
+    for (int i = tid; i < D; i += 128) qs[i] = tkc::elem<TI>::to_f(qr[i]) * scale;
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int j = tid; j < Nk; j += 128) {
+        if (mask && !mask[(size_t)b * Nk + j]) continue;
+        float x = 0.f;
+        for (int i = 0; i < D; i++) x += qs[i] * tkc::elem<TI>::to_f(kb[(size_t)j * D + i]);
+        mx = fmaxf(mx, x);
+    }
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if ((tid & 31) == 0) red[tid >> 5] = mx;
+    __syncthreads();
+    mx = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+    __syncthreads();
+    float acc = 0.f, lsum = 0.f;
+    for (int j0 = 0; j0 < Nk; j0 += 128) {
+        int j = j0 + tid;
+        float pj = 0.f;
+        if (j < Nk && !(mask && !mask[(size_t)b * Nk + j])) {
+            float x = 0.f;
+            for (int i = 0; i < D; i++) x += qs[i] * tkc::elem<TI>::to_f(kb[(size_t)j * D + i]);
+            pj = expf(x - mx);
+        }
+        p[tid] = pj;
+        lsum += pj;
+        __syncthreads();
+        int jn = min(128, Nk - j0);
+        if (tid < Dv)
+            for (int jj = 0; jj < jn; jj++)
+                acc += p[jj] * tkc::elem<TI>::to_f(vb[(size_t)(j0 + jj) * Dv + tid]);
+        __syncthreads();
+    }
+    for (int o = 16; o > 0; o >>= 1) lsum += __shfl_xor_sync(0xffffffffu, lsum, o);
+    if ((tid & 31) == 0) red[tid >> 5] = lsum;
+    __syncthreads();
+    float l = red[0] + red[1] + red[2] + red[3];
+    for (int c = tid; c < Dv; c += 128) {
+        // Dv > 128 is not a supported shape; c < 128 holds acc
+        e[((size_t)smp * gridDim.y + bh) * Dv + c] = l > 0.f ? acc / l : 0.f;
+    }
+}
+
+template <typename T>
+__global__ void gather_rows_kernel(const T *o, const int *rows, int Nq, int Dv, float *out) {
+    const int smp = blockIdx.x, bh = blockIdx.y;
+    for (int c = threadIdx.x; c < Dv; c += blockDim.x)
+        out[((size_t)smp * gridDim.y + bh) * Dv + c] =
+            tkc::elem<T>::to_f(o[((size_t)bh * Nq + rows[smp]) * Dv + c]);
+}
+
+int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+// rel-L2, cosine and abs errors of n rows of width w (o against e).
+void quality_of(const float *o, const float *e, int n, int w, tk_quality *qo) {
+    memset(qo, 0, sizeof *qo);
+    double *rel = (double *)malloc(sizeof(double) * (n > 0 ? n : 1));
+    if (!rel) return;
+    double sum_rel = 0, cmin = INFINITY, csum = 0, abs_sum = 0, abs_max = 0;
+    for (int r = 0; r < n; r++) {
+        double d2 = 0, e2 = 0, o2 = 0, oe = 0;
+        for (int c = 0; c < w; c++) {
+            double a = o[(size_t)r * w + c], b = e[(size_t)r * w + c], d = a - b;
+            d2 += d * d;
+            e2 += b * b;
+            o2 += a * a;
+            oe += a * b;
+            double ad = fabs(d);
+            abs_sum += ad;
+            if (!(ad <= abs_max)) abs_max = ad;
+        }
+        rel[r] = e2 > 0 ? sqrt(d2 / e2) : sqrt(d2);
+        sum_rel += rel[r];
+        double cs = (o2 > 0 && e2 > 0) ? oe / sqrt(o2 * e2) : (d2 == 0 ? 1.0 : 0.0);
+        if (!(cs >= cmin)) cmin = cs;
+        csum += cs;
+    }
+    qsort(rel, n, sizeof(double), cmp_double);
+    qo->n = n;
+    qo->rel_l2_mean = sum_rel / n;
+    qo->rel_l2_p95 = rel[(int)floor(0.95 * (n - 1))];
+    qo->rel_l2_max = rel[n - 1];
+    qo->cos_min = cmin;
+    qo->cos_mean = csum / n;
+    qo->abs_err_mean = abs_sum / ((double)n * w);
+    qo->abs_err_max = abs_max;
+    free(rel);
+}
+
+// quality_raw on ns sampled queries; the output rows are read from `out`
+// (dtype out_dtype). Uses ws_extra (device, bytes given) for rows and results.
+int quality_raw(const tk_call *call, const void *out, int out_dtype, int ns, uint64_t seed,
+                void *ws_extra, cudaStream_t st, tk_quality *qo, char *err, size_t errlen) {
+    int BH = call->B * call->H;
+    int *rows_d = (int *)ws_extra;
+    float *e_d = (float *)((char *)ws_extra + align256(sizeof(int) * ns));
+    float *o_d = e_d + (size_t)ns * BH * call->Dv;
+    int *rows = (int *)malloc(sizeof(int) * ns);
+    float *eh = (float *)malloc(sizeof(float) * 2 * (size_t)ns * BH * call->Dv);
+    if (!rows || !eh) {
+        free(rows);
+        free(eh);
+        snprintf(err, errlen, "host allocation for quality stats");
+        return 2;
+    }
+    uint64_t x = seed ^ 0x51a7c0deull;
+    for (int i = 0; i < ns; i++) rows[i] = (int)(splitmix64(&x) % (uint64_t)call->Nq);
+    int rc = 0;
+    cudaError_t e = cudaMemcpyAsync(rows_d, rows, sizeof(int) * ns, cudaMemcpyHostToDevice, st);
+    double s0 = call->scale > 0 ? call->scale : 1.0 / sqrt((double)call->D);
+    size_t smem = (call->D + 128) * sizeof(float);
+    dim3 grid(ns, BH);
+    if (e == cudaSuccess) {
+        if (call->dtype == TK_DTYPE_BF16)
+            exact_rows_kernel<__nv_bfloat16><<<grid, 128, smem, st>>>(
+                (const __nv_bfloat16 *)call->q, (const __nv_bfloat16 *)call->k,
+                (const __nv_bfloat16 *)call->v, call->key_mask, rows_d, call->H, call->Nq, call->Nk,
+                call->D, call->Dv, (float)s0, e_d);
+        else if (call->dtype == TK_DTYPE_F16)
+            exact_rows_kernel<__half><<<grid, 128, smem, st>>>(
+                (const __half *)call->q, (const __half *)call->k, (const __half *)call->v,
+                call->key_mask, rows_d, call->H, call->Nq, call->Nk, call->D, call->Dv, (float)s0, e_d);
+        else
+            exact_rows_kernel<float><<<grid, 128, smem, st>>>(
+                (const float *)call->q, (const float *)call->k, (const float *)call->v,
+                call->key_mask, rows_d, call->H, call->Nq, call->Nk, call->D, call->Dv, (float)s0, e_d);
+        e = cudaGetLastError();
+    }
+    if (e == cudaSuccess) {
+        if (out_dtype == TK_DTYPE_BF16)
+            gather_rows_kernel<__nv_bfloat16><<<grid, 128, 0, st>>>((const __nv_bfloat16 *)out, rows_d,
+                                                                   call->Nq, call->Dv, o_d);
+        else if (out_dtype == TK_DTYPE_F16)
+            gather_rows_kernel<__half><<<grid, 128, 0, st>>>((const __half *)out, rows_d, call->Nq,
+                                                            call->Dv, o_d);
+        else
+            gather_rows_kernel<float><<<grid, 128, 0, st>>>((const float *)out, rows_d, call->Nq,
+                                                           call->Dv, o_d);
+        e = cudaGetLastError();
+    }
+    size_t nrow = (size_t)ns * BH;
+    if (e == cudaSuccess)
+        e = cudaMemcpyAsync(eh, e_d, sizeof(float) * 2 * nrow * call->Dv, cudaMemcpyDeviceToHost, st);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(st);
+    if (e != cudaSuccess) {
+        snprintf(err, errlen, "quality stats: %s", cudaGetErrorString(e));
+        rc = 1;
+    } else {
+        quality_of(eh + nrow * call->Dv, eh, (int)nrow, call->Dv, qo);
+    }
+    free(rows);
+    free(eh);
+    return rc;
+}
+
+size_t quality_ws(const tk_call *call, int ns) {
+    return align256(sizeof(int) * ns) + align256(sizeof(float) * 2 * (size_t)ns * call->B * call->H * call->Dv);
+}
+
+// Maps a launcher status to the result: 2 -> out_of_memory, 3 -> unsupported_shape, else backend_error.
+void fail_rc(tk_result *res, int rc, const char *err) {
+    fail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE
+                                                          : TK_REASON_BACKEND_ERROR,
+         err);
+}
+
+int run_exact(cuda_state *s, const tk_call *call, cudaStream_t st, void *o_dst, size_t ws_off,
+              char *err, size_t errlen) {
+    if (call->Dv != call->D) {
+        snprintf(err, errlen, "exact: Dv %d != D %d is not supported on cuda", call->Dv, call->D);
+        return 3;
+    }
+    tkc_exact_args a;
+    memset(&a, 0, sizeof a);
+    a.B = call->B;
+    a.H = call->H;
+    a.Nq = call->Nq;
+    a.Nk = call->Nk;
+    a.D = call->D;
+    a.mask = call->key_mask;
+    a.o = o_dst;
+    a.out_dtype = call->dtype;
+    a.scale = call->scale > 0 ? call->scale : 1.0 / sqrt((double)call->D);
+    a.warps = getenv("TKC_EXACT_WARPS") ? atoi(getenv("TKC_EXACT_WARPS")) : 0;
+    if (call->dtype == TK_DTYPE_F32) {
+        // f32: converted to bf16 in the workspace, then the tensor-core path
+        size_t nq = (size_t)call->B * call->H * call->Nq * call->D;
+        size_t nk = (size_t)call->B * call->H * call->Nk * call->D;
+        char *w = (char *)s->ws + ws_off;
+        __nv_bfloat16 *qh = (__nv_bfloat16 *)w;
+        __nv_bfloat16 *kh = (__nv_bfloat16 *)(w + align256(nq * 2));
+        __nv_bfloat16 *vh = (__nv_bfloat16 *)(w + align256(nq * 2) + align256(nk * 2));
+        convert_kernel_f32_bf16<<<1024, 256, 0, st>>>((const float *)call->q, qh, nq);
+        convert_kernel_f32_bf16<<<1024, 256, 0, st>>>((const float *)call->k, kh, nk);
+        convert_kernel_f32_bf16<<<1024, 256, 0, st>>>((const float *)call->v, vh, nk);
+        TKC_LAUNCHED("convert_kernel_f32_bf16", err, errlen);
+        a.q = qh;
+        a.k = kh;
+        a.v = vh;
+        a.in_dtype = TK_DTYPE_BF16;
+    } else {
+        a.q = call->q;
+        a.k = call->k;
+        a.v = call->v;
+        a.in_dtype = call->dtype;
+    }
+    return tkc_exact_launch(&a, st, err, errlen);
+}
+
+size_t exact_ws(const tk_call *call) {
+    if (call->dtype != TK_DTYPE_F32) return 0;
+    size_t nq = (size_t)call->B * call->H * call->Nq * call->D;
+    size_t nk = (size_t)call->B * call->H * call->Nk * call->D;
+    return align256(nq * 2) + 2 * align256(nk * 2);
+}
+
+bool modify_active(const tk_config *cfg, double sigma) {
+    return cfg->qk_norm_sigma_max <= 0 || sigma <= cfg->qk_norm_sigma_max;
+}
+
+int too_small(const tk_config *cfg, unsigned long long n_le, unsigned long long n) {
+    if (!cfg->fallback_on_negative || n_le == 0) return 0;
+    if (cfg->denom_fallback_frac_limit <= 0) return 1;
+    return (double)n_le / (double)n > cfg->denom_fallback_frac_limit;
+}
+
+int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg,
+               const tk_stats_request *sreq, cudaStream_t st, tk_result *res) {
+    char err[192] = "";
+    tkc_taylor_args a;
+    memset(&a, 0, sizeof a);
+    a.q = call->q;
+    a.k = call->k;
+    a.v = call->v;
+    a.mask = call->key_mask;
+    a.dtype = call->dtype;
+    a.B = call->B;
+    a.H = call->H;
+    a.Nq = call->Nq;
+    a.Nk = call->Nk;
+    a.D = call->D;
+    a.Dv = call->Dv;
+    a.blocks = cfg->sub_head_blocks;
+    a.terms = cfg->terms;
+    if (a.blocks <= 0 || call->D % a.blocks || call->Dv % a.blocks) {
+        fail(res, TK_REASON_SUB_HEAD_BLOCK_MISMATCH, "D or Dv is not divisible by sub_head_blocks");
+        return TK_OK;
+    }
+    int d = call->D / a.blocks;
+    a.s = (float)(cfg->scale_mul / sqrt((double)d));
+    a.modify = !modify_active(cfg, call->sigma) ? 0
+               : cfg->qk_normalize                    ? 1
+               : (cfg->qk_norm_power > 0 || cfg->qk_norm_clip > 0) ? 2
+                                                                  : 0;
+    a.power = (float)cfg->qk_norm_power;
+    a.clip = (float)cfg->qk_norm_clip;
+    a.eps = (float)cfg->eps;
+    const char *sp = getenv("TKC_TAYLOR_SPLIT");
+    a.split = sp ? atoi(sp) : 0;
+    int pn = cfg->early_probe ? cfg->probe_samples : 0;
+    if (pn > call->Nq) pn = call->Nq;
+    a.probe_n = pn;
+    res->R = tkc_feature_count(d, a.terms);
+
+    size_t ws_t = tkc_taylor_workspace(&a, s->num_sms);
+    if (ws_t == 0) {
+        snprintf(err, sizeof err, "taylor on cuda: slice dims d=%d dv=%d, P=%d not supported", d,
+                 call->Dv / a.blocks, a.terms);
+        fail(res, TK_REASON_UNSUPPORTED_SHAPE, err);
+        return TK_OK;
+    }
+    size_t o_bytes = (size_t)call->B * call->H * call->Nq * call->Dv * tk_dtype_size(call->dtype);
+    int ns = (sreq && sreq->quality_samples > 0 && call->Dv <= 128) ? sreq->quality_samples : 0;
+    if (ns > call->Nq) ns = call->Nq;
+    size_t off_o = align256(ws_t);
+    size_t off_rows = off_o + align256(o_bytes);
+    size_t off_q = off_rows + align256(sizeof(int) * (pn > 0 ? pn : 1));
+    size_t total = off_q + (ns ? quality_ws(call, ns) : 0);
+    int rc = ensure_ws(s, total, err, sizeof err);
+    if (rc) {
+        fail_rc(res, rc, err);
+        return TK_OK;
+    }
+    int key = ((d << 8) | a.terms) + 1;
+    a.table_cached = s->table_key == key;
+    s->table_key = 0; // set again once the upload succeeded
+    a.o = (char *)s->ws + off_o;
+    if (pn > 0) {
+        int *rows = (int *)malloc(sizeof(int) * pn);
+        float *den = (float *)malloc(sizeof(float) * pn * (size_t)call->B * call->H * a.blocks);
+        if (!rows || !den) {
+            free(rows);
+            free(den);
+            fail(res, TK_REASON_OUT_OF_MEMORY, "host buffers of the probe");
+            return TK_OK;
+        }
+        uint64_t x = (uint64_t)cfg->seed;
+        for (int i = 0; i < pn; i++) rows[i] = (int)(splitmix64(&x) % (uint64_t)call->Nq);
+        int *rows_d = (int *)((char *)s->ws + off_rows);
+        cudaError_t e = cudaMemcpyAsync(rows_d, rows, sizeof(int) * pn, cudaMemcpyHostToDevice, st);
+        rc = 0;
+        if (e != cudaSuccess) {
+            snprintf(err, sizeof err, "probe rows: %s", cudaGetErrorString(e));
+            rc = 1;
+        } else {
+            a.probe_rows = rows_d;
+            rc = tkc_taylor_probe(&a, s->ws, ws_t, s->num_sms, st, den, err, sizeof err);
+        }
+        free(rows);
+        if (rc) {
+            free(den);
+            fail_rc(res, rc, err);
+            return TK_OK;
+        }
+        unsigned long long n = (unsigned long long)pn * call->B * call->H * a.blocks, le = 0, nf = 0;
+        for (unsigned long long i = 0; i < n; i++) {
+            if (!isfinite(den[i])) nf++;
+            else if (den[i] <= cfg->eps) le++;
+        }
+        free(den);
+        if (nf) {
+            snprintf(err, sizeof err, "probe: %llu of %llu denominators are NaN or Inf", nf, n);
+            fail(res, TK_REASON_DENOMINATOR_INVALID, err);
+            res->stage = TK_STAGE_PROBE;
+            return TK_OK;
+        }
+        if (too_small(cfg, le, n)) {
+            snprintf(err, sizeof err, "probe: %llu of %llu denominators <= eps %g", le, n, cfg->eps);
+            fail(res, TK_REASON_DENOMINATOR_TOO_SMALL, err);
+            res->stage = TK_STAGE_PROBE;
+            return TK_OK;
+        }
+    }
+    tkc_den_stats den;
+    rc = tkc_taylor_run(&a, s->ws, ws_t, s->num_sms, st, &den, err, sizeof err);
+    if (rc) {
+        fail_rc(res, rc, err);
+        return TK_OK;
+    }
+    s->table_key = key;
+    if (sreq) {
+        res->stats.den.n = (int64_t)den.n;
+        res->stats.den.n_le_eps = (int64_t)den.n_le_eps;
+        res->stats.den.n_nonfinite = (int64_t)den.n_nonfinite;
+        unsigned long long nfin = den.n - den.n_nonfinite;
+        res->stats.den.min = nfin ? den.min : NAN;
+        res->stats.den.max = nfin ? den.max : NAN;
+        res->stats.den.mean = nfin ? den.sum / (double)nfin : NAN;
+        res->stats.have |= TK_HAVE_DENOMS;
+    }
+    if (den.n_nonfinite) {
+        snprintf(err, sizeof err, "%llu of %llu denominators are NaN or Inf", den.n_nonfinite, den.n);
+        fail(res, TK_REASON_DENOMINATOR_INVALID, err);
+        res->stage = TK_STAGE_FULL;
+        return TK_OK;
+    }
+    if (too_small(cfg, den.n_le_eps, den.n)) {
+        snprintf(err, sizeof err, "%llu of %llu denominators <= eps %g", den.n_le_eps, den.n, cfg->eps);
+        fail(res, TK_REASON_DENOMINATOR_TOO_SMALL, err);
+        res->stage = TK_STAGE_FULL;
+        return TK_OK;
+    }
+    if (ns) {
+        rc = quality_raw(call, a.o, call->dtype, ns, (uint64_t)cfg->seed, (char *)s->ws + off_q, st,
+                         &res->stats.quality_raw, err, sizeof err);
+        if (rc) {
+            fail_rc(res, rc, err);
+            return TK_OK;
+        }
+        res->stats.have |= TK_HAVE_QUALITY;
+    }
+    cudaError_t e = cudaMemcpyAsync(call->o, a.o, o_bytes, cudaMemcpyDeviceToDevice, st);
+    if (e != cudaSuccess) {
+        snprintf(err, sizeof err, "output copy: %s", cudaGetErrorString(e));
+        fail(res, TK_REASON_BACKEND_ERROR, err);
+        return TK_OK;
+    }
+    res->reason = TK_REASON_NONE;
+    res->path = TK_PATH_TAYLOR;
+    return TK_OK;
+}
+
+} // namespace
 
 extern "C" int tkcuda_available(void) {
-    char err[256];
-    return tkcuda_selfcheck(err, sizeof err) == 0;
+    static int cached = -1;
+    if (cached < 0) {
+        char err[256];
+        cached = tkcuda_selfcheck(err, sizeof err) == 0;
+    }
+    return cached;
 }
 
 extern "C" int tkcuda_open(tk_context *ctx, char *err, size_t errlen) {
-    (void)ctx;
     if (!tkcuda_available()) {
         snprintf(err, errlen, "no usable CUDA device");
         return TK_ERR_UNSUPPORTED;
     }
+    cuda_state *s = (cuda_state *)calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return TK_ERR_NOMEM;
+    }
+    cudaError_t e = cudaGetDevice(&s->device);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&s->num_sms, cudaDevAttrMultiProcessorCount, s->device);
+    if (e == cudaSuccess) e = cudaEventCreate(&s->ev0);
+    if (e == cudaSuccess) e = cudaEventCreate(&s->ev1);
+    if (e != cudaSuccess) {
+        snprintf(err, errlen, "cuda backend: %s", cudaGetErrorString(e));
+        free(s);
+        return TK_ERR;
+    }
+    ctx->cuda = s;
     return TK_OK;
 }
 
-extern "C" void tkcuda_close(tk_context *ctx) { (void)ctx; }
+extern "C" void tkcuda_close(tk_context *ctx) {
+    cuda_state *s = (cuda_state *)ctx->cuda;
+    if (!s) return;
+    if (s->ws) cudaFree(s->ws);
+    cudaEventDestroy(s->ev0);
+    cudaEventDestroy(s->ev1);
+    free(s);
+    ctx->cuda = nullptr;
+}
 
 extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_config *cfg,
                                 tk_mode mode, const tk_stats_request *stats_req, tk_result *res) {
-    (void)ctx, (void)call, (void)cfg, (void)mode, (void)stats_req;
-    res->reason = TK_REASON_BACKEND_ERROR;
-    snprintf(res->detail, sizeof res->detail, "cuda backend not implemented yet");
+    if (!ctx || !call || !cfg || !res) return TK_ERR;
+    cuda_state *s = (cuda_state *)ctx->cuda;
+    res->reason = TK_REASON_NONE;
+    res->stage = TK_STAGE_NONE;
+    res->path = TK_PATH_FALLBACK;
+    res->detail[0] = 0;
+    res->R = 0;
+    res->window = -1;
+    res->w = 0;
+    memset(&res->stats, 0, sizeof res->stats);
+    if (!s) {
+        fail(res, TK_REASON_BACKEND_ERROR, "cuda backend: context not opened for cuda");
+        return TK_OK;
+    }
+    cudaStream_t st = (cudaStream_t)call->stream;
+    char err[192] = "";
+    cudaError_t e = cudaEventRecord(s->ev0, st);
+    if (e != cudaSuccess) {
+        snprintf(err, sizeof err, "cudaEventRecord: %s", cudaGetErrorString(e));
+        fail(res, TK_REASON_BACKEND_ERROR, err);
+        return TK_OK;
+    }
+    if (mode == TK_MODE_EXACT) {
+        int ns = (stats_req && stats_req->quality_samples > 0 && call->Dv <= 128) ? stats_req->quality_samples : 0;
+        if (ns > call->Nq) ns = call->Nq;
+        size_t ws_e = exact_ws(call);
+        int rc = ensure_ws(s, align256(ws_e) + (ns ? quality_ws(call, ns) : 0), err, sizeof err);
+        if (!rc) rc = run_exact(s, call, st, call->o, 0, err, sizeof err);
+        if (!rc && ns)
+            rc = quality_raw(call, call->o, call->dtype, ns, (uint64_t)cfg->seed,
+                             (char *)s->ws + align256(ws_e), st, &res->stats.quality_raw, err,
+                             sizeof err);
+        if (rc) {
+            fail_rc(res, rc, err);
+            return TK_OK;
+        }
+        if (ns) res->stats.have |= TK_HAVE_QUALITY;
+        res->path = TK_PATH_EXACT;
+    } else if (mode == TK_MODE_TAYLOR) {
+        run_taylor(s, call, cfg, stats_req, st, res);
+        if (res->reason != TK_REASON_NONE) return TK_OK;
+    } else {
+        fail(res, TK_REASON_BACKEND_ERROR, "hybrid mode is not implemented on cuda yet");
+        return TK_OK;
+    }
+    e = cudaEventRecord(s->ev1, st);
+    if (e == cudaSuccess) e = cudaEventSynchronize(s->ev1);
+    float ms = 0.f;
+    if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, s->ev0, s->ev1);
+    if (e != cudaSuccess) {
+        snprintf(err, sizeof err, "after the kernels: %s", cudaGetErrorString(e));
+        fail(res, TK_REASON_BACKEND_ERROR, err);
+        return TK_OK;
+    }
+    if (stats_req) {
+        res->stats.kernel_ms = ms;
+        res->stats.have |= TK_HAVE_TIME;
+    }
     return TK_OK;
 }

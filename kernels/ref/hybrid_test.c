@@ -423,6 +423,11 @@ static void test_pca_is_fitted_once_per_layer_and_refitted_on_schedule(void) {
     tk_context_reset(ctx);
     TH_CHECK(tk_attention(ctx, &t.c, &cfg, TK_MODE_HYBRID, NULL, &res) == 0);
     TH_EQ_INT(tki_pca_cache_fits(ctx->pca), 5);
+    /* an unknown layer is fitted on every call */
+    t.c.layer = -1;
+    TH_CHECK(tk_attention(ctx, &t.c, &cfg, TK_MODE_HYBRID, NULL, &res) == 0);
+    TH_CHECK(tk_attention(ctx, &t.c, &cfg, TK_MODE_HYBRID, NULL, &res) == 0);
+    TH_EQ_INT(tki_pca_cache_fits(ctx->pca), 7);
     tk_context_close(ctx);
     tu_free(&t);
 }

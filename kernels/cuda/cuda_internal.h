@@ -1,0 +1,67 @@
+// cuda_internal.h -- private to kernels/cuda: the launchers of each kernel
+// file and the backend state. Launchers return 0, 1 (CUDA error, text in err),
+// 2 (allocation failed) or 3 (unsupported shape, text in err).
+#ifndef TK_CUDA_INTERNAL_H
+#define TK_CUDA_INTERNAL_H
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "common.cuh"
+#include "internal.h"
+
+struct tkc_exact_args {
+    const void *q, *k, *v; // [B,H,N,D], in_dtype (bf16 or f16)
+    void *o;               // [B,H,Nq,D], out_dtype (in_dtype or f32)
+    const uint8_t *mask;   // [B,Nk] device, nonzero = kept; may be NULL
+    int B, H, Nq, Nk, D;
+    double scale;
+    int in_dtype, out_dtype;
+    int warps; // 4 or 8 (query rows per block = 16 * warps); 0 = default
+};
+int tkc_exact_launch(const tkc_exact_args *a, cudaStream_t st, char *err, size_t errlen);
+
+// Taylor attention of one call (all slices), written to o_out (f32 or the
+// call's dtype). Counters of the denominators come back in *den.
+struct tkc_den_stats {
+    unsigned long long n, n_le_eps, n_nonfinite;
+    float min, max; // ordered-int encoded on the device, decoded by the launcher
+    double sum;
+};
+
+struct tkc_taylor_args {
+    const void *q, *k, *v; // device, dtype
+    const uint8_t *mask;   // [B,Nk] or NULL
+    void *o;               // destination [B,H,Nq,Dv] in dtype (a workspace)
+    int dtype;
+    int B, H, Nq, Nk, D, Dv;
+    int blocks; // sub-head blocks b
+    int terms;  // P
+    float s;    // d^-1/2 * scale_mul
+    int modify; // 0 none, 1 normalize, 2 power/clip
+    float power, clip, eps;
+    int split;  // key chunks (0 = auto)
+    // probe (run before phase A when probe_n > 0)
+    int probe_n;
+    const int *probe_rows; // device [probe_n]
+    int table_cached;
+};
+
+// Workspace bytes the Taylor path needs for these arguments (0 = unsupported).
+size_t tkc_taylor_workspace(const tkc_taylor_args *a, int num_sms);
+// Probe: den of the probe rows (all heads and slices) into host *out (n values).
+// The feature table sits at the start of the workspace; table_cached = 1
+// skips its upload (same d, P and workspace as the previous call).
+int tkc_taylor_probe(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_sms,
+                     cudaStream_t st, float *host_den, char *err, size_t errlen);
+int tkc_taylor_run(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_sms,
+                   cudaStream_t st, tkc_den_stats *den, char *err, size_t errlen);
+// Feature count R(d,P) and the index table in the SPEC order.
+int64_t tkc_feature_count(int d, int P);
+
+// Element-wise conversions on the device.
+int tkc_convert(const void *src, int src_dtype, void *dst, int dst_dtype, size_t n, cudaStream_t st,
+                char *err, size_t errlen);
+
+#endif

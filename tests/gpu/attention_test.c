@@ -1,0 +1,472 @@
+/* GPU attention: the cuda backend against fp64 host loops written here
+ * (exact softmax; Taylor as sum_j kappa_P(s q'.k'_j) v_j / sum_j kappa_P(..),
+ * which equals the feature form of SPEC 3 exactly). Inputs are rounded to the
+ * call's dtype first, so the host sees what the device saw. Outputs are
+ * poisoned (NaN bytes) before each run.
+ *
+ * Thresholds: normalized MSE <= 5e-4 (issue 4) for bf16; the device rounds
+ * P to bf16/f16 in P.V and the Taylor features and S to f16, each a relative
+ * error near 2^-9 or 2^-11 that averages over many keys, so measured values
+ * sit one to two orders below the bound. Skipped without a device. */
+#include "harness.h"
+#include "kernels.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef TK_HAVE_CUDA
+#include "cuda/tkcuda_util.h"
+#include "internal.h"
+
+static void need_device(void) {
+    if (!tkcuda_available()) th_skip("no CUDA device");
+}
+
+static uint64_t rng_state;
+static double urand(void) {
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return ((z >> 11) + 0.5) / 9007199254740992.0;
+}
+static double nrand(void) { return sqrt(-2 * log(urand())) * cos(6.283185307179586 * urand()); }
+
+typedef struct {
+    int B, H, Nq, Nk, D, Dv;
+    tk_dtype dt;
+    float *q, *k, *v; /* host, rounded to dt */
+    uint8_t *mask;    /* host [B,Nk] or NULL */
+    void *dq, *dk, *dv, *dout;
+    uint8_t *dmask;
+} problem;
+
+static void *xmalloc(size_t n) {
+    void *p = malloc(n);
+    if (!p) th_fail(__FILE__, __LINE__, "host allocation of %zu bytes", n);
+    return p;
+}
+
+static void fill_rounded(float *h, void *d, size_t n, tk_dtype dt, double sd) {
+    char err[256] = "";
+    for (size_t i = 0; i < n; i++) h[i] = (float)(nrand() * sd);
+    if (tkcu_upload(d, h, n, dt, err, sizeof err) || tkcu_download(h, d, n, dt, err, sizeof err))
+        th_fail(__FILE__, __LINE__, "upload: %s", err);
+}
+
+static problem make_problem(int B, int H, int Nq, int Nk, int D, int Dv, tk_dtype dt, double sd,
+                            double keep, uint64_t seed) {
+    problem p;
+    memset(&p, 0, sizeof p);
+    p.B = B, p.H = H, p.Nq = Nq, p.Nk = Nk, p.D = D, p.Dv = Dv, p.dt = dt;
+    rng_state = seed;
+    size_t nq = (size_t)B * H * Nq * D, nk = (size_t)B * H * Nk * D, nv = (size_t)B * H * Nk * Dv,
+           no = (size_t)B * H * Nq * Dv, es = tk_dtype_size(dt);
+    char err[256] = "";
+    p.q = xmalloc(nq * 4), p.k = xmalloc(nk * 4), p.v = xmalloc(nv * 4);
+    if (tkcu_alloc(&p.dq, nq * es, err, sizeof err) || tkcu_alloc(&p.dk, nk * es, err, sizeof err) ||
+        tkcu_alloc(&p.dv, nv * es, err, sizeof err) || tkcu_alloc(&p.dout, no * es, err, sizeof err))
+        th_fail(__FILE__, __LINE__, "device allocation: %s", err);
+    fill_rounded(p.q, p.dq, nq, dt, sd);
+    fill_rounded(p.k, p.dk, nk, dt, sd);
+    fill_rounded(p.v, p.dv, nv, dt, 1.0);
+    if (keep < 1.0) {
+        p.mask = xmalloc((size_t)B * Nk);
+        for (int i = 0; i < B * Nk; i++) p.mask[i] = urand() < keep;
+        p.mask[0] = 1; /* every row keeps at least one key */
+        void *dm = NULL;
+        if (tkcu_alloc(&dm, (size_t)B * Nk, err, sizeof err) ||
+            tkcu_upload_bytes(dm, p.mask, (size_t)B * Nk, err, sizeof err))
+            th_fail(__FILE__, __LINE__, "mask: %s", err);
+        p.dmask = dm;
+    }
+    return p;
+}
+
+static void free_problem(problem *p) {
+    free(p->q), free(p->k), free(p->v), free(p->mask);
+    tkcu_free(p->dq), tkcu_free(p->dk), tkcu_free(p->dv), tkcu_free(p->dout), tkcu_free(p->dmask);
+}
+
+static tk_call call_of(const problem *p) {
+    tk_call c;
+    memset(&c, 0, sizeof c);
+    c.B = p->B, c.H = p->H, c.Nq = p->Nq, c.Nk = p->Nk, c.D = p->D, c.Dv = p->Dv;
+    c.dtype = p->dt;
+    c.q = p->dq, c.k = p->dk, c.v = p->dv, c.o = p->dout;
+    c.key_mask = p->dmask;
+    c.layer = 0;
+    return c;
+}
+
+/* fp64 exact attention, o [B,H,Nq,Dv] */
+static double *exact_ref(const problem *p, double scale) {
+    double *o = xmalloc(sizeof(double) * p->B * p->H * p->Nq * p->Dv);
+    double *sc = xmalloc(sizeof(double) * p->Nk);
+    for (int bh = 0; bh < p->B * p->H; bh++) {
+        int b = bh / p->H;
+        for (int i = 0; i < p->Nq; i++) {
+            const float *qi = p->q + ((size_t)bh * p->Nq + i) * p->D;
+            double mx = -INFINITY;
+            for (int j = 0; j < p->Nk; j++) {
+                if (p->mask && !p->mask[b * p->Nk + j]) { sc[j] = -INFINITY; continue; }
+                const float *kj = p->k + ((size_t)bh * p->Nk + j) * p->D;
+                double x = 0;
+                for (int t = 0; t < p->D; t++) x += (double)qi[t] * kj[t];
+                sc[j] = x * scale;
+                if (sc[j] > mx) mx = sc[j];
+            }
+            double l = 0;
+            double *oi = o + ((size_t)bh * p->Nq + i) * p->Dv;
+            for (int c = 0; c < p->Dv; c++) oi[c] = 0;
+            for (int j = 0; j < p->Nk; j++) {
+                if (sc[j] == -INFINITY) continue;
+                double w = exp(sc[j] - mx);
+                l += w;
+                const float *vj = p->v + ((size_t)bh * p->Nk + j) * p->Dv;
+                for (int c = 0; c < p->Dv; c++) oi[c] += w * vj[c];
+            }
+            for (int c = 0; c < p->Dv; c++) oi[c] /= l;
+        }
+    }
+    free(sc);
+    return o;
+}
+
+/* q/k modification of SPEC 3.3 then the sqrt(s) scaling, on one slice */
+static void modify(double *x, int d, const tk_config *cfg, double s) {
+    double f = sqrt(s);
+    if (cfg->qk_normalize || cfg->qk_norm_power > 0 || cfg->qk_norm_clip > 0) {
+        double ss = 0;
+        for (int t = 0; t < d; t++) ss += x[t] * x[t];
+        double n = sqrt(ss) + cfg->eps;
+        if (cfg->qk_normalize) f /= n;
+        else {
+            if (cfg->qk_norm_power > 0) f *= pow(n, -cfg->qk_norm_power);
+            if (cfg->qk_norm_clip > 0) f *= fmin(1.0, cfg->qk_norm_clip / n);
+        }
+    }
+    for (int t = 0; t < d; t++) x[t] *= f;
+}
+
+/* fp64 Taylor attention (den clamped to eps); *min_den gets the smallest den */
+static double *taylor_ref(const problem *p, const tk_config *cfg, double *min_den) {
+    int b = cfg->sub_head_blocks, d = p->D / b, dv = p->Dv / b, P = cfg->terms;
+    double s = cfg->scale_mul / sqrt((double)d);
+    double *o = xmalloc(sizeof(double) * p->B * p->H * p->Nq * p->Dv);
+    double *kk = xmalloc(sizeof(double) * p->Nk * d), qi[256];
+    *min_den = INFINITY;
+    for (int bh = 0; bh < p->B * p->H; bh++) {
+        int bi = bh / p->H;
+        for (int c = 0; c < b; c++) {
+            for (int j = 0; j < p->Nk; j++) {
+                for (int t = 0; t < d; t++) kk[j * d + t] = p->k[((size_t)bh * p->Nk + j) * p->D + c * d + t];
+                modify(kk + j * d, d, cfg, s);
+            }
+            for (int i = 0; i < p->Nq; i++) {
+                for (int t = 0; t < d; t++) qi[t] = p->q[((size_t)bh * p->Nq + i) * p->D + c * d + t];
+                modify(qi, d, cfg, s);
+                double den = 0, num[128] = {0};
+                for (int j = 0; j < p->Nk; j++) {
+                    if (p->mask && !p->mask[bi * p->Nk + j]) continue;
+                    double x = 0, kap = 0, term = 1;
+                    for (int t = 0; t < d; t++) x += qi[t] * kk[j * d + t];
+                    for (int n = 0; n < P; n++) kap += term, term *= x / (n + 1);
+                    den += kap;
+                    const float *vj = p->v + ((size_t)bh * p->Nk + j) * p->Dv + c * dv;
+                    for (int t = 0; t < dv; t++) num[t] += kap * vj[t];
+                }
+                if (den < *min_den) *min_den = den;
+                if (den <= cfg->eps) den = cfg->eps;
+                for (int t = 0; t < dv; t++) o[((size_t)bh * p->Nq + i) * p->Dv + c * dv + t] = num[t] / den;
+            }
+        }
+    }
+    free(kk);
+    return o;
+}
+
+static double nmse(const problem *p, const double *ref) {
+    size_t n = (size_t)p->B * p->H * p->Nq * p->Dv;
+    float *o = xmalloc(n * 4);
+    char err[256] = "";
+    if (tkcu_download(o, p->dout, n, p->dt, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
+    double e = 0, r = 0;
+    for (size_t i = 0; i < n; i++) {
+        double dd = o[i] - ref[i];
+        e += dd * dd;
+        r += ref[i] * ref[i];
+    }
+    free(o);
+    return isfinite(e) ? e / r : INFINITY;
+}
+
+static void poison(problem *p) {
+    char err[256] = "";
+    if (tkcu_poison(p->dout, (size_t)p->B * p->H * p->Nq * p->Dv * tk_dtype_size(p->dt), 0xff, err, sizeof err))
+        th_fail(__FILE__, __LINE__, "%s", err);
+}
+
+static void open_ctx(tk_context *ctx) {
+    char err[256] = "";
+    memset(ctx, 0, sizeof *ctx);
+    ctx->backend = TK_BACKEND_CUDA;
+    if (tkcuda_open(ctx, err, sizeof err)) th_fail(__FILE__, __LINE__, "tkcuda_open: %s", err);
+}
+
+static tk_result run(tk_context *ctx, problem *p, const tk_config *cfg, tk_mode mode,
+                     const tk_stats_request *sr) {
+    tk_call c = call_of(p);
+    tk_result res;
+    memset(&res, 0, sizeof res);
+    poison(p);
+    TH_EQ_INT(tkcuda_attention(ctx, &c, cfg, mode, sr, &res), TK_OK);
+    return res;
+}
+
+static void check_exact(int B, int H, int Nq, int Nk, int D, tk_dtype dt, double keep, double tol) {
+    need_device();
+    tk_context ctx;
+    open_ctx(&ctx);
+    problem p = make_problem(B, H, Nq, Nk, D, D, dt, 1.0, keep, 11 + Nq);
+    tk_config cfg;
+    tk_config_defaults(&cfg);
+    tk_result r = run(&ctx, &p, &cfg, TK_MODE_EXACT, NULL);
+    TH_CHECKF(r.reason == TK_REASON_NONE, "reason %s: %s", tk_reason_name(r.reason), r.detail);
+    TH_EQ_INT(r.path, TK_PATH_EXACT);
+    double *ref = exact_ref(&p, 1.0 / sqrt((double)D));
+    double e = nmse(&p, ref);
+    TH_CHECKF(e <= tol, "normalized MSE %.3g > %.3g", e, tol);
+    free(ref);
+    free_problem(&p);
+    tkcuda_close(&ctx);
+}
+
+static void test_exact_bf16_d128_matches_fp64_with_tails_and_batches(void) {
+    check_exact(2, 3, 300, 300, 128, TK_DTYPE_BF16, 1.0, 5e-4);
+}
+static void test_exact_f16_d64_cross_attention_with_key_mask_matches_fp64(void) {
+    check_exact(2, 2, 130, 333, 64, TK_DTYPE_F16, 0.7, 5e-4);
+}
+static void test_exact_f32_input_runs_through_bf16_tensor_cores(void) {
+    check_exact(1, 2, 77, 200, 128, TK_DTYPE_F32, 1.0, 5e-4);
+}
+
+static int64_t binom(int n, int k) {
+    int64_t r = 1;
+    for (int i = 1; i <= k; i++) r = r * (n - k + i) / i;
+    return r;
+}
+
+static void check_taylor(int N, int D, int P, int b, tk_dtype dt, double keep, int normalize) {
+    need_device();
+    tk_context ctx;
+    open_ctx(&ctx);
+    problem p = make_problem(1, 2, N, N, D, D, dt, 1.0, keep, 5 + N);
+    tk_config cfg;
+    tk_config_defaults(&cfg);
+    cfg.terms = P;
+    cfg.sub_head_blocks = b;
+    cfg.qk_normalize = normalize;
+    tk_stats_request sr = {0, 0, 1};
+    tk_result r = run(&ctx, &p, &cfg, TK_MODE_TAYLOR, &sr);
+    double min_den;
+    double *ref = taylor_ref(&p, &cfg, &min_den);
+    TH_CHECKF(r.reason == TK_REASON_NONE, "reason %s: %s (host min den %g)", tk_reason_name(r.reason),
+              r.detail, min_den);
+    TH_EQ_INT(r.path, TK_PATH_TAYLOR);
+    TH_EQ_INT(r.R, binom(D / b + P - 1, P - 1));
+    TH_CHECK(r.stats.have & TK_HAVE_DENOMS);
+    TH_EQ_INT(r.stats.den.n, (int64_t)N * 2 * b);
+    TH_NEAR(r.stats.den.min, min_den, 1e-2 * fabs(min_den) + 1e-3);
+    double e = nmse(&p, ref);
+    TH_CHECKF(e <= 5e-4, "normalized MSE %.3g > 5e-4", e);
+    free(ref);
+    free_problem(&p);
+    tkcuda_close(&ctx);
+}
+
+static void test_taylor_p4_four_sub_head_blocks_matches_fp64(void) {
+    check_taylor(520, 128, 4, 4, TK_DTYPE_BF16, 1.0, 0);
+}
+static void test_taylor_p3_eight_blocks_with_mask_and_normalized_qk_matches_fp64(void) {
+    check_taylor(300, 128, 3, 8, TK_DTYPE_F16, 0.6, 1);
+}
+static void test_taylor_f32_d64_p2_single_block_matches_fp64(void) {
+    check_taylor(200, 64, 2, 1, TK_DTYPE_F32, 1.0, 0);
+}
+
+/* q = -k along one direction: kappa_2(x) = 1 + x < 0 for every pair */
+static void negative_problem(problem *p) {
+    char err[256] = "";
+    size_t n = (size_t)p->B * p->H * p->Nq * p->D;
+    for (size_t i = 0; i < n; i++) {
+        int t = (int)(i % p->D);
+        p->q[i] = t == 0 ? 6.f : 0.f;
+        p->k[i] = t == 0 ? -6.f : 0.f;
+    }
+    if (tkcu_upload(p->dq, p->q, n, p->dt, err, sizeof err) || tkcu_upload(p->dk, p->k, n, p->dt, err, sizeof err))
+        th_fail(__FILE__, __LINE__, "%s", err);
+}
+
+static int output_still_poisoned(problem *p) {
+    size_t n = (size_t)p->B * p->H * p->Nq * p->Dv;
+    float *o = xmalloc(n * 4);
+    char err[256] = "";
+    if (tkcu_download(o, p->dout, n, p->dt, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
+    int all = 1;
+    for (size_t i = 0; i < n; i++) all &= isnan(o[i]);
+    free(o);
+    return all;
+}
+
+static void test_negative_denominators_fall_back_at_the_probe_and_leave_o_untouched(void) {
+    need_device();
+    tk_context ctx;
+    open_ctx(&ctx);
+    problem p = make_problem(1, 2, 100, 100, 64, 64, TK_DTYPE_BF16, 1.0, 1.0, 3);
+    negative_problem(&p);
+    tk_config cfg;
+    tk_config_defaults(&cfg);
+    cfg.terms = 2;
+    cfg.sub_head_blocks = 1;
+    tk_result r = run(&ctx, &p, &cfg, TK_MODE_TAYLOR, NULL);
+    TH_EQ_STR(tk_reason_name(r.reason), "denominator_too_small");
+    TH_EQ_INT(r.stage, TK_STAGE_PROBE);
+    TH_EQ_INT(r.path, TK_PATH_FALLBACK);
+    TH_CHECK(output_still_poisoned(&p));
+    cfg.early_probe = 0;
+    r = run(&ctx, &p, &cfg, TK_MODE_TAYLOR, NULL);
+    TH_EQ_STR(tk_reason_name(r.reason), "denominator_too_small");
+    TH_EQ_INT(r.stage, TK_STAGE_FULL);
+    TH_CHECK(output_still_poisoned(&p));
+    cfg.fallback_on_negative = 0; /* rule off: clamped to eps, output written */
+    r = run(&ctx, &p, &cfg, TK_MODE_TAYLOR, NULL);
+    TH_EQ_STR(tk_reason_name(r.reason), "none");
+    TH_CHECK(!output_still_poisoned(&p));
+    free_problem(&p);
+    tkcuda_close(&ctx);
+}
+
+static void test_a_workspace_too_large_for_the_device_is_out_of_memory(void) {
+    need_device();
+    tk_context ctx;
+    open_ctx(&ctx);
+    problem p = make_problem(1, 1, 64, 64, 128, 128, TK_DTYPE_BF16, 1.0, 1.0, 9);
+    tk_call c = call_of(&p);
+    c.H = 200000; /* never read: the workspace (~850 GB) is refused first */
+    tk_config cfg;
+    tk_config_defaults(&cfg);
+    cfg.early_probe = 0;
+    tk_result r;
+    memset(&r, 0, sizeof r);
+    TH_EQ_INT(tkcuda_attention(&ctx, &c, &cfg, TK_MODE_TAYLOR, NULL, &r), TK_OK);
+    TH_EQ_STR(tk_reason_name(r.reason), "out_of_memory");
+    TH_CHECKF(strstr(r.detail, "workspace") != NULL, "detail: %s", r.detail);
+    /* the context still works afterwards */
+    r = run(&ctx, &p, &cfg, TK_MODE_EXACT, NULL);
+    TH_EQ_STR(tk_reason_name(r.reason), "none");
+    free_problem(&p);
+    tkcuda_close(&ctx);
+}
+
+static void test_exact_quality_stats_see_an_exact_output_and_time_is_reported(void) {
+    need_device();
+    tk_context ctx;
+    open_ctx(&ctx);
+    problem p = make_problem(1, 3, 256, 256, 128, 128, TK_DTYPE_BF16, 1.0, 1.0, 21);
+    tk_config cfg;
+    tk_config_defaults(&cfg);
+    tk_stats_request sr = {8, 0, 5};
+    tk_result r = run(&ctx, &p, &cfg, TK_MODE_EXACT, &sr);
+    TH_EQ_STR(tk_reason_name(r.reason), "none");
+    TH_CHECK(r.stats.have & TK_HAVE_QUALITY);
+    TH_CHECK(r.stats.have & TK_HAVE_TIME);
+    TH_EQ_INT(r.stats.quality_raw.n, 8 * 3);
+    TH_CHECKF(r.stats.quality_raw.rel_l2_max < 0.02, "rel-L2 max %g", r.stats.quality_raw.rel_l2_max);
+    TH_CHECK(r.stats.quality_raw.cos_min > 0.999);
+    TH_CHECK(r.stats.kernel_ms > 0);
+    free_problem(&p);
+    tkcuda_close(&ctx);
+}
+
+static void test_taylor_quality_stats_measure_the_taylor_error(void) {
+    need_device();
+    tk_context ctx;
+    open_ctx(&ctx);
+    problem p = make_problem(1, 2, 300, 300, 128, 128, TK_DTYPE_BF16, 1.5, 1.0, 33);
+    tk_config cfg;
+    tk_config_defaults(&cfg);
+    cfg.fallback_on_negative = 0;
+    tk_stats_request sr = {16, 0, 5};
+    tk_result r = run(&ctx, &p, &cfg, TK_MODE_TAYLOR, &sr);
+    TH_EQ_STR(tk_reason_name(r.reason), "none");
+    TH_EQ_INT(r.stats.quality_raw.n, 16 * 2);
+    /* host: rel-L2 of every row of the device output against exact */
+    double *ex = exact_ref(&p, 1.0 / sqrt(128.0));
+    size_t n = (size_t)2 * 300 * 128;
+    float *o = xmalloc(n * 4);
+    char err[256] = "";
+    if (tkcu_download(o, p.dout, n, p.dt, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
+    double lo = INFINITY, hi = 0;
+    for (int row = 0; row < 600; row++) {
+        double d2 = 0, e2 = 0;
+        for (int c = 0; c < 128; c++) {
+            double dd = o[row * 128 + c] - ex[row * 128 + c];
+            d2 += dd * dd, e2 += ex[row * 128 + c] * ex[row * 128 + c];
+        }
+        double rel = sqrt(d2 / e2);
+        lo = fmin(lo, rel), hi = fmax(hi, rel);
+    }
+    TH_CHECKF(r.stats.quality_raw.rel_l2_mean >= lo * 0.99 && r.stats.quality_raw.rel_l2_max <= hi * 1.01,
+              "device rel-L2 mean %g max %g outside host range [%g, %g]", r.stats.quality_raw.rel_l2_mean,
+              r.stats.quality_raw.rel_l2_max, lo, hi);
+    TH_CHECK(hi > 1e-3); /* Taylor P=4 is an approximation: the stat sees a real error */
+    free(o);
+    free(ex);
+    free_problem(&p);
+    tkcuda_close(&ctx);
+}
+
+static void test_hybrid_is_reported_as_not_implemented_and_writes_nothing(void) {
+    need_device();
+    tk_context ctx;
+    open_ctx(&ctx);
+    problem p = make_problem(1, 1, 64, 64, 64, 64, TK_DTYPE_BF16, 1.0, 1.0, 2);
+    tk_config cfg;
+    tk_config_defaults(&cfg);
+    tk_result r = run(&ctx, &p, &cfg, TK_MODE_HYBRID, NULL);
+    TH_EQ_STR(tk_reason_name(r.reason), "backend_error");
+    TH_CHECK(output_still_poisoned(&p));
+    free_problem(&p);
+    tkcuda_close(&ctx);
+}
+
+#define T(name) TH_TEST(name)
+#else
+static void test_cuda_backend_is_not_built(void) { th_skip("built without nvcc"); }
+#define T(name) TH_TEST(test_cuda_backend_is_not_built)
+#endif
+
+static const th_test tests[] = {
+#ifdef TK_HAVE_CUDA
+    T(test_exact_bf16_d128_matches_fp64_with_tails_and_batches),
+    T(test_exact_f16_d64_cross_attention_with_key_mask_matches_fp64),
+    T(test_exact_f32_input_runs_through_bf16_tensor_cores),
+    T(test_taylor_p4_four_sub_head_blocks_matches_fp64),
+    T(test_taylor_p3_eight_blocks_with_mask_and_normalized_qk_matches_fp64),
+    T(test_taylor_f32_d64_p2_single_block_matches_fp64),
+    T(test_negative_denominators_fall_back_at_the_probe_and_leave_o_untouched),
+    T(test_a_workspace_too_large_for_the_device_is_out_of_memory),
+    T(test_exact_quality_stats_see_an_exact_output_and_time_is_reported),
+    T(test_taylor_quality_stats_measure_the_taylor_error),
+    T(test_hybrid_is_reported_as_not_implemented_and_writes_nothing),
+#else
+    T(x),
+#endif
+    {0},
+};
+
+int main(int argc, char **argv) { return th_main(tests, argc, argv); }
