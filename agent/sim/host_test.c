@@ -108,10 +108,9 @@ static void *subscriber(void *arg) {
         if (tp_decode_msg(nng_msg_body(msg), nng_msg_len(msg), &m, e, sizeof e) != 0) {
             s->decode_errors++;
         } else {
-            if (m.type != TP_MSG_HEADER) { /* header re-sends may repeat a seq */
-                if (s->last_seq && m.seq != s->last_seq + 1) s->gaps++;
-                s->last_seq = m.seq;
-            }
+            /* every message, header re-sends and heartbeats too, takes the next seq */
+            if (s->last_seq && m.seq != s->last_seq + 1) s->gaps++;
+            s->last_seq = m.seq;
             if (m.type == TP_MSG_HEADER) s->headers++;
             if (m.type == TP_MSG_STEP && m.u.step.step >= 0 && m.u.step.step < 64)
                 s->steps_seen[m.u.step.step]++;
