@@ -10,28 +10,32 @@
 # interrupted, its run's end is recorded (finished, or failed/lost when cut
 # short), and nothing is left running.
 #
-# Environment: DEMO_STEPS (default 200; 60 on ref), DEMO_BACKEND (cpu|cuda|ref),
+# Environment: DEMO_STEPS (default 500, about 15 s on cpu; 60 on ref), DEMO_BACKEND (cpu|cuda|ref),
 # DEMO_DB (a database other than the default), BUILD (default build).
 set -u
 BUILD=${BUILD:-build}
 B="$BUILD/bin"
-steps=${DEMO_STEPS:-200}
+steps=${DEMO_STEPS:-500}
 backend=${DEMO_BACKEND:-}
+# Whether a backend runs hybrid attention: a one-step probe run whose calls
+# did not all fall back (the summary line says "calls N fallbacks M").
+runs_hybrid() {
+    "$B/taylor-sim" --model tiny --mode hybrid --backend "$1" --steps 1 --listen none --quiet 2>/dev/null |
+        sed -n 's/.* calls \([0-9]*\) fallbacks \([0-9]*\) .*/\1 \2/p' | {
+        read -r calls fallbacks || exit 1
+        [ "$fallbacks" -lt "$calls" ]
+    }
+}
 if [ -z "$backend" ]; then
-    backend=cpu
-    # the GPU when one answers and the simulator can run a step on it
-    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 &&
-        "$B/taylor-sim" --model tiny --backend cuda --steps 1 --listen none --quiet >/dev/null 2>&1; then
-        backend=cuda
-    fi
-    # a backend that cannot run hybrid attention yet answers every call with
-    # backend_error: then the reference backend (slow, about half a second
-    # a step for tiny, which suits a demo) shows real figures
-    if "$B/taylor-sim" --model tiny --mode hybrid --backend "$backend" --steps 1 --listen none --quiet 2>/dev/null |
-        grep -q "backend_error"; then
-        backend=ref
-        steps=${DEMO_STEPS:-60}
-    fi
+    # the GPU when one answers, else the cpu backend; the reference backend
+    # (slow: about half a second a step for tiny, which suits a demo) while
+    # neither runs hybrid attention yet
+    backend=ref
+    for b in cpu cuda; do
+        [ "$b" = cuda ] && ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; } && continue
+        runs_hybrid "$b" && backend=$b
+    done
+    [ "$backend" = ref ] && steps=${DEMO_STEPS:-60}
 fi
 set -- 
 [ -n "${DEMO_DB:-}" ] && set -- --db "$DEMO_DB"
