@@ -125,13 +125,13 @@ static void handle_reply(live_state *s, tp_reply *rep, tp_op op) {
             m->edit.state = TC_EDIT_REJECTED;
             snprintf(m->edit.error, sizeof m->edit.error, "%s", rep->error[0] ? rep->error : "refused");
             tc_ui_status(&s->ui, "the agent refused %s = %s", m->edit.knob, m->edit.value);
-        } else if (m->edit.state == TC_EDIT_SENDING) {
-            m->edit.state = TC_EDIT_PENDING;
-            m->edit.effective_step = rep->effective_step;
-            tc_ui_status(&s->ui, "%s = %s accepted: takes effect at step %d", m->edit.knob, m->edit.value,
-                         rep->effective_step);
+        } else {
+            /* the agent's knob_event (requested, even applied) may have come first */
+            if (m->edit.state == TC_EDIT_SENDING) m->edit.state = TC_EDIT_PENDING;
+            if (m->edit.state == TC_EDIT_PENDING) m->edit.effective_step = rep->effective_step;
+            tc_ui_status(&s->ui, "%s = %s accepted%s: takes effect at step %d", m->edit.knob, m->edit.value,
+                         rep->duplicate ? " (a resend, applied once)" : "", rep->effective_step);
         }
-        /* an applied knob_event may have arrived first: then state is APPLIED already */
         return;
     }
     if (op == TP_OP_REPLAY) {

@@ -123,8 +123,10 @@ static void draw_knobs(const tc_ui *ui, tc_rect r) {
             size_t l = strlen(val);
             snprintf(val + l, sizeof val - l, ">%s", m->edit.value);
         }
+        if (ui->editing && i == sel) /* edited in place */
+            snprintf(val, sizeof val, "%s_", ui->edit_buf);
         range_text(&k, range, sizeof range);
-        int attr = i == sel ? tc_attr(ui, TC_PAIR_SEL) : k.live ? (int)A_NORMAL : tc_attr(ui, TC_PAIR_DIM);
+        int attr = i == sel ? tc_attr(ui, ui->editing ? TC_PAIR_KEY : TC_PAIR_SEL) : k.live ? (int)A_NORMAL : tc_attr(ui, TC_PAIR_DIM);
         if (pending && i != sel) attr = tc_attr(ui, TC_PAIR_WARN);
         const char *g = strcmp(prev.group, k.group) ? group_title(k.group) : "";
         tc_put(y, r.x, r.w, attr, "%-*s %-*s %-*s %-*s %s", gw, g, nw, k.name, vw, val, rw, range,
