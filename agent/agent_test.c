@@ -595,6 +595,33 @@ static void test_ipc_sockets_are_private(void) {
     ta_close(a);
 }
 
+static void test_the_default_endpoint_is_private_and_named_after_the_model(void) {
+    char rt[300], err[256];
+    snprintf(rt, sizeof rt, "%s/xdg", th_tmpdir());
+    TH_CHECK(mkdir(rt, 0700) == 0);
+    setenv("XDG_RUNTIME_DIR", rt, 1);
+    ta_options o;
+    memset(&o, 0, sizeof o);
+    o.endpoint = NULL;
+    o.backend = TK_BACKEND_REF;
+    o.model = small_model;
+    o.model.name = "flux 1/dev";
+    ta_agent *a;
+    TH_CHECKF(ta_open(&o, &a, err, sizeof err) == 0, "%s", err);
+    char want[400];
+    snprintf(want, sizeof want, "ipc://%s/taylorscope/agent-flux_1_dev.pub", rt);
+    TH_EQ_STR(ta_endpoint(a), want);
+    struct stat st;
+    TH_CHECK(stat(ta_endpoint(a) + 6, &st) == 0);
+    TH_EQ_INT(st.st_mode & 0777, 0600);
+    /* a second agent of the same name cannot take the socket: a clear error */
+    ta_agent *b = NULL;
+    TH_CHECK(ta_open(&o, &b, err, sizeof err) != 0);
+    TH_CHECK(b == NULL);
+    TH_CHECKF(strstr(err, "agent-flux_1_dev.pub") != NULL, "%s", err);
+    ta_close(a);
+}
+
 static void test_a_full_queue_drops_and_counts_and_the_stream_stays_contiguous(void) {
     char url[300], ctl_url[320], err[256];
     snprintf(url, sizeof url, "ipc://%s/q.pub", th_tmpdir());
@@ -1049,6 +1076,7 @@ static const th_test tests[] = {
     TH_TEST(test_a_replay_request_returns_the_missing_messages),
     TH_TEST(test_bad_control_messages_get_an_error_reply_and_the_agent_keeps_serving),
     TH_TEST(test_ipc_sockets_are_private),
+    TH_TEST(test_the_default_endpoint_is_private_and_named_after_the_model),
     TH_TEST(test_a_full_queue_drops_and_counts_and_the_stream_stays_contiguous),
     TH_TEST(test_mode_exact_falls_back_as_disabled),
     TH_TEST(test_layers_outside_the_mode_range_are_skipped_by_layer),
