@@ -904,6 +904,9 @@ static void test_overflowing_denominators_are_denominator_invalid(void) {
 }
 
 static void test_a_workspace_that_cannot_be_allocated_is_out_of_memory(void) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    th_skip("address-space limits and a sanitizer's allocator do not mix");
+#endif
     if (getenv("TS_SANITIZE")) th_skip("address-space limits and the sanitizer's shadow memory do not mix");
     /* R(64,5) = 814,385 features: the reference S alone is 814,385 x 64 doubles = 417 MB */
     enum { N = 64, D = 64 };
