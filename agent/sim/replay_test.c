@@ -152,7 +152,7 @@ static void test_a_tensor_of_the_wrong_shape_is_refused_at_load(void) {
     o.replay_dir = dir;
     tsim_run_stats st;
     TH_CHECK(tsim_run(&o, &st, err, sizeof err) != 0);
-    TH_CHECKF(strstr(err, "has shape [4,320,32], expected [8,320,32]") != NULL, "message: %s", err);
+    TH_CHECKF(strstr(err, "has shape [1,4,320,32], expected [8,320,32]") != NULL, "message: %s", err);
 }
 
 static const th_test tests[] = {
