@@ -931,6 +931,49 @@ static void test_a_workspace_that_cannot_be_allocated_is_out_of_memory(void) {
     ta_close(a);
 }
 
+static void test_a_hybrid_step_reports_window_weight_and_window_mass(void) {
+    fill_random();
+    ta_agent *a;
+    open_agent("hyb", 0, 0, &a);
+    sub s;
+    sub_open(&s, a);
+    set_now(a, "min_tokens", "0");
+    set_now(a, "mode", "hybrid");
+    set_now(a, "local_window", "1");
+    set_now(a, "global_weight", "0.5");
+    char err[256];
+    TH_CHECK(ta_run_begin(a, 1, "tiny", "euler", err, sizeof err) == 0);
+    TH_CHECK(ta_step_begin(a, 0, 0.3) == 0);
+    /* the model's token count (4 text + 2x2 grid): the 2d window has its grid */
+    ta_call c = kernel_call();
+    c.Nq = c.Nk = 8;
+    tk_result res;
+    TH_CHECK(ta_attention(a, &c, &res) == 0);
+    TH_CHECKF(res.reason == TK_REASON_NONE, "%s: %s", tk_reason_name(res.reason), res.detail);
+    TH_EQ_INT(res.path, TK_PATH_HYBRID);
+    TH_CHECK(ta_step_end(a) == 0);
+    TH_CHECK(ta_run_end(a, TA_RUN_FINISHED, "") == 0);
+    tp_msg m;
+    int found = 0;
+    while (!found && sub_recv(&s, &m, 2000) == 0) {
+        if (m.type == TP_MSG_STEP) {
+            found = 1;
+            TH_EQ_INT(m.u.step.n_hybrid, 1);
+            TH_EQ_INT(m.u.step.window, 1);
+            TH_NEAR(m.u.step.w, 0.5, 1e-12);
+            TH_CHECK(m.u.step.have & TP_HAVE_WINDOW);
+            TH_CHECK(m.u.step.window_mass_mean > 0 && m.u.step.window_mass_mean <= 1 + 1e-9);
+            TH_EQ_INT(m.u.step.layers[0].path, TK_PATH_HYBRID);
+            TH_EQ_INT(m.u.step.layers[0].window, 1);
+            TH_CHECK(m.u.step.layers[0].R > 0);
+        }
+        tp_msg_free(&m);
+    }
+    TH_CHECK(found);
+    sub_close(&s);
+    ta_close(a);
+}
+
 static void test_autotune_locks_its_best_candidate_with_origin_autotune(void) {
     fill_random();
     ta_agent *a;
@@ -1092,6 +1135,7 @@ static const th_test tests[] = {
     TH_TEST(test_negative_denominators_fall_back_at_the_probe_or_in_full),
     TH_TEST(test_overflowing_denominators_are_denominator_invalid),
     TH_TEST(test_a_workspace_that_cannot_be_allocated_is_out_of_memory),
+    TH_TEST(test_a_hybrid_step_reports_window_weight_and_window_mass),
     TH_TEST(test_autotune_locks_its_best_candidate_with_origin_autotune),
     TH_TEST(test_step_quantiles_are_over_calls_and_nan_is_kept),
     TH_TEST(test_autotune_picks_the_candidate_with_the_best_score),
