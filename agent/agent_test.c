@@ -595,6 +595,33 @@ static void test_ipc_sockets_are_private(void) {
     ta_close(a);
 }
 
+static void test_the_default_endpoint_is_private_and_named_after_the_model(void) {
+    char rt[300], err[256];
+    snprintf(rt, sizeof rt, "%s/xdg", th_tmpdir());
+    TH_CHECK(mkdir(rt, 0700) == 0);
+    setenv("XDG_RUNTIME_DIR", rt, 1);
+    ta_options o;
+    memset(&o, 0, sizeof o);
+    o.endpoint = NULL;
+    o.backend = TK_BACKEND_REF;
+    o.model = small_model;
+    o.model.name = "flux 1/dev";
+    ta_agent *a;
+    TH_CHECKF(ta_open(&o, &a, err, sizeof err) == 0, "%s", err);
+    char want[400];
+    snprintf(want, sizeof want, "ipc://%s/taylorscope/agent-flux_1_dev.pub", rt);
+    TH_EQ_STR(ta_endpoint(a), want);
+    struct stat st;
+    TH_CHECK(stat(ta_endpoint(a) + 6, &st) == 0);
+    TH_EQ_INT(st.st_mode & 0777, 0600);
+    /* a second agent of the same name cannot take the socket: a clear error */
+    ta_agent *b = NULL;
+    TH_CHECK(ta_open(&o, &b, err, sizeof err) != 0);
+    TH_CHECK(b == NULL);
+    TH_CHECKF(strstr(err, "agent-flux_1_dev.pub") != NULL, "%s", err);
+    ta_close(a);
+}
+
 static void test_a_full_queue_drops_and_counts_and_the_stream_stays_contiguous(void) {
     char url[300], ctl_url[320], err[256];
     snprintf(url, sizeof url, "ipc://%s/q.pub", th_tmpdir());
@@ -877,6 +904,9 @@ static void test_overflowing_denominators_are_denominator_invalid(void) {
 }
 
 static void test_a_workspace_that_cannot_be_allocated_is_out_of_memory(void) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    th_skip("address-space limits and a sanitizer's allocator do not mix");
+#endif
     if (getenv("TS_SANITIZE")) th_skip("address-space limits and the sanitizer's shadow memory do not mix");
     /* R(64,5) = 814,385 features: the reference S alone is 814,385 x 64 doubles = 417 MB */
     enum { N = 64, D = 64 };
@@ -898,6 +928,49 @@ static void test_a_workspace_that_cannot_be_allocated_is_out_of_memory(void) {
     TH_CHECK(ta_attention(a, &c, &res) == 0);
     TH_CHECKF(res.reason == TK_REASON_OUT_OF_MEMORY, "got %s (%s)", tk_reason_name(res.reason),
               res.detail);
+    ta_close(a);
+}
+
+static void test_a_hybrid_step_reports_window_weight_and_window_mass(void) {
+    fill_random();
+    ta_agent *a;
+    open_agent("hyb", 0, 0, &a);
+    sub s;
+    sub_open(&s, a);
+    set_now(a, "min_tokens", "0");
+    set_now(a, "mode", "hybrid");
+    set_now(a, "local_window", "1");
+    set_now(a, "global_weight", "0.5");
+    char err[256];
+    TH_CHECK(ta_run_begin(a, 1, "tiny", "euler", err, sizeof err) == 0);
+    TH_CHECK(ta_step_begin(a, 0, 0.3) == 0);
+    /* the model's token count (4 text + 2x2 grid): the 2d window has its grid */
+    ta_call c = kernel_call();
+    c.Nq = c.Nk = 8;
+    tk_result res;
+    TH_CHECK(ta_attention(a, &c, &res) == 0);
+    TH_CHECKF(res.reason == TK_REASON_NONE, "%s: %s", tk_reason_name(res.reason), res.detail);
+    TH_EQ_INT(res.path, TK_PATH_HYBRID);
+    TH_CHECK(ta_step_end(a) == 0);
+    TH_CHECK(ta_run_end(a, TA_RUN_FINISHED, "") == 0);
+    tp_msg m;
+    int found = 0;
+    while (!found && sub_recv(&s, &m, 2000) == 0) {
+        if (m.type == TP_MSG_STEP) {
+            found = 1;
+            TH_EQ_INT(m.u.step.n_hybrid, 1);
+            TH_EQ_INT(m.u.step.window, 1);
+            TH_NEAR(m.u.step.w, 0.5, 1e-12);
+            TH_CHECK(m.u.step.have & TP_HAVE_WINDOW);
+            TH_CHECK(m.u.step.window_mass_mean > 0 && m.u.step.window_mass_mean <= 1 + 1e-9);
+            TH_EQ_INT(m.u.step.layers[0].path, TK_PATH_HYBRID);
+            TH_EQ_INT(m.u.step.layers[0].window, 1);
+            TH_CHECK(m.u.step.layers[0].R > 0);
+        }
+        tp_msg_free(&m);
+    }
+    TH_CHECK(found);
+    sub_close(&s);
     ta_close(a);
 }
 
@@ -1049,6 +1122,7 @@ static const th_test tests[] = {
     TH_TEST(test_a_replay_request_returns_the_missing_messages),
     TH_TEST(test_bad_control_messages_get_an_error_reply_and_the_agent_keeps_serving),
     TH_TEST(test_ipc_sockets_are_private),
+    TH_TEST(test_the_default_endpoint_is_private_and_named_after_the_model),
     TH_TEST(test_a_full_queue_drops_and_counts_and_the_stream_stays_contiguous),
     TH_TEST(test_mode_exact_falls_back_as_disabled),
     TH_TEST(test_layers_outside_the_mode_range_are_skipped_by_layer),
@@ -1061,6 +1135,7 @@ static const th_test tests[] = {
     TH_TEST(test_negative_denominators_fall_back_at_the_probe_or_in_full),
     TH_TEST(test_overflowing_denominators_are_denominator_invalid),
     TH_TEST(test_a_workspace_that_cannot_be_allocated_is_out_of_memory),
+    TH_TEST(test_a_hybrid_step_reports_window_weight_and_window_mass),
     TH_TEST(test_autotune_locks_its_best_candidate_with_origin_autotune),
     TH_TEST(test_step_quantiles_are_over_calls_and_nan_is_kept),
     TH_TEST(test_autotune_picks_the_candidate_with_the_best_score),

@@ -282,6 +282,9 @@ int main(int argc, char **argv) {
             int cfgi = (c + r) % 3; /* rotate the order */
             wall[cfgi][r] = host_loop(eps[cfgi], cfgi == 2, CHUNK, &d[cfgi], &cpu[cfgi][r]);
         }
+    /* wall time includes whatever else the machine runs (on a shared 2-core
+     * box it swings by 10% and more between rounds); the host thread's CPU
+     * time is the telemetry's own cost to the sampler */
     const char *names[3] = {"no telemetry", "telemetry, no subscriber",
                             "telemetry, stalled subscriber"};
     double mw[3], mc[3];
@@ -289,10 +292,14 @@ int main(int argc, char **argv) {
     printf("  %-32s %12s %12s %9s %9s\n", "", "wall us/step", "cpu us/step", "wall", "cpu");
     for (int j = 0; j < 3; j++) {
         double dw = 100 * (mw[j] / mw[0] - 1), dc = 100 * (mc[j] / mc[0] - 1);
+        char verdict[64];
+        if (j == 0)
+            snprintf(verdict, sizeof verdict, "baseline");
+        else
+            snprintf(verdict, sizeof verdict, "wall %s, cpu %s", dw <= 5 ? "ok" : "OVER 5%",
+                     dc <= 5 ? "ok" : "OVER 5%");
         printf("  %-32s %12.2f %12.2f %+8.2f%% %+8.2f%%  %s  (agent dropped %llu)\n", names[j],
-               mw[j], mc[j], j ? dw : 0.0, j ? dc : 0.0,
-               j == 0 ? "baseline" : (dw <= 5 ? "ok (goal within 5%)" : "OVER 5%"),
-               (unsigned long long)d[j]);
+               mw[j], mc[j], j ? dw : 0.0, j ? dc : 0.0, verdict, (unsigned long long)d[j]);
     }
     return 0;
 }

@@ -292,6 +292,12 @@ int tc_store_open(const char *path, tc_store_mode mode, tc_store **out, char *er
         tc_store_close(s);
         return 1;
     }
+    if (fresh && mode == TC_STORE_READ) {
+        /* reading never turns somebody's empty file into ours */
+        set_err(err, errlen, "%s is an empty database with no runs (record a run first)", path);
+        tc_store_close(s);
+        return 1;
+    }
     int latest = tc_store_latest_version();
     if (version > latest) {
         /* a newer taylorscope wrote it: read what we understand, write nothing */
@@ -336,7 +342,6 @@ int tc_store_open(const char *path, tc_store_mode mode, tc_store **out, char *er
         exec(s->db, "PRAGMA query_only=1", err, errlen, path);
         s->read_only = 1;
     }
-    (void)fresh;
     *out = s;
     return 0;
 }

@@ -244,13 +244,24 @@ static void test_a_newer_schema_opens_read_only_with_a_warning(void) {
     sqlite3_close(db);
 }
 
-static void test_reading_a_missing_file_creates_nothing(void) {
+static void test_reading_a_missing_or_empty_file_creates_nothing(void) {
     const char *p = path_in_tmp("absent.db");
     tc_store *s = NULL;
     char err[512];
     TH_CHECK(tc_store_open(p, TC_STORE_READ, &s, err, sizeof err) != 0);
     TH_CHECKF(strstr(err, "no database") != NULL, "%s", err);
     TH_CHECK(!file_exists(p));
+    const char *q = path_in_tmp("empty.db");
+    FILE *f = fopen(q, "w");
+    fclose(f);
+    TH_CHECK(tc_store_open(q, TC_STORE_READ, &s, err, sizeof err) != 0);
+    TH_CHECKF(strstr(err, "empty") != NULL, "%s", err);
+    struct stat sb;
+    TH_CHECK(stat(q, &sb) == 0 && sb.st_size == 0);
+    /* recording into it is fine */
+    s = open_ok(q, TC_STORE_WRITE);
+    TH_EQ_INT(tc_store_schema_version(s), tc_store_latest_version());
+    tc_store_close(s);
 }
 
 /* ---- values ------------------------------------------------------------- */
@@ -425,7 +436,7 @@ static const th_test tests[] = {
     TH_TEST(test_a_foreign_sqlite_file_is_refused_and_left_untouched),
     TH_TEST(test_a_file_that_is_not_sqlite_is_refused_and_left_untouched),
     TH_TEST(test_a_newer_schema_opens_read_only_with_a_warning),
-    TH_TEST(test_reading_a_missing_file_creates_nothing),
+    TH_TEST(test_reading_a_missing_or_empty_file_creates_nothing),
     TH_TEST(test_nan_inf_and_not_reported_are_kept_apart),
     TH_TEST(test_a_replayed_step_is_stored_once),
     TH_TEST(test_knob_events_keep_their_changes_and_errors),
