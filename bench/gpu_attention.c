@@ -92,6 +92,35 @@ static void row(const char *name, int n, double ms, double flops, double cudnn_m
     printf("| %-26s | %6d | %9.3f | %8.1f | %6.2fx |\n", name, n, ms, flops / (ms * 1e9), cudnn_ms / ms);
 }
 
+static int profile_only(const char *only, const int *ns, int count) {
+    char err[256] = "";
+    for (int si = 0; si < count; si++) {
+        int n = ns[si];
+        size_t elems = (size_t)H * n * D;
+        bench_arg a;
+        memset(&a, 0, sizeof a);
+        a.ctx.backend = TK_BACKEND_CUDA;
+        void *q = NULL, *k = NULL, *v = NULL, *o = NULL;
+        if (tkcuda_open(&a.ctx, err, sizeof err) || tkcu_alloc(&q, elems * 2, err, sizeof err) ||
+            tkcu_alloc(&k, elems * 2, err, sizeof err) || tkcu_alloc(&v, elems * 2, err, sizeof err) ||
+            tkcu_alloc(&o, elems * 2, err, sizeof err)) {
+            printf("# setup: %s\n", err);
+            return 1;
+        }
+        a.call.B = 1, a.call.H = H, a.call.Nq = a.call.Nk = n, a.call.D = a.call.Dv = D;
+        a.call.dtype = TK_DTYPE_BF16;
+        a.call.q = q, a.call.k = k, a.call.v = v, a.call.o = o;
+        tk_config_defaults(&a.cfg);
+        a.mode = strcmp(only, "exact") == 0 ? TK_MODE_EXACT : strcmp(only, "hybrid") == 0 ? TK_MODE_HYBRID : TK_MODE_TAYLOR;
+        if (strcmp(only, "taylor3") == 0) a.cfg.terms = 3, a.cfg.sub_head_blocks = 8;
+        double ms = time_mode(&a, 1);
+        printf("# %s N=%d: %.3f ms (%s)\n", only, n, ms, tk_reason_name(a.res.reason));
+        tkcu_free(q), tkcu_free(k), tkcu_free(v), tkcu_free(o);
+        tkcuda_close(&a.ctx);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     char name[128], err[256] = "";
     if (tkcu_device_name(name, sizeof name)) {
@@ -103,6 +132,9 @@ int main(int argc, char **argv) {
         count = 0;
         for (int i = 1; i < argc && count < 8; i++) ns[count++] = atoi(argv[i]);
     }
+    /* TKB_ONLY=exact|taylor4|taylor3: that kernel alone, one run (for profilers) */
+    const char *only = getenv("TKB_ONLY");
+    if (only) return profile_only(only, ns, count);
     printf("# gpu_attention on %s: B=1 H=%d D=%d bf16, median device time, fresh random inputs\n", name, H, D);
     fflush(stdout);
     run_sdpa(ns, count);
@@ -149,6 +181,9 @@ int main(int argc, char **argv) {
         setenv("TKC_EXACT_WARPS", "4", 1);
         ms = time_mode(&a, reps);
         row("ours exact (4 warps x2)", n, ms, exact_flops, cud);
+        setenv("TKC_EXACT_WARPS", "16", 1);
+        ms = time_mode(&a, reps);
+        row("ours exact (8 warps, KT=128)", n, ms, exact_flops, cud);
         unsetenv("TKC_EXACT_WARPS");
 
         a.mode = TK_MODE_TAYLOR;

@@ -15,13 +15,11 @@ namespace {
 
 using namespace tkc;
 
-constexpr int KT = 64; // keys per tile
-
 template <int D> struct ExactSmem {
     static constexpr int LD = D + 8; // padded row (elements): ldmatrix rows hit distinct banks
 };
 
-template <typename T, typename TO, int D, int NW>
+template <typename T, typename TO, int D, int NW, int KT>
 __global__ void __launch_bounds__(NW * 32, (NW == 4 ? 2 : 1))
     exact_kernel(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v,
                  TO *__restrict__ o, const uint8_t *__restrict__ mask, int H, int Nq, int Nk,
@@ -192,11 +190,11 @@ __global__ void __launch_bounds__(NW * 32, (NW == 4 ? 2 : 1))
     }
 }
 
-template <typename T, typename TO, int D, int NW>
+template <typename T, typename TO, int D, int NW, int KT>
 int launch_exact(const tkc_exact_args *a, cudaStream_t st, char *err, size_t errlen) {
     constexpr int LD = ExactSmem<D>::LD;
     size_t smem = (size_t)(16 * NW + 4 * KT) * LD * sizeof(T) + 2 * KT * sizeof(float);
-    auto kern = exact_kernel<T, TO, D, NW>;
+    auto kern = exact_kernel<T, TO, D, NW, KT>;
     TKC_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), err,
             errlen);
     dim3 grid((a->Nq + 16 * NW - 1) / (16 * NW), a->B * a->H);
@@ -209,13 +207,14 @@ int launch_exact(const tkc_exact_args *a, cudaStream_t st, char *err, size_t err
 
 template <typename T, typename TO>
 int launch_exact_d(const tkc_exact_args *a, cudaStream_t st, char *err, size_t errlen) {
-    int nw = a->warps == 4 ? 4 : 8;
+    // variants (bench): warps 4 = two blocks of 64 queries per SM; warps 16 = 8 warps with 128-key tiles
     if (a->D == 128)
-        return nw == 4 ? launch_exact<T, TO, 128, 4>(a, st, err, errlen)
-                       : launch_exact<T, TO, 128, 8>(a, st, err, errlen);
+        return a->warps == 4    ? launch_exact<T, TO, 128, 4, 64>(a, st, err, errlen)
+               : a->warps == 16 ? launch_exact<T, TO, 128, 8, 128>(a, st, err, errlen)
+                                : launch_exact<T, TO, 128, 8, 64>(a, st, err, errlen);
     if (a->D == 64)
-        return nw == 4 ? launch_exact<T, TO, 64, 4>(a, st, err, errlen)
-                       : launch_exact<T, TO, 64, 8>(a, st, err, errlen);
+        return a->warps == 4 ? launch_exact<T, TO, 64, 4, 64>(a, st, err, errlen)
+                             : launch_exact<T, TO, 64, 8, 64>(a, st, err, errlen);
     snprintf(err, errlen, "exact: head dim %d (cuda supports 64 and 128)", a->D);
     return 3;
 }
