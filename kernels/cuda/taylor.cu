@@ -186,11 +186,11 @@ __device__ __forceinline__ void pack_pairs(const float *Xf, const float *rowf, _
     }
 }
 
-template <typename TI, int DS>
+template <typename TI, int DS, int DV>
 __global__ void __launch_bounds__(256) taylor_reduce_kernel(KArgs a, const Feat *__restrict__ tab,
                                                             float *__restrict__ part) {
     extern __shared__ __align__(16) unsigned char sm[];
-    constexpr int NT = DS / 8 + 1, DVP = DS + 8, dp1 = DS + 1, VLD = DVP + 8;
+    constexpr int NT = DV / 8 + 1, DVP = DV + 8, dp1 = DS + 1, VLD = DVP + 8;
     __half *Phi = reinterpret_cast<__half *>(sm);                  // [FA][PHI_LD]
     __half *Vh = Phi + FA * PHI_LD;                                 // [KTA][VLD]
     __half2 *KH = reinterpret_cast<__half2 *>(Vh + KTA * VLD);      // [d+1][32]
@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(256) taylor_reduce_kernel(KArgs a, const Feat 
     const int fc = blockIdx.x, sp = blockIdx.y, bhc = blockIdx.z;
     const int c = bhc % a.b, bh = bhc / a.b, bidx = bh / a.H;
     const TI *kb = reinterpret_cast<const TI *>(a.k) + (size_t)bh * a.Nk * a.D + c * DS;
-    const TI *vb = reinterpret_cast<const TI *>(a.v) + (size_t)bh * a.Nk * a.Dv + c * DS;
+    const TI *vb = reinterpret_cast<const TI *>(a.v) + (size_t)bh * a.Nk * a.Dv + c * DV;
     const uint8_t *mb = a.mask ? a.mask + (size_t)bidx * a.Nk : nullptr;
 
     for (int i = tid; i < FA; i += 256) T[i] = tab[fc * FA + i];
@@ -233,7 +233,7 @@ __global__ void __launch_bounds__(256) taylor_reduce_kernel(KArgs a, const Feat 
             int r = e / (DVP / 8), cc = (e % (DVP / 8)) * 8, key = key0 + r;
             float x[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             if (valid[r]) {
-                if (cc < DS) load8(vb + (size_t)key * a.Dv + cc, x);
+                if (cc < DV) load8(vb + (size_t)key * a.Dv + cc, x);
                 else x[0] = 1.f; // the ones column: z
             }
             uint4 u;
@@ -320,13 +320,13 @@ __device__ __forceinline__ unsigned ord_enc(float x) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-template <typename TI, typename TO, int DS>
+template <typename TI, typename TO, int DS, int DV, bool RAW>
 __global__ void __launch_bounds__(128) taylor_apply_kernel(KArgs a, const Feat *__restrict__ tab,
                                                            const __half *__restrict__ sh,
                                                            const unsigned *__restrict__ colmax,
                                                            TO *__restrict__ o, tkc_den_stats *den) {
     extern __shared__ __align__(16) unsigned char sm[];
-    constexpr int NT = DS / 8 + 1, DVP = DS + 8, dp1 = DS + 1, SLD = DVP + 8;
+    constexpr int NT = DV / 8 + 1, DVP = DV + 8, dp1 = DS + 1, SLD = DVP + 8;
     __half *Phi = reinterpret_cast<__half *>(sm);              // [FB][PHI_LD]: [feature][query]
     __half *Sb = Phi + FB * PHI_LD;                             // [2][FB][SLD]
     __half2 *QH = reinterpret_cast<__half2 *>(Sb + 2 * FB * SLD); // [d+1][32]
@@ -401,9 +401,9 @@ __global__ void __launch_bounds__(128) taylor_apply_kernel(KArgs a, const Feat *
             }
         }
     }
-    // epilogue: the den column is DS = n-tile dv/8, element 0 of the quad's lane t=0
+    // epilogue: the den column is DV = n-tile dv/8, element 0 of the quad's lane t=0
     const unsigned *cm = colmax + bhc * DVP;
-    const int ntd = DS / 8;
+    const int ntd = DV / 8;
     float den_lo = 0.f, den_hi = 0.f;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
@@ -413,17 +413,36 @@ __global__ void __launch_bounds__(128) taylor_apply_kernel(KArgs a, const Feat *
         }
     den_lo = __shfl_sync(0xffffffffu, den_lo, lane & ~3);
     den_hi = __shfl_sync(0xffffffffu, den_hi, lane & ~3);
-    float dsc = col_scale(cm[DS]);
+    float dsc = col_scale(cm[DV]);
     den_lo *= dsc;
     den_hi *= dsc;
     const int r_lo = qt * QTB + warp * 16 + (lane >> 2), r_hi = r_lo + 8;
     float inv_lo = 1.f / (den_lo <= a.eps ? a.eps : den_lo);
     float inv_hi = 1.f / (den_hi <= a.eps ? a.eps : den_hi);
-    TO *ob = o + (size_t)bh * a.Nq * a.Dv + c * DS;
+    if constexpr (RAW) { // hybrid far field: [num | den] unnormalized, fp32
+        float *rb = reinterpret_cast<float *>(o) + (size_t)bh * a.Nq * (DV + 1);
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            int col = nt * 8 + 2 * (lane & 3);
+            if (col >= DV) continue;
+            float s0 = col_scale(cm[col]), s1 = col_scale(cm[col + 1]);
+            if (r_lo < a.Nq) {
+                rb[(size_t)r_lo * (DV + 1) + col] = acc[nt][0] * s0;
+                rb[(size_t)r_lo * (DV + 1) + col + 1] = acc[nt][1] * s1;
+                if (col == 0) rb[(size_t)r_lo * (DV + 1) + DV] = den_lo;
+            }
+            if (r_hi < a.Nq) {
+                rb[(size_t)r_hi * (DV + 1) + col] = acc[nt][2] * s0;
+                rb[(size_t)r_hi * (DV + 1) + col + 1] = acc[nt][3] * s1;
+                if (col == 0) rb[(size_t)r_hi * (DV + 1) + DV] = den_hi;
+            }
+        }
+    }
+    TO *ob = o + (size_t)bh * a.Nq * a.Dv + c * DV;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
         int col = nt * 8 + 2 * (lane & 3);
-        if (col >= DS) continue;
+        if (RAW || col >= DV) continue;
         float s0 = col_scale(cm[col]), s1 = col_scale(cm[col + 1]);
         if (r_lo < a.Nq) {
             ob[(size_t)r_lo * a.Dv + col] = elem<TO>::from_f(acc[nt][0] * s0 * inv_lo);
@@ -603,7 +622,7 @@ KArgs kargs_of(const tkc_taylor_args *a, const Layout &L) {
     return k;
 }
 
-template <typename TI, typename TO, int DS>
+template <typename TI, typename TO, int DS, int DV, bool RAW>
 int run_nt(const tkc_taylor_args *a, const Layout &L, unsigned char *ws, cudaStream_t st,
            char *err, size_t errlen) {
     KArgs k = kargs_of(a, L);
@@ -615,7 +634,7 @@ int run_nt(const tkc_taylor_args *a, const Layout &L, unsigned char *ws, cudaStr
 
     size_t smA = (size_t)FA * PHI_LD * 2 + (size_t)KTA * (L.dvp + 8) * 2 + (size_t)(L.d + 1) * 32 * 4 +
                  (size_t)KTA * (L.d + 1) * 4 + FA * sizeof(Feat) + KTA * 4 + KTA * sizeof(int);
-    auto ka = taylor_reduce_kernel<TI, DS>;
+    auto ka = taylor_reduce_kernel<TI, DS, DV>;
     TKC_TRY(cudaFuncSetAttribute(ka, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smA), err,
             errlen);
     ka<<<dim3(L.nfa, L.split, L.BHC), 256, smA, st>>>(k, tab, part);
@@ -639,7 +658,7 @@ int run_nt(const tkc_taylor_args *a, const Layout &L, unsigned char *ws, cudaStr
     TKC_TRY(cudaMemcpyAsync(den, &init, sizeof init, cudaMemcpyHostToDevice, st), err, errlen);
     size_t smB = (size_t)FB * PHI_LD * 2 + 2 * (size_t)FB * (L.dvp + 8) * 2 + (size_t)(L.d + 1) * 32 * 4 +
                  (size_t)QTB * (L.d + 1) * 4 + 2 * FB * sizeof(Feat) + QTB * 4;
-    auto kb = taylor_apply_kernel<TI, TO, DS>;
+    auto kb = taylor_apply_kernel<TI, TO, DS, DV, RAW>;
     TKC_TRY(cudaFuncSetAttribute(kb, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smB), err,
             errlen);
     kb<<<dim3((a->Nq + QTB - 1) / QTB, L.BHC), 128, smB, st>>>(k, tab, sh, colmax, (TO *)a->o, den);
@@ -650,16 +669,24 @@ int run_nt(const tkc_taylor_args *a, const Layout &L, unsigned char *ws, cudaStr
 template <typename TI, typename TO>
 int run_t(const tkc_taylor_args *a, const Layout &L, unsigned char *ws, cudaStream_t st, char *err,
           size_t errlen) {
+    if (a->raw_out) { // hybrid far field: d = global dim, dv = Dv, one slice
+        if (L.dv == 128 && L.d == 16) return run_nt<TI, float, 16, 128, true>(a, L, ws, st, err, errlen);
+        if (L.dv == 128 && L.d == 8) return run_nt<TI, float, 8, 128, true>(a, L, ws, st, err, errlen);
+        if (L.dv == 128 && L.d == 32) return run_nt<TI, float, 32, 128, true>(a, L, ws, st, err, errlen);
+        if (L.dv == 64 && L.d == 16) return run_nt<TI, float, 16, 64, true>(a, L, ws, st, err, errlen);
+        snprintf(err, errlen, "hybrid far field on cuda: global_dim %d with Dv %d (supported: 8, 16, 32 with Dv 128; 16 with Dv 64)", L.d, L.dv);
+        return 3;
+    }
     if (L.d != L.dv) {
         snprintf(err, errlen, "taylor on cuda: slice dims d=%d and dv=%d differ (D == Dv needed)", L.d, L.dv);
         return 3;
     }
     switch (L.d) {
-    case 8: return run_nt<TI, TO, 8>(a, L, ws, st, err, errlen);
-    case 16: return run_nt<TI, TO, 16>(a, L, ws, st, err, errlen);
-    case 32: return run_nt<TI, TO, 32>(a, L, ws, st, err, errlen);
-    case 64: return run_nt<TI, TO, 64>(a, L, ws, st, err, errlen);
-    case 128: return run_nt<TI, TO, 128>(a, L, ws, st, err, errlen);
+    case 8: return run_nt<TI, TO, 8, 8, false>(a, L, ws, st, err, errlen);
+    case 16: return run_nt<TI, TO, 16, 16, false>(a, L, ws, st, err, errlen);
+    case 32: return run_nt<TI, TO, 32, 32, false>(a, L, ws, st, err, errlen);
+    case 64: return run_nt<TI, TO, 64, 64, false>(a, L, ws, st, err, errlen);
+    case 128: return run_nt<TI, TO, 128, 128, false>(a, L, ws, st, err, errlen);
     default:
         snprintf(err, errlen, "taylor on cuda: slice dim %d (supported: 8, 16, 32, 64, 128)", L.d);
         return 3;
