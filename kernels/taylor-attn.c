@@ -74,6 +74,7 @@ static void usage(FILE *f) {
             "\n"
             "Knobs (every row of docs/KNOBS.md):\n"
             "  --NAME VALUE, --NAME=VALUE   e.g. --mode hybrid --terms 4 --qk-norm-power 0.5\n"
+            "                               (--mode exact|taylor|hybrid, default taylor)\n"
             "  --NAME                       a true/false knob alone means true\n"
             "\n"
             "  -h, --help                   this help\n"

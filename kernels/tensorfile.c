@@ -216,6 +216,10 @@ static int rfile_read(rfile *r, uint64_t off, void *buf, size_t n, const char *w
 static int read_elements(rfile *r, uint64_t off, int64_t count, tk_dtype dtype, int big_endian,
                          float *out, char *err, size_t errlen) {
     size_t es = tk_dtype_size(dtype);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (dtype == TK_DTYPE_F32 && !big_endian) /* the file's bytes are already our floats */
+        return rfile_read(r, off, out, (size_t)count * 4, "tensor data", err, errlen);
+#endif
     unsigned char *chunk = malloc((size_t)CHUNK_ELEMS * es);
     if (!chunk) return fail(err, errlen, r->path, "out of memory");
     int64_t done = 0;

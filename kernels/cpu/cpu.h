@@ -49,6 +49,12 @@ int tkcpu_default_threads(void);
 
 /* ---- vector kernels (vec.c) ---- */
 
+/* Instruction set of the vector kernels in use: "avx512", "avx2" or "generic"
+ * (the widest the processor has). set_isa picks a narrower one (tests);
+ * returns -1 for an unknown name or one the processor lacks. */
+const char *tkcpu_vec_isa(void);
+int tkcpu_vec_set_isa(const char *name);
+
 /* 2^x for x <= 0 (x < -126, -inf and NaN give 0); scalar form of the vector code. */
 float tkcpu_exp2_neg(float x);
 /* max of x[0..n), -inf when n == 0. */
@@ -122,25 +128,27 @@ int tkcpu_exact(tkcpu_job *job);
 int tkcpu_taylor(tkcpu_job *job);
 int tkcpu_hybrid(tkcpu_job *job);
 
-/* Exact attention of rows [i0, i0+nq) of head (b, h) over every (unmasked)
- * key into out rows (ld ldo), with the caller's scratch. Used by exact and by
- * the hybrid's full-window queries. q_rows: nq rows of D floats (ld D). */
+/* ---- exact.c: online softmax over key blocks, reused by the hybrid ---- */
+
+enum { TKCPU_QBLOCK = 256, TKCPU_KBLOCK = 512 };
+
 typedef struct {
-    float *qs;  /* nq_max x D, scaled q */
-    float *s;   /* nq_max x kb_max */
-    float *m, *l, *alpha; /* nq_max */
+    float *qs; /* TKCPU_QBLOCK x D: the scaled queries */
+    float *s;  /* TKCPU_QBLOCK x TKCPU_KBLOCK: logits, then weights */
+    float *m;  /* TKCPU_QBLOCK: running row max (log2 units) */
 } tkcpu_flash_scratch;
 
-enum { TKCPU_QBLOCK = 128, TKCPU_KBLOCK = 512 };
-
+/* 0 or TK_ERR_NOMEM (nothing to free). */
 int tkcpu_flash_scratch_alloc(tkcpu_flash_scratch *s, int D);
 void tkcpu_flash_scratch_free(tkcpu_flash_scratch *s);
-/* rows: the query row pointers (nq of them, each D floats) -- need not be
- * contiguous; K [Nk][D], V [Nk][Dv] of the head; keep: mask row or NULL.
- * Writes out[r*ldo .. +Dv) = softmax numerators / denominators; when
- * num/den are wanted separately (hybrid), pass out_den (nq) and out_max
- * (nq, the row max in natural-log units) and out gets the unnormalized
- * numerator relative to that max. */
+/*
+ * Exact softmax attention of nq <= TKCPU_QBLOCK query rows (rows[r]: D
+ * floats each, anywhere) over the Nk keys K [Nk][D] / values V [Nk][Dv] of
+ * one head; keep: the batch's key mask or NULL. Writes o rows at out + r*ldo.
+ * With out_den/out_max (nq each) the rows get the unnormalized numerators
+ * relative to the row max instead, out_den the denominators and out_max the
+ * row max (natural-log units).
+ */
 void tkcpu_flash_rows(const float *const *rows, int nq, const float *K, const float *V, int Nk,
                       int D, int Dv, double scale, const uint8_t *keep, float *out, int ldo,
                       double *out_den, double *out_max, tkcpu_flash_scratch *sc);

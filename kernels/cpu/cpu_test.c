@@ -1,7 +1,7 @@
 /*
  * cpu_test.c -- the cpu backend against the reference (fp64 oracle), per mode,
  * on shapes that are not multiples of the cpu block sizes (query blocks of
- * 128, key blocks of 512, feature blocks of 32..256 tokens, 8x8 grid tiles),
+ * 256, key blocks of 512, feature blocks of 32..256 tokens, 8x8 grid tiles),
  * with batch > 1, key masks, cross attention and both window shapes.
  *
  * The measure is the normalized error ||o_cpu - o_ref|| / ||o_ref|| over the
@@ -26,6 +26,7 @@
 #include "harness.h"
 #include "kernels.h"
 #include "test_util.h"
+#include "cpu/cpu.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -223,6 +224,14 @@ static void test_hybrid_1d_agrees_with_ref_with_text_and_odd_lengths(void) {
         check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, what);
     }
     tu_free(&t);
+    /* cross attention: 140 queries over 100 keys, every window still holds keys */
+    tu_make(&t, 2, 1, 140, 100, 16, 8, 56, 1.2);
+    tu_add_q0k0(&t, 56, 0.3);
+    t.c.text_tokens = 2;
+    tk_config cfg;
+    hybrid_config(&cfg, TK_WINDOW_1D, 45, TK_COMBINE_NORMALIZED, 3);
+    check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, "hybrid 1d cross attention");
+    tu_free(&t);
 }
 
 static void test_hybrid_with_masks_agrees_with_ref(void) {
@@ -261,6 +270,18 @@ static void test_hybrid_edge_settings_agree_with_ref(void) {
     cfg.qk_norm_power = 0.5;
     cfg.global_weight = 0.3;
     check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, "P = 4, norm power, w = 0.3");
+    /* schedules of sigma: window 6 -> 1 and weight 1 -> 0 over sigma 1 -> 0, at sigma 0.5 */
+    hybrid_config(&cfg, TK_WINDOW_2D, 2, TK_COMBINE_NORMALIZED, 3);
+    cfg.local_window_max = 6, cfg.local_window_min = 1;
+    cfg.local_window_sigma_high = 1, cfg.local_window_sigma_low = 0;
+    cfg.global_sigma_high = 1, cfg.global_sigma_low = 0;
+    t.c.sigma = 0.5;
+    tk_result a, b;
+    double e = compare(&t, &cfg, TK_MODE_HYBRID, &a, &b);
+    TH_CHECKF(e <= HYBRID_TOL, "schedules: %.3g", e);
+    TH_EQ_INT(b.window, tk_window_at(&cfg, 0.5));
+    TH_NEAR(b.w, 0.5, 1e-12);
+    TH_EQ_INT(a.window, b.window);
     tu_free(&t);
 }
 
@@ -405,6 +426,74 @@ static void test_hybrid_overflowing_far_field_never_writes_nonfinite_output(void
     tu_free(&t);
 }
 
+/* The portable (non-AVX) build of the vector kernels, end to end. */
+static void test_generic_vector_code_gives_the_ref_answer(void) {
+    TH_CHECK(tkcpu_vec_set_isa("generic") == 0);
+    tu_call t;
+    make_hybrid(&t, 1, 2, 3, 9, 11, 32, 32, 91);
+    tk_config cfg;
+    tu_config(&cfg);
+    check_mode(&t, &cfg, TK_MODE_EXACT, EXACT_TOL, "generic exact");
+    check_mode(&t, &cfg, TK_MODE_TAYLOR, TAYLOR_TOL, "generic taylor");
+    hybrid_config(&cfg, TK_WINDOW_2D, 2, TK_COMBINE_NORMALIZED, 3);
+    check_mode(&t, &cfg, TK_MODE_HYBRID, HYBRID_TOL, "generic hybrid");
+    tu_free(&t);
+}
+
+/* 300 random calls (seeded): modes, shapes, batches, masks, window shapes,
+ * radii, combine modes, terms, blocks, q/k modification, probe and rule
+ * settings. cpu and ref must take the same path and reason and agree within
+ * the thresholds above. Left out: the additive hybrid with an even far P,
+ * where kappa changes sign and D_far passes through zero, so o = N_far/D_far
+ * amplifies float rounding without bound (both backends are right to 1e-7 in
+ * D_far; the quotient is ill-conditioned). */
+static void test_random_calls_agree_with_ref(void) {
+    uint64_t rs = 2026;
+    for (int it = 0; it < 300; it++) {
+        int B = 1 + (int)(tu_next(&rs) % 3), H = 1 + (int)(tu_next(&rs) % 3);
+        tk_mode mode = (tk_mode)(tu_next(&rs) % 3);
+        int shape = (int)(tu_next(&rs) % 2);
+        int T = (int)(tu_next(&rs) % 6), gh = 1 + (int)(tu_next(&rs) % 14), gw = 1 + (int)(tu_next(&rs) % 14);
+        int Nq = T + gh * gw, Nk = Nq;
+        int blocks = 1 + (int)(tu_next(&rs) % 4);
+        int D = blocks * (1 + (int)(tu_next(&rs) % 12)), Dv = blocks * (1 + (int)(tu_next(&rs) % 10));
+        if (mode != TK_MODE_HYBRID && tu_next(&rs) % 3 == 0) Nk = 1 + (int)(tu_next(&rs) % 700);
+        tu_call t;
+        tu_make(&t, B, H, Nq, Nk, D, Dv, 1000 + it, 0.5 + 2 * tu_uniform(&rs));
+        if (mode == TK_MODE_HYBRID) {
+            if (tu_next(&rs) % 2) tu_add_q0k0(&t, it, 0.3);
+            t.c.text_tokens = T, t.c.grid_h = gh, t.c.grid_w = gw;
+        }
+        if (tu_next(&rs) % 3 == 0) {
+            uint8_t *m = tu_add_mask(&t);
+            for (int j = 0; j < B * Nk; j++) m[j] = tu_next(&rs) % 4 != 0;
+        }
+        tk_config cfg;
+        tu_config(&cfg);
+        cfg.terms = 1 + (int)(tu_next(&rs) % 5);
+        cfg.sub_head_blocks = blocks;
+        cfg.fallback_on_negative = (int)(tu_next(&rs) % 2);
+        cfg.early_probe = (int)(tu_next(&rs) % 2);
+        cfg.denom_fallback_frac_limit = tu_next(&rs) % 2 ? 0.3 : 0;
+        cfg.window_shape = shape;
+        cfg.local_window = (int)(tu_next(&rs) % 6);
+        cfg.combine = (int)(tu_next(&rs) % 2);
+        cfg.global_P = 1 + (int)(tu_next(&rs) % 4);
+        cfg.global_dim = 1 + (int)(tu_next(&rs) % 8);
+        cfg.global_weight = 2 * tu_uniform(&rs);
+        cfg.qk_norm_power = tu_next(&rs) % 3 == 0 ? 0.5 : 0;
+        cfg.qk_normalize = tu_next(&rs) % 5 == 0;
+        cfg.pca_samples = 64;
+        if (mode == TK_MODE_HYBRID && cfg.combine == TK_COMBINE_ADDITIVE && cfg.global_P % 2 == 0) cfg.global_P++;
+        tk_result a, b;
+        double e = compare(&t, &cfg, mode, &a, &b);
+        double tol = mode == TK_MODE_EXACT ? EXACT_TOL : mode == TK_MODE_TAYLOR ? TAYLOR_TOL : HYBRID_TOL;
+        TH_CHECKF(e <= tol, "call %d (mode %d, B%d H%d Nq%d Nk%d D%d Dv%d): error %.3g > %.3g", it, (int)mode, B, H,
+                  Nq, Nk, D, Dv, e, tol);
+        tu_free(&t);
+    }
+}
+
 static const th_test tests[] = {
     TH_TEST(test_exact_agrees_with_ref_on_odd_shapes_batches_and_masks),
     TH_TEST(test_exact_with_large_logits_stays_finite_and_agrees),
@@ -421,6 +510,8 @@ static const th_test tests[] = {
     TH_TEST(test_taylor_without_the_numerator_buffer_agrees_and_still_falls_back),
     TH_TEST(test_hybrid_buffered_path_agrees_with_ref),
     TH_TEST(test_hybrid_overflowing_far_field_never_writes_nonfinite_output),
+    TH_TEST(test_generic_vector_code_gives_the_ref_answer),
+    TH_TEST(test_random_calls_agree_with_ref),
     {0},
 };
 

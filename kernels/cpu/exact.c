@@ -25,9 +25,7 @@ int tkcpu_flash_scratch_alloc(tkcpu_flash_scratch *s, int D) {
     s->qs = malloc((size_t)TKCPU_QBLOCK * D * sizeof(float));
     s->s = malloc((size_t)TKCPU_QBLOCK * TKCPU_KBLOCK * sizeof(float));
     s->m = malloc(TKCPU_QBLOCK * sizeof(float));
-    s->l = malloc(TKCPU_QBLOCK * sizeof(float));
-    s->alpha = malloc(TKCPU_QBLOCK * sizeof(float));
-    if (!s->qs || !s->s || !s->m || !s->l || !s->alpha) {
+    if (!s->qs || !s->s || !s->m) {
         tkcpu_flash_scratch_free(s);
         return TK_ERR_NOMEM;
     }
@@ -38,8 +36,6 @@ void tkcpu_flash_scratch_free(tkcpu_flash_scratch *s) {
     free(s->qs);
     free(s->s);
     free(s->m);
-    free(s->l);
-    free(s->alpha);
     memset(s, 0, sizeof *s);
 }
 

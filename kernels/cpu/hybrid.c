@@ -8,7 +8,7 @@
  * sums [S|z] += Φ(k^) [V|1] over the kept keys in feature blocks (features.c).
  *
  * Phase O, items (batch*head, tile). A tile is either
- *   full    up to 128 queries whose window is every key (text queries, or
+ *   full    up to 256 queries whose window is every key (text queries, or
  *           radius 0): the exact path's online softmax over all keys
  *           (exact.c), plus w N_far/D_far when combine is additive;
  *   window  up to 64 image queries (1d: consecutive; 2d: an 8x8 block of
@@ -58,7 +58,7 @@ typedef struct {
     float *s, *kap, *kc, *vc, *khc, *qs, *qhc, *phi, *x, *far, *out, *vaug;
     int32_t *cand, *cy, *cx;
     const float **ptr;
-    double *dloc, *ra, *rb, *rdf, *rdfar;
+    double *dloc, *ra, *rb, *rdf; /* per query row: D_loc, (a, b), Df */
     tkcpu_flash_scratch flash;
     tki_den_acc den;
     int64_t n_bad;
@@ -361,7 +361,7 @@ static void free_hyb(hyb *H_) {
         free(w->s), free(w->kap), free(w->kc), free(w->vc), free(w->khc), free(w->qs), free(w->qhc);
         free(w->phi), free(w->x), free(w->far), free(w->out), free(w->vaug);
         free(w->cand), free(w->cy), free(w->cx), free(w->ptr);
-        free(w->dloc), free(w->ra), free(w->rb), free(w->rdf), free(w->rdfar);
+        free(w->dloc), free(w->ra), free(w->rb), free(w->rdf);
         tkcpu_flash_scratch_free(&w->flash);
     }
     free(H_->ws);
@@ -398,10 +398,9 @@ static int alloc_workers(hyb *H_) {
         w->ra = malloc(rows * sizeof(double));
         w->rb = malloc(rows * sizeof(double));
         w->rdf = malloc(rows * sizeof(double));
-        w->rdfar = malloc(rows * sizeof(double));
         if (!w->s || !w->kap || !w->kc || !w->vc || !w->khc || !w->qs || !w->qhc || !w->phi || !w->x ||
             !w->far || !w->out || !w->vaug || !w->cand || !w->cy || !w->cx || !w->ptr || !w->dloc ||
-            !w->ra || !w->rb || !w->rdf || !w->rdfar || tkcpu_flash_scratch_alloc(&w->flash, p->D) != TK_OK)
+            !w->ra || !w->rb || !w->rdf || tkcpu_flash_scratch_alloc(&w->flash, p->D) != TK_OK)
             return TK_ERR_NOMEM;
     }
     return TK_OK;

@@ -22,6 +22,10 @@
  * TAYLOR_BUFFER_MAX) the query pass runs twice instead, first for the
  * denominators only (sgemv), then for the numerators straight into o.
  *
+ * Blocks hold about 2 MiB of Φ (32 to 256 tokens; 64 for R = 6545): Φ stays
+ * in L2 between its build and its sgemm. The products are skinny (dv+1 = 33
+ * columns for Flux with 4 blocks), so OpenBLAS packs S once per query block.
+ *
  * Parallel items: (unit, key chunk) for the key passes -- a unit's keys are
  * split into chunks with their own partial sums when there are fewer units
  * than 2x the threads -- and (unit, query block) for the query passes.

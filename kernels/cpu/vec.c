@@ -162,10 +162,13 @@ static inline __attribute__((always_inline)) double hsum(v16f v) {
 #define BODY_KAPPA                                                      \
     {                                                                   \
         v16f sv = vsplat(s), one = vsplat(1.0f);                        \
+        float inv[16];                                                  \
+        int top = terms - 1 < 15 ? terms - 1 : 15;                      \
+        for (int p = 1; p <= top; p++) inv[p] = 1.0f / (float)p;        \
         int64_t i = 0;                                                  \
-        for (; i + VL <= n; i += VL) {                                  \
+        for (; top == terms - 1 && i + VL <= n; i += VL) {              \
             v16f y = vload(x + i) * sv, acc = one;                      \
-            for (int p = terms - 1; p >= 1; p--) acc = one + y * acc * vsplat(1.0f / (float)p); \
+            for (int p = top; p >= 1; p--) acc = one + y * acc * vsplat(inv[p]); \
             vstore(x + i, acc);                                         \
         }                                                               \
         for (; i < n; i++) {                                            \
@@ -263,6 +266,21 @@ static int level(void) {
         __atomic_store_n(&level_cached, l, __ATOMIC_RELAXED);
     }
     return l;
+}
+
+int tkcpu_vec_set_isa(const char *name) {
+    int want = !strcmp(name, "generic") ? LEVEL_GENERIC
+               : !strcmp(name, "avx2")  ? LEVEL_AVX2
+               : !strcmp(name, "avx512") ? LEVEL_AVX512
+                                         : -1;
+    if (want < 0 || want > cpu_level()) return -1;
+    __atomic_store_n(&level_cached, want, __ATOMIC_RELAXED);
+    return 0;
+}
+
+const char *tkcpu_vec_isa(void) {
+    static const char *const names[] = {"generic", "avx2", "avx512"};
+    return names[level()];
 }
 
 #ifdef HAVE_X86_VARIANTS

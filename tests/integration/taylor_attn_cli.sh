@@ -94,6 +94,19 @@ run 2 "safetensors input with a wrong name" --q "$dir/q.npy" --k "$dir/k.npy" --
     --out "$dir/o3.npy" --mode exact
 grep -q "no tensor named 'x'" "$dir/stderr" || fail "wrong tensor name: no message naming it"
 
+# an f16 v gives an f16 output (v's dtype): v = 1.0 everywhere, so o = 1.0
+{
+    dict="{'descr': '<f2', 'fortran_order': False, 'shape': (1, 2, $N, 8), }"
+    printf '\223NUMPY\001\000\166\000%s' "$dict"
+    printf "%$((128 - 10 - ${#dict} - 1))s\n" ""
+    i=0
+    while [ $i -lt $((2 * N * 8)) ]; do printf '\000\074'; i=$((i + 1)); done
+} > "$dir/v16.npy"
+run 0 "f16 values" --q "$dir/q.npy" --k "$dir/k.npy" --v "$dir/v16.npy" --out "$dir/o16.npy" --mode exact
+head -c 128 "$dir/o16.npy" | grep -q "'descr': '<f2'" || fail "f16 v: the output is not f16"
+[ "$(wc -c < "$dir/o16.npy")" -eq $((128 + 2 * N * 8 * 2)) ] || fail "f16 v: output size"
+[ "$(tail -c 2 "$dir/o16.npy" | od -An -tx1 | tr -d ' ')" = "003c" ] || fail "f16 v: o is not 1.0"
+
 # ---- exit 3: fallback, no output ----
 cp "$dir/o.npy" "$dir/keep.npy"
 run 3 "below_min_tokens" $IN --out "$dir/f.npy" --mode taylor --min-tokens 1000
@@ -111,6 +124,12 @@ for backend in ref cpu; do
         --sub-head-blocks 3 --backend $backend
     [ -e "$dir/f.npy" ] && fail "sub_head_block_mismatch: an output file was written"
 done
+
+# NaN in q: the library's bad_input reason, a fallback like any other
+{ head -c 128 "$dir/q.npy"; printf '\000\000\300\177'; tail -c +133 "$dir/q.npy"; } > "$dir/qnan.npy"
+run 3 "NaN input" --q "$dir/qnan.npy" --k "$dir/k.npy" --v "$dir/v.npy" --out "$dir/f.npy" --mode exact
+grep -q "bad_input" "$dir/stderr" || fail "NaN input: reason not printed: $(cat "$dir/stderr")"
+[ -e "$dir/f.npy" ] && fail "NaN input: an output file was written"
 
 # ---- exit 2: bad input, no output ----
 run 2 "unknown option" $IN --out "$dir/b.npy" --no-such-knob 1
