@@ -460,8 +460,14 @@ int ta_open(const ta_options *opts, ta_agent **out, char *err, size_t errlen) {
     if (!opts->endpoint || opts->endpoint[0]) {
         char pub[512], ctl[512];
         if (!opts->endpoint) {
-            if (tp_default_endpoints(a->model_name, pub, sizeof pub, ctl, sizeof ctl, err,
-                                     errlen) != 0)
+            /* the endpoint is named after the model, in the characters a name may hold */
+            char name[33];
+            snprintf(name, sizeof name, "%.32s", a->model_name);
+            for (char *p = name; *p; p++)
+                if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+                      (*p >= '0' && *p <= '9') || *p == '-' || *p == '.'))
+                    *p = '_';
+            if (tp_default_endpoints(name, pub, sizeof pub, ctl, sizeof ctl, err, errlen) != 0)
                 goto fail;
         } else {
             snprintf(pub, sizeof pub, "%s", opts->endpoint);

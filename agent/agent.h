@@ -27,6 +27,26 @@
  *
  * Ownership: the agent copies everything it keeps from the options; the
  * caller keeps ownership of tensors passed to ta_attention.
+ *
+ * Gates (agent/gates.c), checked before the kernels' own tk_check:
+ *   mode = exact             -> FALLBACK `disabled`: approximation is off and
+ *                               the host runs its exact attention (or
+ *                               ta_exact_attention); the agent never spends
+ *                               its own exact path on a host that has one.
+ *   layer outside the mode's range (taylor_layer_start/end for taylor,
+ *     hybrid_layer_start/end for hybrid; -1 = open)  -> `skipped_by_layer`
+ *   taylor_sigma_max > 0 and sigma > it               -> `skipped_by_sigma`
+ *   a NULL tensor, a size <= 0, a block index outside the model
+ *                                                     -> `unsupported_shape`
+ * then the kernels' limits and data checks give the other reasons (SPEC 6).
+ * The model's grid (text_tokens, grid_h x grid_w) is passed to the kernels
+ * only for calls with Nq = Nk = the model's token count.
+ *
+ * Runs: between ta_run_end and the next ta_run_begin nothing is published;
+ * knob changes made then (live or not) are applied at ta_run_begin and are
+ * part of the run's initial config. Knobs that are not live are refused
+ * while a run is open. Statistics are requested on every quality_every-th
+ * call that reaches the kernels (when `stats` is on).
  */
 #ifndef TA_AGENT_H
 #define TA_AGENT_H
@@ -108,7 +128,8 @@ typedef struct {
     void *stream;             /* cudaStream_t for the cuda backend */
 } ta_call;
 
-/* Runs the call under the knobs in force. Returns TA_OK with *res filled:
+/* Runs the call under the knobs in force (outside a step it runs but is
+ * not counted in any step record). Returns TA_OK with *res filled:
  * res->reason == TK_REASON_NONE means o was written; anything else is a
  * FALLBACK (o untouched) that the host answers with exact attention. */
 int ta_attention(ta_agent *a, const ta_call *call, tk_result *res);

@@ -59,7 +59,7 @@ static void sub_open(sub *s, ta_agent *a) {
     nng_socket_set_size(s->s, NNG_OPT_RECVMAXSZ, TP_MAX_MESSAGE_BYTES);
     TH_CHECK(nng_dial(s->s, ta_endpoint(a), NULL, 0) == 0);
     TH_CHECK(nng_socket_get_int(s->s, NNG_OPT_RECVFD, &s->fd) == 0);
-    for (int i = 0; i < 200 && ta_subscribers(a) < 1; i++) nng_msleep(5);
+    for (int i = 0; i < 1000 && ta_subscribers(a) < 1; i++) nng_msleep(5);
     TH_CHECK(ta_subscribers(a) >= 1);
     nng_msleep(20); /* the subscription reaches the PUB side */
 }
@@ -110,6 +110,8 @@ static void ctl(ta_agent *a, const tp_request *q, tp_reply *rep) {
     ctl_raw(a, b.data, b.len, rep);
     tp_buf_free(&b);
 }
+
+static void set_now(ta_agent *a, const char *name, const char *value);
 
 static void set_request(tp_request *q, const char *id, int64_t expect, tp_knob_change *ch, int n) {
     memset(q, 0, sizeof *q);
@@ -430,6 +432,54 @@ static void test_a_subscriber_sees_header_steps_knob_events_and_run_end_in_order
     ta_close(a);
 }
 
+static void test_the_header_is_resent_with_the_config_in_force(void) {
+    ta_agent *a;
+    ta_options o;
+    memset(&o, 0, sizeof o);
+    char url[300], err[256];
+    snprintf(url, sizeof url, "ipc://%s/resend.pub", th_tmpdir());
+    o.endpoint = url;
+    o.backend = TK_BACKEND_REF;
+    o.model = small_model;
+    o.header_every_s = 0.2;
+    TH_CHECKF(ta_open(&o, &a, err, sizeof err) == 0, "%s", err);
+    sub s;
+    sub_open(&s, a);
+    TH_CHECK(ta_run_begin(a, 9, "tiny", "euler", err, sizeof err) == 0);
+    set_now(a, "global_weight", "0.25");
+    host_step(a, 0, 1.0);
+    int headers = 0, beats = 0;
+    uint64_t seq = 0;
+    tp_msg m;
+    double t_end = 0;
+    for (int i = 0; i < 200 && (headers < 3 || beats < 1); i++) {
+        if (sub_recv(&s, &m, 3000) != 0) break;
+        TH_EQ_INT(m.seq, seq + 1);
+        seq = m.seq;
+        if (m.type == TP_MSG_HEADER) {
+            headers++;
+            if (headers > 1) { /* re-sent after the change applied at step 0 */
+                TH_NEAR(m.u.header.current.global_weight, 0.25, 0);
+                TH_NEAR(m.u.header.initial.global_weight, 1.0, 0);
+                TH_EQ_INT(m.u.header.config_version, 2);
+                TH_EQ_INT(m.u.header.last_step, 0);
+            }
+        }
+        if (m.type == TP_MSG_HEARTBEAT) {
+            beats++;
+            TH_EQ_INT(m.u.hb.step, 0);
+            TH_EQ_INT(m.u.hb.total_steps, 9);
+            TH_EQ_INT(m.u.hb.last_seq, m.seq);
+        }
+        tp_msg_free(&m);
+    }
+    (void)t_end;
+    TH_CHECK(headers >= 3);
+    TH_CHECK(beats >= 1);
+    sub_close(&s);
+    ta_close(a);
+}
+
 static void test_a_replay_request_returns_the_missing_messages(void) {
     ta_agent *a;
     open_agent("replay", 8, 0, &a);
@@ -439,6 +489,13 @@ static void test_a_replay_request_returns_the_missing_messages(void) {
     TH_CHECK(ta_run_end(a, TA_RUN_FINISHED, "") == 0);
     /* nobody listened: 1 header + 12 steps + run_end = 14 messages, ring of 8 */
     tp_request q = {0};
+    tp_reply st;
+    q.op = TP_OP_GET_STATE;
+    for (int i = 0; i < 100; i++) { /* the I/O thread is done with them (a loaded machine) */
+        ctl(a, &q, &st);
+        if (st.last_seq >= 14) break;
+        nng_msleep(50);
+    }
     q.op = TP_OP_REPLAY;
     q.from_seq = 3;
     q.to_seq = 14;
@@ -535,6 +592,33 @@ static void test_ipc_sockets_are_private(void) {
     TH_CHECK(tp_control_url_for(ta_endpoint(a), ctl_url, sizeof ctl_url, err, sizeof err) == 0);
     TH_CHECK(stat(ctl_url + 6, &st) == 0);
     TH_EQ_INT(st.st_mode & 0777, 0600);
+    ta_close(a);
+}
+
+static void test_the_default_endpoint_is_private_and_named_after_the_model(void) {
+    char rt[300], err[256];
+    snprintf(rt, sizeof rt, "%s/xdg", th_tmpdir());
+    TH_CHECK(mkdir(rt, 0700) == 0);
+    setenv("XDG_RUNTIME_DIR", rt, 1);
+    ta_options o;
+    memset(&o, 0, sizeof o);
+    o.endpoint = NULL;
+    o.backend = TK_BACKEND_REF;
+    o.model = small_model;
+    o.model.name = "flux 1/dev";
+    ta_agent *a;
+    TH_CHECKF(ta_open(&o, &a, err, sizeof err) == 0, "%s", err);
+    char want[400];
+    snprintf(want, sizeof want, "ipc://%s/taylorscope/agent-flux_1_dev.pub", rt);
+    TH_EQ_STR(ta_endpoint(a), want);
+    struct stat st;
+    TH_CHECK(stat(ta_endpoint(a) + 6, &st) == 0);
+    TH_EQ_INT(st.st_mode & 0777, 0600);
+    /* a second agent of the same name cannot take the socket: a clear error */
+    ta_agent *b = NULL;
+    TH_CHECK(ta_open(&o, &b, err, sizeof err) != 0);
+    TH_CHECK(b == NULL);
+    TH_CHECKF(strstr(err, "agent-flux_1_dev.pub") != NULL, "%s", err);
     ta_close(a);
 }
 
@@ -820,6 +904,9 @@ static void test_overflowing_denominators_are_denominator_invalid(void) {
 }
 
 static void test_a_workspace_that_cannot_be_allocated_is_out_of_memory(void) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    th_skip("address-space limits and a sanitizer's allocator do not mix");
+#endif
     if (getenv("TS_SANITIZE")) th_skip("address-space limits and the sanitizer's shadow memory do not mix");
     /* R(64,5) = 814,385 features: the reference S alone is 814,385 x 64 doubles = 417 MB */
     enum { N = 64, D = 64 };
@@ -841,6 +928,49 @@ static void test_a_workspace_that_cannot_be_allocated_is_out_of_memory(void) {
     TH_CHECK(ta_attention(a, &c, &res) == 0);
     TH_CHECKF(res.reason == TK_REASON_OUT_OF_MEMORY, "got %s (%s)", tk_reason_name(res.reason),
               res.detail);
+    ta_close(a);
+}
+
+static void test_a_hybrid_step_reports_window_weight_and_window_mass(void) {
+    fill_random();
+    ta_agent *a;
+    open_agent("hyb", 0, 0, &a);
+    sub s;
+    sub_open(&s, a);
+    set_now(a, "min_tokens", "0");
+    set_now(a, "mode", "hybrid");
+    set_now(a, "local_window", "1");
+    set_now(a, "global_weight", "0.5");
+    char err[256];
+    TH_CHECK(ta_run_begin(a, 1, "tiny", "euler", err, sizeof err) == 0);
+    TH_CHECK(ta_step_begin(a, 0, 0.3) == 0);
+    /* the model's token count (4 text + 2x2 grid): the 2d window has its grid */
+    ta_call c = kernel_call();
+    c.Nq = c.Nk = 8;
+    tk_result res;
+    TH_CHECK(ta_attention(a, &c, &res) == 0);
+    TH_CHECKF(res.reason == TK_REASON_NONE, "%s: %s", tk_reason_name(res.reason), res.detail);
+    TH_EQ_INT(res.path, TK_PATH_HYBRID);
+    TH_CHECK(ta_step_end(a) == 0);
+    TH_CHECK(ta_run_end(a, TA_RUN_FINISHED, "") == 0);
+    tp_msg m;
+    int found = 0;
+    while (!found && sub_recv(&s, &m, 2000) == 0) {
+        if (m.type == TP_MSG_STEP) {
+            found = 1;
+            TH_EQ_INT(m.u.step.n_hybrid, 1);
+            TH_EQ_INT(m.u.step.window, 1);
+            TH_NEAR(m.u.step.w, 0.5, 1e-12);
+            TH_CHECK(m.u.step.have & TP_HAVE_WINDOW);
+            TH_CHECK(m.u.step.window_mass_mean > 0 && m.u.step.window_mass_mean <= 1 + 1e-9);
+            TH_EQ_INT(m.u.step.layers[0].path, TK_PATH_HYBRID);
+            TH_EQ_INT(m.u.step.layers[0].window, 1);
+            TH_CHECK(m.u.step.layers[0].R > 0);
+        }
+        tp_msg_free(&m);
+    }
+    TH_CHECK(found);
+    sub_close(&s);
     ta_close(a);
 }
 
@@ -988,9 +1118,11 @@ static const th_test tests[] = {
     TH_TEST(test_an_expected_version_mismatch_is_refused),
     TH_TEST(test_get_knobs_reports_the_config_in_force),
     TH_TEST(test_a_subscriber_sees_header_steps_knob_events_and_run_end_in_order),
+    TH_TEST(test_the_header_is_resent_with_the_config_in_force),
     TH_TEST(test_a_replay_request_returns_the_missing_messages),
     TH_TEST(test_bad_control_messages_get_an_error_reply_and_the_agent_keeps_serving),
     TH_TEST(test_ipc_sockets_are_private),
+    TH_TEST(test_the_default_endpoint_is_private_and_named_after_the_model),
     TH_TEST(test_a_full_queue_drops_and_counts_and_the_stream_stays_contiguous),
     TH_TEST(test_mode_exact_falls_back_as_disabled),
     TH_TEST(test_layers_outside_the_mode_range_are_skipped_by_layer),
@@ -1003,6 +1135,7 @@ static const th_test tests[] = {
     TH_TEST(test_negative_denominators_fall_back_at_the_probe_or_in_full),
     TH_TEST(test_overflowing_denominators_are_denominator_invalid),
     TH_TEST(test_a_workspace_that_cannot_be_allocated_is_out_of_memory),
+    TH_TEST(test_a_hybrid_step_reports_window_weight_and_window_mass),
     TH_TEST(test_autotune_locks_its_best_candidate_with_origin_autotune),
     TH_TEST(test_step_quantiles_are_over_calls_and_nan_is_kept),
     TH_TEST(test_autotune_picks_the_candidate_with_the_best_score),

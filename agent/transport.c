@@ -2,11 +2,14 @@
  * transport.c -- nng PUB + REP for the agent (see transport.h for the
  * threads and the rules of sequence numbers).
  *
- * The publish queue is a ring of preallocated slots guarded by one mutex
- * held only to move indices: a producer fills the slot at the tail (copying
- * the message; slots keep their layer/change buffers between uses), the I/O
- * thread encodes the slot at the head outside the lock and then releases
- * it. When every slot is taken, tt_publish drops the message and counts it.
+ * The publish queue is a ring of preallocated slots with atomic head and
+ * tail: a producer (the host thread, or the control thread for knob events;
+ * they serialize on plock) fills the slot at the tail, copying the message
+ * (slots keep their layer/change buffers between uses), advances the tail
+ * and posts a semaphore; the I/O thread encodes and sends the slot at the
+ * head and then advances the head. No lock is shared between the host and
+ * the I/O thread, so a descheduled I/O thread never stalls the host. When
+ * every slot is taken, tt_publish drops the message and counts it.
  *
  * The replay ring keeps the last ring_len encoded messages of the current
  * run, indexed by seq % ring_len; the control thread copies from it under
@@ -19,12 +22,16 @@
 #include <nng/protocol/pubsub0/pub.h>
 #include <nng/protocol/reqrep0/rep.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 enum { MAX_URL = 512 };
 
@@ -48,20 +55,20 @@ struct tt_transport {
     int pub_open, rep_open;
     double header_every_s;
 
-    /* publish queue */
+    /* publish queue: producers serialize on plock; the I/O thread is the
+     * only consumer. head/tail are atomics and the wake-up is a semaphore,
+     * so a producer never waits for the I/O thread. */
     pthread_mutex_t plock;   /* one producer fills the tail slot at a time */
     char prod_run[TP_RUN_ID_LEN];       /* run of the last message offered (plock) */
     _Atomic uint64_t dropped_run_base;  /* `dropped` when that run's first message came */
-    pthread_mutex_t qlock;
-    pthread_cond_t qcond;    /* signalled: new message, stop, pause change */
-    pthread_cond_t drained;  /* signalled: queue empty and nothing in flight */
+    sem_t wake;              /* posted: new message, stop, pause change */
     slot *slots;
     int qlen;                /* number of slots */
-    uint64_t head, tail;     /* head: next to send; tail: next free */
-    int in_flight;           /* the I/O thread holds the head slot */
-    int stop, paused;
+    _Atomic uint64_t head, tail; /* head: next to send (advanced after sending); tail: next free */
+    _Atomic int stop, paused;
     pthread_t io_thread;
     int io_started;
+    int sem_ok;
 
     /* I/O thread state (touched by that thread only, but for the atomics) */
     char run_id[TP_RUN_ID_LEN];
@@ -168,49 +175,43 @@ static void send_periodic(tt_transport *t) {
 
 static void *io_main(void *arg) {
     tt_transport *t = arg;
-    pthread_mutex_lock(&t->qlock);
-    for (;;) {
-        while (!t->stop && (t->paused || t->head == t->tail)) {
-            if (t->head == t->tail && !t->in_flight) pthread_cond_broadcast(&t->drained);
-            double wake = t->next_heartbeat_s < t->next_header_s ? t->next_heartbeat_s
-                                                                  : t->next_header_s;
-            if (!t->run_open || t->paused) wake = now_s() + 0.5;
-            double wait = wake - now_s();
-            if (wait > 0) {
-                struct timespec ts;
-                clock_gettime(CLOCK_REALTIME, &ts);
-                double s = ts.tv_sec + ts.tv_nsec * 1e-9 + wait;
-                ts.tv_sec = (time_t)s;
-                ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
-                pthread_cond_timedwait(&t->qcond, &t->qlock, &ts);
-            }
-            if (!t->paused) {
-                pthread_mutex_unlock(&t->qlock);
-                send_periodic(t);
-                pthread_mutex_lock(&t->qlock);
-            }
-        }
-        if (t->head == t->tail) break; /* stop, and nothing left */
-        slot *s = &t->slots[t->head % (uint64_t)t->qlen];
-        t->in_flight = 1;
-        pthread_mutex_unlock(&t->qlock);
-
-        tp_msg *m = &s->msg;
-        if (strcmp(m->run_id, t->run_id) != 0) {
-            snprintf(t->run_id, sizeof t->run_id, "%s", m->run_id);
-            t->next_header_s = now_s() + t->header_every_s;
-            t->next_heartbeat_s = now_s() + 1.0;
-        }
-        t->run_open = m->type != TP_MSG_RUN_END;
-        send_msg(t, m);
-        send_periodic(t);
-
-        pthread_mutex_lock(&t->qlock);
-        t->head++;
-        t->in_flight = 0;
+    /* below the host's priority: on a busy machine telemetry waits (and
+     * drops, counted) rather than taking CPU from the sampler. Best effort. */
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10) != 0) {
     }
-    pthread_cond_broadcast(&t->drained);
-    pthread_mutex_unlock(&t->qlock);
+    for (;;) {
+        uint64_t head = atomic_load(&t->head);
+        if (!atomic_load(&t->paused) && head != atomic_load(&t->tail)) {
+            slot *s = &t->slots[head % (uint64_t)t->qlen];
+            tp_msg *m = &s->msg;
+            if (strcmp(m->run_id, t->run_id) != 0) {
+                snprintf(t->run_id, sizeof t->run_id, "%s", m->run_id);
+                t->next_header_s = now_s() + t->header_every_s;
+                t->next_heartbeat_s = now_s() + 1.0;
+            }
+            t->run_open = m->type != TP_MSG_RUN_END;
+            send_msg(t, m);
+            atomic_store(&t->head, head + 1); /* the slot is free again */
+            send_periodic(t);
+            continue;
+        }
+        if (atomic_load(&t->stop) && head == atomic_load(&t->tail)) break;
+        if (!atomic_load(&t->paused)) send_periodic(t);
+        double wake = t->next_heartbeat_s < t->next_header_s ? t->next_heartbeat_s
+                                                              : t->next_header_s;
+        double wait = t->run_open && !atomic_load(&t->paused) ? wake - now_s() : 0.5;
+        if (wait > 0.5) wait = 0.5;
+        if (wait > 0) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            double sec = ts.tv_sec + ts.tv_nsec * 1e-9 + wait;
+            ts.tv_sec = (time_t)sec;
+            ts.tv_nsec = (long)((sec - (double)ts.tv_sec) * 1e9);
+            if (ts.tv_nsec >= 1000000000L) ts.tv_nsec = 999999999L;
+            while (sem_timedwait(&t->wake, &ts) != 0 && errno == EINTR) {
+            }
+        }
+    }
     return NULL;
 }
 
@@ -221,13 +222,9 @@ int tt_publish(tt_transport *t, const tp_msg *m) {
         snprintf(t->prod_run, sizeof t->prod_run, "%s", m->run_id);
         atomic_store(&t->dropped_run_base, atomic_load(&t->dropped));
     }
-    pthread_mutex_lock(&t->qlock);
-    if (t->tail - t->head >= (uint64_t)t->qlen || t->stop) {
-        pthread_mutex_unlock(&t->qlock);
-        goto drop;
-    }
-    slot *s = &t->slots[t->tail % (uint64_t)t->qlen];
-    pthread_mutex_unlock(&t->qlock);
+    uint64_t tail = atomic_load(&t->tail);
+    if (tail - atomic_load(&t->head) >= (uint64_t)t->qlen || atomic_load(&t->stop)) goto drop;
+    slot *s = &t->slots[tail % (uint64_t)t->qlen];
 
     /* The slot at the tail is ours until tail moves (plock keeps other
      * producers out; the I/O thread never reads past head < tail). */
@@ -255,10 +252,8 @@ int tt_publish(tt_transport *t, const tp_msg *m) {
         s->msg.u.knob.changes = s->changes;
         s->msg.u.knob.n_changes = n;
     }
-    pthread_mutex_lock(&t->qlock);
-    t->tail++;
-    pthread_cond_signal(&t->qcond);
-    pthread_mutex_unlock(&t->qlock);
+    atomic_store(&t->tail, tail + 1);
+    sem_post(&t->wake);
     rc = 0;
 drop:
     if (rc) atomic_fetch_add(&t->dropped, 1);
@@ -422,10 +417,13 @@ int tt_open(const char *pub_url, const char *ctl_url, int queue_len, int ring_le
     loopback_default(pub_url, t->pub_url, sizeof t->pub_url);
     loopback_default(ctl_url, t->ctl_url, sizeof t->ctl_url);
     pthread_mutex_init(&t->plock, NULL);
-    pthread_mutex_init(&t->qlock, NULL);
     pthread_mutex_init(&t->rlock, NULL);
-    pthread_cond_init(&t->qcond, NULL);
-    pthread_cond_init(&t->drained, NULL);
+    if (sem_init(&t->wake, 0, 0) != 0) {
+        snprintf(err, errlen, "cannot create a semaphore");
+        free(t);
+        return -1;
+    }
+    t->sem_ok = 1;
     t->slots = calloc((size_t)t->qlen, sizeof *t->slots);
     t->ring = calloc((size_t)t->ring_len, sizeof *t->ring);
     if (!t->slots || !t->ring) {
@@ -466,11 +464,9 @@ fail:
 void tt_close(tt_transport *t) {
     if (!t) return;
     if (t->io_started) {
-        pthread_mutex_lock(&t->qlock);
-        t->stop = 1;
-        t->paused = 0;
-        pthread_cond_broadcast(&t->qcond);
-        pthread_mutex_unlock(&t->qlock);
+        atomic_store(&t->stop, 1);
+        atomic_store(&t->paused, 0);
+        sem_post(&t->wake);
         pthread_join(t->io_thread, NULL);
     }
     if (t->rep_open) nng_close(t->rep);
@@ -490,37 +486,23 @@ void tt_close(tt_transport *t) {
     free(t->ring);
     tp_buf_free(&t->enc);
     pthread_mutex_destroy(&t->plock);
-    pthread_mutex_destroy(&t->qlock);
     pthread_mutex_destroy(&t->rlock);
-    pthread_cond_destroy(&t->qcond);
-    pthread_cond_destroy(&t->drained);
+    if (t->sem_ok) sem_destroy(&t->wake);
     free(t);
 }
 
 int tt_flush(tt_transport *t, int timeout_ms) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-    int rc = 0;
-    pthread_mutex_lock(&t->qlock);
-    pthread_cond_signal(&t->qcond);
-    while (t->head != t->tail || t->in_flight) {
-        if (pthread_cond_timedwait(&t->drained, &t->qlock, &ts) == ETIMEDOUT) {
-            rc = -1;
-            break;
-        }
+    sem_post(&t->wake);
+    for (int waited_ms = 0; atomic_load(&t->head) != atomic_load(&t->tail); waited_ms++) {
+        if (waited_ms >= timeout_ms) return -1;
+        nanosleep(&(struct timespec){0, 1000000L}, NULL);
     }
-    pthread_mutex_unlock(&t->qlock);
-    return rc;
+    return 0;
 }
 
 void tt_pause(tt_transport *t, int paused) {
-    pthread_mutex_lock(&t->qlock);
-    t->paused = paused;
-    pthread_cond_broadcast(&t->qcond);
-    pthread_mutex_unlock(&t->qlock);
+    atomic_store(&t->paused, paused);
+    sem_post(&t->wake);
 }
 
 uint64_t tt_dropped(tt_transport *t) { return atomic_load(&t->dropped); }

@@ -92,6 +92,39 @@ static void row(const char *name, int n, double ms, double flops, double cudnn_m
     printf("| %-26s | %6d | %9.3f | %8.1f | %6.2fx |\n", name, n, ms, flops / (ms * 1e9), cudnn_ms / ms);
 }
 
+static int profile_only(const char *only, const int *ns, int count) {
+    char err[256] = "";
+    for (int si = 0; si < count; si++) {
+        int n = ns[si];
+        size_t elems = (size_t)H * n * D;
+        bench_arg a;
+        memset(&a, 0, sizeof a);
+        a.ctx.backend = TK_BACKEND_CUDA;
+        void *q = NULL, *k = NULL, *v = NULL, *o = NULL;
+        if (tkcuda_open(&a.ctx, err, sizeof err) || tkcu_alloc(&q, elems * 2, err, sizeof err) ||
+            tkcu_alloc(&k, elems * 2, err, sizeof err) || tkcu_alloc(&v, elems * 2, err, sizeof err) ||
+            tkcu_alloc(&o, elems * 2, err, sizeof err)) {
+            printf("# setup: %s\n", err);
+            return 1;
+        }
+        a.call.B = 1, a.call.H = H, a.call.Nq = a.call.Nk = n, a.call.D = a.call.Dv = D;
+        a.call.dtype = TK_DTYPE_BF16;
+        a.call.q = q, a.call.k = k, a.call.v = v, a.call.o = o;
+        tk_config_defaults(&a.cfg);
+        a.mode = strcmp(only, "exact") == 0 ? TK_MODE_EXACT : strcmp(only, "hybrid") == 0 ? TK_MODE_HYBRID : TK_MODE_TAYLOR;
+        if (a.mode == TK_MODE_HYBRID) {
+            int side = (int)lround(sqrt((double)(n - 512)));
+            a.call.text_tokens = 512, a.call.grid_h = side, a.call.grid_w = side;
+        }
+        if (strcmp(only, "taylor3") == 0) a.cfg.terms = 3, a.cfg.sub_head_blocks = 8;
+        double ms = time_mode(&a, 1);
+        printf("# %s N=%d: %.3f ms (%s)\n", only, n, ms, tk_reason_name(a.res.reason));
+        tkcu_free(q), tkcu_free(k), tkcu_free(v), tkcu_free(o);
+        tkcuda_close(&a.ctx);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     char name[128], err[256] = "";
     if (tkcu_device_name(name, sizeof name)) {
@@ -103,6 +136,9 @@ int main(int argc, char **argv) {
         count = 0;
         for (int i = 1; i < argc && count < 8; i++) ns[count++] = atoi(argv[i]);
     }
+    /* TKB_ONLY=exact|taylor4|taylor3: that kernel alone, one run (for profilers) */
+    const char *only = getenv("TKB_ONLY");
+    if (only) return profile_only(only, ns, count);
     printf("# gpu_attention on %s: B=1 H=%d D=%d bf16, median device time, fresh random inputs\n", name, H, D);
     fflush(stdout);
     run_sdpa(ns, count);
@@ -149,6 +185,9 @@ int main(int argc, char **argv) {
         setenv("TKC_EXACT_WARPS", "4", 1);
         ms = time_mode(&a, reps);
         row("ours exact (4 warps x2)", n, ms, exact_flops, cud);
+        setenv("TKC_EXACT_WARPS", "16", 1);
+        ms = time_mode(&a, reps);
+        row("ours exact (8 warps, KT=128)", n, ms, exact_flops, cud);
         unsetenv("TKC_EXACT_WARPS");
 
         a.mode = TK_MODE_TAYLOR;
@@ -176,7 +215,27 @@ int main(int argc, char **argv) {
         ms = time_mode(&a, reps);
         row("ours taylor P=3 b=8 noprobe", n, ms, 4.0 * n * R3 * (D + 8) * H, cud);
         a.cfg.early_probe = 1;
-        printf("| ours hybrid r=8 g=16 P=3   | %6d | not implemented on cuda | | |\n", n);
+        {
+            int side = (int)lround(sqrt((double)(n - 512)));
+            a.call.text_tokens = 512, a.call.grid_h = side, a.call.grid_w = side;
+            tk_config_defaults(&a.cfg); /* 2d, r = 8, all text keys, far dim 16, P = 3, w = 1 */
+            a.mode = TK_MODE_HYBRID;
+            double win = 17.0 * 17.0 + 512, Rg = 153;
+            double hflops = (4.0 * n * win * D + 4.0 * n * Rg * (D + 1) + 4.0 * n * 289.0 * 16) * H;
+            ms = time_mode(&a, reps);
+            row("ours hybrid 2d r=8 g=16 P=3", n, ms, hflops, cud);
+            printf("|   (hybrid: %.1fx faster than cuDNN) | | | | |\n", cud / ms);
+            if (n == 16896) {
+                a.use_stats = 1;
+                a.sr.quality_samples = 16;
+                a.sr.seed = 7;
+                double ms_st = time_mode(&a, reps);
+                row("ours hybrid +stats", n, ms_st, hflops, cud);
+                printf("|   (stats on, 16 queries: +%.1f%%; quality rel-L2 mean %.3f) | | | | |\n",
+                       100.0 * (ms_st / ms - 1), a.res.stats.quality_raw.rel_l2_mean);
+                a.use_stats = 0;
+            }
+        }
         fflush(stdout);
         tkcu_free(q), tkcu_free(k), tkcu_free(v), tkcu_free(o);
         tkcuda_close(&a.ctx);

@@ -17,9 +17,14 @@ typedef struct {
 } tc_command;
 
 static const tc_command commands[] = {
-    {"live", "[URL]",
+    {"live", "[URL] [--readonly] [--mono] [--db FILE] [--no-record]",
      "The live console: watch one agent's run, edit its knobs, browse history.\n"
-     "URL is the agent's PUB endpoint (default: the agent's default ipc endpoint).",
+     "URL is the agent's PUB endpoint (default: the agent's default ipc endpoint).\n"
+     "  --readonly   observer: knobs are shown, never changed\n"
+     "  --mono       no colours (also when NO_COLOR is set)\n"
+     "  --db FILE    the history database it records into and browses\n"
+     "  --no-record  do not record (the history browser still reads --db)\n"
+     "Keys: F1/? help, F2 live, F3 heat map, F4 knobs, F5 history, q quit.",
      tc_cmd_live},
     {"record", "URL... [--db FILE] [--lost-after SECONDS] [--runs N] [--duration SECONDS]",
      "Record every run of one or more agents into the database, headless, until\n"
@@ -119,6 +124,10 @@ int main(int argc, char **argv) {
         }
         return commands[i].exec(argc - 1, argv + 1);
     }
+    /* the live console's options without the word "live" */
+    if (!strcmp(first, "--readonly") || !strcmp(first, "--mono") || !strcmp(first, "--no-record") ||
+        !strcmp(first, "--db") || !strncmp(first, "--db=", 5))
+        return tc_cmd_live(argc, argv);
     if (first[0] == '-')
         fprintf(stderr, "taylorscope: unknown option '%s' (see taylorscope --help)\n", first);
     else

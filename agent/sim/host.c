@@ -246,7 +246,11 @@ int tsim_run(const tsim_options *o, tsim_run_stats *st, char *err, size_t errlen
                                      &have_q0k0, err, errlen))
                     goto done;
             } else {
-                tsim_workload_layer(work, layer, sigma, buf.q, buf.k, buf.v, buf.q0, buf.k0);
+                if (tsim_workload_layer(work, layer, sigma, buf.q, buf.k, buf.v, buf.q0, buf.k0)) {
+                    snprintf(err, errlen, "step %d layer %d: out of memory drawing the layer's weights",
+                             step, layer);
+                    goto done;
+                }
                 if (cap && tsim_capture_write(cap, step, sigma, layer, buf.q, buf.k, buf.v, buf.q0,
                                               buf.k0, err, errlen))
                     goto done;

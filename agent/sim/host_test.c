@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static void parse(tsim_options *o, int argc, char **argv) {
     char err[256];
@@ -107,10 +108,9 @@ static void *subscriber(void *arg) {
         if (tp_decode_msg(nng_msg_body(msg), nng_msg_len(msg), &m, e, sizeof e) != 0) {
             s->decode_errors++;
         } else {
-            if (m.type != TP_MSG_HEADER) { /* header re-sends may repeat a seq */
-                if (s->last_seq && m.seq != s->last_seq + 1) s->gaps++;
-                s->last_seq = m.seq;
-            }
+            /* every message, header re-sends and heartbeats too, takes the next seq */
+            if (s->last_seq && m.seq != s->last_seq + 1) s->gaps++;
+            s->last_seq = m.seq;
             if (m.type == TP_MSG_HEADER) s->headers++;
             if (m.type == TP_MSG_STEP && m.u.step.step >= 0 && m.u.step.step < 64)
                 s->steps_seen[m.u.step.step]++;
@@ -149,6 +149,23 @@ static void test_a_full_tiny_run_with_a_subscriber_delivers_every_step(void) {
     free(s);
 }
 
+static void test_without_a_console_the_run_starts_after_the_wait(void) {
+    char url[600];
+    snprintf(url, sizeof url, "ipc://%s/lonely.pub", th_tmpdir());
+    char *argv[] = {"taylor-sim", "-q", "--listen", url, "--wait-console", "0.3", "--steps", "1"};
+    tsim_options o;
+    parse(&o, 8, argv);
+    tsim_run_stats st;
+    char err[512];
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    TH_CHECKF(tsim_run(&o, &st, err, sizeof err) == 0, "%s", err);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double waited_s = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+    TH_EQ_INT(st.steps_done, 1);
+    TH_CHECKF(waited_s >= 0.29, "the run took %.3f s, less than the 0.3 s wait", waited_s);
+}
+
 /* ---- the command line ---- */
 
 static void expect_bad(const char *needle, int argc, char **argv) {
@@ -183,6 +200,8 @@ static void test_bad_options_are_named(void) {
     expect_bad("--wait-console: expected seconds", 3, a11);
     char *a12[] = {"taylor-sim", "--replay", "x", "--capture", "y"};
     expect_bad("cannot be combined", 5, a12);
+    char *a13[] = {"taylor-sim", "--listen", "none", "--wait-console", "5"};
+    expect_bad("--wait-console needs telemetry", 5, a13);
 }
 
 static void test_options_set_knobs_in_order(void) {
@@ -202,6 +221,7 @@ static const th_test tests[] = {
     TH_TEST(test_a_run_calls_every_layer_of_every_step),
     TH_TEST(test_fallbacks_are_answered_by_the_hosts_exact_path),
     TH_TEST(test_a_full_tiny_run_with_a_subscriber_delivers_every_step),
+    TH_TEST(test_without_a_console_the_run_starts_after_the_wait),
     TH_TEST(test_bad_options_are_named),
     TH_TEST(test_options_set_knobs_in_order),
     {0},

@@ -215,6 +215,10 @@ int tsim_parse_args(int argc, char **argv, tsim_options *o, char *err, size_t er
         snprintf(err, errlen, "--replay and --capture cannot be combined");
         return 1;
     }
+    if (o->wait_console_s > 0 && o->listen && !o->listen[0]) {
+        snprintf(err, errlen, "--wait-console needs telemetry; drop --listen none");
+        return 1;
+    }
     if (o->replay_dir && o->calibrate) {
         snprintf(err, errlen, "--calibrate measures the synthetic workload; drop --replay");
         return 1;

@@ -368,7 +368,9 @@ int tsim_capture_write(tsim_capture *c, int step, double sigma, int layer, const
                        const float *k, const float *v, const float *q0, const float *k0,
                        char *err, size_t errlen) {
     const tsim_shape *s = &c->shape;
-    int64_t shape[3] = {s->model.heads, s->tokens, s->model.head_dim};
+    /* [1,H,N,D]: the layout taylor-attn reads, so a captured call can be
+     * run on its own (taylor-attn --q FILE.safetensors:q ...) */
+    int64_t shape[4] = {1, s->model.heads, s->tokens, s->model.head_dim};
     const float *src[5] = {q, k, v, q0, k0};
     int n = q0 && k0 ? 5 : 3;
     char names[5][64];
@@ -380,9 +382,9 @@ int tsim_capture_write(tsim_capture *c, int step, double sigma, int layer, const
         const tkf_tensor *tp[5];
         for (int t = 0; t < n; t++) {
             memset(&tens[t], 0, sizeof tens[t]);
-            tens[t].ndim = 3;
+            tens[t].ndim = 4;
             memcpy(tens[t].shape, shape, sizeof shape);
-            tens[t].count = shape[0] * shape[1] * shape[2];
+            tens[t].count = shape[1] * shape[2] * shape[3];
             tens[t].file_dtype = TK_DTYPE_F32;
             tens[t].data = (float *)src[t]; /* read only by the writer */
             tp[t] = &tens[t];
@@ -396,7 +398,7 @@ int tsim_capture_write(tsim_capture *c, int step, double sigma, int layer, const
         for (int t = 0; t < n; t++) {
             snprintf(names[t], sizeof names[t], "s%04d_l%03d_%s.npy", step, layer, column_names[t]);
             snprintf(path, sizeof path, "%s/%s", c->dir, names[t]);
-            if (tkf_write(path, NULL, 3, shape, src[t], TK_DTYPE_F32, err, errlen)) {
+            if (tkf_write(path, NULL, 4, shape, src[t], TK_DTYPE_F32, err, errlen)) {
                 c->failed = 1;
                 return 1;
             }

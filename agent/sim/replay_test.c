@@ -152,7 +152,30 @@ static void test_a_tensor_of_the_wrong_shape_is_refused_at_load(void) {
     o.replay_dir = dir;
     tsim_run_stats st;
     TH_CHECK(tsim_run(&o, &st, err, sizeof err) != 0);
-    TH_CHECKF(strstr(err, "has shape [4,320,32], expected [8,320,32]") != NULL, "message: %s", err);
+    TH_CHECKF(strstr(err, "has shape [1,4,320,32], expected [8,320,32]") != NULL, "message: %s", err);
+}
+
+static void test_a_capture_without_q0_k0_replays(void) {
+    const char *dir = fresh_capture("noq0");
+    char text[4096], err[512];
+    int n = snprintf(text, sizeof text, "%s", head);
+    for (int l = 0; l < 8; l++)
+        n += snprintf(text + n, sizeof text - n, "0\t1\t%d\ts0000_l%03d.safetensors\ts0000_l%03d.safetensors\t"
+                      "s0000_l%03d.safetensors\t-\t-\n", l, l, l, l);
+    write_file(dir, TSIM_MANIFEST, text);
+    tsim_replay r;
+    TH_CHECKF(tsim_replay_open(dir, &r, err, sizeof err) == 0, "%s", err);
+    TH_EQ_INT(r.ncalls, 8);
+    TH_EQ_INT(r.steps, 1);
+    TH_CHECK(r.calls[0].file[3] == NULL && r.calls[0].file[4] == NULL);
+    tsim_replay_free(&r);
+    tsim_options o;
+    options(&o, "hybrid"); /* the far field falls back to q/k */
+    o.replay_dir = dir;
+    tsim_run_stats st;
+    TH_CHECKF(tsim_run(&o, &st, err, sizeof err) == 0, "%s", err);
+    TH_EQ_INT(st.calls, 8);
+    TH_EQ_INT(st.by_path[TK_PATH_HYBRID], 8);
 }
 
 static const th_test tests[] = {
@@ -161,6 +184,7 @@ static const th_test tests[] = {
     TH_TEST(test_capture_refuses_a_directory_that_holds_one),
     TH_TEST(test_malformed_manifests_are_clear_errors),
     TH_TEST(test_a_missing_file_is_named),
+    TH_TEST(test_a_capture_without_q0_k0_replays),
     TH_TEST(test_a_tensor_of_the_wrong_shape_is_refused_at_load),
     {0},
 };

@@ -180,7 +180,8 @@ typedef struct tsim_capture tsim_capture;
 /* Creates DIR (or uses an empty existing one) and writes the manifest head. */
 int tsim_capture_open(const char *dir, const char *model_name, const tsim_shape *shape, int steps,
                       tsim_format format, tsim_capture **out, char *err, size_t errlen);
-/* Writes one call's tensors ([H,N,D]; q0/k0 may be NULL) and its manifest line. */
+/* Writes one call's tensors ([H,N,D] in memory, [1,H,N,D] in the files;
+ * q0/k0 may be NULL) and its manifest line. */
 int tsim_capture_write(tsim_capture *c, int step, double sigma, int layer, const float *q,
                        const float *k, const float *v, const float *q0, const float *k0,
                        char *err, size_t errlen);

@@ -25,11 +25,13 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
-enum { CHANNELS = 32, WAVES = 8 };
+enum { CHANNELS = 32, WAVES = 8, TSIM_MAX_THREADS = 16 };
 
 /* Labels of the random streams (the first label of tsim_key). */
 enum {
@@ -404,6 +406,53 @@ static void make_hidden(tsim_workload *w, double sigma) {
     w->hidden_sigma = sigma;
 }
 
+/* The per-row half of a layer (add the position and text components, RMS
+ * norm, gain, keep q0/k0, RoPE), over rows [row0, row1) of the H*N rows. */
+typedef struct {
+    const tsim_workload *w;
+    const layer_weights *lw;
+    int layer;
+    float pw, sharp;
+    float *q, *k, *q0, *k0;
+    size_t row0, row1;
+} row_job;
+
+static void finish_rows(const row_job *j) {
+    const tsim_workload *w = j->w;
+    const tsim_shape *s = &w->shape;
+    int H = s->model.heads, D = s->model.head_dim, N = s->tokens, T = s->model.text_tokens;
+    for (size_t row = j->row0; row < j->row1; row++) {
+        int h = (int)(row / (size_t)N), n = (int)(row % (size_t)N);
+        const tsim_head_params *p = &w->heads[j->layer * H + h];
+        const float *u = j->lw->u + h * D, *a = j->lw->a + h * D, *g = j->lw->gain + h * D;
+        float upos = (float)p->pos_weight * j->pw, utext = (float)p->text_weight;
+        float *qn = j->q + row * D, *kn = j->k + row * D;
+        int image = n >= T;
+        for (int d = 0; d < D; d++) {
+            qn[d] += utext * a[d] + (image ? upos * u[d] : 0.0f);
+            kn[d] += (image ? upos * u[d] : utext * a[d]);
+        }
+        rms_normalize(qn, D);
+        rms_normalize(kn, D);
+        for (int d = 0; d < D; d++) {
+            qn[d] *= g[d] * j->sharp;
+            kn[d] *= g[d] * j->sharp;
+        }
+        if (j->q0) memcpy(j->q0 + row * D, qn, sizeof(float) * D);
+        if (j->k0) memcpy(j->k0 + row * D, kn, sizeof(float) * D);
+        if (image) {
+            int gi = n - T, r = gi / s->grid_w, c = gi % s->grid_w;
+            rope_token(s, w->cos_row, w->sin_row, w->cos_col, w->sin_col, r, c, qn);
+            rope_token(s, w->cos_row, w->sin_row, w->cos_col, w->sin_col, r, c, kn);
+        }
+    }
+}
+
+static void *finish_rows_thread(void *arg) {
+    finish_rows(arg);
+    return NULL;
+}
+
 int tsim_workload_layer(tsim_workload *w, int layer, double sigma, float *q, float *k, float *v,
                         float *q0, float *k0) {
     const tsim_shape *s = &w->shape;
@@ -412,13 +461,9 @@ int tsim_workload_layer(tsim_workload *w, int layer, double sigma, float *q, flo
     make_hidden(w, sigma);
     const layer_weights *lw = &w->layers[layer];
     int H = s->model.heads, D = s->model.head_dim, HD = H * D, N = s->tokens;
-    int T = s->model.text_tokens;
-    float pw = (float)(1.0 - 0.8 * sigma);
-    float sharp = (float)(1.0 - 0.3 * sigma); /* logits grow as the image forms */
     for (int h = 0; h < H; h++) {
-        const tsim_head_params *p = &w->heads[layer * H + h];
         size_t off = (size_t)h * N * D;
-        /* content of q and k straight into the outputs: [N,C] x [C,D] */
+        /* content of q, k, v straight into the outputs: [N,C] x [C,D] */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, D, CHANNELS, 1.0f, w->hidden,
                     CHANNELS, lw->wq + h * D, HD, 0.0f, q + off, D);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, D, CHANNELS, 1.0f, w->hidden,
@@ -426,29 +471,30 @@ int tsim_workload_layer(tsim_workload *w, int layer, double sigma, float *q, flo
         if (v)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, D, CHANNELS, 1.0f, w->hidden,
                         CHANNELS, lw->wv + h * D, HD, 0.0f, v + off, D);
-        const float *u = lw->u + h * D, *a = lw->a + h * D, *g = lw->gain + h * D;
-        float upos = (float)p->pos_weight * pw, utext = (float)p->text_weight;
-        for (int n = 0; n < N; n++) {
-            float *qn = q + off + (size_t)n * D, *kn = k + off + (size_t)n * D;
-            int image = n >= T;
-            for (int d = 0; d < D; d++) {
-                qn[d] += utext * a[d] + (image ? upos * u[d] : 0.0f);
-                kn[d] += (image ? upos * u[d] : utext * a[d]);
-            }
-            rms_normalize(qn, D);
-            rms_normalize(kn, D);
-            for (int d = 0; d < D; d++) {
-                qn[d] *= g[d] * sharp;
-                kn[d] *= g[d] * sharp;
-            }
-            if (q0) memcpy(q0 + off + (size_t)n * D, qn, sizeof(float) * D);
-            if (k0) memcpy(k0 + off + (size_t)n * D, kn, sizeof(float) * D);
-            if (image) {
-                int gi = n - T, r = gi / s->grid_w, c = gi % s->grid_w;
-                rope_token(s, w->cos_row, w->sin_row, w->cos_col, w->sin_col, r, c, qn);
-                rope_token(s, w->cos_row, w->sin_row, w->cos_col, w->sin_col, r, c, kn);
-            }
-        }
     }
+    /* The rest is independent per row: split it over threads when large.
+     * Each row's arithmetic is the same whatever the split (same bytes). */
+    size_t rows = (size_t)H * N;
+    row_job jobs[TSIM_MAX_THREADS];
+    pthread_t tid[TSIM_MAX_THREADS];
+    int nt = 1;
+    if (rows * (size_t)D >= (1u << 20)) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        nt = cpus < 1 ? 1 : cpus > TSIM_MAX_THREADS ? TSIM_MAX_THREADS : (int)cpus;
+    }
+    for (int t = 0; t < nt; t++) {
+        jobs[t] = (row_job){w, lw, layer, (float)(1.0 - 0.8 * sigma),
+                            (float)(1.0 - 0.3 * sigma) /* logits grow as the image forms */,
+                            q, k, q0, k0, rows * t / nt, rows * (t + 1) / nt};
+    }
+    int started = 0;
+    for (int t = 1; t < nt; t++) {
+        if (pthread_create(&tid[t], NULL, finish_rows_thread, &jobs[t]) != 0) break;
+        started = t;
+    }
+    /* rows of threads that could not start are done here */
+    finish_rows(&jobs[0]);
+    for (int t = started + 1; t < nt; t++) finish_rows(&jobs[t]);
+    for (int t = 1; t <= started; t++) pthread_join(tid[t], NULL);
     return 0;
 }

@@ -42,6 +42,18 @@ static void test_same_seed_gives_the_same_bytes(void) {
     drop(&a), drop(&b);
 }
 
+static void test_a_threaded_draw_gives_the_same_bytes(void) {
+    /* flux1 at 256x256: 24 heads x 768 tokens x 128, above the size where
+     * the per-row work is split over threads */
+    drawn a, b;
+    draw(&a, "flux1", 256, 5, 40, 0.6);
+    draw(&b, "flux1", 256, 5, 40, 0.6);
+    TH_CHECK(memcmp(a.q, b.q, a.n * sizeof(float)) == 0);
+    TH_CHECK(memcmp(a.k0, b.k0, a.n * sizeof(float)) == 0);
+    TH_CHECK(memcmp(a.v, b.v, a.n * sizeof(float)) == 0);
+    drop(&a), drop(&b);
+}
+
 static void test_layers_drawn_out_of_order_give_the_same_bytes(void) {
     drawn a, b;
     draw(&a, "tiny", 0, 42, 5, 0.7);
@@ -133,6 +145,7 @@ static void test_the_latent_moves_from_noise_to_structure(void) {
 
 static const th_test tests[] = {
     TH_TEST(test_same_seed_gives_the_same_bytes),
+    TH_TEST(test_a_threaded_draw_gives_the_same_bytes),
     TH_TEST(test_layers_drawn_out_of_order_give_the_same_bytes),
     TH_TEST(test_different_seed_gives_different_tensors),
     TH_TEST(test_tensors_are_finite_and_rms_normed_with_a_gain),

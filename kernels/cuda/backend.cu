@@ -21,6 +21,7 @@ struct cuda_state {
     size_t ws_bytes;
     int table_key;   // (d << 8 | P) + 1 of the feature table in ws, 0 = none
     cudaEvent_t ev0, ev1;
+    tkc_hybrid_state *hybrid; // owned: PCA cache and hybrid workspace
 };
 
 uint64_t splitmix64(uint64_t *x) {
@@ -67,6 +68,14 @@ __global__ void convert_kernel_f32_bf16(const float *src, __nv_bfloat16 *dst, si
          i += (size_t)gridDim.x * blockDim.x)
         dst[i] = __float2bfloat16(src[i]);
 }
+} // namespace
+
+int tkc_convert_f32_bf16(const float *src, void *dst, size_t n, cudaStream_t st) {
+    convert_kernel_f32_bf16<<<1024, 256, 0, st>>>(src, (__nv_bfloat16 *)dst, n);
+    return cudaGetLastError() != cudaSuccess;
+}
+
+namespace {
 
 // Exact output of sampled (query, head) rows in fp32: e[(s*BH + bh)*Dv + c].
 template <typename TI>
@@ -505,6 +514,7 @@ extern "C" void tkcuda_close(tk_context *ctx) {
     cuda_state *s = (cuda_state *)ctx->cuda;
     if (!s) return;
     if (s->ws) cudaFree(s->ws);
+    tkc_hybrid_free(s->hybrid);
     cudaEventDestroy(s->ev0);
     cudaEventDestroy(s->ev1);
     free(s);
@@ -555,8 +565,21 @@ extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_c
         run_taylor(s, call, cfg, stats_req, st, res);
         if (res->reason != TK_REASON_NONE) return TK_OK;
     } else {
-        fail(res, TK_REASON_BACKEND_ERROR, "hybrid mode is not implemented on cuda yet");
-        return TK_OK;
+        tkc_hybrid(&s->hybrid, call, cfg, stats_req, st, res);
+        if (res->reason != TK_REASON_NONE) return TK_OK;
+        int ns = (stats_req && stats_req->quality_samples > 0 && call->Dv <= 128) ? stats_req->quality_samples : 0;
+        if (ns > call->Nq) ns = call->Nq;
+        if (ns) {
+            int rc = ensure_ws(s, quality_ws(call, ns), err, sizeof err);
+            if (!rc)
+                rc = quality_raw(call, call->o, call->dtype, ns, (uint64_t)cfg->seed, s->ws, st,
+                                 &res->stats.quality_raw, err, sizeof err);
+            if (rc) {
+                fail_rc(res, rc, err);
+                return TK_OK;
+            }
+            res->stats.have |= TK_HAVE_QUALITY;
+        }
     }
     e = cudaEventRecord(s->ev1, st);
     if (e == cudaSuccess) e = cudaEventSynchronize(s->ev1);
@@ -572,4 +595,9 @@ extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_c
         res->stats.have |= TK_HAVE_TIME;
     }
     return TK_OK;
+}
+
+extern "C" int tkcu_hybrid_projection(tk_context *ctx, int layer, int bh, float *out, int *D, int *g) {
+    cuda_state *s = ctx ? (cuda_state *)ctx->cuda : nullptr;
+    return s ? tkc_hybrid_projection(s->hybrid, layer, bh, out, D, g) : 1;
 }

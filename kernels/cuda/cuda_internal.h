@@ -19,6 +19,7 @@ struct tkc_exact_args {
     double scale;
     int in_dtype, out_dtype;
     int warps; // 4 or 8 (query rows per block = 16 * warps); 0 = default
+    int q_rows; // rows per head in q and o (0 = Nq): the first Nq rows of each head are computed
 };
 int tkc_exact_launch(const tkc_exact_args *a, cudaStream_t st, char *err, size_t errlen);
 
@@ -46,6 +47,7 @@ struct tkc_taylor_args {
     int probe_n;
     const int *probe_rows; // device [probe_n]
     int table_cached;
+    int raw_out; // hybrid far field: o is fp32 [B*H][Nq][Dv+1] = [num | den], not divided
 };
 
 // Workspace bytes the Taylor path needs for these arguments (0 = unsupported).
@@ -60,8 +62,16 @@ int tkc_taylor_run(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_
 // Feature count R(d,P) and the index table in the SPEC order.
 int64_t tkc_feature_count(int d, int P);
 
-// Element-wise conversions on the device.
-int tkc_convert(const void *src, int src_dtype, void *dst, int dst_dtype, size_t n, cudaStream_t st,
-                char *err, size_t errlen);
+// f32 -> bf16 on the device (the f32 paths run on bf16 copies); 0 ok.
+int tkc_convert_f32_bf16(const float *src, void *dst, size_t n, cudaStream_t st);
+
+// Hybrid attention (SPEC 4) of one call; fills res (reason, path, window, w, stats.den).
+// The context's workspace and PCA cache live in the backend state.
+struct tkc_hybrid_state;
+int tkc_hybrid(struct tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
+               const tk_stats_request *sreq, cudaStream_t st, tk_result *res);
+void tkc_hybrid_free(struct tkc_hybrid_state *hs);
+// The PCA projection [D][g] (fp32, host) of (layer, bh) if cached; 0 ok.
+int tkc_hybrid_projection(struct tkc_hybrid_state *hs, int layer, int bh, float *out, int *D, int *g);
 
 #endif

@@ -15,17 +15,15 @@ namespace {
 
 using namespace tkc;
 
-constexpr int KT = 64; // keys per tile
-
 template <int D> struct ExactSmem {
     static constexpr int LD = D + 8; // padded row (elements): ldmatrix rows hit distinct banks
 };
 
-template <typename T, typename TO, int D, int NW>
+template <typename T, typename TO, int D, int NW, int KT>
 __global__ void __launch_bounds__(NW * 32, (NW == 4 ? 2 : 1))
     exact_kernel(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v,
                  TO *__restrict__ o, const uint8_t *__restrict__ mask, int H, int Nq, int Nk,
-                 float scale_log2) {
+                 float scale_log2, int q_rows) {
     constexpr int LD = ExactSmem<D>::LD;
     constexpr int BR = 16 * NW;
     constexpr int NTHR = NW * 32;
@@ -39,7 +37,7 @@ __global__ void __launch_bounds__(NW * 32, (NW == 4 ? 2 : 1))
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int bh = blockIdx.y, b = bh / H;
     const int q0 = blockIdx.x * BR;
-    const T *qb = q + (size_t)bh * Nq * D;
+    const T *qb = q + (size_t)bh * q_rows * D;
     const T *kb = k + (size_t)bh * Nk * D;
     const T *vb = v + (size_t)bh * Nk * D;
     const uint8_t *mb = mask ? mask + (size_t)b * Nk : nullptr;
@@ -177,7 +175,7 @@ __global__ void __launch_bounds__(NW * 32, (NW == 4 ? 2 : 1))
     float inv_lo = l_lo > 0.f ? 1.f / l_lo : 0.f;
     float inv_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
     int r_lo = q0 + warp * 16 + (lane >> 2), r_hi = r_lo + 8;
-    TO *ob = o + (size_t)bh * Nq * D;
+    TO *ob = o + (size_t)bh * q_rows * D;
 #pragma unroll
     for (int nt = 0; nt < D / 8; nt++) {
         int c = nt * 8 + 2 * (lane & 3);
@@ -192,30 +190,32 @@ __global__ void __launch_bounds__(NW * 32, (NW == 4 ? 2 : 1))
     }
 }
 
-template <typename T, typename TO, int D, int NW>
+template <typename T, typename TO, int D, int NW, int KT>
 int launch_exact(const tkc_exact_args *a, cudaStream_t st, char *err, size_t errlen) {
     constexpr int LD = ExactSmem<D>::LD;
     size_t smem = (size_t)(16 * NW + 4 * KT) * LD * sizeof(T) + 2 * KT * sizeof(float);
-    auto kern = exact_kernel<T, TO, D, NW>;
+    auto kern = exact_kernel<T, TO, D, NW, KT>;
     TKC_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), err,
             errlen);
     dim3 grid((a->Nq + 16 * NW - 1) / (16 * NW), a->B * a->H);
     float scale_log2 = (float)(a->scale * 1.4426950408889634);
     kern<<<grid, NW * 32, smem, st>>>((const T *)a->q, (const T *)a->k, (const T *)a->v, (TO *)a->o,
-                                      a->mask, a->H, a->Nq, a->Nk, scale_log2);
+                                      a->mask, a->H, a->Nq, a->Nk, scale_log2,
+                                      a->q_rows > 0 ? a->q_rows : a->Nq);
     TKC_LAUNCHED("exact_kernel", err, errlen);
     return 0;
 }
 
 template <typename T, typename TO>
 int launch_exact_d(const tkc_exact_args *a, cudaStream_t st, char *err, size_t errlen) {
-    int nw = a->warps == 4 ? 4 : 8;
+    // variants (bench): warps 4 = two blocks of 64 queries per SM; warps 16 = 8 warps with 128-key tiles
     if (a->D == 128)
-        return nw == 4 ? launch_exact<T, TO, 128, 4>(a, st, err, errlen)
-                       : launch_exact<T, TO, 128, 8>(a, st, err, errlen);
+        return a->warps == 4    ? launch_exact<T, TO, 128, 4, 64>(a, st, err, errlen)
+               : a->warps == 16 ? launch_exact<T, TO, 128, 8, 64>(a, st, err, errlen)
+                                : launch_exact<T, TO, 128, 8, 128>(a, st, err, errlen);
     if (a->D == 64)
-        return nw == 4 ? launch_exact<T, TO, 64, 4>(a, st, err, errlen)
-                       : launch_exact<T, TO, 64, 8>(a, st, err, errlen);
+        return a->warps == 4 ? launch_exact<T, TO, 64, 4, 64>(a, st, err, errlen)
+                             : launch_exact<T, TO, 64, 8, 64>(a, st, err, errlen);
     snprintf(err, errlen, "exact: head dim %d (cuda supports 64 and 128)", a->D);
     return 3;
 }

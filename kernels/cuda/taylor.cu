@@ -25,17 +25,19 @@ namespace {
 
 using namespace tkc;
 
+// One feature: w * x[i0] * x[i1] * x[i2]; an unused index points at the
+// slot d, which holds 1 (degree < 3). 10 bits per index.
 struct Feat {
-    uint8_t idx[7];
-    uint8_t deg;
-    float w;
+    uint16_t off[3]; // index * 32: offsets (in half2) into the pair table XH[(d+1)][32]
+    __half w;
 };
 
 constexpr int FA = 128; // features per phase-A block
-constexpr int FB = 64;  // features per phase-B chunk
+constexpr int FB = 128; // features per phase-B chunk
 constexpr int KTA = 64; // keys per phase-A tile
 constexpr int QTB = 64; // queries per phase-B block
 constexpr int PHI_LD = 72;
+constexpr int MAXDEG = 3; // fused path: P <= 4
 
 size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
 
@@ -56,11 +58,13 @@ int auto_split(const tkc_taylor_args *a, int nfa, int BHC, int num_sms) {
     return split;
 }
 
+constexpr int PROBE_KEYS = 1024; // keys per probe block
+
 bool layout_of(const tkc_taylor_args *a, int num_sms, Layout *L) {
     if (a->blocks <= 0 || a->D % a->blocks || a->Dv % a->blocks) return false;
     L->d = a->D / a->blocks;
     L->dv = a->Dv / a->blocks;
-    if (L->d > 256 || L->dv % 8 || L->dv > 128 || a->terms < 1 || a->terms > 8) return false;
+    if (L->d > 256 || L->dv % 8 || L->dv > 128 || a->terms < 1 || a->terms > MAXDEG + 1) return false;
     int64_t R = tkc_feature_count(L->d, a->terms);
     if (R <= 0 || R > (1 << 24)) return false;
     L->R = (int)R;
@@ -81,7 +85,7 @@ bool layout_of(const tkc_taylor_args *a, int num_sms, Layout *L) {
     L->off_den = off;
     off += align256(sizeof(tkc_den_stats));
     L->off_probe = off;
-    int nchunk = (a->Nk + 127) / 128;
+    int nchunk = (a->Nk + PROBE_KEYS - 1) / PROBE_KEYS;
     int pn = a->probe_n > 0 ? a->probe_n : 0;
     off += align256((size_t)L->BHC * pn * (nchunk + 1) * sizeof(float));
     L->total = off;
@@ -94,42 +98,33 @@ void build_table(int d, int P, int Rpad, Feat *out) {
     for (int deg = 0; deg < P; deg++) {
         int t[8] = {0};
         for (;;) {
-            Feat f;
-            memset(&f, 0, sizeof f);
-            f.deg = (uint8_t)deg;
             double fact = 1.0;
             int run = 0;
-            for (int i = 0; i < deg; i++) {
-                f.idx[i] = (uint8_t)t[i];
-                run = (i > 0 && t[i] == t[i - 1]) ? run + 1 : 1;
-                fact *= run;
+            for (int i = 0; i < MAXDEG; i++) {
+                out[n].off[i] = (uint16_t)(32 * (i < deg ? t[i] : d));
+                if (i < deg) {
+                    run = (i > 0 && t[i] == t[i - 1]) ? run + 1 : 1;
+                    fact *= run;
+                }
             }
-            f.w = (float)(1.0 / sqrt(fact));
-            out[n++] = f;
-            // next non-decreasing tuple of length deg
-            int i = deg - 1;
+            out[n].w = __float2half((float)(1.0 / sqrt(fact)));
+            n++;
+            int i = deg - 1; // next non-decreasing tuple of length deg
             while (i >= 0 && t[i] == d - 1) i--;
             if (i < 0) break;
             t[i]++;
             for (int k = i + 1; k < deg; k++) t[k] = t[i];
         }
     }
-    for (; n < Rpad; n++) {
-        memset(&out[n], 0, sizeof out[n]); // w = 0: padding features are zero
+    for (; n < Rpad; n++) { // padding features are zero
+        for (int i = 0; i < MAXDEG; i++) out[n].off[i] = (uint16_t)(32 * d);
+        out[n].w = __float2half(0.f);
     }
 }
 
-__device__ __forceinline__ float feature(const Feat &f, const float *x) {
-    float p = f.w;
-#pragma unroll
-    for (int t = 0; t < 7; t++)
-        if (t < f.deg) p *= x[f.idx[t]];
-    return p;
-}
-
-// x (n floats, stride 1) -> modified and scaled by sqrt(s), in place.
-__device__ __forceinline__ void modify_row(float *x, int n, int modify, float power, float clip,
-                                           float eps, float sqrt_s) {
+// Factor that turns a raw row into x' (SPEC 3.3 modification, then sqrt(s)).
+__device__ __forceinline__ float row_factor(const float *x, int n, int modify, float power,
+                                            float clip, float eps, float sqrt_s) {
     float f = sqrt_s;
     if (modify) {
         float ss = 0.f;
@@ -142,7 +137,28 @@ __device__ __forceinline__ void modify_row(float *x, int n, int modify, float po
             if (clip > 0.f) f *= fminf(1.f, clip / nrm);
         }
     }
-    for (int i = 0; i < n; i++) x[i] *= f;
+    return f;
+}
+
+// The feature value of a row pair; XHp = XH + pair (the pair table [(d+1)][32]).
+__device__ __forceinline__ __half2 feature2(const Feat &t, const __half2 *XHp) {
+    const __half2 a = XHp[t.off[0]];
+    const __half2 b = XHp[t.off[1]];
+    const __half2 c = XHp[t.off[2]];
+    return __hmul2(__hmul2(a, b), __hmul2(c, __half2half2(t.w)));
+}
+
+// 8 consecutive elements -> fp32 (16-byte loads for 16-bit types).
+template <typename TI> __device__ __forceinline__ void load8(const TI *p, float *out) {
+    uint4 u = *reinterpret_cast<const uint4 *>(p);
+    const TI *h = reinterpret_cast<const TI *>(&u);
+#pragma unroll
+    for (int i = 0; i < 8; i++) out[i] = elem<TI>::to_f(h[i]);
+}
+template <> __device__ __forceinline__ void load8<float>(const float *p, float *out) {
+    float4 a = *reinterpret_cast<const float4 *>(p), b = *reinterpret_cast<const float4 *>(p + 4);
+    out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
+    out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
 }
 
 struct KArgs {
@@ -158,23 +174,36 @@ __device__ __forceinline__ float ld(const TI *p) {
     return elem<TI>::to_f(*p);
 }
 
-template <typename TI, int NT>
+// Rows [64][d+1] fp32 (Xf) -> half2 pairs XH[(d+1)][32] scaled by rowf; slot d = 1.
+__device__ __forceinline__ void pack_pairs(const float *Xf, const float *rowf, __half2 *XH, int d,
+                                           int tid, int nthr) {
+    const int dp1 = d + 1;
+    for (int e = tid; e < dp1 * 32; e += nthr) {
+        int i = e >> 5, pr = e & 31;
+        XH[e] = i == d ? __floats2half2_rn(1.f, 1.f)
+                       : __floats2half2_rn(Xf[(2 * pr) * dp1 + i] * rowf[2 * pr],
+                                           Xf[(2 * pr + 1) * dp1 + i] * rowf[2 * pr + 1]);
+    }
+}
+
+template <typename TI, int DS, int DV>
 __global__ void __launch_bounds__(256) taylor_reduce_kernel(KArgs a, const Feat *__restrict__ tab,
                                                             float *__restrict__ part) {
     extern __shared__ __align__(16) unsigned char sm[];
-    const int dp1 = a.d + 1;
-    const int VLD = a.dvp + 8;
+    constexpr int NT = DV / 8 + 1, DVP = DV + 8, dp1 = DS + 1, VLD = DVP + 8;
     __half *Phi = reinterpret_cast<__half *>(sm);                  // [FA][PHI_LD]
     __half *Vh = Phi + FA * PHI_LD;                                 // [KTA][VLD]
-    float *Kf = reinterpret_cast<float *>(Vh + KTA * VLD);          // [KTA][d+1]
+    __half2 *KH = reinterpret_cast<__half2 *>(Vh + KTA * VLD);      // [d+1][32]
+    float *Kf = reinterpret_cast<float *>(KH + dp1 * 32);           // [KTA][d+1]
     Feat *T = reinterpret_cast<Feat *>(Kf + KTA * dp1);             // [FA]
-    int *valid = reinterpret_cast<int *>(T + FA);                   // [KTA]
+    float *rowf = reinterpret_cast<float *>(T + FA);                // [KTA]
+    int *valid = reinterpret_cast<int *>(rowf + KTA);               // [KTA]
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int fc = blockIdx.x, sp = blockIdx.y, bhc = blockIdx.z;
     const int c = bhc % a.b, bh = bhc / a.b, bidx = bh / a.H;
-    const TI *kb = reinterpret_cast<const TI *>(a.k) + (size_t)bh * a.Nk * a.D + c * a.d;
-    const TI *vb = reinterpret_cast<const TI *>(a.v) + (size_t)bh * a.Nk * a.Dv + c * a.dv;
+    const TI *kb = reinterpret_cast<const TI *>(a.k) + (size_t)bh * a.Nk * a.D + c * DS;
+    const TI *vb = reinterpret_cast<const TI *>(a.v) + (size_t)bh * a.Nk * a.Dv + c * DV;
     const uint8_t *mb = a.mask ? a.mask + (size_t)bidx * a.Nk : nullptr;
 
     for (int i = tid; i < FA; i += 256) T[i] = tab[fc * FA + i];
@@ -192,23 +221,35 @@ __global__ void __launch_bounds__(256) taylor_reduce_kernel(KArgs a, const Feat 
             int key = key0 + r;
             valid[r] = key < a.Nk && (!mb || mb[key]);
         }
-        for (int e = tid; e < KTA * a.d; e += 256) {
-            int r = e / a.d, cc = e % a.d, key = key0 + r;
-            Kf[r * dp1 + cc] = key < a.Nk ? ld(kb + (size_t)key * a.D + cc) : 0.f;
+        for (int e = tid; e < KTA * DS / 8; e += 256) {
+            int r = e / (DS / 8), cc = (e % (DS / 8)) * 8, key = key0 + r;
+            float x[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            if (key < a.Nk) load8(kb + (size_t)key * a.D + cc, x);
+#pragma unroll
+            for (int i = 0; i < 8; i++) Kf[r * dp1 + cc + i] = x[i];
         }
         __syncthreads();
-        for (int e = tid; e < KTA * a.dvp; e += 256) {
-            int r = e / a.dvp, cc = e % a.dvp, key = key0 + r;
-            float x = 0.f;
-            if (valid[r]) x = cc < a.dv ? ld(vb + (size_t)key * a.Dv + cc) : (cc == a.dv ? 1.f : 0.f);
-            Vh[r * VLD + cc] = __float2half(x);
+        for (int e = tid; e < KTA * DVP / 8; e += 256) {
+            int r = e / (DVP / 8), cc = (e % (DVP / 8)) * 8, key = key0 + r;
+            float x[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            if (valid[r]) {
+                if (cc < DV) load8(vb + (size_t)key * a.Dv + cc, x);
+                else x[0] = 1.f; // the ones column: z
+            }
+            uint4 u;
+            __half2 *h = reinterpret_cast<__half2 *>(&u);
+#pragma unroll
+            for (int i = 0; i < 4; i++) h[i] = __floats2half2_rn(x[2 * i], x[2 * i + 1]);
+            *reinterpret_cast<uint4 *>(Vh + r * VLD + cc) = u;
         }
-        if (tid < KTA) modify_row(Kf + tid * dp1, a.d, a.modify, a.power, a.clip, a.eps, a.sqrt_s);
+        if (tid < KTA) rowf[tid] = row_factor(Kf + tid * dp1, DS, a.modify, a.power, a.clip, a.eps, a.sqrt_s);
         __syncthreads();
-        for (int e = tid; e < FA * KTA; e += 256) {
-            int f = e / KTA, r = e % KTA;
-            float p = valid[r] ? feature(T[f], Kf + r * dp1) : 0.f;
-            Phi[f * PHI_LD + r] = __float2half(p);
+        pack_pairs(Kf, rowf, KH, DS, tid, 256);
+        __syncthreads();
+#pragma unroll 4
+        for (int i = 0; i < FA / 8; i++) {
+            int f = warp + 8 * i;
+            *reinterpret_cast<__half2 *>(Phi + f * PHI_LD + 2 * lane) = feature2(T[f], KH + lane);
         }
         __syncthreads();
 #pragma unroll
@@ -225,15 +266,13 @@ __global__ void __launch_bounds__(256) taylor_reduce_kernel(KArgs a, const Feat 
         }
         __syncthreads();
     }
-    float *pb = part + ((size_t)sp * a.BHC + bhc) * a.Rpad * a.dvp;
+    float *pb = part + ((size_t)sp * a.BHC + bhc) * a.Rpad * DVP;
     int f_lo = fc * FA + warp * 16 + (lane >> 2);
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
         int col = nt * 8 + 2 * (lane & 3);
-        pb[(size_t)f_lo * a.dvp + col] = acc[nt][0];
-        pb[(size_t)f_lo * a.dvp + col + 1] = acc[nt][1];
-        pb[(size_t)(f_lo + 8) * a.dvp + col] = acc[nt][2];
-        pb[(size_t)(f_lo + 8) * a.dvp + col + 1] = acc[nt][3];
+        *reinterpret_cast<float2 *>(pb + (size_t)f_lo * DVP + col) = make_float2(acc[nt][0], acc[nt][1]);
+        *reinterpret_cast<float2 *>(pb + (size_t)(f_lo + 8) * DVP + col) = make_float2(acc[nt][2], acc[nt][3]);
     }
 }
 
@@ -250,7 +289,7 @@ __global__ void taylor_sum_kernel(float *part, unsigned *colmax, int split, int 
         if (in) {
             s = p0[col];
             for (int sp = 1; sp < split; sp++) s += p0[sp * stride + col];
-            p0[col] = s;
+            if (split > 1) p0[col] = s;
         }
         float m = fabsf(s);
         if (m != m) m = INFINITY; // NaN: make the column's scale non-finite too
@@ -281,18 +320,19 @@ __device__ __forceinline__ unsigned ord_enc(float x) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-template <typename TI, typename TO, int NT>
+template <typename TI, typename TO, int DS, int DV, bool RAW>
 __global__ void __launch_bounds__(128) taylor_apply_kernel(KArgs a, const Feat *__restrict__ tab,
                                                            const __half *__restrict__ sh,
                                                            const unsigned *__restrict__ colmax,
                                                            TO *__restrict__ o, tkc_den_stats *den) {
     extern __shared__ __align__(16) unsigned char sm[];
-    const int dp1 = a.d + 1;
-    const int SLD = a.dvp + 8;
-    __half *Phi = reinterpret_cast<__half *>(sm);           // [QTB][PHI_LD]
-    __half *Sb = Phi + QTB * PHI_LD;                         // [FB][SLD]
-    float *Qf = reinterpret_cast<float *>(Sb + FB * SLD);    // [QTB][d+1]
-    Feat *T = reinterpret_cast<Feat *>(Qf + QTB * dp1);      // [FB]
+    constexpr int NT = DV / 8 + 1, DVP = DV + 8, dp1 = DS + 1, SLD = DVP + 8;
+    __half *Phi = reinterpret_cast<__half *>(sm);              // [FB][PHI_LD]: [feature][query]
+    __half *Sb = Phi + FB * PHI_LD;                             // [2][FB][SLD]
+    __half2 *QH = reinterpret_cast<__half2 *>(Sb + 2 * FB * SLD); // [d+1][32]
+    float *Qf = reinterpret_cast<float *>(QH + dp1 * 32);      // [QTB][d+1]
+    Feat *T = reinterpret_cast<Feat *>(Qf + QTB * dp1);         // [2][FB]
+    float *rowf = reinterpret_cast<float *>(T + 2 * FB);        // [QTB]
     __shared__ unsigned long long s_le, s_nf, s_n;
     __shared__ unsigned s_min, s_max;
     __shared__ double s_sum;
@@ -300,57 +340,70 @@ __global__ void __launch_bounds__(128) taylor_apply_kernel(KArgs a, const Feat *
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int qt = blockIdx.x, bhc = blockIdx.y;
     const int c = bhc % a.b, bh = bhc / a.b;
-    const TI *qb = reinterpret_cast<const TI *>(a.q) + (size_t)bh * a.Nq * a.D + c * a.d;
-    const __half *shb = sh + (size_t)bhc * a.Rpad * a.dvp;
+    const TI *qb = reinterpret_cast<const TI *>(a.q) + (size_t)bh * a.Nq * a.D + c * DS;
+    const __half *shb = sh + (size_t)bhc * a.Rpad * DVP;
+    const int nchunks = (a.R + FB - 1) / FB;
+    constexpr int cpr = DVP / 8; // 16-byte chunks per S row
+    auto issue = [&](int ch) {
+        __half *dst = Sb + (ch & 1) * FB * SLD;
+        for (int e = tid; e < FB * cpr; e += 128) {
+            int r = e / cpr, cc = e - r * cpr;
+            cp_async16(dst + r * SLD + cc * 8, shb + (size_t)(ch * FB + r) * DVP + cc * 8, 16);
+        }
+        for (int i = tid; i < FB; i += 128) T[(ch & 1) * FB + i] = tab[ch * FB + i];
+    };
     if (tid == 0) {
         s_le = s_nf = s_n = 0;
         s_min = 0xffffffffu;
         s_max = 0;
         s_sum = 0.0;
     }
-    for (int e = tid; e < QTB * a.d; e += 128) {
-        int r = e / a.d, cc = e % a.d, qi = qt * QTB + r;
-        Qf[r * dp1 + cc] = qi < a.Nq ? ld(qb + (size_t)qi * a.D + cc) : 0.f;
+    issue(0);
+    cp_async_commit();
+    for (int e = tid; e < QTB * DS / 8; e += 128) {
+        int r = e / (DS / 8), cc = (e % (DS / 8)) * 8, qi = qt * QTB + r;
+        float x[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        if (qi < a.Nq) load8(qb + (size_t)qi * a.D + cc, x);
+#pragma unroll
+        for (int i = 0; i < 8; i++) Qf[r * dp1 + cc + i] = x[i];
     }
     __syncthreads();
-    if (tid < QTB) modify_row(Qf + tid * dp1, a.d, a.modify, a.power, a.clip, a.eps, a.sqrt_s);
+    if (tid < QTB) rowf[tid] = row_factor(Qf + tid * dp1, DS, a.modify, a.power, a.clip, a.eps, a.sqrt_s);
+    __syncthreads();
+    pack_pairs(Qf, rowf, QH, DS, tid, 128);
 
     float acc[NT][4];
 #pragma unroll
     for (int i = 0; i < NT; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-    const int nchunks = (a.R + FB - 1) / FB;
-    const int cpr = a.dvp / 8; // 16-byte chunks per S row
     for (int ch = 0; ch < nchunks; ch++) {
-        for (int e = tid; e < FB * cpr; e += 128) {
-            int r = e / cpr, cc = e % cpr;
-            cp_async16(Sb + r * SLD + cc * 8, shb + (size_t)(ch * FB + r) * a.dvp + cc * 8, 16);
-        }
+        __syncthreads(); // QH ready / previous MMA done with Phi and Sb[(ch+1)&1]
+        if (ch + 1 < nchunks) issue(ch + 1);
         cp_async_commit();
-        if (tid < FB) T[tid] = tab[ch * FB + tid];
-        __syncthreads();
-        for (int e = tid; e < QTB * FB; e += 128) {
-            int r = e / FB, f = e % FB;
-            Phi[r * PHI_LD + f] = __float2half(feature(T[f], Qf + r * dp1));
+        const Feat *Tc = T + (ch & 1) * FB;
+#pragma unroll 4
+        for (int i = 0; i < FB / 4; i++) {
+            int f = warp + 4 * i;
+            *reinterpret_cast<__half2 *>(Phi + f * PHI_LD + 2 * lane) = feature2(Tc[f], QH + lane);
         }
-        cp_async_wait<0>();
+        cp_async_wait<1>();
         __syncthreads();
+        const __half *Sc = Sb + (ch & 1) * FB * SLD;
 #pragma unroll
         for (int ks = 0; ks < FB / 16; ks++) {
             uint32_t af[4];
-            ldsm_x4(af, Phi + (warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * PHI_LD + ks * 16 +
-                            8 * (lane >> 4));
+            ldsm_x4_t(af, Phi + (ks * 16 + (lane & 7) + 8 * (lane >> 4)) * PHI_LD + warp * 16 +
+                              8 * ((lane >> 3) & 1));
 #pragma unroll
             for (int nt = 0; nt < NT; nt++) {
                 uint32_t bf[2];
-                ldsm_x2_t(bf, Sb + (ks * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * SLD + nt * 8);
+                ldsm_x2_t(bf, Sc + (ks * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * SLD + nt * 8);
                 mma16816<__half>(acc[nt], af, bf[0], bf[1]);
             }
         }
-        __syncthreads();
     }
-    // epilogue: the den column is a.dv = n-tile dv/8, element 0 of the quad's lane t=0
-    const unsigned *cm = colmax + bhc * a.dvp;
-    const int ntd = a.dv / 8;
+    // epilogue: the den column is DV = n-tile dv/8, element 0 of the quad's lane t=0
+    const unsigned *cm = colmax + bhc * DVP;
+    const int ntd = DV / 8;
     float den_lo = 0.f, den_hi = 0.f;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
@@ -360,17 +413,36 @@ __global__ void __launch_bounds__(128) taylor_apply_kernel(KArgs a, const Feat *
         }
     den_lo = __shfl_sync(0xffffffffu, den_lo, lane & ~3);
     den_hi = __shfl_sync(0xffffffffu, den_hi, lane & ~3);
-    float dsc = col_scale(cm[a.dv]);
+    float dsc = col_scale(cm[DV]);
     den_lo *= dsc;
     den_hi *= dsc;
     const int r_lo = qt * QTB + warp * 16 + (lane >> 2), r_hi = r_lo + 8;
     float inv_lo = 1.f / (den_lo <= a.eps ? a.eps : den_lo);
     float inv_hi = 1.f / (den_hi <= a.eps ? a.eps : den_hi);
-    TO *ob = o + (size_t)bh * a.Nq * a.Dv + c * a.dv;
+    if constexpr (RAW) { // hybrid far field: [num | den] unnormalized, fp32
+        float *rb = reinterpret_cast<float *>(o) + (size_t)bh * a.Nq * (DV + 1);
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            int col = nt * 8 + 2 * (lane & 3);
+            if (col >= DV) continue;
+            float s0 = col_scale(cm[col]), s1 = col_scale(cm[col + 1]);
+            if (r_lo < a.Nq) {
+                rb[(size_t)r_lo * (DV + 1) + col] = acc[nt][0] * s0;
+                rb[(size_t)r_lo * (DV + 1) + col + 1] = acc[nt][1] * s1;
+                if (col == 0) rb[(size_t)r_lo * (DV + 1) + DV] = den_lo;
+            }
+            if (r_hi < a.Nq) {
+                rb[(size_t)r_hi * (DV + 1) + col] = acc[nt][2] * s0;
+                rb[(size_t)r_hi * (DV + 1) + col + 1] = acc[nt][3] * s1;
+                if (col == 0) rb[(size_t)r_hi * (DV + 1) + DV] = den_hi;
+            }
+        }
+    }
+    TO *ob = o + (size_t)bh * a.Nq * a.Dv + c * DV;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
         int col = nt * 8 + 2 * (lane & 3);
-        if (col >= a.dv) continue;
+        if (RAW || col >= DV) continue;
         float s0 = col_scale(cm[col]), s1 = col_scale(cm[col + 1]);
         if (r_lo < a.Nq) {
             ob[(size_t)r_lo * a.Dv + col] = elem<TO>::from_f(acc[nt][0] * s0 * inv_lo);
@@ -408,47 +480,87 @@ __global__ void __launch_bounds__(128) taylor_apply_kernel(KArgs a, const Feat *
     }
 }
 
-// Probe: partial den of probe rows over 128-key chunks.
-template <typename TI>
-__global__ void __launch_bounds__(128) taylor_probe_kernel(KArgs a, int P, const int *rows, int pn,
+__device__ __forceinline__ float4 lds4_volatile(const float *p) {
+    float4 v;
+    asm volatile("ld.shared.v4.f32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "r"(smem_addr(p)));
+    return v;
+}
+
+// Probe: partial den of PG probe rows at a time over PROBE_KEYS keys per
+// block; each thread holds one key row and one sum per probe row in registers.
+template <typename TI, int DS, int PG>
+__global__ void __launch_bounds__(128, 1) taylor_probe_kernel(KArgs a, int P, const int *rows, int pn,
                                                            float *partial, int nchunk) {
-    extern __shared__ __align__(16) unsigned char sm[];
-    const int dp1 = a.d + 1;
-    float *Kf = reinterpret_cast<float *>(sm);   // [128][d+1]
-    float *Qp = Kf + 128 * dp1;                  // [64][d+1]
-    __shared__ float red[4][64];
+    __shared__ __align__(16) float Qp[PG * DS];
+    __shared__ float red[4][PG];
+    __shared__ float qfac[PG];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int chunk = blockIdx.x, bhc = blockIdx.y;
     const int c = bhc % a.b, bh = bhc / a.b, bidx = bh / a.H;
-    const TI *kb = reinterpret_cast<const TI *>(a.k) + (size_t)bh * a.Nk * a.D + c * a.d;
-    const TI *qb = reinterpret_cast<const TI *>(a.q) + (size_t)bh * a.Nq * a.D + c * a.d;
-    const int key = chunk * 128 + tid;
-    const bool valid = key < a.Nk && (!a.mask || a.mask[(size_t)bidx * a.Nk + key]);
-    for (int e = tid; e < 128 * a.d; e += 128) {
-        int r = e / a.d, cc = e % a.d, kk = chunk * 128 + r;
-        Kf[r * dp1 + cc] = kk < a.Nk ? ld(kb + (size_t)kk * a.D + cc) : 0.f;
-    }
-    __syncthreads();
-    modify_row(Kf + tid * dp1, a.d, a.modify, a.power, a.clip, a.eps, a.sqrt_s);
-    for (int g0 = 0; g0 < pn; g0 += 64) {
-        int gn = min(64, pn - g0);
+    const TI *kb = reinterpret_cast<const TI *>(a.k) + (size_t)bh * a.Nk * a.D + c * DS;
+    const TI *qb = reinterpret_cast<const TI *>(a.q) + (size_t)bh * a.Nq * a.D + c * DS;
+    const float c0 = P > 0 ? 1.f : 0.f, c1 = P > 1 ? 1.f : 0.f, c2 = P > 2 ? 0.5f : 0.f,
+                c3 = P > 3 ? 1.f / 6.f : 0.f;
+    for (int g0 = 0; g0 < pn; g0 += PG) {
+        const int gn = min(PG, pn - g0);
         __syncthreads();
-        for (int e = tid; e < gn * a.d; e += 128) {
-            int r = e / a.d, cc = e % a.d;
-            Qp[r * dp1 + cc] = ld(qb + (size_t)rows[g0 + r] * a.D + cc);
+        for (int e = tid; e < PG * DS / 8; e += 128) {
+            int r = e / (DS / 8), cc = (e % (DS / 8)) * 8;
+            float x[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            if (r < gn) load8(qb + (size_t)rows[g0 + r] * a.D + cc, x);
+#pragma unroll
+            for (int i = 0; i < 8; i++) Qp[r * DS + cc + i] = x[i];
         }
         __syncthreads();
-        if (tid < gn) modify_row(Qp + tid * dp1, a.d, a.modify, a.power, a.clip, a.eps, a.sqrt_s);
+        if (tid < PG) qfac[tid] = row_factor(Qp + tid * DS, DS, a.modify, a.power, a.clip, a.eps, a.sqrt_s);
         __syncthreads();
-        for (int p = 0; p < gn; p++) {
-            float x = 0.f;
-            for (int i = 0; i < a.d; i++) x += Qp[p * dp1 + i] * Kf[tid * dp1 + i];
-            float kap = 0.f, term = 1.f;
-            for (int n = 0; n < P; n++) {
-                kap += term;
-                term *= x / (float)(n + 1);
+        for (int e = tid; e < PG * DS; e += 128) Qp[e] *= qfac[e / DS];
+        __syncthreads();
+        float acc[PG];
+#pragma unroll
+        for (int p = 0; p < PG; p++) acc[p] = 0.f;
+        for (int sub = 0; sub < PROBE_KEYS; sub += 128) {
+            const int key = chunk * PROBE_KEYS + sub + tid;
+            if (chunk * PROBE_KEYS + sub >= a.Nk) break;
+            const bool valid = key < a.Nk && (!a.mask || a.mask[(size_t)bidx * a.Nk + key]);
+            float kr[DS];
+#pragma unroll
+            for (int i = 0; i < DS; i += 8) {
+                if (key < a.Nk) load8(kb + (size_t)key * a.D + i, kr + i);
+                else
+#pragma unroll
+                    for (int t = 0; t < 8; t++) kr[i + t] = 0.f;
             }
-            float val = valid ? kap : 0.f;
+            if (!valid) continue;
+            float ss = 0.f;
+#pragma unroll
+            for (int i = 0; i < DS; i++) ss += kr[i] * kr[i];
+            float kf = a.sqrt_s;
+            if (a.modify) {
+                float nrm = sqrtf(ss) + a.eps;
+                if (a.modify == 1) kf /= nrm;
+                else {
+                    if (a.power > 0.f) kf *= powf(nrm, -a.power);
+                    if (a.clip > 0.f) kf *= fminf(1.f, a.clip / nrm);
+                }
+            }
+#pragma unroll
+            for (int p = 0; p < PG; p++) {
+                float x = 0.f;
+#pragma unroll
+                for (int i = 0; i < DS; i += 4) {
+                    float4 qv = lds4_volatile(Qp + p * DS + i); // not hoisted out of the key loop
+                    x += qv.x * kr[i] + qv.y * kr[i + 1] + qv.z * kr[i + 2] + qv.w * kr[i + 3];
+                }
+                x *= kf;
+                acc[p] += fmaf(x, fmaf(x, fmaf(x, c3, c2), c1), c0); // kappa_P, P <= 4
+            }
+        }
+#pragma unroll
+        for (int p = 0; p < PG; p++) {
+            float val = acc[p];
             for (int o = 16; o > 0; o >>= 1) val += __shfl_xor_sync(0xffffffffu, val, o);
             if (lane == 0) red[warp][p] = val;
         }
@@ -457,6 +569,22 @@ __global__ void __launch_bounds__(128) taylor_probe_kernel(KArgs a, int P, const
             partial[((size_t)bhc * pn + g0 + p) * nchunk + chunk] =
                 red[0][p] + red[1][p] + red[2][p] + red[3][p];
     }
+}
+
+template <typename TI>
+int launch_probe(const KArgs &k, int d, int P, const int *rows, int pn, float *partial, int nchunk,
+                 int BHC, cudaStream_t st, char *err, size_t errlen) {
+    dim3 grid(nchunk, BHC);
+    switch (d) {
+    case 8: taylor_probe_kernel<TI, 8, 32><<<grid, 128, 0, st>>>(k, P, rows, pn, partial, nchunk); break;
+    case 16: taylor_probe_kernel<TI, 16, 32><<<grid, 128, 0, st>>>(k, P, rows, pn, partial, nchunk); break;
+    case 32: taylor_probe_kernel<TI, 32, 32><<<grid, 128, 0, st>>>(k, P, rows, pn, partial, nchunk); break;
+    case 64: taylor_probe_kernel<TI, 64, 16><<<grid, 128, 0, st>>>(k, P, rows, pn, partial, nchunk); break;
+    case 128: taylor_probe_kernel<TI, 128, 8><<<grid, 128, 0, st>>>(k, P, rows, pn, partial, nchunk); break;
+    default: snprintf(err, errlen, "taylor probe: slice dim %d not supported", d); return 3;
+    }
+    TKC_LAUNCHED("taylor_probe_kernel", err, errlen);
+    return 0;
 }
 
 __global__ void probe_sum_kernel(const float *partial, float *out, int n, int nchunk) {
@@ -494,7 +622,7 @@ KArgs kargs_of(const tkc_taylor_args *a, const Layout &L) {
     return k;
 }
 
-template <typename TI, typename TO, int NT>
+template <typename TI, typename TO, int DS, int DV, bool RAW>
 int run_nt(const tkc_taylor_args *a, const Layout &L, unsigned char *ws, cudaStream_t st,
            char *err, size_t errlen) {
     KArgs k = kargs_of(a, L);
@@ -504,9 +632,9 @@ int run_nt(const tkc_taylor_args *a, const Layout &L, unsigned char *ws, cudaStr
     __half *sh = reinterpret_cast<__half *>(ws + L.off_sh);
     tkc_den_stats *den = reinterpret_cast<tkc_den_stats *>(ws + L.off_den);
 
-    size_t smA = (size_t)FA * PHI_LD * 2 + (size_t)KTA * (L.dvp + 8) * 2 +
-                 (size_t)KTA * (L.d + 1) * 4 + FA * sizeof(Feat) + KTA * sizeof(int);
-    auto ka = taylor_reduce_kernel<TI, NT>;
+    size_t smA = (size_t)FA * PHI_LD * 2 + (size_t)KTA * (L.dvp + 8) * 2 + (size_t)(L.d + 1) * 32 * 4 +
+                 (size_t)KTA * (L.d + 1) * 4 + FA * sizeof(Feat) + KTA * 4 + KTA * sizeof(int);
+    auto ka = taylor_reduce_kernel<TI, DS, DV>;
     TKC_TRY(cudaFuncSetAttribute(ka, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smA), err,
             errlen);
     ka<<<dim3(L.nfa, L.split, L.BHC), 256, smA, st>>>(k, tab, part);
@@ -528,9 +656,9 @@ int run_nt(const tkc_taylor_args *a, const Layout &L, unsigned char *ws, cudaStr
     memcpy(&init.min, &mn, 4);
     memcpy(&init.max, &mx, 4);
     TKC_TRY(cudaMemcpyAsync(den, &init, sizeof init, cudaMemcpyHostToDevice, st), err, errlen);
-    size_t smB = (size_t)QTB * PHI_LD * 2 + (size_t)FB * (L.dvp + 8) * 2 +
-                 (size_t)QTB * (L.d + 1) * 4 + FB * sizeof(Feat);
-    auto kb = taylor_apply_kernel<TI, TO, NT>;
+    size_t smB = (size_t)FB * PHI_LD * 2 + 2 * (size_t)FB * (L.dvp + 8) * 2 + (size_t)(L.d + 1) * 32 * 4 +
+                 (size_t)QTB * (L.d + 1) * 4 + 2 * FB * sizeof(Feat) + QTB * 4;
+    auto kb = taylor_apply_kernel<TI, TO, DS, DV, RAW>;
     TKC_TRY(cudaFuncSetAttribute(kb, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smB), err,
             errlen);
     kb<<<dim3((a->Nq + QTB - 1) / QTB, L.BHC), 128, smB, st>>>(k, tab, sh, colmax, (TO *)a->o, den);
@@ -541,13 +669,26 @@ int run_nt(const tkc_taylor_args *a, const Layout &L, unsigned char *ws, cudaStr
 template <typename TI, typename TO>
 int run_t(const tkc_taylor_args *a, const Layout &L, unsigned char *ws, cudaStream_t st, char *err,
           size_t errlen) {
-    switch (L.dvp / 8) {
-#define TKC_NT(n) \
-    case n: return run_nt<TI, TO, n>(a, L, ws, st, err, errlen);
-        TKC_NT(2) TKC_NT(3) TKC_NT(5) TKC_NT(9) TKC_NT(17)
-#undef TKC_NT
+    if (a->raw_out) { // hybrid far field: d = global dim, dv = Dv, one slice
+        if (L.dv == 128 && L.d == 16) return run_nt<TI, float, 16, 128, true>(a, L, ws, st, err, errlen);
+        if (L.dv == 128 && L.d == 8) return run_nt<TI, float, 8, 128, true>(a, L, ws, st, err, errlen);
+        if (L.dv == 128 && L.d == 32) return run_nt<TI, float, 32, 128, true>(a, L, ws, st, err, errlen);
+        if (L.dv == 64 && L.d == 16) return run_nt<TI, float, 16, 64, true>(a, L, ws, st, err, errlen);
+        snprintf(err, errlen, "hybrid far field on cuda: global_dim %d with Dv %d (supported: 8, 16, 32 with Dv 128; 16 with Dv 64)", L.d, L.dv);
+        return 3;
+    }
+    if (L.d != L.dv) {
+        snprintf(err, errlen, "taylor on cuda: slice dims d=%d and dv=%d differ (D == Dv needed)", L.d, L.dv);
+        return 3;
+    }
+    switch (L.d) {
+    case 8: return run_nt<TI, TO, 8, 8, false>(a, L, ws, st, err, errlen);
+    case 16: return run_nt<TI, TO, 16, 16, false>(a, L, ws, st, err, errlen);
+    case 32: return run_nt<TI, TO, 32, 32, false>(a, L, ws, st, err, errlen);
+    case 64: return run_nt<TI, TO, 64, 64, false>(a, L, ws, st, err, errlen);
+    case 128: return run_nt<TI, TO, 128, 128, false>(a, L, ws, st, err, errlen);
     default:
-        snprintf(err, errlen, "taylor: slice value dim %d (cuda supports 8, 16, 32, 64, 128)", L.dv);
+        snprintf(err, errlen, "taylor on cuda: slice dim %d (supported: 8, 16, 32, 64, 128)", L.d);
         return 3;
     }
 }
@@ -581,28 +722,15 @@ int tkc_taylor_probe(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int nu
         return 3;
     }
     KArgs k = kargs_of(a, L);
-    int nchunk = (a->Nk + 127) / 128;
+    int nchunk = (a->Nk + PROBE_KEYS - 1) / PROBE_KEYS;
     float *partial = reinterpret_cast<float *>((unsigned char *)ws + L.off_probe);
     float *out = partial + (size_t)L.BHC * a->probe_n * nchunk;
-    size_t sm = (size_t)(128 + 64) * (L.d + 1) * 4;
-    dim3 grid(nchunk, L.BHC);
-    if (a->dtype == TK_DTYPE_BF16) {
-        TKC_TRY(cudaFuncSetAttribute(taylor_probe_kernel<__nv_bfloat16>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm), err, errlen);
-        taylor_probe_kernel<__nv_bfloat16><<<grid, 128, sm, st>>>(k, a->terms, a->probe_rows, a->probe_n,
-                                                                  partial, nchunk);
-    } else if (a->dtype == TK_DTYPE_F16) {
-        TKC_TRY(cudaFuncSetAttribute(taylor_probe_kernel<__half>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm), err, errlen);
-        taylor_probe_kernel<__half><<<grid, 128, sm, st>>>(k, a->terms, a->probe_rows, a->probe_n,
-                                                           partial, nchunk);
-    } else {
-        TKC_TRY(cudaFuncSetAttribute(taylor_probe_kernel<float>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm), err, errlen);
-        taylor_probe_kernel<float><<<grid, 128, sm, st>>>(k, a->terms, a->probe_rows, a->probe_n,
-                                                          partial, nchunk);
-    }
-    TKC_LAUNCHED("taylor_probe_kernel", err, errlen);
+    int rc = a->dtype == TK_DTYPE_BF16
+                 ? launch_probe<__nv_bfloat16>(k, L.d, a->terms, a->probe_rows, a->probe_n, partial, nchunk, L.BHC, st, err, errlen)
+             : a->dtype == TK_DTYPE_F16
+                 ? launch_probe<__half>(k, L.d, a->terms, a->probe_rows, a->probe_n, partial, nchunk, L.BHC, st, err, errlen)
+                 : launch_probe<float>(k, L.d, a->terms, a->probe_rows, a->probe_n, partial, nchunk, L.BHC, st, err, errlen);
+    if (rc) return rc;
     int n = L.BHC * a->probe_n;
     probe_sum_kernel<<<(n + 255) / 256, 256, 0, st>>>(partial, out, n, nchunk);
     TKC_LAUNCHED("probe_sum_kernel", err, errlen);

@@ -41,6 +41,10 @@ double tkcu_gemm_bf16_ms(int M, int N, int K, int reps, char *err, size_t errlen
 /* Device-to-device copy of bytes: median ms. */
 double tkcu_copy_ms(size_t bytes, int reps, char *err, size_t errlen);
 
+/* The hybrid PCA projection [D][g] (host fp32) cached for (layer, b*H+h) in a
+ * cuda context; 0 ok, nonzero when none is cached. */
+int tkcu_hybrid_projection(tk_context *ctx, int layer, int bh, float *out, int *D, int *g);
+
 #ifdef __cplusplus
 }
 #endif

@@ -430,18 +430,123 @@ static void test_taylor_quality_stats_measure_the_taylor_error(void) {
     tkcuda_close(&ctx);
 }
 
-static void test_hybrid_is_reported_as_not_implemented_and_writes_nothing(void) {
+/* fp64 hybrid (SPEC 4): window of query i (2d: text keys + (2r+1)^2 cells,
+ * text queries see all; 1d: |i-j| <= r), far field kappa_P on x' =
+ * sqrt(D^-1/2) P^T x (P the device's PCA projection, read back). */
+static int visible(const problem *p, int T, int gw, int r, int shape2d, int i, int j) {
+    if (!shape2d) return abs(i - j) <= r;
+    if (i < T || j < T) return 1;
+    int qy = (i - T) / gw, qx = (i - T) % gw, ky = (j - T) / gw, kx = (j - T) % gw;
+    (void)p;
+    return abs(qy - ky) <= r && abs(qx - kx) <= r;
+}
+
+static double *hybrid_ref(tk_context *ctx, const problem *p, const tk_config *cfg, int T, int gw,
+                          int shape2d) {
+    int N = p->Nq, D = p->D, r = cfg->local_window, P = cfg->global_P, g = cfg->global_dim;
+    double w = cfg->global_weight, s0 = 1.0 / sqrt((double)D), sf = sqrt(1.0 / sqrt((double)D));
+    int normalized = cfg->combine == TK_COMBINE_NORMALIZED;
+    double *o = xmalloc(sizeof(double) * p->B * p->H * N * D);
+    double *qp = xmalloc(sizeof(double) * N * 32), *kp = xmalloc(sizeof(double) * N * 32);
+    float *Pm = xmalloc(sizeof(float) * D * 32);
+    double *sc = xmalloc(sizeof(double) * N), *kap = xmalloc(sizeof(double) * N);
+    for (int bh = 0; bh < p->B * p->H; bh++) {
+        int bi = bh / p->H, Dm = 0, gm = 0;
+        int have = w > 0 && r > 0;
+        if (have && (tkcu_hybrid_projection(ctx, 0, bh, Pm, &Dm, &gm) || Dm != D || gm != g))
+            th_fail(__FILE__, __LINE__, "no PCA projection cached for bh %d", bh);
+        for (int n = 0; have && n < N; n++)
+            for (int j = 0; j < g; j++) {
+                double aq = 0, ak = 0;
+                for (int t = 0; t < D; t++) {
+                    aq += (double)p->q[((size_t)bh * N + n) * D + t] * Pm[t * g + j];
+                    ak += (double)p->k[((size_t)bh * N + n) * D + t] * Pm[t * g + j];
+                }
+                qp[n * 32 + j] = aq * sf, kp[n * 32 + j] = ak * sf;
+            }
+        for (int i = 0; i < N; i++) {
+            double mx = -INFINITY;
+            const float *qi = p->q + ((size_t)bh * N + i) * D;
+            for (int j = 0; j < N; j++) {
+                int kept = !p->mask || p->mask[bi * N + j];
+                double x = 0;
+                for (int t = 0; t < D; t++) x += (double)qi[t] * p->k[((size_t)bh * N + j) * D + t];
+                sc[j] = kept ? x * s0 : -INFINITY;
+                int win = kept && (r <= 0 || visible(p, T, gw, r, shape2d, i, j));
+                if (win && sc[j] > mx) mx = sc[j];
+                double xf = 0, kk = 0, term = 1;
+                for (int t = 0; have && t < g; t++) xf += qp[i * 32 + t] * kp[j * 32 + t];
+                for (int n = 0; n < P; n++) kk += term, term *= xf / (n + 1);
+                kap[j] = kept && have ? kk : 0;
+            }
+            double nl[128] = {0}, nf[128] = {0}, dl = 0, df = 0;
+            for (int j = 0; j < N; j++) {
+                int win = sc[j] > -INFINITY && (r <= 0 || visible(p, T, gw, r, shape2d, i, j));
+                const float *vj = p->v + ((size_t)bh * N + j) * D;
+                double e = win ? exp(sc[j] - mx) : 0;
+                double kf = (!win || !normalized) ? kap[j] : 0; /* normalized: far term without the window */
+                dl += e, df += kf;
+                for (int t = 0; t < D; t++) nl[t] += e * vj[t], nf[t] += kf * vj[t];
+            }
+            double *oi = o + ((size_t)bh * N + i) * D;
+            int text_full = shape2d && i < T; /* text queries: the window is everything */
+            for (int t = 0; t < D; t++) {
+                if (!have || text_full || r <= 0 || df <= 0) oi[t] = nl[t] / dl;
+                else if (normalized) oi[t] = (nl[t] + w * exp(-mx) * nf[t]) / (dl + w * exp(-mx) * df);
+                else oi[t] = nl[t] / dl + w * nf[t] / df;
+            }
+        }
+    }
+    free(qp), free(kp), free(Pm), free(sc), free(kap);
+    return o;
+}
+
+static void check_hybrid(int shape2d, int normalized, double w, double keep, tk_dtype dt) {
     need_device();
     tk_context ctx;
     open_ctx(&ctx);
-    problem p = make_problem(1, 1, 64, 64, 64, 64, TK_DTYPE_BF16, 1.0, 1.0, 2);
+    int T = 20, gh = 12, gw = 10, N = T + gh * gw;
+    problem p = make_problem(1, 2, N, N, 64, 64, dt, 1.0, keep, 77 + shape2d);
     tk_config cfg;
     tk_config_defaults(&cfg);
-    tk_result r = run(&ctx, &p, &cfg, TK_MODE_HYBRID, NULL);
-    TH_EQ_STR(tk_reason_name(r.reason), "backend_error");
-    TH_CHECK(output_still_poisoned(&p));
+    cfg.window_shape = shape2d ? TK_WINDOW_2D : TK_WINDOW_1D;
+    cfg.local_window = shape2d ? 2 : 17;
+    cfg.combine = normalized ? TK_COMBINE_NORMALIZED : TK_COMBINE_ADDITIVE;
+    cfg.global_weight = w;
+    cfg.pca_samples = 100;
+    tk_call c = call_of(&p);
+    c.text_tokens = T, c.grid_h = gh, c.grid_w = gw;
+    tk_result r;
+    memset(&r, 0, sizeof r);
+    poison(&p);
+    tk_stats_request sr = {4, 0, 3};
+    TH_EQ_INT(tkcuda_attention(&ctx, &c, &cfg, TK_MODE_HYBRID, &sr, &r), TK_OK);
+    TH_CHECKF(r.reason == TK_REASON_NONE, "reason %s: %s", tk_reason_name(r.reason), r.detail);
+    TH_EQ_INT(r.path, TK_PATH_HYBRID);
+    TH_EQ_INT(r.window, cfg.local_window);
+    if (w > 0) {
+        TH_CHECK(r.stats.have & TK_HAVE_DENOMS);
+        TH_CHECK(r.stats.den.n > 0);
+    }
+    double *ref = hybrid_ref(&ctx, &p, &cfg, T, gw, shape2d);
+    double e = nmse(&p, ref);
+    TH_CHECKF(e <= 5e-4, "normalized MSE %.3g > 5e-4", e);
+    free(ref);
     free_problem(&p);
     tkcuda_close(&ctx);
+}
+
+static void test_hybrid_2d_window_alone_matches_fp64_windowed_softmax(void) {
+    check_hybrid(1, 1, 0.0, 1.0, TK_DTYPE_BF16);
+}
+static void test_hybrid_2d_normalized_far_field_matches_fp64(void) {
+    check_hybrid(1, 1, 1.0, 1.0, TK_DTYPE_BF16);
+}
+static void test_hybrid_2d_normalized_with_key_mask_f16_matches_fp64(void) {
+    check_hybrid(1, 1, 1.0, 0.7, TK_DTYPE_F16);
+}
+static void test_hybrid_1d_additive_matches_fp64(void) {
+    check_hybrid(0, 0, 0.5, 1.0, TK_DTYPE_BF16);
 }
 
 #define T(name) TH_TEST(name)
@@ -462,7 +567,10 @@ static const th_test tests[] = {
     T(test_a_workspace_too_large_for_the_device_is_out_of_memory),
     T(test_exact_quality_stats_see_an_exact_output_and_time_is_reported),
     T(test_taylor_quality_stats_measure_the_taylor_error),
-    T(test_hybrid_is_reported_as_not_implemented_and_writes_nothing),
+    T(test_hybrid_2d_window_alone_matches_fp64_windowed_softmax),
+    T(test_hybrid_2d_normalized_far_field_matches_fp64),
+    T(test_hybrid_2d_normalized_with_key_mask_f16_matches_fp64),
+    T(test_hybrid_1d_additive_matches_fp64),
 #else
     T(x),
 #endif

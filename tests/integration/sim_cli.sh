@@ -33,6 +33,12 @@ grep -q "^| 0.05 |" "$tmp/cal" || fail "calibration table: $(cat "$tmp/cal")"
 pick() { sed 's/.*\(calls [0-9]* fallbacks [0-9]*\).*\(output_sum [^ ]* output_abs_sum [^ ]*\).*/\1 \2/' "$1"; }
 [ "$(pick "$tmp/a")" = "$(pick "$tmp/b")" ] || fail "replay differs: $(pick "$tmp/a") / $(pick "$tmp/b")"
 
+# a captured call runs on its own in taylor-attn (same [1,H,N,D] files)
+f="$tmp/cap/s0001_l002.safetensors"
+"$B/taylor-attn" --q "$f:q" --k "$f:k" --v "$f:v" --out "$tmp/o.npy" --mode exact \
+    --text-tokens 64 --grid 16x16 >/dev/null 2>"$tmp/err" || fail "taylor-attn on a capture: $(cat "$tmp/err")"
+[ -s "$tmp/o.npy" ] || fail "taylor-attn wrote no output"
+
 rm "$tmp/cap/s0001_l005.safetensors"
 "$sim" --listen none --quiet --replay "$tmp/cap" >"$tmp/out" 2>"$tmp/err"
 [ $? -eq 1 ] || fail "replay with a missing file did not exit 1"

@@ -1,0 +1,1001 @@
+// hybrid.cu -- hybrid attention (SPEC 4): exact softmax over a local window
+// plus a far-field Taylor term on PCA-projected q0/k0, fused.
+//
+//  1. PCA per (layer, head), cached: sampled q0/k0 rows are gathered, their
+//     second-moment matrix X^T X comes from one batched cuBLAS product, and
+//     the top global_dim eigenvectors from a subspace iteration on the host.
+//     (Second moment, not centred: the far kernel depends on q.k, which the
+//     projection onto the leading eigenvectors of E[x x^T] preserves best.)
+//  2. A projection kernel writes x' = sqrt(s_far) * mod(P^T x0) for every q0
+//     and k0 row (s_far = D^-1/2 global_scale_mul, SPEC 3.3 modification).
+//  3. Far field: the Taylor kernels (phase A, reduce, phase B) on x' with
+//     d = global_dim, writing [num | den] per query unnormalized.
+//  4. Local kernel (one block = an 8x8 cell tile of image queries, or 64
+//     consecutive tokens for the 1d window): the keys a window touches (text
+//     keys, then the clamped (8+2r)^2 rectangle, gathered by cp.async) stream
+//     through shared memory; S = q k^T and x' = q' k'^T on mma.sync; each
+//     visible key gets p = e^{x-m} - w e^{-m} kappa(x') (normalized combine),
+//     so one P.V product serves the local sum and removes the window's keys
+//     from the far term; the far term is added once per query at the end.
+//     Text queries see every key: exact kernel on those rows.
+//  5. A query whose far denominator D_far - D_far,win comes out <= 0 is
+//     flagged, counted, and recomputed with its local term alone.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublas_v2.h>
+
+#include "cuda_internal.h"
+
+namespace {
+
+using namespace tkc;
+
+struct pca_entry {
+    int layer, step_fit, BH, D, g;
+    float *P; // device [BH][D][g]
+};
+
+} // namespace
+
+struct tkc_hybrid_state {
+    cublasHandle_t blas;
+    pca_entry *pca;
+    int npca, cap;
+    void *ws;
+    size_t ws_bytes;
+};
+
+namespace {
+
+size_t al256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+uint64_t smix(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void hfail(tk_result *res, tk_reason r, const char *detail) {
+    res->reason = r;
+    res->path = TK_PATH_FALLBACK;
+    snprintf(res->detail, sizeof res->detail, "%s", detail);
+}
+
+int window_at(const tk_config *c, double sigma) {
+    if (c->local_window_sigma_high <= c->local_window_sigma_low) return c->local_window;
+    if (sigma >= c->local_window_sigma_high) return c->local_window_max;
+    if (sigma <= c->local_window_sigma_low) return c->local_window_min;
+    double t = (c->local_window_sigma_high - sigma) / (c->local_window_sigma_high - c->local_window_sigma_low);
+    double s = t * t * (3 - 2 * t);
+    return (int)lround(c->local_window_max + (c->local_window_min - c->local_window_max) * s);
+}
+
+double far_weight_at(const tk_config *c, double sigma) {
+    if (c->global_sigma_high <= c->global_sigma_low) return c->global_weight;
+    if (sigma <= c->global_sigma_low) return c->global_weight;
+    if (sigma >= c->global_sigma_high) return 0.0;
+    return c->global_weight * (c->global_sigma_high - sigma) / (c->global_sigma_high - c->global_sigma_low);
+}
+
+template <typename T>
+__global__ void gather_rows_f32(const T *x, const int *rows, int nrows, int N, int D, float *out,
+                                int out_rows, int out_off) {
+    int bh = blockIdx.y;
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < nrows * D; e += gridDim.x * blockDim.x) {
+        int r = e / D, c = e % D;
+        out[((size_t)bh * out_rows + out_off + r) * D + c] = elem<T>::to_f(x[((size_t)bh * N + rows[r]) * D + c]);
+    }
+}
+
+// x' rows: [BH][N][g] in T.
+template <typename T>
+__global__ void project_kernel(const T *x, const float *P, int N, int D, int g, int modify, float power,
+                               float clip, float eps, float sqrt_s, T *out) {
+    extern __shared__ float Ps[]; // [D][g]
+    const int bh = blockIdx.y;
+    for (int i = threadIdx.x; i < D * g; i += blockDim.x) Ps[i] = P[(size_t)bh * D * g + i];
+    __syncthreads();
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    const T *xr = x + ((size_t)bh * N + n) * D;
+    float acc[32];
+#pragma unroll
+    for (int j = 0; j < 32; j++) acc[j] = 0.f;
+    for (int i = 0; i < D; i++) {
+        float xi = elem<T>::to_f(xr[i]);
+#pragma unroll
+        for (int j = 0; j < 32; j++)
+            if (j < g) acc[j] += xi * Ps[i * g + j];
+    }
+    float f = sqrt_s;
+    if (modify) {
+        float ss = 0.f;
+#pragma unroll
+        for (int j = 0; j < 32; j++) ss += j < g ? acc[j] * acc[j] : 0.f;
+        float nrm = sqrtf(ss) + eps;
+        if (modify == 1) f /= nrm;
+        else {
+            if (power > 0.f) f *= powf(nrm, -power);
+            if (clip > 0.f) f *= fminf(1.f, clip / nrm);
+        }
+    }
+    T *o = out + ((size_t)bh * N + n) * g;
+#pragma unroll
+    for (int j = 0; j < 32; j++)
+        if (j < g) o[j] = elem<T>::from_f(acc[j] * f);
+}
+
+struct LocalArgs {
+    const void *q, *k, *v, *qp, *kp; // qp, kp: projected [BH][N][G]
+    const uint8_t *mask;
+    const float *far;                // [BH][N][D+1] num | den (unnormalized), or NULL
+    void *o;
+    const uint8_t *only;             // recompute pass: write only rows flagged here
+    uint8_t *flags;                  // rows whose far denominator came out <= 0
+    tkc_den_stats *den;
+    int H, N, T, gh, gw, r, shape2d;
+    float scale_log2, w;
+    float c0, c1, c2, c3; // kappa_P coefficients (P <= 4)
+    int normalized;
+};
+
+constexpr int LKT = 64;       // keys per tile
+constexpr int LNW = 4;        // warps: 64 queries
+constexpr int INFO_INVALID = -1, INFO_TEXT = -2;
+
+__device__ __forceinline__ unsigned ord_enc2(float x) {
+    unsigned u = __float_as_uint(x);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Key list of a block: 2d = text tokens padded to a tile, then the clamped
+// rectangle; 1d = a contiguous token range. Returns the token of list slot L
+// (or -1) and its info word for the window test.
+struct KeyList {
+    int shape2d, T, Tpad, y0, x0, RW, RH, gw, kbeg, kend;
+    __device__ __forceinline__ int count() const { return shape2d ? Tpad + RW * RH : kend - kbeg; }
+    __device__ __forceinline__ int token(int L, int *info) const {
+        if (!shape2d) {
+            int t = kbeg + L;
+            if (t >= kend) { *info = INFO_INVALID; return -1; }
+            *info = t;
+            return t;
+        }
+        if (L < Tpad) {
+            if (L >= T) { *info = INFO_INVALID; return -1; }
+            *info = INFO_TEXT;
+            return L;
+        }
+        int m = L - Tpad;
+        if (m >= RW * RH) { *info = INFO_INVALID; return -1; }
+        int ky = y0 + m / RW, kx = x0 + m % RW;
+        *info = (ky << 16) | kx;
+        return T + ky * gw + kx;
+    }
+};
+
+template <typename T, typename TO, int D, int G, bool FAR>
+__global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) {
+    constexpr int LD = D + 8, GLD = G + 8, CH = D / 8, BR = 16 * LNW, NTHR = LNW * 32;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T *Qs = reinterpret_cast<T *>(smem_raw);       // [BR][LD]
+    T *Ks = Qs + BR * LD;                           // [2][LKT][LD]
+    T *Vs = Ks + 2 * LKT * LD;                      // [2][LKT][LD]
+    T *KPs = Vs + 2 * LKT * LD;                     // [2][LKT][GLD]
+    T *QPs = KPs + 2 * LKT * GLD;                   // [BR][GLD]
+    int *info = reinterpret_cast<int *>(QPs + BR * GLD); // [2][LKT]
+    __shared__ int qtok[BR];
+    __shared__ unsigned long long s_n, s_le, s_nf;
+    __shared__ unsigned s_min, s_max;
+    __shared__ double s_sum;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int bh = blockIdx.y, b = bh / a.H;
+    const T *qb = reinterpret_cast<const T *>(a.q) + (size_t)bh * a.N * D;
+    const T *kb = reinterpret_cast<const T *>(a.k) + (size_t)bh * a.N * D;
+    const T *vb = reinterpret_cast<const T *>(a.v) + (size_t)bh * a.N * D;
+    const T *qpb = FAR ? reinterpret_cast<const T *>(a.qp) + (size_t)bh * a.N * G : nullptr;
+    const T *kpb = FAR ? reinterpret_cast<const T *>(a.kp) + (size_t)bh * a.N * G : nullptr;
+    const uint8_t *mb = a.mask ? a.mask + (size_t)b * a.N : nullptr;
+
+    KeyList kl;
+    kl.shape2d = a.shape2d;
+    kl.T = a.T;
+    kl.Tpad = (a.T + LKT - 1) / LKT * LKT;
+    kl.gw = a.gw;
+    int qy0 = 0, qx0 = 0;
+    if (a.shape2d) {
+        int tiles_x = (a.gw + 7) / 8;
+        qy0 = (blockIdx.x / tiles_x) * 8;
+        qx0 = (blockIdx.x % tiles_x) * 8;
+        kl.y0 = max(0, qy0 - a.r);
+        kl.x0 = max(0, qx0 - a.r);
+        kl.RH = min(a.gh, qy0 + 8 + a.r) - kl.y0;
+        kl.RW = min(a.gw, qx0 + 8 + a.r) - kl.x0;
+        kl.kbeg = kl.kend = 0;
+    } else {
+        int q0 = blockIdx.x * BR;
+        kl.kbeg = max(0, q0 - a.r);
+        kl.kend = min(a.N, q0 + BR + a.r);
+        kl.y0 = kl.x0 = kl.RW = kl.RH = 0;
+    }
+    if (tid < BR) {
+        int t;
+        if (a.shape2d) {
+            int qy = qy0 + tid / 8, qx = qx0 + tid % 8;
+            t = (qy < a.gh && qx < a.gw) ? a.T + qy * a.gw + qx : -1;
+        } else {
+            t = blockIdx.x * BR + tid;
+            if (t >= a.N) t = -1;
+        }
+        qtok[tid] = t;
+    }
+    if (tid == 0) {
+        s_n = s_le = s_nf = 0;
+        s_min = 0xffffffffu;
+        s_max = 0;
+        s_sum = 0.0;
+    }
+    __syncthreads();
+    // Q (and q') rows by token
+    for (int c = tid; c < BR * CH; c += NTHR) {
+        int r = c / CH, cc = c % CH, t = qtok[r];
+        cp_async16(Qs + r * LD + cc * 8, qb + (size_t)(t >= 0 ? t : 0) * D + cc * 8, t >= 0 ? 16 : 0);
+    }
+    if (FAR)
+        for (int c = tid; c < BR * (G / 8); c += NTHR) {
+            int r = c / (G / 8), cc = c % (G / 8), t = qtok[r];
+            cp_async16(QPs + r * GLD + cc * 8, qpb + (size_t)(t >= 0 ? t : 0) * G + cc * 8, t >= 0 ? 16 : 0);
+        }
+    const int nkeys = kl.count();
+    const int ntiles = (nkeys + LKT - 1) / LKT;
+    // two threads per key row: each copies half of the row's chunks
+    auto issue = [&](int j) {
+        int buf = j & 1;
+        int r = tid >> 1, half = tid & 1;
+        int inf;
+        int t = kl.token(j * LKT + r, &inf);
+        if (t >= 0 && mb && !mb[t]) inf = INFO_INVALID;
+        bool ok = t >= 0;
+        const T *ks = kb + (size_t)(ok ? t : 0) * D, *vs = vb + (size_t)(ok ? t : 0) * D;
+        T *kd = Ks + (buf * LKT + r) * LD, *vd = Vs + (buf * LKT + r) * LD;
+#pragma unroll
+        for (int cc = half * (CH / 2); cc < (half + 1) * (CH / 2); cc++) {
+            cp_async16(kd + cc * 8, ks + cc * 8, ok ? 16 : 0);
+            cp_async16(vd + cc * 8, vs + cc * 8, ok ? 16 : 0);
+        }
+        if (FAR && half == 0)
+#pragma unroll
+            for (int cc = 0; cc < G / 8; cc++)
+                cp_async16(KPs + (buf * LKT + r) * GLD + cc * 8, kpb + (size_t)(ok ? t : 0) * G + cc * 8,
+                           ok ? 16 : 0);
+        if (half == 0) info[buf * LKT + r] = inf;
+    };
+    issue(0);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+
+    uint32_t qf[D / 16][4];
+    uint32_t qpf[G / 16][4];
+    {
+        int r = warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
+        for (int kk = 0; kk < D / 16; kk++) ldsm_x4(qf[kk], Qs + r * LD + kk * 16 + 8 * (lane >> 4));
+        if (FAR)
+            for (int kk = 0; kk < G / 16; kk++) ldsm_x4(qpf[kk], QPs + r * GLD + kk * 16 + 8 * (lane >> 4));
+    }
+    // this thread's two query rows: token and window position
+    const int row_lo = warp * 16 + (lane >> 2), row_hi = row_lo + 8;
+    const int t_lo = qtok[row_lo], t_hi = qtok[row_hi];
+    int qy_lo = 0, qx_lo = 0, qy_hi = 0, qx_hi = 0;
+    if (a.shape2d) {
+        qy_lo = qy0 + row_lo / 8, qx_lo = qx0 + row_lo % 8;
+        qy_hi = qy0 + row_hi / 8, qx_hi = qx0 + row_hi % 8;
+    }
+
+    float acc[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    float m_lo = -INFINITY, m_hi = -INFINITY, l1_lo = 0.f, l1_hi = 0.f, l2_lo = 0.f, l2_hi = 0.f;
+
+    for (int j = 0; j < ntiles; j++) {
+        if (j + 1 < ntiles) issue(j + 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const T *kt = Ks + (j & 1) * LKT * LD;
+        const T *vt = Vs + (j & 1) * LKT * LD;
+        const T *kpt = KPs + (j & 1) * LKT * GLD;
+        const int *it = info + (j & 1) * LKT;
+
+        float s[LKT / 8][4], sp[LKT / 8][4];
+#pragma unroll
+        for (int i = 0; i < LKT / 8; i++) {
+            s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+            sp[i][0] = sp[i][1] = sp[i][2] = sp[i][3] = 0.f;
+        }
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+            for (int np = 0; np < LKT / 16; np++) {
+                uint32_t r[4];
+                int row = np * 16 + (lane & 7) + 8 * (lane >> 4);
+                ldsm_x4(r, kt + row * LD + kk * 16 + 8 * ((lane >> 3) & 1));
+                mma16816<T>(s[2 * np], qf[kk], r[0], r[1]);
+                mma16816<T>(s[2 * np + 1], qf[kk], r[2], r[3]);
+            }
+        }
+        if (FAR) {
+#pragma unroll
+            for (int kk = 0; kk < G / 16; kk++) {
+#pragma unroll
+                for (int np = 0; np < LKT / 16; np++) {
+                    uint32_t r[4];
+                    int row = np * 16 + (lane & 7) + 8 * (lane >> 4);
+                    ldsm_x4(r, kpt + row * GLD + kk * 16 + 8 * ((lane >> 3) & 1));
+                    mma16816<T>(sp[2 * np], qpf[kk], r[0], r[1]);
+                    mma16816<T>(sp[2 * np + 1], qpf[kk], r[2], r[3]);
+                }
+            }
+        }
+        // window visibility -> -inf bias; row max
+        float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < LKT / 8; nt++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                int inf = it[nt * 8 + 2 * (lane & 3) + e];
+                bool v_lo, v_hi;
+                if (inf == INFO_INVALID) v_lo = v_hi = false;
+                else if (inf == INFO_TEXT) v_lo = v_hi = true;
+                else if (a.shape2d) {
+                    int ky = inf >> 16, kx = inf & 0xffff;
+                    v_lo = abs(ky - qy_lo) <= a.r && abs(kx - qx_lo) <= a.r;
+                    v_hi = abs(ky - qy_hi) <= a.r && abs(kx - qx_hi) <= a.r;
+                } else {
+                    v_lo = abs(inf - t_lo) <= a.r;
+                    v_hi = abs(inf - t_hi) <= a.r;
+                }
+                s[nt][e] = v_lo ? s[nt][e] * a.scale_log2 : -INFINITY;
+                s[nt][2 + e] = v_hi ? s[nt][2 + e] * a.scale_log2 : -INFINITY;
+                if (FAR) {
+                    float x = sp[nt][e], y = sp[nt][2 + e];
+                    sp[nt][e] = v_lo ? fmaf(x, fmaf(x, fmaf(x, a.c3, a.c2), a.c1), a.c0) : 0.f;
+                    sp[nt][2 + e] = v_hi ? fmaf(y, fmaf(y, fmaf(y, a.c3, a.c2), a.c1), a.c0) : 0.f;
+                }
+            }
+            mx_lo = fmaxf(mx_lo, fmaxf(s[nt][0], s[nt][1]));
+            mx_hi = fmaxf(mx_hi, fmaxf(s[nt][2], s[nt][3]));
+        }
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+        float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
+        float mu_lo = mn_lo == -INFINITY ? 0.f : mn_lo;
+        float mu_hi = mn_hi == -INFINITY ? 0.f : mn_hi;
+        float al_lo = ex2(m_lo - mu_lo), al_hi = ex2(m_hi - mu_hi);
+        m_lo = mn_lo;
+        m_hi = mn_hi;
+        // e^{-m} in log2 units, kept finite
+        float em_lo = ex2(fminf(-mu_lo, 120.f)), em_hi = ex2(fminf(-mu_hi, 120.f));
+        float cw_lo = a.normalized ? a.w * em_lo : 0.f, cw_hi = a.normalized ? a.w * em_hi : 0.f;
+        float s1_lo = 0.f, s1_hi = 0.f, s2_lo = 0.f, s2_hi = 0.f;
+        uint32_t pf[LKT / 16][4];
+#pragma unroll
+        for (int nt = 0; nt < LKT / 8; nt++) {
+            float p0 = ex2(s[nt][0] - mu_lo), p1 = ex2(s[nt][1] - mu_lo);
+            float p2 = ex2(s[nt][2] - mu_hi), p3 = ex2(s[nt][3] - mu_hi);
+            s1_lo += p0 + p1;
+            s1_hi += p2 + p3;
+            if (FAR) {
+                s2_lo += sp[nt][0] + sp[nt][1];
+                s2_hi += sp[nt][2] + sp[nt][3];
+                p0 -= cw_lo * sp[nt][0];
+                p1 -= cw_lo * sp[nt][1];
+                p2 -= cw_hi * sp[nt][2];
+                p3 -= cw_hi * sp[nt][3];
+            }
+            pf[nt / 2][(nt & 1) * 2 + 0] = elem<T>::pack(p0, p1);
+            pf[nt / 2][(nt & 1) * 2 + 1] = elem<T>::pack(p2, p3);
+        }
+        l1_lo = l1_lo * al_lo + s1_lo;
+        l1_hi = l1_hi * al_hi + s1_hi;
+        l2_lo = l2_lo * al_lo + em_lo * s2_lo;
+        l2_hi = l2_hi * al_hi + em_hi * s2_hi;
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) {
+            acc[i][0] *= al_lo;
+            acc[i][1] *= al_lo;
+            acc[i][2] *= al_hi;
+            acc[i][3] *= al_hi;
+        }
+#pragma unroll
+        for (int kk = 0; kk < LKT / 16; kk++) {
+#pragma unroll
+            for (int dp = 0; dp < D / 16; dp++) {
+                uint32_t r[4];
+                int row = kk * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
+                ldsm_x4_t(r, vt + row * LD + dp * 16 + 8 * (lane >> 4));
+                mma16816<T>(acc[2 * dp], pf[kk], r[0], r[1]);
+                mma16816<T>(acc[2 * dp + 1], pf[kk], r[2], r[3]);
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int o = 1; o <= 2; o <<= 1) {
+        l1_lo += __shfl_xor_sync(0xffffffffu, l1_lo, o);
+        l1_hi += __shfl_xor_sync(0xffffffffu, l1_hi, o);
+        l2_lo += __shfl_xor_sync(0xffffffffu, l2_lo, o);
+        l2_hi += __shfl_xor_sync(0xffffffffu, l2_hi, o);
+    }
+    // combine with the far term
+    float mu_lo = m_lo == -INFINITY ? 0.f : m_lo, mu_hi = m_hi == -INFINITY ? 0.f : m_hi;
+    float em_lo = ex2(fminf(-mu_lo, 120.f)), em_hi = ex2(fminf(-mu_hi, 120.f));
+    float fden_lo = 0.f, fden_hi = 0.f, cnum_lo = 0.f, cnum_hi = 0.f, den_lo = l1_lo, den_hi = l1_hi;
+    bool drop_lo = false, drop_hi = false;
+    const float *far_lo = nullptr, *far_hi = nullptr;
+    if (FAR) {
+        far_lo = a.far + ((size_t)bh * a.N + (t_lo >= 0 ? t_lo : 0)) * (D + 1);
+        far_hi = a.far + ((size_t)bh * a.N + (t_hi >= 0 ? t_hi : 0)) * (D + 1);
+        float dfar_lo = far_lo[D], dfar_hi = far_hi[D];
+        if (a.normalized) {
+            // far denominator without the window's keys, in e^{-m} units
+            fden_lo = em_lo * dfar_lo - l2_lo;
+            fden_hi = em_hi * dfar_hi - l2_hi;
+            drop_lo = !(fden_lo > 0.f);
+            drop_hi = !(fden_hi > 0.f);
+            cnum_lo = a.w * em_lo;
+            cnum_hi = a.w * em_hi;
+            den_lo = l1_lo - a.w * l2_lo + a.w * em_lo * dfar_lo;
+            den_hi = l1_hi - a.w * l2_hi + a.w * em_hi * dfar_hi;
+            fden_lo *= ex2(fminf(mu_lo, 120.f)); // natural units for the stats
+            fden_hi *= ex2(fminf(mu_hi, 120.f));
+        } else {
+            fden_lo = dfar_lo;
+            fden_hi = dfar_hi;
+            cnum_lo = dfar_lo > 0.f ? a.w / dfar_lo : 0.f;
+            cnum_hi = dfar_hi > 0.f ? a.w / dfar_hi : 0.f;
+            drop_lo = !(dfar_lo > 0.f);
+            drop_hi = !(dfar_hi > 0.f);
+        }
+    }
+    const bool w_lo = t_lo >= 0 && (!a.only || a.only[(size_t)bh * a.N + t_lo]);
+    const bool w_hi = t_hi >= 0 && (!a.only || a.only[(size_t)bh * a.N + t_hi]);
+    float inv_lo, inv_hi;
+    if (a.normalized || !FAR) {
+        inv_lo = den_lo != 0.f ? 1.f / den_lo : 0.f;
+        inv_hi = den_hi != 0.f ? 1.f / den_hi : 0.f;
+    } else {
+        inv_lo = l1_lo > 0.f ? 1.f / l1_lo : 0.f;
+        inv_hi = l1_hi > 0.f ? 1.f / l1_hi : 0.f;
+    }
+    TO *ob = reinterpret_cast<TO *>(a.o) + (size_t)bh * a.N * D;
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++) {
+        int c = nt * 8 + 2 * (lane & 3);
+        float o0 = acc[nt][0], o1 = acc[nt][1], o2 = acc[nt][2], o3 = acc[nt][3];
+        if (a.normalized) {
+            if (FAR) {
+                o0 = (o0 + cnum_lo * far_lo[c]) * inv_lo;
+                o1 = (o1 + cnum_lo * far_lo[c + 1]) * inv_lo;
+                o2 = (o2 + cnum_hi * far_hi[c]) * inv_hi;
+                o3 = (o3 + cnum_hi * far_hi[c + 1]) * inv_hi;
+            } else {
+                o0 *= inv_lo, o1 *= inv_lo, o2 *= inv_hi, o3 *= inv_hi;
+            }
+        } else {
+            o0 = o0 * inv_lo + (FAR ? cnum_lo * far_lo[c] : 0.f);
+            o1 = o1 * inv_lo + (FAR ? cnum_lo * far_lo[c + 1] : 0.f);
+            o2 = o2 * inv_hi + (FAR ? cnum_hi * far_hi[c] : 0.f);
+            o3 = o3 * inv_hi + (FAR ? cnum_hi * far_hi[c + 1] : 0.f);
+        }
+        if (w_lo) {
+            ob[(size_t)t_lo * D + c] = elem<TO>::from_f(o0);
+            ob[(size_t)t_lo * D + c + 1] = elem<TO>::from_f(o1);
+        }
+        if (w_hi) {
+            ob[(size_t)t_hi * D + c] = elem<TO>::from_f(o2);
+            ob[(size_t)t_hi * D + c + 1] = elem<TO>::from_f(o3);
+        }
+    }
+    if (FAR && (lane & 3) == 0 && !a.only) {
+        float dd[2] = {fden_lo, fden_hi};
+        int tt[2] = {t_lo, t_hi};
+        bool dr[2] = {drop_lo, drop_hi};
+        for (int i = 0; i < 2; i++) {
+            if (tt[i] < 0) continue;
+            atomicAdd(&s_n, 1ull);
+            if (dr[i]) a.flags[(size_t)bh * a.N + tt[i]] = 1;
+            if (!isfinite(dd[i])) {
+                atomicAdd(&s_nf, 1ull);
+                continue;
+            }
+            if (!(dd[i] > 0.f)) atomicAdd(&s_le, 1ull);
+            atomicMin(&s_min, ord_enc2(dd[i]));
+            atomicMax(&s_max, ord_enc2(dd[i]));
+            atomicAdd(&s_sum, (double)dd[i]);
+        }
+    }
+    __syncthreads();
+    if (FAR && tid == 0 && !a.only && s_n) {
+        atomicAdd(&a.den->n, s_n);
+        atomicAdd(&a.den->n_le_eps, s_le);
+        atomicAdd(&a.den->n_nonfinite, s_nf);
+        atomicMin(reinterpret_cast<unsigned *>(&a.den->min), s_min);
+        atomicMax(reinterpret_cast<unsigned *>(&a.den->max), s_max);
+        atomicAdd(&a.den->sum, s_sum);
+    }
+}
+
+template <typename T, typename TO, int D, int G, bool FAR>
+int launch_local(const LocalArgs &la, int nblocks, int BH, cudaStream_t st, char *err, size_t errlen) {
+    constexpr int LD = D + 8, GLD = G + 8, BR = 16 * LNW;
+    size_t smem = (size_t)(BR + 4 * LKT) * LD * sizeof(T) + (size_t)(2 * LKT + BR) * GLD * sizeof(T) +
+                  2 * LKT * sizeof(int);
+    auto kern = hybrid_local_kernel<T, TO, D, G, FAR>;
+    TKC_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), err, errlen);
+    kern<<<dim3(nblocks, BH), LNW * 32, smem, st>>>(la);
+    TKC_LAUNCHED("hybrid_local_kernel", err, errlen);
+    return 0;
+}
+
+template <typename T, typename TO>
+int launch_local_t(const LocalArgs &la, int D, int G, bool far, int nblocks, int BH, cudaStream_t st,
+                   char *err, size_t errlen) {
+    if (!far) {
+        if (D == 128) return launch_local<T, TO, 128, 16, false>(la, nblocks, BH, st, err, errlen);
+        if (D == 64) return launch_local<T, TO, 64, 16, false>(la, nblocks, BH, st, err, errlen);
+    } else if (G == 16) {
+        if (D == 128) return launch_local<T, TO, 128, 16, true>(la, nblocks, BH, st, err, errlen);
+        if (D == 64) return launch_local<T, TO, 64, 16, true>(la, nblocks, BH, st, err, errlen);
+    } else if (G == 32) {
+        if (D == 128) return launch_local<T, TO, 128, 32, true>(la, nblocks, BH, st, err, errlen);
+        if (D == 64) return launch_local<T, TO, 64, 32, true>(la, nblocks, BH, st, err, errlen);
+    }
+    snprintf(err, errlen, "hybrid on cuda: head dim %d with global_dim %d (supported: D 64/128, global_dim 16/32)", D, G);
+    return 3;
+}
+
+// Top-g eigenvectors of the symmetric D x D matrix C (row-major) by subspace
+// iteration; out [D][g] orthonormal columns.
+void top_eigvecs(const double *C, int D, int g, float *out, uint64_t seed) {
+    double *V = (double *)malloc(sizeof(double) * D * g), *W = (double *)malloc(sizeof(double) * D * g);
+    if (!V || !W) {
+        free(V), free(W);
+        for (int i = 0; i < D * g; i++) out[i] = (i / g == i % g) ? 1.f : 0.f;
+        return;
+    }
+    uint64_t x = seed;
+    for (int i = 0; i < D * g; i++) V[i] = (double)(smix(&x) >> 11) / 9007199254740992.0 - 0.5;
+    for (int it = 0; it < 40; it++) {
+        for (int i = 0; i < D; i++)
+            for (int j = 0; j < g; j++) {
+                double s = 0;
+                for (int k = 0; k < D; k++) s += C[i * D + k] * V[k * g + j];
+                W[i * g + j] = s;
+            }
+        for (int j = 0; j < g; j++) { // modified Gram-Schmidt
+            for (int p = 0; p < j; p++) {
+                double d = 0;
+                for (int i = 0; i < D; i++) d += W[i * g + j] * W[i * g + p];
+                for (int i = 0; i < D; i++) W[i * g + j] -= d * W[i * g + p];
+            }
+            double n = 0;
+            for (int i = 0; i < D; i++) n += W[i * g + j] * W[i * g + j];
+            n = sqrt(n);
+            for (int i = 0; i < D; i++) W[i * g + j] = n > 0 ? W[i * g + j] / n : (i == j ? 1 : 0);
+        }
+        double *t = V;
+        V = W;
+        W = t;
+    }
+    for (int i = 0; i < D * g; i++) out[i] = (float)V[i];
+    free(V), free(W);
+}
+
+int ensure(tkc_hybrid_state *h, size_t bytes, char *err, size_t errlen) {
+    if (bytes <= h->ws_bytes) return 0;
+    if (h->ws) cudaFree(h->ws);
+    h->ws = nullptr;
+    h->ws_bytes = 0;
+    cudaError_t e = cudaMalloc(&h->ws, bytes);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        snprintf(err, errlen, "hybrid workspace of %zu bytes: %s", bytes, cudaGetErrorString(e));
+        return e == cudaErrorMemoryAllocation ? 2 : 1;
+    }
+    h->ws_bytes = bytes;
+    return 0;
+}
+
+// The cached projection of this layer, fitted (again) when the policy says so.
+int pca_for(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, const void *q0,
+            const void *k0, int dt, int g, cudaStream_t st, float **P_out, char *err, size_t errlen) {
+    const int BH = call->B * call->H, D = call->D, N = call->Nk < call->Nq ? call->Nk : call->Nq;
+    pca_entry *e = nullptr;
+    for (int i = 0; i < h->npca; i++)
+        if (h->pca[i].layer == call->layer && h->pca[i].BH == BH && h->pca[i].D == D && h->pca[i].g == g)
+            e = &h->pca[i];
+    bool fit = !e || (cfg->pca_refit_every > 0 && call->step - e->step_fit >= cfg->pca_refit_every);
+    if (!fit) {
+        *P_out = e->P;
+        return 0;
+    }
+    if (!e) {
+        if (h->npca == h->cap) {
+            int nc = h->cap ? 2 * h->cap : 16;
+            pca_entry *np = (pca_entry *)realloc(h->pca, sizeof(pca_entry) * nc);
+            if (!np) {
+                snprintf(err, errlen, "PCA cache: host allocation");
+                return 2;
+            }
+            h->pca = np;
+            h->cap = nc;
+        }
+        e = &h->pca[h->npca++];
+        memset(e, 0, sizeof *e);
+        e->layer = call->layer, e->BH = BH, e->D = D, e->g = g;
+        cudaError_t ce = cudaMalloc(&e->P, sizeof(float) * BH * D * g);
+        if (ce != cudaSuccess) {
+            (void)cudaGetLastError();
+            h->npca--;
+            snprintf(err, errlen, "PCA projection: %s", cudaGetErrorString(ce));
+            return ce == cudaErrorMemoryAllocation ? 2 : 1;
+        }
+    }
+    e->step_fit = call->step;
+    int S = cfg->pca_samples < N ? cfg->pca_samples : N;
+    float *host = (float *)malloc(sizeof(float) * BH * D * g);
+    double *Cd = (double *)malloc(sizeof(double) * D * D);
+    float *Ch = (float *)malloc(sizeof(float) * (size_t)BH * D * D);
+    int *rows = (int *)malloc(sizeof(int) * S);
+    int rc = 0;
+    if (!host || !Cd || !Ch || !rows) {
+        snprintf(err, errlen, "PCA: host allocation");
+        rc = 2;
+    }
+    if (!rc && 2 * S < g) { // too few rows: identity projection (first g dims)
+        for (int i = 0; i < BH * D * g; i++) host[i] = ((i / g) % D == i % g) ? 1.f : 0.f;
+    } else if (!rc) {
+        uint64_t x = (uint64_t)cfg->seed * 7919u + (uint64_t)call->layer;
+        for (int i = 0; i < S; i++) rows[i] = (int)(smix(&x) % (uint64_t)N);
+        size_t xbytes = al256(sizeof(float) * (size_t)BH * 2 * S * D);
+        size_t need = al256(sizeof(int) * S) + xbytes + al256(sizeof(float) * (size_t)BH * D * D);
+        rc = ensure(h, need, err, errlen);
+        int *rows_d = (int *)h->ws;
+        float *X = (float *)((char *)h->ws + al256(sizeof(int) * S));
+        float *C = (float *)((char *)X + xbytes);
+        cudaError_t ce = cudaSuccess;
+        if (!rc) ce = cudaMemcpyAsync(rows_d, rows, sizeof(int) * S, cudaMemcpyHostToDevice, st);
+        if (!rc && ce == cudaSuccess) {
+            dim3 grid((S * D + 255) / 256 < 1024 ? (S * D + 255) / 256 : 1024, BH);
+            if (dt == TK_DTYPE_BF16) {
+                gather_rows_f32<<<grid, 256, 0, st>>>((const __nv_bfloat16 *)q0, rows_d, S, call->Nq, D, X, 2 * S, 0);
+                gather_rows_f32<<<grid, 256, 0, st>>>((const __nv_bfloat16 *)k0, rows_d, S, call->Nk, D, X, 2 * S, S);
+            } else {
+                gather_rows_f32<<<grid, 256, 0, st>>>((const __half *)q0, rows_d, S, call->Nq, D, X, 2 * S, 0);
+                gather_rows_f32<<<grid, 256, 0, st>>>((const __half *)k0, rows_d, S, call->Nk, D, X, 2 * S, S);
+            }
+            ce = cudaGetLastError();
+        }
+        if (!rc && ce == cudaSuccess) {
+            // column-major view: X_cm is D x 2S; C = X_cm X_cm^T (D x D) per head
+            float one = 1.f, zero = 0.f;
+            cublasStatus_t bs = cublasSetStream(h->blas, st);
+            if (bs == CUBLAS_STATUS_SUCCESS)
+                bs = cublasSgemmStridedBatched(h->blas, CUBLAS_OP_N, CUBLAS_OP_T, D, D, 2 * S, &one, X, D,
+                                               (long long)2 * S * D, X, D, (long long)2 * S * D, &zero, C, D,
+                                               (long long)D * D, BH);
+            if (bs != CUBLAS_STATUS_SUCCESS) {
+                snprintf(err, errlen, "PCA covariance: cuBLAS status %d", (int)bs);
+                rc = 1;
+            }
+        }
+        if (!rc && ce == cudaSuccess)
+            ce = cudaMemcpyAsync(Ch, C, sizeof(float) * (size_t)BH * D * D, cudaMemcpyDeviceToHost, st);
+        if (!rc && ce == cudaSuccess) ce = cudaStreamSynchronize(st);
+        if (!rc && ce != cudaSuccess) {
+            snprintf(err, errlen, "PCA: %s", cudaGetErrorString(ce));
+            rc = 1;
+        }
+        for (int bh = 0; !rc && bh < BH; bh++) {
+            for (int i = 0; i < D * D; i++) Cd[i] = Ch[(size_t)bh * D * D + i];
+            top_eigvecs(Cd, D, g, host + (size_t)bh * D * g, 12345u + bh);
+        }
+    }
+    if (!rc) {
+        cudaError_t ce = cudaMemcpyAsync(e->P, host, sizeof(float) * BH * D * g, cudaMemcpyHostToDevice, st);
+        if (ce == cudaSuccess) ce = cudaStreamSynchronize(st);
+        if (ce != cudaSuccess) {
+            snprintf(err, errlen, "PCA upload: %s", cudaGetErrorString(ce));
+            rc = 1;
+        }
+    }
+    free(host), free(Cd), free(Ch), free(rows);
+    if (rc) {
+        e->step_fit = -1000000000; // refit next time
+        return rc;
+    }
+    *P_out = e->P;
+    return 0;
+}
+
+} // namespace
+
+void tkc_hybrid_free(tkc_hybrid_state *h) {
+    if (!h) return;
+    for (int i = 0; i < h->npca; i++) cudaFree(h->pca[i].P);
+    free(h->pca);
+    if (h->ws) cudaFree(h->ws);
+    if (h->blas) cublasDestroy(h->blas);
+    free(h);
+}
+
+int tkc_hybrid_projection(tkc_hybrid_state *h, int layer, int bh, float *out, int *D, int *g) {
+    if (!h) return 1;
+    for (int i = 0; i < h->npca; i++)
+        if (h->pca[i].layer == layer && bh < h->pca[i].BH) {
+            *D = h->pca[i].D, *g = h->pca[i].g;
+            size_t n = (size_t)h->pca[i].D * h->pca[i].g;
+            return cudaMemcpy(out, h->pca[i].P + bh * n, n * sizeof(float), cudaMemcpyDeviceToHost) != cudaSuccess;
+        }
+    return 1;
+}
+
+int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
+               const tk_stats_request *sreq, cudaStream_t st, tk_result *res) {
+    char err[192] = "";
+    if (!*hs) {
+        tkc_hybrid_state *h = (tkc_hybrid_state *)calloc(1, sizeof *h);
+        if (!h) {
+            hfail(res, TK_REASON_OUT_OF_MEMORY, "hybrid state: host allocation");
+            return 0;
+        }
+        if (cublasCreate(&h->blas) != CUBLAS_STATUS_SUCCESS) {
+            free(h);
+            hfail(res, TK_REASON_BACKEND_ERROR, "cublasCreate failed");
+            return 0;
+        }
+        *hs = h;
+    }
+    tkc_hybrid_state *h = *hs;
+    const int BH = call->B * call->H, N = call->Nq, D = call->D;
+    const int W = window_at(cfg, call->sigma);
+    const double w = far_weight_at(cfg, call->sigma);
+    res->window = W;
+    res->w = w;
+    if (call->Nq != call->Nk || call->Dv != D || (D != 64 && D != 128)) {
+        hfail(res, TK_REASON_UNSUPPORTED_SHAPE, "hybrid on cuda: needs Nq == Nk, Dv == D and D 64 or 128");
+        return 0;
+    }
+    const int shape2d = cfg->window_shape == TK_WINDOW_2D;
+    if (W > 0 && shape2d &&
+        (call->grid_h <= 0 || call->grid_w <= 0 || call->text_tokens + call->grid_h * call->grid_w != N ||
+         call->grid_w > 65535 || call->grid_h > 32767)) {
+        hfail(res, TK_REASON_UNSUPPORTED_SHAPE, "hybrid 2d window: text_tokens + grid_h*grid_w must equal N");
+        return 0;
+    }
+    // f32: everything through bf16 copies
+    const int dt = call->dtype == TK_DTYPE_F32 ? TK_DTYPE_BF16 : call->dtype;
+    const size_t es = 2, nqk = (size_t)BH * N * D;
+    const bool far = W > 0 && w > 0;
+    const int g = cfg->global_dim, P = cfg->global_P;
+    if (far && ((g != 16 && g != 32) || P > 4)) {
+        snprintf(err, sizeof err, "hybrid on cuda: global_dim %d, global_P %d (supported: 16 or 32, P <= 4)", g, P);
+        hfail(res, TK_REASON_UNSUPPORTED_SHAPE, err);
+        return 0;
+    }
+    tkc_taylor_args ta;
+    memset(&ta, 0, sizeof ta);
+    ta.dtype = dt;
+    ta.B = call->B, ta.H = call->H, ta.Nq = N, ta.Nk = N, ta.D = g, ta.Dv = D;
+    ta.blocks = 1, ta.terms = P, ta.s = 1.f, ta.eps = (float)cfg->eps, ta.raw_out = 1;
+    ta.mask = call->key_mask;
+    int nsm = 132;
+    {
+        int dev = 0;
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev);
+    }
+    size_t ws_t = far ? tkc_taylor_workspace(&ta, nsm) : 0;
+    // workspace: [conv q k v q0 k0 (f32 only)] [qp kp] [far] [flags] [taylor]
+    size_t off = 0, off_conv = off;
+    if (call->dtype == TK_DTYPE_F32) off += 5 * al256(nqk * es);
+    size_t off_qp = off;
+    if (far) off += 2 * al256((size_t)BH * N * g * es);
+    size_t off_far = off;
+    if (far) off += al256((size_t)BH * N * (D + 1) * sizeof(float));
+    size_t off_flags = off;
+    off += al256((size_t)BH * N);
+    size_t off_den = off;
+    off += al256(sizeof(tkc_den_stats));
+    size_t off_t = off;
+    off += ws_t;
+    // the PCA fit uses the same workspace before the rest: fit first
+    const void *q = call->q, *k = call->k, *v = call->v;
+    const void *q0 = call->q0 ? call->q0 : call->q, *k0 = call->k0 ? call->k0 : call->k;
+    float *Pm = nullptr;
+    int rc = 0;
+    if (call->dtype == TK_DTYPE_F32) {
+        rc = ensure(h, off, err, sizeof err);
+        if (rc) {
+            hfail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : TK_REASON_BACKEND_ERROR, err);
+            return 0;
+        }
+        const void *src[5] = {call->q, call->k, call->v, q0, k0};
+        void *dst[5];
+        for (int i = 0; i < 5; i++) {
+            dst[i] = (char *)h->ws + off_conv + i * al256(nqk * es);
+            if (tkc_convert_f32_bf16((const float *)src[i], dst[i], nqk, st)) {
+                hfail(res, TK_REASON_BACKEND_ERROR, "hybrid: f32 conversion failed");
+                return 0;
+            }
+        }
+        q = dst[0], k = dst[1], v = dst[2], q0 = dst[3], k0 = dst[4];
+    }
+    if (far) {
+        // PCA needs its own scratch: fit before the big workspace is laid out (f32 copies stay valid
+        // only when the fit's scratch fits behind them, so fit into a separate allocation then)
+        if (call->dtype == TK_DTYPE_F32) {
+            // a separate state for the fit keeps the converted copies intact
+            tkc_hybrid_state tmp;
+            memset(&tmp, 0, sizeof tmp);
+            tmp.blas = h->blas, tmp.pca = h->pca, tmp.npca = h->npca, tmp.cap = h->cap;
+            rc = pca_for(&tmp, call, cfg, q0, k0, dt, g, st, &Pm, err, sizeof err);
+            h->pca = tmp.pca, h->npca = tmp.npca, h->cap = tmp.cap;
+            if (tmp.ws) cudaFree(tmp.ws);
+        } else {
+            rc = pca_for(h, call, cfg, q0, k0, dt, g, st, &Pm, err, sizeof err);
+        }
+        if (rc) {
+            hfail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
+            return 0;
+        }
+    }
+    rc = ensure(h, off, err, sizeof err);
+    if (rc) {
+        hfail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : TK_REASON_BACKEND_ERROR, err);
+        return 0;
+    }
+    char *ws = (char *)h->ws;
+    void *qp = ws + off_qp, *kp = ws + off_qp + al256((size_t)BH * N * g * es);
+    float *farbuf = (float *)(ws + off_far);
+    uint8_t *flags = (uint8_t *)(ws + off_flags);
+    tkc_den_stats *den = (tkc_den_stats *)(ws + off_den);
+    cudaError_t ce = cudaMemsetAsync(flags, 0, (size_t)BH * N, st);
+    tkc_den_stats init;
+    memset(&init, 0, sizeof init);
+    {
+        unsigned mn = 0xffffffffu, mx = 0u;
+        memcpy(&init.min, &mn, 4);
+        memcpy(&init.max, &mx, 4);
+    }
+    if (ce == cudaSuccess) ce = cudaMemcpyAsync(den, &init, sizeof init, cudaMemcpyHostToDevice, st);
+    if (ce != cudaSuccess) {
+        snprintf(err, sizeof err, "hybrid: %s", cudaGetErrorString(ce));
+        hfail(res, TK_REASON_BACKEND_ERROR, err);
+        return 0;
+    }
+    const bool mod = cfg->qk_norm_sigma_max <= 0 || call->sigma <= cfg->qk_norm_sigma_max;
+    const int modify = !mod ? 0 : cfg->qk_normalize ? 1 : (cfg->qk_norm_power > 0 || cfg->qk_norm_clip > 0) ? 2 : 0;
+    const float sqrt_s = (float)sqrt(cfg->global_scale_mul / sqrt((double)D));
+    if (far) {
+        dim3 grid((N + 127) / 128, BH);
+        size_t sm = sizeof(float) * D * g;
+        if (dt == TK_DTYPE_BF16) {
+            project_kernel<<<grid, 128, sm, st>>>((const __nv_bfloat16 *)q0, Pm, N, D, g, modify, (float)cfg->qk_norm_power,
+                                                  (float)cfg->qk_norm_clip, (float)cfg->eps, sqrt_s, (__nv_bfloat16 *)qp);
+            project_kernel<<<grid, 128, sm, st>>>((const __nv_bfloat16 *)k0, Pm, N, D, g, modify, (float)cfg->qk_norm_power,
+                                                  (float)cfg->qk_norm_clip, (float)cfg->eps, sqrt_s, (__nv_bfloat16 *)kp);
+        } else {
+            project_kernel<<<grid, 128, sm, st>>>((const __half *)q0, Pm, N, D, g, modify, (float)cfg->qk_norm_power,
+                                                  (float)cfg->qk_norm_clip, (float)cfg->eps, sqrt_s, (__half *)qp);
+            project_kernel<<<grid, 128, sm, st>>>((const __half *)k0, Pm, N, D, g, modify, (float)cfg->qk_norm_power,
+                                                  (float)cfg->qk_norm_clip, (float)cfg->eps, sqrt_s, (__half *)kp);
+        }
+        ce = cudaGetLastError();
+        if (ce != cudaSuccess) {
+            snprintf(err, sizeof err, "launch project_kernel: %s", cudaGetErrorString(ce));
+            hfail(res, TK_REASON_BACKEND_ERROR, err);
+            return 0;
+        }
+        ta.q = qp, ta.k = kp, ta.v = v, ta.o = farbuf;
+        tkc_den_stats fd;
+        rc = tkc_taylor_run(&ta, ws + off_t, ws_t, nsm, st, &fd, err, sizeof err);
+        if (rc) {
+            hfail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
+            return 0;
+        }
+        res->R = tkc_feature_count(g, P);
+    }
+    // text queries (2d): every key, exact
+    const int T = call->text_tokens > 0 ? call->text_tokens : 0;
+    if (W <= 0 || (shape2d && T > 0)) {
+        tkc_exact_args ea;
+        memset(&ea, 0, sizeof ea);
+        ea.q = q, ea.k = k, ea.v = v, ea.o = call->o, ea.mask = call->key_mask;
+        ea.B = call->B, ea.H = call->H, ea.Nq = W <= 0 ? N : T, ea.Nk = N, ea.D = D, ea.q_rows = N;
+        ea.scale = call->scale > 0 ? call->scale : 1.0 / sqrt((double)D);
+        ea.in_dtype = dt, ea.out_dtype = call->dtype;
+        rc = tkc_exact_launch(&ea, st, err, sizeof err);
+        if (rc) {
+            hfail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
+            return 0;
+        }
+    }
+    if (W > 0) {
+        LocalArgs la;
+        memset(&la, 0, sizeof la);
+        la.q = q, la.k = k, la.v = v, la.qp = qp, la.kp = kp, la.mask = call->key_mask;
+        la.far = far ? farbuf : nullptr;
+        la.o = call->o, la.flags = flags, la.den = den;
+        la.H = call->H, la.N = N, la.T = T, la.gh = call->grid_h, la.gw = call->grid_w, la.r = W;
+        la.shape2d = shape2d;
+        double s0 = call->scale > 0 ? call->scale : 1.0 / sqrt((double)D);
+        la.scale_log2 = (float)(s0 * 1.4426950408889634);
+        la.w = (float)w;
+        la.c0 = P > 0 ? 1.f : 0.f, la.c1 = P > 1 ? 1.f : 0.f, la.c2 = P > 2 ? 0.5f : 0.f, la.c3 = P > 3 ? 1.f / 6.f : 0.f;
+        la.normalized = cfg->combine == TK_COMBINE_NORMALIZED;
+        int nblocks = shape2d ? ((call->grid_h + 7) / 8) * ((call->grid_w + 7) / 8) : (N + 63) / 64;
+        if (dt == TK_DTYPE_BF16)
+            rc = call->dtype == TK_DTYPE_F32
+                     ? launch_local_t<__nv_bfloat16, float>(la, D, g, far, nblocks, BH, st, err, sizeof err)
+                     : launch_local_t<__nv_bfloat16, __nv_bfloat16>(la, D, g, far, nblocks, BH, st, err, sizeof err);
+        else
+            rc = launch_local_t<__half, __half>(la, D, g, far, nblocks, BH, st, err, sizeof err);
+        if (rc) {
+            hfail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
+            return 0;
+        }
+        if (far) {
+            tkc_den_stats hd;
+            ce = cudaMemcpyAsync(&hd, den, sizeof hd, cudaMemcpyDeviceToHost, st);
+            if (ce == cudaSuccess) ce = cudaStreamSynchronize(st);
+            if (ce != cudaSuccess) {
+                snprintf(err, sizeof err, "hybrid: %s", cudaGetErrorString(ce));
+                hfail(res, TK_REASON_BACKEND_ERROR, err);
+                return 0;
+            }
+            unsigned u;
+            memcpy(&u, &hd.min, 4);
+            u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
+            memcpy(&hd.min, &u, 4);
+            memcpy(&u, &hd.max, 4);
+            u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
+            memcpy(&hd.max, &u, 4);
+            if (sreq) {
+                res->stats.den.n = (int64_t)hd.n;
+                res->stats.den.n_le_eps = (int64_t)hd.n_le_eps;
+                res->stats.den.n_nonfinite = (int64_t)hd.n_nonfinite;
+                unsigned long long nfin = hd.n - hd.n_nonfinite;
+                res->stats.den.min = nfin ? hd.min : NAN;
+                res->stats.den.max = nfin ? hd.max : NAN;
+                res->stats.den.mean = nfin ? hd.sum / (double)nfin : NAN;
+                res->stats.have |= TK_HAVE_DENOMS;
+            }
+            if (hd.n_le_eps + hd.n_nonfinite > 0) { // dropped far terms: local term alone for those rows
+                la.only = flags;
+                la.far = nullptr;
+                la.w = 0.f;
+                if (dt == TK_DTYPE_BF16)
+                    rc = call->dtype == TK_DTYPE_F32
+                             ? launch_local_t<__nv_bfloat16, float>(la, D, g, false, nblocks, BH, st, err, sizeof err)
+                             : launch_local_t<__nv_bfloat16, __nv_bfloat16>(la, D, g, false, nblocks, BH, st, err, sizeof err);
+                else
+                    rc = launch_local_t<__half, __half>(la, D, g, false, nblocks, BH, st, err, sizeof err);
+                if (rc) {
+                    hfail(res, TK_REASON_BACKEND_ERROR, err);
+                    return 0;
+                }
+            }
+        }
+    }
+    res->reason = TK_REASON_NONE;
+    res->path = TK_PATH_HYBRID;
+    return 0;
+}
