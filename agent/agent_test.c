@@ -18,6 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -673,6 +676,30 @@ static void test_the_default_endpoint_is_private_and_named_after_the_model(void)
     ta_close(a);
 }
 
+static void test_a_stale_socket_left_by_a_crashed_agent_is_reused(void) {
+    char path[300], url[310], err[256];
+    snprintf(path, sizeof path, "%s/stale.pub", th_tmpdir());
+    snprintf(url, sizeof url, "ipc://%s", path);
+    /* a bound, never-listening, closed unix socket: what a killed agent leaves */
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    TH_CHECK(fd >= 0);
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    TH_CHECK(strlen(path) < sizeof sa.sun_path);
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    TH_CHECK(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    close(fd);
+    ta_options o;
+    memset(&o, 0, sizeof o);
+    o.endpoint = url;
+    o.backend = TK_BACKEND_REF;
+    o.model = small_model;
+    ta_agent *a;
+    TH_CHECKF(ta_open(&o, &a, err, sizeof err) == 0, "%s", err);
+    ta_close(a);
+}
+
 static void test_a_full_queue_drops_and_counts_and_the_stream_stays_contiguous(void) {
     char url[300], ctl_url[320], err[256];
     snprintf(url, sizeof url, "ipc://%s/q.pub", th_tmpdir());
@@ -1175,6 +1202,7 @@ static const th_test tests[] = {
     TH_TEST(test_bad_control_messages_get_an_error_reply_and_the_agent_keeps_serving),
     TH_TEST(test_ipc_sockets_are_private),
     TH_TEST(test_the_default_endpoint_is_private_and_named_after_the_model),
+    TH_TEST(test_a_stale_socket_left_by_a_crashed_agent_is_reused),
     TH_TEST(test_a_full_queue_drops_and_counts_and_the_stream_stays_contiguous),
     TH_TEST(test_mode_exact_falls_back_as_disabled),
     TH_TEST(test_layers_outside_the_mode_range_are_skipped_by_layer),
