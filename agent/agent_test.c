@@ -18,6 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -528,6 +531,57 @@ static void test_a_replay_request_returns_the_missing_messages(void) {
     ta_close(a);
 }
 
+static void test_a_replay_too_large_for_one_reply_comes_in_parts(void) {
+    /* 2,000 layers: a step message of 2,000 rows is ~180 kB; 40 steps need two replies */
+    ta_options o;
+    memset(&o, 0, sizeof o);
+    char url[300], err[256];
+    snprintf(url, sizeof url, "ipc://%s/big.pub", th_tmpdir());
+    o.endpoint = url;
+    o.backend = TK_BACKEND_REF;
+    o.model = small_model;
+    o.model.n_single = 1998;
+    o.header_every_s = 30;
+    ta_agent *a;
+    TH_CHECKF(ta_open(&o, &a, err, sizeof err) == 0, "%s", err);
+    set_now(a, "mode", "exact"); /* every call: a quick `disabled` */
+    TH_CHECK(ta_run_begin(a, 40, "big", "euler", err, sizeof err) == 0);
+    for (int step = 0; step < 40; step++) {
+        TH_CHECK(ta_step_begin(a, step, 1.0) == 0);
+        for (int l = 0; l < 2000; l++) {
+            ta_call c = small_call(l < 2 ? TA_BLOCK_DOUBLE : TA_BLOCK_SINGLE, l < 2 ? l : l - 2);
+            tk_result res;
+            TH_CHECK(ta_attention(a, &c, &res) == 0);
+        }
+        TH_CHECK(ta_step_end(a) == 0);
+    }
+    TH_CHECK(ta_run_end(a, TA_RUN_FINISHED, "") == 0);
+    uint64_t next = 1, parts = 0;
+    while (next <= 42) {
+        tp_request q = {0};
+        q.op = TP_OP_REPLAY;
+        q.from_seq = next;
+        q.to_seq = 42;
+        tp_reply rep;
+        ctl(a, &q, &rep);
+        TH_CHECKF(rep.ok, "%s", rep.error);
+        TH_EQ_INT(rep.replay_missing, 0);
+        TH_CHECK(rep.n_messages > 0);
+        for (int i = 0; i < rep.n_messages; i++) {
+            tp_msg m;
+            TH_CHECK(tp_decode_msg(rep.messages[i].data, rep.messages[i].len, &m, err, sizeof err) == 0);
+            TH_EQ_INT(m.seq, next);
+            if (m.type == TP_MSG_STEP) TH_EQ_INT(m.u.step.n_layers, 2000);
+            next++;
+            tp_msg_free(&m);
+        }
+        tp_reply_free(&rep);
+        parts++;
+    }
+    TH_CHECKF(parts >= 2, "%llu parts", (unsigned long long)parts);
+    ta_close(a);
+}
+
 static void test_bad_control_messages_get_an_error_reply_and_the_agent_keeps_serving(void) {
     ta_agent *a;
     open_agent("bad", 0, 0, &a);
@@ -619,6 +673,30 @@ static void test_the_default_endpoint_is_private_and_named_after_the_model(void)
     TH_CHECK(ta_open(&o, &b, err, sizeof err) != 0);
     TH_CHECK(b == NULL);
     TH_CHECKF(strstr(err, "agent-flux_1_dev.pub") != NULL, "%s", err);
+    ta_close(a);
+}
+
+static void test_a_stale_socket_left_by_a_crashed_agent_is_reused(void) {
+    char path[300], url[310], err[256];
+    snprintf(path, sizeof path, "%s/stale.pub", th_tmpdir());
+    snprintf(url, sizeof url, "ipc://%s", path);
+    /* a bound, never-listening, closed unix socket: what a killed agent leaves */
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    TH_CHECK(fd >= 0);
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    TH_CHECK(strlen(path) < sizeof sa.sun_path);
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    TH_CHECK(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    close(fd);
+    ta_options o;
+    memset(&o, 0, sizeof o);
+    o.endpoint = url;
+    o.backend = TK_BACKEND_REF;
+    o.model = small_model;
+    ta_agent *a;
+    TH_CHECKF(ta_open(&o, &a, err, sizeof err) == 0, "%s", err);
     ta_close(a);
 }
 
@@ -1120,9 +1198,11 @@ static const th_test tests[] = {
     TH_TEST(test_a_subscriber_sees_header_steps_knob_events_and_run_end_in_order),
     TH_TEST(test_the_header_is_resent_with_the_config_in_force),
     TH_TEST(test_a_replay_request_returns_the_missing_messages),
+    TH_TEST(test_a_replay_too_large_for_one_reply_comes_in_parts),
     TH_TEST(test_bad_control_messages_get_an_error_reply_and_the_agent_keeps_serving),
     TH_TEST(test_ipc_sockets_are_private),
     TH_TEST(test_the_default_endpoint_is_private_and_named_after_the_model),
+    TH_TEST(test_a_stale_socket_left_by_a_crashed_agent_is_reused),
     TH_TEST(test_a_full_queue_drops_and_counts_and_the_stream_stays_contiguous),
     TH_TEST(test_mode_exact_falls_back_as_disabled),
     TH_TEST(test_layers_outside_the_mode_range_are_skipped_by_layer),
