@@ -439,6 +439,9 @@ int tt_open(const char *pub_url, const char *ctl_url, int queue_len, int ring_le
     t->rep_open = 1;
     /* oversized requests get an error reply from the codec, not a silent drop */
     nng_socket_set_size(t->rep, NNG_OPT_RECVMAXSZ, (size_t)TP_MAX_MESSAGE_BYTES + 65536);
+    /* PUB never blocks, it drops: a deeper per-subscriber queue (default 16
+     * messages) absorbs bursts such as replies to a replay or a header re-send */
+    nng_socket_set_int(t->pub, NNG_OPT_SENDBUF, 1024);
     nng_pipe_notify(t->pub, NNG_PIPE_EV_ADD_POST, pipe_event, t);
     nng_pipe_notify(t->pub, NNG_PIPE_EV_REM_POST, pipe_event, t);
     if (listen_on(t->pub, t->pub_url, err, errlen) != 0 ||

@@ -10,12 +10,14 @@
 # interrupted, its run's end is recorded (finished, or failed/lost when cut
 # short), and nothing is left running.
 #
-# Environment: DEMO_STEPS (default 500, about 15 s on cpu; 60 on ref), DEMO_BACKEND (cpu|cuda|ref),
+# Environment: DEMO_STEPS (default 50, paced at DEMO_STEP_DELAY seconds a step, default 0.3:
+# about 20 s on cpu; 60 steps unpaced on ref), DEMO_BACKEND (cpu|cuda|ref),
 # DEMO_DB (a database other than the default), BUILD (default build).
 set -u
 BUILD=${BUILD:-build}
 B="$BUILD/bin"
-steps=${DEMO_STEPS:-500}
+steps=${DEMO_STEPS:-50}
+delay=${DEMO_STEP_DELAY:-0.3}
 backend=${DEMO_BACKEND:-}
 # Whether a backend runs hybrid attention: a one-step probe run whose calls
 # did not all fall back (the summary line says "calls N fallbacks M").
@@ -35,7 +37,7 @@ if [ -z "$backend" ]; then
         [ "$b" = cuda ] && ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; } && continue
         runs_hybrid "$b" && backend=$b
     done
-    [ "$backend" = ref ] && steps=${DEMO_STEPS:-60}
+    [ "$backend" = ref ] && steps=${DEMO_STEPS:-60} && delay=${DEMO_STEP_DELAY:-0}
 fi
 set -- 
 [ -n "${DEMO_DB:-}" ] && set -- --db "$DEMO_DB"
@@ -54,7 +56,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' HUP INT TERM
 
-"$B/taylor-sim" --model tiny --mode hybrid --backend "$backend" --steps "$steps" --listen "$url" \
+"$B/taylor-sim" --model tiny --mode hybrid --backend "$backend" --steps "$steps" --step-delay "$delay" --listen "$url" \
     --wait-console 30 --quiet >"$dir/sim.log" 2>&1 &
 sim_pid=$!
 

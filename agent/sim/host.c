@@ -17,6 +17,7 @@
 #include "sim.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -147,6 +148,10 @@ static void progress(const tsim_options *o, const char *model, const char *mode,
     fflush(stderr);
 }
 
+static volatile sig_atomic_t stop_requested;
+
+void tsim_request_stop(void) { stop_requested = 1; }
+
 int tsim_run(const tsim_options *o, tsim_run_stats *st, char *err, size_t errlen) {
     memset(st, 0, sizeof *st);
     tsim_shape shape;
@@ -227,6 +232,10 @@ int tsim_run(const tsim_options *o, tsim_run_stats *st, char *err, size_t errlen
     double run_t0 = now_ms();
     int call_i = 0;
     for (int si = 0; si < steps; si++) {
+        if (stop_requested) {
+            snprintf(err, errlen, "interrupted after %d of %d steps", si, steps);
+            goto done;
+        }
         int step = o->replay_dir ? rep.calls[call_i].step : si;
         double sigma = o->replay_dir ? rep.calls[call_i].sigma : sigmas[si];
         double t0 = now_ms(), gen_ms = 0, attn_ms = 0;
@@ -294,6 +303,11 @@ int tsim_run(const tsim_options *o, tsim_run_stats *st, char *err, size_t errlen
         st->generate_ms += gen_ms;
         progress(o, label, mode_name, si + 1, steps, sigma, now_ms() - t0, gen_ms, attn_ms,
                  st->fallbacks - fb0, st->calls - calls0, si + 1 == steps);
+        if (o->step_delay_s > 0 && si + 1 < steps && !stop_requested) {
+            double ns = o->step_delay_s * 1e9;
+            struct timespec ts = {(time_t)(ns / 1e9), (long)fmod(ns, 1e9)};
+            nanosleep(&ts, NULL); /* a signal cuts it short */
+        }
     }
     st->wall_ms = now_ms() - run_t0;
     ta_run_end(agent, TA_RUN_FINISHED, "");

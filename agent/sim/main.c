@@ -5,6 +5,7 @@
 #include "sim.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +49,11 @@ static int calibrate(const tsim_options *o) {
     return 0;
 }
 
+static void on_stop_signal(int sig) {
+    (void)sig;
+    tsim_request_stop();
+}
+
 int main(int argc, char **argv) {
     tsim_options o;
     char err[1024];
@@ -64,6 +70,13 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (o.calibrate) return calibrate(&o);
+    /* SIGINT/SIGTERM: finish the step in flight, end the run as failed */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     tsim_run_stats st;
     if (tsim_run(&o, &st, err, sizeof err)) {
         fprintf(stderr, "taylor-sim: %s\n", err);

@@ -35,6 +35,7 @@ void tsim_usage(FILE *f) {
             "  --listen URL          telemetry PUB endpoint (default: a per-user ipc socket;\n"
             "                        tcp://:PORT binds 127.0.0.1; `none` = no telemetry)\n"
             "  --wait-console S      wait up to S seconds for a subscriber before starting\n"
+            "  --step-delay S        pause S seconds after each step, to pace a demo (default 0)\n"
             "  --quiet               no progress line on stderr\n"
             "  --replay DIR          replay a capture (manifest.tsv + tensor files) instead\n"
             "                        of synthetic tensors\n"
@@ -112,7 +113,7 @@ int tsim_parse_args(int argc, char **argv, tsim_options *o, char *err, size_t er
         name[nlen] = 0;
         static const char *const with_value[] = {
             "--model", "--width", "--height", "--steps", "--seed", "--mode", "--backend",
-            "--knob", "--listen", "--wait-console", "--replay", "--capture", "--capture-format",
+            "--knob", "--listen", "--wait-console", "--step-delay", "--replay", "--capture", "--capture-format",
             "--radius", "--queries", NULL};
         int known = 0;
         for (int j = 0; with_value[j]; j++) known |= !strcmp(name, with_value[j]);
@@ -192,6 +193,8 @@ int tsim_parse_args(int argc, char **argv, tsim_options *o, char *err, size_t er
             }
         } else if (!strcmp(name, "--wait-console")) {
             if (parse_seconds(name, val, &o->wait_console_s, err, errlen)) return 1;
+        } else if (!strcmp(name, "--step-delay")) {
+            if (parse_seconds(name, val, &o->step_delay_s, err, errlen)) return 1;
         } else if (!strcmp(name, "--replay")) {
             o->replay_dir = val;
         } else if (!strcmp(name, "--capture")) {

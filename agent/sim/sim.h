@@ -201,6 +201,7 @@ typedef struct {
     tk_config knobs;            /* defaults, then --mode, then each --knob in order */
     const char *listen;         /* NULL = the agent's default ipc endpoint; "" = no telemetry */
     double wait_console_s;      /* 0 = start at once */
+    double step_delay_s;        /* pause after each step (pacing a demo); 0 = none */
     int quiet;
     const char *replay_dir;     /* NULL = synthetic */
     const char *capture_dir;    /* NULL = no capture */
@@ -232,6 +233,10 @@ typedef struct {
 /* Runs the generation the options describe; progress on stderr unless
  * quiet. Returns 0 with *st filled, or nonzero with err. */
 int tsim_run(const tsim_options *o, tsim_run_stats *st, char *err, size_t errlen);
+/* Asks a running tsim_run to stop after the step in flight: the run then
+ * ends as failed ("interrupted") and tsim_run returns nonzero. Async-signal
+ * safe (main calls it from its SIGINT/SIGTERM handler). */
+void tsim_request_stop(void);
 /* The one summary line printed at the end of a run. */
 void tsim_print_summary(FILE *f, const tsim_run_stats *st);
 
