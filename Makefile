@@ -60,6 +60,7 @@ BINS := $(BUILD)/bin/taylor-attn $(BUILD)/bin/taylor-sim $(BUILD)/bin/taylorscop
 TEST_BINS := $(patsubst %.c,$(BUILD)/tests/%,$(subst /,__,$(TEST_SRC)))
 TOOLS := $(BUILD)/bin/gen-knobs-md
 
+.SECONDARY:
 .PHONY: all demo test sanitize bench bench-gpu gpu-test deps clean docs check-deps tests
 all: $(BINS) $(TOOLS)
 
