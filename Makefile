@@ -19,7 +19,7 @@ CUDA_HOME ?= $(if $(NVCC),$(patsubst %/bin/nvcc,%,$(NVCC)),/usr/local/cuda)
 # OPT and SAN may be set on the command line; the rest is always added.
 OPT ?= -O2 -g
 SAN ?=
-WARN := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
+WARN := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-psabi
 ALL_CFLAGS = $(OPT) $(SAN) -std=c11 -D_GNU_SOURCE $(WARN) -pthread -MMD -MP \
              -Ikernels -Iagent -Iconsole -Itests $(DEFS) $(CFLAGS)
 ALL_LDFLAGS = $(SAN) -pthread $(LDFLAGS)
