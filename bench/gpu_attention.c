@@ -181,13 +181,13 @@ int main(int argc, char **argv) {
         a.mode = TK_MODE_EXACT;
         setenv("TKC_EXACT_WARPS", "8", 1);
         double ms = time_mode(&a, reps);
-        row("ours exact (8 warps)", n, ms, exact_flops, cud);
+        row("ours exact (8 warps, KT=128)", n, ms, exact_flops, cud);
         setenv("TKC_EXACT_WARPS", "4", 1);
         ms = time_mode(&a, reps);
-        row("ours exact (4 warps x2)", n, ms, exact_flops, cud);
+        row("ours exact (4 warps x2, KT=64)", n, ms, exact_flops, cud);
         setenv("TKC_EXACT_WARPS", "16", 1);
         ms = time_mode(&a, reps);
-        row("ours exact (8 warps, KT=128)", n, ms, exact_flops, cud);
+        row("ours exact (8 warps, KT=64)", n, ms, exact_flops, cud);
         unsetenv("TKC_EXACT_WARPS");
 
         a.mode = TK_MODE_TAYLOR;

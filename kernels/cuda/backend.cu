@@ -78,58 +78,57 @@ int tkc_convert_f32_bf16(const float *src, void *dst, size_t n, cudaStream_t st)
 namespace {
 
 // Exact output of sampled (query, head) rows in fp32: e[(s*BH + bh)*Dv + c].
+// One block of 8 warps per (sample, head); each warp runs an online softmax
+// over every 8th key with the lanes splitting D (coalesced row reads and a
+// shuffle-reduced dot product) and 4 output columns per lane; the warps'
+// partial (max, sum, acc) are merged at the end. Dv <= 128, D <= 256.
 template <typename TI>
-__global__ void exact_rows_kernel(const TI *q, const TI *k, const TI *v, const uint8_t *mask,
+__global__ void __launch_bounds__(256) exact_rows_kernel(const TI *q, const TI *k, const TI *v, const uint8_t *mask,
                                   const int *rows, int H, int Nq, int Nk, int D, int Dv,
                                   float scale, float *e) {
-    extern __shared__ float sh[];
-    float *qs = sh;        // [D]
-    float *p = sh + D;     // [128]
-    __shared__ float red[4];
+    __shared__ float qs[256];
+    __shared__ float wm[8], wl[8], wacc[8][128];
     const int smp = blockIdx.x, bh = blockIdx.y, b = bh / H, tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5;
     const int qi = rows[smp];
     const TI *qr = q + ((size_t)bh * Nq + qi) * D;
     const TI *kb = k + (size_t)bh * Nk * D;
     const TI *vb = v + (size_t)bh * Nk * Dv;
-    for (int i = tid; i < D; i += 128) qs[i] = tkc::elem<TI>::to_f(qr[i]) * scale;
+    for (int i = tid; i < D; i += 256) qs[i] = tkc::elem<TI>::to_f(qr[i]) * scale;
     __syncthreads();
-    float mx = -INFINITY;
-    for (int j = tid; j < Nk; j += 128) {
+    float m = -INFINITY, l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int j = warp; j < Nk; j += 8) {
         if (mask && !mask[(size_t)b * Nk + j]) continue;
+        const TI *kr = kb + (size_t)j * D;
         float x = 0.f;
-        for (int i = 0; i < D; i++) x += qs[i] * tkc::elem<TI>::to_f(kb[(size_t)j * D + i]);
-        mx = fmaxf(mx, x);
-    }
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    if ((tid & 31) == 0) red[tid >> 5] = mx;
-    __syncthreads();
-    mx = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
-    __syncthreads();
-    float acc = 0.f, lsum = 0.f;
-    for (int j0 = 0; j0 < Nk; j0 += 128) {
-        int j = j0 + tid;
-        float pj = 0.f;
-        if (j < Nk && !(mask && !mask[(size_t)b * Nk + j])) {
-            float x = 0.f;
-            for (int i = 0; i < D; i++) x += qs[i] * tkc::elem<TI>::to_f(kb[(size_t)j * D + i]);
-            pj = expf(x - mx);
+        for (int i = lane; i < D; i += 32) x += qs[i] * tkc::elem<TI>::to_f(kr[i]);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+        float mn = fmaxf(m, x);
+        float al = expf(m - mn), p = expf(x - mn);
+        m = mn;
+        l = l * al + p;
+        const TI *vr = vb + (size_t)j * Dv;
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            int col = lane + 32 * c;
+            acc[c] = acc[c] * al + (col < Dv ? p * tkc::elem<TI>::to_f(vr[col]) : 0.f);
         }
-        p[tid] = pj;
-        lsum += pj;
-        __syncthreads();
-        int jn = min(128, Nk - j0);
-        if (tid < Dv)
-            for (int jj = 0; jj < jn; jj++)
-                acc += p[jj] * tkc::elem<TI>::to_f(vb[(size_t)(j0 + jj) * Dv + tid]);
-        __syncthreads();
     }
-    for (int o = 16; o > 0; o >>= 1) lsum += __shfl_xor_sync(0xffffffffu, lsum, o);
-    if ((tid & 31) == 0) red[tid >> 5] = lsum;
+    if (lane == 0) wm[warp] = m, wl[warp] = l;
+#pragma unroll
+    for (int c = 0; c < 4; c++) wacc[warp][lane + 32 * c] = acc[c];
     __syncthreads();
-    float l = red[0] + red[1] + red[2] + red[3];
-    for (int c = tid; c < Dv; c += 128) {
-        // Dv > 128 is not a supported shape; c < 128 holds acc
-        e[((size_t)smp * gridDim.y + bh) * Dv + c] = l > 0.f ? acc / l : 0.f;
+    if (tid < 128) {
+        float M = -INFINITY;
+        for (int w = 0; w < 8; w++) M = fmaxf(M, wm[w]);
+        float L = 0.f, A = 0.f;
+        for (int w = 0; w < 8; w++) {
+            float f = wm[w] == -INFINITY ? 0.f : expf(wm[w] - M);
+            L += wl[w] * f;
+            A += wacc[w][tid] * f;
+        }
+        if (tid < Dv) e[((size_t)smp * gridDim.y + bh) * Dv + tid] = L > 0.f ? A / L : 0.f;
     }
 }
 
@@ -203,20 +202,20 @@ int quality_raw(const tk_call *call, const void *out, int out_dtype, int ns, uin
     int rc = 0;
     cudaError_t e = cudaMemcpyAsync(rows_d, rows, sizeof(int) * ns, cudaMemcpyHostToDevice, st);
     double s0 = call->scale > 0 ? call->scale : 1.0 / sqrt((double)call->D);
-    size_t smem = (call->D + 128) * sizeof(float);
+    size_t smem = 0;
     dim3 grid(ns, BH);
     if (e == cudaSuccess) {
         if (call->dtype == TK_DTYPE_BF16)
-            exact_rows_kernel<__nv_bfloat16><<<grid, 128, smem, st>>>(
+            exact_rows_kernel<__nv_bfloat16><<<grid, 256, smem, st>>>(
                 (const __nv_bfloat16 *)call->q, (const __nv_bfloat16 *)call->k,
                 (const __nv_bfloat16 *)call->v, call->key_mask, rows_d, call->H, call->Nq, call->Nk,
                 call->D, call->Dv, (float)s0, e_d);
         else if (call->dtype == TK_DTYPE_F16)
-            exact_rows_kernel<__half><<<grid, 128, smem, st>>>(
+            exact_rows_kernel<__half><<<grid, 256, smem, st>>>(
                 (const __half *)call->q, (const __half *)call->k, (const __half *)call->v,
                 call->key_mask, rows_d, call->H, call->Nq, call->Nk, call->D, call->Dv, (float)s0, e_d);
         else
-            exact_rows_kernel<float><<<grid, 128, smem, st>>>(
+            exact_rows_kernel<float><<<grid, 256, smem, st>>>(
                 (const float *)call->q, (const float *)call->k, (const float *)call->v,
                 call->key_mask, rows_d, call->H, call->Nq, call->Nk, call->D, call->Dv, (float)s0, e_d);
         e = cudaGetLastError();
@@ -365,7 +364,7 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg,
         return TK_OK;
     }
     size_t o_bytes = (size_t)call->B * call->H * call->Nq * call->Dv * tk_dtype_size(call->dtype);
-    int ns = (sreq && sreq->quality_samples > 0 && call->Dv <= 128) ? sreq->quality_samples : 0;
+    int ns = (sreq && sreq->quality_samples > 0 && call->Dv <= 128 && call->D <= 256) ? sreq->quality_samples : 0;
     if (ns > call->Nq) ns = call->Nq;
     size_t off_o = align256(ws_t);
     size_t off_rows = off_o + align256(o_bytes);

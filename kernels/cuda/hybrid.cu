@@ -45,6 +45,9 @@ struct tkc_hybrid_state {
     int npca, cap;
     void *ws;
     size_t ws_bytes;
+    size_t table_key;         // far-field feature table in ws: (offset, g, P) + 1, 0 = none
+    cudaStream_t side;        // text queries' exact rows run here, beside the far field
+    cudaEvent_t fork, join;
 };
 
 namespace {
@@ -90,31 +93,42 @@ __global__ void gather_rows_f32(const T *x, const int *rows, int nrows, int N, i
     }
 }
 
-// x' rows: [BH][N][g] in T.
-template <typename T>
-__global__ void project_kernel(const T *x, const float *P, int N, int D, int g, int modify, float power,
-                               float clip, float eps, float sqrt_s, T *out) {
-    extern __shared__ float Ps[]; // [D][g]
-    const int bh = blockIdx.y;
-    for (int i = threadIdx.x; i < D * g; i += blockDim.x) Ps[i] = P[(size_t)bh * D * g + i];
-    __syncthreads();
-    const int n = blockIdx.x * blockDim.x + threadIdx.x;
-    if (n >= N) return;
-    const T *xr = x + ((size_t)bh * N + n) * D;
-    float acc[32];
+// x' rows: [BH][N][g] in T. A block projects 64 rows: the rows are staged in
+// shared memory with coalesced 16-byte loads; two threads share a row, each
+// computing g/2 outputs, and the norm is combined across the pair.
+template <typename T, int G>
+__global__ void __launch_bounds__(128) project_kernel(const T *x, const float *P, int N, int D, int modify,
+                                                      float power, float clip, float eps, float sqrt_s, T *out) {
+    extern __shared__ float sm[];
+    float *Ps = sm;               // [D][G]
+    float *Xs = sm + D * G;       // [64][D+1]
+    const int bh = blockIdx.y, n0 = blockIdx.x * 64, tid = threadIdx.x;
+    for (int i = tid; i < D * G; i += 128) Ps[i] = P[(size_t)bh * D * G + i];
+    const int cpr = D / 8;
+    for (int c = tid; c < 64 * cpr; c += 128) {
+        int r = c / cpr, cc = (c % cpr) * 8, n = n0 + r;
+        uint4 u = make_uint4(0, 0, 0, 0);
+        if (n < N) u = *reinterpret_cast<const uint4 *>(x + ((size_t)bh * N + n) * D + cc);
+        const T *h = reinterpret_cast<const T *>(&u);
 #pragma unroll
-    for (int j = 0; j < 32; j++) acc[j] = 0.f;
-    for (int i = 0; i < D; i++) {
-        float xi = elem<T>::to_f(xr[i]);
-#pragma unroll
-        for (int j = 0; j < 32; j++)
-            if (j < g) acc[j] += xi * Ps[i * g + j];
+        for (int i = 0; i < 8; i++) Xs[r * (D + 1) + cc + i] = elem<T>::to_f(h[i]);
     }
+    __syncthreads();
+    const int r = tid >> 1, half = tid & 1, n = n0 + r;
+    float acc[G / 2];
+#pragma unroll
+    for (int j = 0; j < G / 2; j++) acc[j] = 0.f;
+    for (int i = 0; i < D; i++) {
+        float xi = Xs[r * (D + 1) + i];
+#pragma unroll
+        for (int j = 0; j < G / 2; j++) acc[j] += xi * Ps[i * G + half * (G / 2) + j];
+    }
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < G / 2; j++) ss += acc[j] * acc[j];
+    ss += __shfl_xor_sync(0xffffffffu, ss, 1);
     float f = sqrt_s;
     if (modify) {
-        float ss = 0.f;
-#pragma unroll
-        for (int j = 0; j < 32; j++) ss += j < g ? acc[j] * acc[j] : 0.f;
         float nrm = sqrtf(ss) + eps;
         if (modify == 1) f /= nrm;
         else {
@@ -122,10 +136,26 @@ __global__ void project_kernel(const T *x, const float *P, int N, int D, int g, 
             if (clip > 0.f) f *= fminf(1.f, clip / nrm);
         }
     }
-    T *o = out + ((size_t)bh * N + n) * g;
+    if (n < N) {
+        T *o = out + ((size_t)bh * N + n) * G + half * (G / 2);
 #pragma unroll
-    for (int j = 0; j < 32; j++)
-        if (j < g) o[j] = elem<T>::from_f(acc[j] * f);
+        for (int j = 0; j < G / 2; j++) o[j] = elem<T>::from_f(acc[j] * f);
+    }
+}
+
+template <typename T>
+int launch_project(const void *x, const float *P, int N, int D, int g, int BH, int modify, float power,
+                   float clip, float eps, float sqrt_s, void *out, cudaStream_t st) {
+    dim3 grid((N + 63) / 64, BH);
+    size_t sm = sizeof(float) * ((size_t)D * g + 64 * (D + 1));
+    if (g == 16) {
+        if (cudaFuncSetAttribute(project_kernel<T, 16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm)) return 1;
+        project_kernel<T, 16><<<grid, 128, sm, st>>>((const T *)x, P, N, D, modify, power, clip, eps, sqrt_s, (T *)out);
+    } else {
+        if (cudaFuncSetAttribute(project_kernel<T, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm)) return 1;
+        project_kernel<T, 32><<<grid, 128, sm, st>>>((const T *)x, P, N, D, modify, power, clip, eps, sqrt_s, (T *)out);
+    }
+    return cudaGetLastError() != cudaSuccess;
 }
 
 struct LocalArgs {
@@ -603,6 +633,7 @@ int ensure(tkc_hybrid_state *h, size_t bytes, char *err, size_t errlen) {
     if (h->ws) cudaFree(h->ws);
     h->ws = nullptr;
     h->ws_bytes = 0;
+    h->table_key = 0;
     cudaError_t e = cudaMalloc(&h->ws, bytes);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
@@ -733,6 +764,9 @@ void tkc_hybrid_free(tkc_hybrid_state *h) {
     free(h->pca);
     if (h->ws) cudaFree(h->ws);
     if (h->blas) cublasDestroy(h->blas);
+    if (h->side) cudaStreamDestroy(h->side);
+    if (h->fork) cudaEventDestroy(h->fork);
+    if (h->join) cudaEventDestroy(h->join);
     free(h);
 }
 
@@ -759,6 +793,14 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         if (cublasCreate(&h->blas) != CUBLAS_STATUS_SUCCESS) {
             free(h);
             hfail(res, TK_REASON_BACKEND_ERROR, "cublasCreate failed");
+            return 0;
+        }
+        cudaError_t ce0 = cudaStreamCreateWithFlags(&h->side, cudaStreamNonBlocking);
+        if (ce0 == cudaSuccess) ce0 = cudaEventCreateWithFlags(&h->fork, cudaEventDisableTiming);
+        if (ce0 == cudaSuccess) ce0 = cudaEventCreateWithFlags(&h->join, cudaEventDisableTiming);
+        if (ce0 != cudaSuccess) {
+            tkc_hybrid_free(h);
+            hfail(res, TK_REASON_BACKEND_ERROR, "hybrid: stream/event creation failed");
             return 0;
         }
         *hs = h;
@@ -884,37 +926,9 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     const bool mod = cfg->qk_norm_sigma_max <= 0 || call->sigma <= cfg->qk_norm_sigma_max;
     const int modify = !mod ? 0 : cfg->qk_normalize ? 1 : (cfg->qk_norm_power > 0 || cfg->qk_norm_clip > 0) ? 2 : 0;
     const float sqrt_s = (float)sqrt(cfg->global_scale_mul / sqrt((double)D));
-    if (far) {
-        dim3 grid((N + 127) / 128, BH);
-        size_t sm = sizeof(float) * D * g;
-        if (dt == TK_DTYPE_BF16) {
-            project_kernel<<<grid, 128, sm, st>>>((const __nv_bfloat16 *)q0, Pm, N, D, g, modify, (float)cfg->qk_norm_power,
-                                                  (float)cfg->qk_norm_clip, (float)cfg->eps, sqrt_s, (__nv_bfloat16 *)qp);
-            project_kernel<<<grid, 128, sm, st>>>((const __nv_bfloat16 *)k0, Pm, N, D, g, modify, (float)cfg->qk_norm_power,
-                                                  (float)cfg->qk_norm_clip, (float)cfg->eps, sqrt_s, (__nv_bfloat16 *)kp);
-        } else {
-            project_kernel<<<grid, 128, sm, st>>>((const __half *)q0, Pm, N, D, g, modify, (float)cfg->qk_norm_power,
-                                                  (float)cfg->qk_norm_clip, (float)cfg->eps, sqrt_s, (__half *)qp);
-            project_kernel<<<grid, 128, sm, st>>>((const __half *)k0, Pm, N, D, g, modify, (float)cfg->qk_norm_power,
-                                                  (float)cfg->qk_norm_clip, (float)cfg->eps, sqrt_s, (__half *)kp);
-        }
-        ce = cudaGetLastError();
-        if (ce != cudaSuccess) {
-            snprintf(err, sizeof err, "launch project_kernel: %s", cudaGetErrorString(ce));
-            hfail(res, TK_REASON_BACKEND_ERROR, err);
-            return 0;
-        }
-        ta.q = qp, ta.k = kp, ta.v = v, ta.o = farbuf;
-        tkc_den_stats fd;
-        rc = tkc_taylor_run(&ta, ws + off_t, ws_t, nsm, st, &fd, err, sizeof err);
-        if (rc) {
-            hfail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
-            return 0;
-        }
-        res->R = tkc_feature_count(g, P);
-    }
-    // text queries (2d): every key, exact
     const int T = call->text_tokens > 0 ? call->text_tokens : 0;
+    bool joined = false; // the side stream's exact rows must join st before the call returns
+    // text queries (2d): every key, exact
     if (W <= 0 || (shape2d && T > 0)) {
         tkc_exact_args ea;
         memset(&ea, 0, sizeof ea);
@@ -922,11 +936,55 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         ea.B = call->B, ea.H = call->H, ea.Nq = W <= 0 ? N : T, ea.Nk = N, ea.D = D, ea.q_rows = N;
         ea.scale = call->scale > 0 ? call->scale : 1.0 / sqrt((double)D);
         ea.in_dtype = dt, ea.out_dtype = call->dtype;
-        rc = tkc_exact_launch(&ea, st, err, sizeof err);
+        cudaStream_t es = W <= 0 ? st : h->side;
+        if (es != st) {
+            ce = cudaEventRecord(h->fork, st);
+            if (ce == cudaSuccess) ce = cudaStreamWaitEvent(es, h->fork, 0);
+            if (ce != cudaSuccess) {
+                snprintf(err, sizeof err, "hybrid fork: %s", cudaGetErrorString(ce));
+                hfail(res, TK_REASON_BACKEND_ERROR, err);
+                return 0;
+            }
+        }
+        rc = tkc_exact_launch(&ea, es, err, sizeof err);
+        if (!rc && es != st) {
+            ce = cudaEventRecord(h->join, es);
+            if (ce != cudaSuccess) {
+                snprintf(err, sizeof err, "hybrid join: %s", cudaGetErrorString(ce));
+                rc = 1;
+            }
+            joined = true;
+        }
         if (rc) {
             hfail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
             return 0;
         }
+    }
+    if (far) {
+        const float pw = (float)cfg->qk_norm_power, cl = (float)cfg->qk_norm_clip, ep = (float)cfg->eps;
+        int bad = dt == TK_DTYPE_BF16
+                      ? launch_project<__nv_bfloat16>(q0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, qp, st) ||
+                            launch_project<__nv_bfloat16>(k0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, kp, st)
+                      : launch_project<__half>(q0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, qp, st) ||
+                            launch_project<__half>(k0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, kp, st);
+        ce = bad ? cudaGetLastError() : cudaSuccess;
+        if (bad) {
+            snprintf(err, sizeof err, "launch project_kernel: %s", cudaGetErrorString(ce));
+            hfail(res, TK_REASON_BACKEND_ERROR, err);
+            return 0;
+        }
+        size_t tkey = ((size_t)off_t << 16) | ((size_t)g << 8) | (size_t)P;
+        ta.table_cached = h->table_key == tkey + 1;
+        h->table_key = 0;
+        ta.q = qp, ta.k = kp, ta.v = v, ta.o = farbuf;
+        tkc_den_stats fd;
+        rc = tkc_taylor_run(&ta, ws + off_t, ws_t, nsm, st, &fd, err, sizeof err);
+        if (rc) {
+            hfail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
+            return 0;
+        }
+        h->table_key = tkey + 1;
+        res->R = tkc_feature_count(g, P);
     }
     if (W > 0) {
         LocalArgs la;
@@ -951,6 +1009,15 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         if (rc) {
             hfail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
             return 0;
+        }
+        if (joined) {
+            ce = cudaStreamWaitEvent(st, h->join, 0); // st waits on the device; the host does not
+            joined = false;
+            if (ce != cudaSuccess) {
+                snprintf(err, sizeof err, "hybrid join: %s", cudaGetErrorString(ce));
+                hfail(res, TK_REASON_BACKEND_ERROR, err);
+                return 0;
+            }
         }
         if (far) {
             tkc_den_stats hd;
