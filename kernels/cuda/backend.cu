@@ -78,17 +78,20 @@ int tkc_convert_f32_bf16(const float *src, void *dst, size_t n, cudaStream_t st)
 namespace {
 
 // Exact output of sampled (query, head) rows in fp32: e[(s*BH + bh)*Dv + c].
-// One block of 8 warps per (sample, head); each warp runs an online softmax
-// over every 8th key with the lanes splitting D (coalesced row reads and a
-// shuffle-reduced dot product) and 4 output columns per lane; the warps'
-// partial (max, sum, acc) are merged at the end. Dv <= 128, D <= 256.
+// Grid (sample, head, key split); a block of 8 warps runs an online softmax
+// per warp over its keys, four keys per step (independent loads in flight),
+// with the lanes splitting D (coalesced rows, shuffle-reduced dot products)
+// and four output columns per lane. Each block leaves (max, sum, acc[Dv]) in
+// part; rows_merge_kernel combines the splits. Dv <= 128, D <= 256.
+constexpr int QSPLIT = 16;
+
 template <typename TI>
 __global__ void __launch_bounds__(256) exact_rows_kernel(const TI *q, const TI *k, const TI *v, const uint8_t *mask,
                                   const int *rows, int H, int Nq, int Nk, int D, int Dv,
-                                  float scale, float *e) {
+                                  float scale, float *part) {
     __shared__ float qs[256];
     __shared__ float wm[8], wl[8], wacc[8][128];
-    const int smp = blockIdx.x, bh = blockIdx.y, b = bh / H, tid = threadIdx.x;
+    const int smp = blockIdx.x, bh = blockIdx.y, ks = blockIdx.z, b = bh / H, tid = threadIdx.x;
     const int lane = tid & 31, warp = tid >> 5;
     const int qi = rows[smp];
     const TI *qr = q + ((size_t)bh * Nq + qi) * D;
@@ -96,40 +99,71 @@ __global__ void __launch_bounds__(256) exact_rows_kernel(const TI *q, const TI *
     const TI *vb = v + (size_t)bh * Nk * Dv;
     for (int i = tid; i < D; i += 256) qs[i] = tkc::elem<TI>::to_f(qr[i]) * scale;
     __syncthreads();
+    const int per = (Nk + QSPLIT - 1) / QSPLIT, k0 = ks * per, k1 = min(Nk, k0 + per);
     float m = -INFINITY, l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int j = warp; j < Nk; j += 8) {
-        if (mask && !mask[(size_t)b * Nk + j]) continue;
-        const TI *kr = kb + (size_t)j * D;
-        float x = 0.f;
-        for (int i = lane; i < D; i += 32) x += qs[i] * tkc::elem<TI>::to_f(kr[i]);
+    for (int j0 = k0 + warp * 4; j0 < k1; j0 += 32) {
+        float x[4], vv[4][4];
+        bool ok[4];
 #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-        float mn = fmaxf(m, x);
-        float al = expf(m - mn), p = expf(x - mn);
-        m = mn;
-        l = l * al + p;
-        const TI *vr = vb + (size_t)j * Dv;
+        for (int u = 0; u < 4; u++) {
+            int j = j0 + u;
+            ok[u] = j < k1 && !(mask && !mask[(size_t)b * Nk + j]);
+            float d = 0.f;
+            const TI *kr = kb + (size_t)(j < k1 ? j : k0) * D;
+            for (int i = lane; i < D; i += 32) d += qs[i] * tkc::elem<TI>::to_f(kr[i]);
+            x[u] = d;
+            const TI *vr = vb + (size_t)(j < k1 ? j : k0) * Dv;
 #pragma unroll
-        for (int c = 0; c < 4; c++) {
-            int col = lane + 32 * c;
-            acc[c] = acc[c] * al + (col < Dv ? p * tkc::elem<TI>::to_f(vr[col]) : 0.f);
+            for (int c = 0; c < 4; c++) {
+                int col = lane + 32 * c;
+                vv[u][c] = col < Dv ? tkc::elem<TI>::to_f(vr[col]) : 0.f;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) x[u] += __shfl_xor_sync(0xffffffffu, x[u], o);
+            if (!ok[u]) continue;
+            float mn = fmaxf(m, x[u]);
+            float al = expf(m - mn), p = expf(x[u] - mn);
+            m = mn;
+            l = l * al + p;
+#pragma unroll
+            for (int c = 0; c < 4; c++) acc[c] = acc[c] * al + p * vv[u][c];
         }
     }
     if (lane == 0) wm[warp] = m, wl[warp] = l;
 #pragma unroll
     for (int c = 0; c < 4; c++) wacc[warp][lane + 32 * c] = acc[c];
     __syncthreads();
-    if (tid < 128) {
-        float M = -INFINITY;
-        for (int w = 0; w < 8; w++) M = fmaxf(M, wm[w]);
+    float *pb = part + (((size_t)smp * gridDim.y + bh) * QSPLIT + ks) * (Dv + 2);
+    float M = -INFINITY;
+    for (int w = 0; w < 8; w++) M = fmaxf(M, wm[w]);
+    if (tid < Dv || tid == 128) {
         float L = 0.f, A = 0.f;
         for (int w = 0; w < 8; w++) {
             float f = wm[w] == -INFINITY ? 0.f : expf(wm[w] - M);
             L += wl[w] * f;
-            A += wacc[w][tid] * f;
+            if (tid < Dv) A += wacc[w][tid] * f;
         }
-        if (tid < Dv) e[((size_t)smp * gridDim.y + bh) * Dv + tid] = L > 0.f ? A / L : 0.f;
+        if (tid < Dv) pb[tid] = A;
+        else pb[Dv] = M, pb[Dv + 1] = L;
     }
+}
+
+__global__ void rows_merge_kernel(const float *part, int Dv, float *e) {
+    const int smp = blockIdx.x, bh = blockIdx.y, c = threadIdx.x;
+    const float *pb = part + ((size_t)smp * gridDim.y + bh) * QSPLIT * (Dv + 2);
+    float M = -INFINITY;
+    for (int s = 0; s < QSPLIT; s++) M = fmaxf(M, pb[s * (Dv + 2) + Dv]);
+    float L = 0.f, A = 0.f;
+    for (int s = 0; s < QSPLIT; s++) {
+        float m = pb[s * (Dv + 2) + Dv];
+        float f = m == -INFINITY ? 0.f : expf(m - M);
+        L += pb[s * (Dv + 2) + Dv + 1] * f;
+        if (c < Dv) A += pb[s * (Dv + 2) + c] * f;
+    }
+    if (c < Dv) e[((size_t)smp * gridDim.y + bh) * Dv + c] = L > 0.f ? A / L : 0.f;
 }
 
 template <typename T>
@@ -189,6 +223,7 @@ int quality_raw(const tk_call *call, const void *out, int out_dtype, int ns, uin
     int *rows_d = (int *)ws_extra;
     float *e_d = (float *)((char *)ws_extra + align256(sizeof(int) * ns));
     float *o_d = e_d + (size_t)ns * BH * call->Dv;
+    float *part_d = o_d + (size_t)ns * BH * call->Dv;
     int *rows = (int *)malloc(sizeof(int) * ns);
     float *eh = (float *)malloc(sizeof(float) * 2 * (size_t)ns * BH * call->Dv);
     if (!rows || !eh) {
@@ -203,21 +238,25 @@ int quality_raw(const tk_call *call, const void *out, int out_dtype, int ns, uin
     cudaError_t e = cudaMemcpyAsync(rows_d, rows, sizeof(int) * ns, cudaMemcpyHostToDevice, st);
     double s0 = call->scale > 0 ? call->scale : 1.0 / sqrt((double)call->D);
     size_t smem = 0;
-    dim3 grid(ns, BH);
+    dim3 grid(ns, BH), gridk(ns, BH, QSPLIT);
     if (e == cudaSuccess) {
         if (call->dtype == TK_DTYPE_BF16)
-            exact_rows_kernel<__nv_bfloat16><<<grid, 256, smem, st>>>(
+            exact_rows_kernel<__nv_bfloat16><<<gridk, 256, smem, st>>>(
                 (const __nv_bfloat16 *)call->q, (const __nv_bfloat16 *)call->k,
                 (const __nv_bfloat16 *)call->v, call->key_mask, rows_d, call->H, call->Nq, call->Nk,
-                call->D, call->Dv, (float)s0, e_d);
+                call->D, call->Dv, (float)s0, part_d);
         else if (call->dtype == TK_DTYPE_F16)
-            exact_rows_kernel<__half><<<grid, 256, smem, st>>>(
+            exact_rows_kernel<__half><<<gridk, 256, smem, st>>>(
                 (const __half *)call->q, (const __half *)call->k, (const __half *)call->v,
-                call->key_mask, rows_d, call->H, call->Nq, call->Nk, call->D, call->Dv, (float)s0, e_d);
+                call->key_mask, rows_d, call->H, call->Nq, call->Nk, call->D, call->Dv, (float)s0, part_d);
         else
-            exact_rows_kernel<float><<<grid, 256, smem, st>>>(
+            exact_rows_kernel<float><<<gridk, 256, smem, st>>>(
                 (const float *)call->q, (const float *)call->k, (const float *)call->v,
-                call->key_mask, rows_d, call->H, call->Nq, call->Nk, call->D, call->Dv, (float)s0, e_d);
+                call->key_mask, rows_d, call->H, call->Nq, call->Nk, call->D, call->Dv, (float)s0, part_d);
+        e = cudaGetLastError();
+    }
+    if (e == cudaSuccess) {
+        rows_merge_kernel<<<grid, 128, 0, st>>>(part_d, call->Dv, e_d);
         e = cudaGetLastError();
     }
     if (e == cudaSuccess) {
@@ -248,7 +287,8 @@ int quality_raw(const tk_call *call, const void *out, int out_dtype, int ns, uin
 }
 
 size_t quality_ws(const tk_call *call, int ns) {
-    return align256(sizeof(int) * ns) + align256(sizeof(float) * 2 * (size_t)ns * call->B * call->H * call->Dv);
+    return align256(sizeof(int) * ns) +
+           align256(sizeof(float) * (size_t)ns * call->B * call->H * (2 * call->Dv + QSPLIT * (call->Dv + 2)));
 }
 
 // Maps a launcher status to the result: 2 -> out_of_memory, 3 -> unsupported_shape, else backend_error.

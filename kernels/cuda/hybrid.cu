@@ -371,7 +371,9 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
                 }
             }
         }
-        // window visibility -> -inf bias; row max
+        // window visibility -> -inf bias; row max. Text tiles (2d) are visible
+        // to every image query: only invalid slots are masked there.
+        const bool text_tile = a.shape2d && j * LKT < kl.Tpad;
         float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
         for (int nt = 0; nt < LKT / 8; nt++) {
@@ -379,15 +381,17 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
             for (int e = 0; e < 2; e++) {
                 int inf = it[nt * 8 + 2 * (lane & 3) + e];
                 bool v_lo, v_hi;
-                if (inf == INFO_INVALID) v_lo = v_hi = false;
-                else if (inf == INFO_TEXT) v_lo = v_hi = true;
-                else if (a.shape2d) {
+                if (text_tile || inf == INFO_INVALID) {
+                    v_lo = v_hi = inf != INFO_INVALID;
+                } else if (a.shape2d) {
                     int ky = inf >> 16, kx = inf & 0xffff;
-                    v_lo = abs(ky - qy_lo) <= a.r && abs(kx - qx_lo) <= a.r;
-                    v_hi = abs(ky - qy_hi) <= a.r && abs(kx - qx_hi) <= a.r;
+                    unsigned w2 = 2u * (unsigned)a.r;
+                    v_lo = (unsigned)(ky - qy_lo + a.r) <= w2 && (unsigned)(kx - qx_lo + a.r) <= w2;
+                    v_hi = (unsigned)(ky - qy_hi + a.r) <= w2 && (unsigned)(kx - qx_hi + a.r) <= w2;
                 } else {
-                    v_lo = abs(inf - t_lo) <= a.r;
-                    v_hi = abs(inf - t_hi) <= a.r;
+                    unsigned w2 = 2u * (unsigned)a.r;
+                    v_lo = (unsigned)(inf - t_lo + a.r) <= w2;
+                    v_hi = (unsigned)(inf - t_hi + a.r) <= w2;
                 }
                 s[nt][e] = v_lo ? s[nt][e] * a.scale_log2 : -INFINITY;
                 s[nt][2 + e] = v_hi ? s[nt][2 + e] * a.scale_log2 : -INFINITY;
