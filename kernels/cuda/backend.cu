@@ -110,7 +110,11 @@ __global__ void __launch_bounds__(256) exact_rows_kernel(const TI *q, const TI *
             ok[u] = j < k1 && !(mask && !mask[(size_t)b * Nk + j]);
             float d = 0.f;
             const TI *kr = kb + (size_t)(j < k1 ? j : k0) * D;
-            for (int i = lane; i < D; i += 32) d += qs[i] * tkc::elem<TI>::to_f(kr[i]);
+#pragma unroll
+            for (int t = 0; t < 8; t++) { // D <= 256: independent loads, all in flight
+                int i = lane + 32 * t;
+                if (i < D) d += qs[i] * tkc::elem<TI>::to_f(kr[i]);
+            }
             x[u] = d;
             const TI *vr = vb + (size_t)(j < k1 ? j : k0) * Dv;
 #pragma unroll
