@@ -117,6 +117,11 @@ static int profile_only(const char *only, const int *ns, int count) {
             a.call.text_tokens = 512, a.call.grid_h = side, a.call.grid_w = side;
         }
         if (strcmp(only, "taylor3") == 0) a.cfg.terms = 3, a.cfg.sub_head_blocks = 8;
+        if (getenv("TKB_STATS")) {
+            a.use_stats = 1;
+            a.sr.quality_samples = 16;
+            a.sr.seed = 7;
+        }
         double ms = time_mode(&a, 1);
         printf("# %s N=%d: %.3f ms (%s)\n", only, n, ms, tk_reason_name(a.res.reason));
         tkcu_free(q), tkcu_free(k), tkcu_free(v), tkcu_free(o);

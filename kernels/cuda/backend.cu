@@ -78,80 +78,130 @@ int tkc_convert_f32_bf16(const float *src, void *dst, size_t n, cudaStream_t st)
 namespace {
 
 // Exact output of sampled (query, head) rows in fp32: e[(s*BH + bh)*Dv + c].
-// Grid (sample, head, key split); a block of 8 warps runs an online softmax
-// per warp over its keys, four keys per step (independent loads in flight),
-// with the lanes splitting D (coalesced rows, shuffle-reduced dot products)
-// and four output columns per lane. Each block leaves (max, sum, acc[Dv]) in
-// part; rows_merge_kernel combines the splits. Dv <= 128, D <= 256.
+// Grid (head, key split); a block holds up to 16 sampled query rows of its
+// head, so K and V are read once per head, not once per sample. Each warp
+// takes 32 keys per step (a key per lane: 16 dot products against the rows
+// in shared memory), runs the online softmax per sample with warp
+// reductions, then accumulates P.V with lanes over output columns. Blocks
+// leave (max, sum, acc[Dv]) per sample in part; rows_merge_kernel combines
+// the splits. Dv <= 128, D <= 256, D % 8 == 0.
 constexpr int QSPLIT = 16;
+constexpr int QS_MAX = 16;
 
 template <typename TI>
 __global__ void __launch_bounds__(256) exact_rows_kernel(const TI *q, const TI *k, const TI *v, const uint8_t *mask,
-                                  const int *rows, int H, int Nq, int Nk, int D, int Dv,
+                                  const int *rows, int ns, int H, int Nq, int Nk, int D, int Dv,
                                   float scale, float *part) {
-    __shared__ float qs[256];
-    __shared__ float wm[8], wl[8], wacc[8][128];
-    const int smp = blockIdx.x, bh = blockIdx.y, ks = blockIdx.z, b = bh / H, tid = threadIdx.x;
+    __shared__ __align__(16) float qs[QS_MAX * 256];
+    __shared__ float wm[8][QS_MAX], wl[8][QS_MAX];
+    __shared__ float wacc[QS_MAX][128];
+    const int bh = blockIdx.x, ks = blockIdx.y, b = bh / H, tid = threadIdx.x;
     const int lane = tid & 31, warp = tid >> 5;
-    const int qi = rows[smp];
-    const TI *qr = q + ((size_t)bh * Nq + qi) * D;
     const TI *kb = k + (size_t)bh * Nk * D;
     const TI *vb = v + (size_t)bh * Nk * Dv;
-    for (int i = tid; i < D; i += 256) qs[i] = tkc::elem<TI>::to_f(qr[i]) * scale;
-    __syncthreads();
     const int per = (Nk + QSPLIT - 1) / QSPLIT, k0 = ks * per, k1 = min(Nk, k0 + per);
-    float m = -INFINITY, l = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int j0 = k0 + warp * 4; j0 < k1; j0 += 32) {
-        float x[4], vv[4][4];
-        bool ok[4];
+    for (int g0 = 0; g0 < ns; g0 += QS_MAX) {
+        const int gn = min(QS_MAX, ns - g0);
+        __syncthreads();
+        for (int e = tid; e < QS_MAX * D; e += 256) {
+            int sr = e / D, i = e % D;
+            qs[sr * D + i] = sr < gn ? tkc::elem<TI>::to_f(q[((size_t)bh * Nq + rows[g0 + sr]) * D + i]) * scale : 0.f;
+        }
+        for (int e = tid; e < QS_MAX * 128; e += 256) (&wacc[0][0])[e] = 0.f;
+        __syncthreads();
+        float m[QS_MAX], l[QS_MAX], acc[QS_MAX][4];
 #pragma unroll
-        for (int u = 0; u < 4; u++) {
-            int j = j0 + u;
-            ok[u] = j < k1 && !(mask && !mask[(size_t)b * Nk + j]);
-            float d = 0.f;
+        for (int s = 0; s < QS_MAX; s++) {
+            m[s] = -INFINITY, l[s] = 0.f;
+            acc[s][0] = acc[s][1] = acc[s][2] = acc[s][3] = 0.f;
+        }
+        for (int j0 = k0 + warp * 32; j0 < k1; j0 += 256) {
+            const int j = j0 + lane;
+            const bool ok = j < k1 && !(mask && !mask[(size_t)b * Nk + j]);
+            float dot[QS_MAX];
+#pragma unroll
+            for (int s = 0; s < QS_MAX; s++) dot[s] = 0.f;
             const TI *kr = kb + (size_t)(j < k1 ? j : k0) * D;
+            for (int c8 = 0; c8 < D; c8 += 8) {
+                uint4 u = *reinterpret_cast<const uint4 *>(kr + c8);
+                float kv[8];
+                if constexpr (sizeof(TI) == 2) {
+                    const TI *hh = reinterpret_cast<const TI *>(&u);
 #pragma unroll
-            for (int t = 0; t < 8; t++) { // D <= 256: independent loads, all in flight
-                int i = lane + 32 * t;
-                if (i < D) d += qs[i] * tkc::elem<TI>::to_f(kr[i]);
+                    for (int t = 0; t < 8; t++) kv[t] = tkc::elem<TI>::to_f(hh[t]);
+                } else {
+                    uint4 u2 = *reinterpret_cast<const uint4 *>(kr + c8 + 4);
+                    const float *f1 = reinterpret_cast<const float *>(&u), *f2 = reinterpret_cast<const float *>(&u2);
+#pragma unroll
+                    for (int t = 0; t < 4; t++) kv[t] = f1[t], kv[4 + t] = f2[t];
+                }
+#pragma unroll
+                for (int s = 0; s < QS_MAX; s++) {
+                    float4 a0 = *reinterpret_cast<const float4 *>(qs + s * D + c8);
+                    float4 a1 = *reinterpret_cast<const float4 *>(qs + s * D + c8 + 4);
+                    dot[s] += a0.x * kv[0] + a0.y * kv[1] + a0.z * kv[2] + a0.w * kv[3] + a1.x * kv[4] +
+                              a1.y * kv[5] + a1.z * kv[6] + a1.w * kv[7];
+                }
             }
-            x[u] = d;
-            const TI *vr = vb + (size_t)(j < k1 ? j : k0) * Dv;
 #pragma unroll
-            for (int c = 0; c < 4; c++) {
-                int col = lane + 32 * c;
-                vv[u][c] = col < Dv ? tkc::elem<TI>::to_f(vr[col]) : 0.f;
+            for (int s = 0; s < QS_MAX; s++) {
+                float x = ok ? dot[s] : -INFINITY, mx = x;
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+                float mn = fmaxf(m[s], mx);
+                float al = mn == -INFINITY ? 1.f : expf(m[s] - mn);
+                float p = mn == -INFINITY ? 0.f : expf(x - mn), ps = p;
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+                m[s] = mn;
+                l[s] = l[s] * al + ps;
+                acc[s][0] *= al, acc[s][1] *= al, acc[s][2] *= al, acc[s][3] *= al;
+                dot[s] = p;
+            }
+            const int nk = min(32, k1 - j0);
+            for (int kk = 0; kk < nk; kk++) {
+                const TI *vr = vb + (size_t)(j0 + kk) * Dv;
+                float vv[4];
+#pragma unroll
+                for (int c = 0; c < 4; c++) {
+                    int col = lane + 32 * c;
+                    vv[c] = col < Dv ? tkc::elem<TI>::to_f(vr[col]) : 0.f;
+                }
+#pragma unroll
+                for (int s = 0; s < QS_MAX; s++) {
+                    float pk = __shfl_sync(0xffffffffu, dot[s], kk);
+#pragma unroll
+                    for (int c = 0; c < 4; c++) acc[s][c] += pk * vv[c];
+                }
             }
         }
+        if (lane == 0)
 #pragma unroll
-        for (int u = 0; u < 4; u++) {
+            for (int s = 0; s < QS_MAX; s++) wm[warp][s] = m[s], wl[warp][s] = l[s];
+        __syncthreads();
+        // merge the 8 warps: rescale each warp's acc to the block max and add
 #pragma unroll
-            for (int o = 16; o > 0; o >>= 1) x[u] += __shfl_xor_sync(0xffffffffu, x[u], o);
-            if (!ok[u]) continue;
-            float mn = fmaxf(m, x[u]);
-            float al = expf(m - mn), p = expf(x[u] - mn);
-            m = mn;
-            l = l * al + p;
+        for (int s = 0; s < QS_MAX; s++) {
+            float M = -INFINITY;
+            for (int w = 0; w < 8; w++) M = fmaxf(M, wm[w][s]);
+            float f = (m[s] == -INFINITY) ? 0.f : expf(m[s] - M);
 #pragma unroll
-            for (int c = 0; c < 4; c++) acc[c] = acc[c] * al + p * vv[u][c];
+            for (int c = 0; c < 4; c++)
+                if (lane + 32 * c < 128) atomicAdd(&wacc[s][lane + 32 * c], acc[s][c] * f);
         }
-    }
-    if (lane == 0) wm[warp] = m, wl[warp] = l;
-#pragma unroll
-    for (int c = 0; c < 4; c++) wacc[warp][lane + 32 * c] = acc[c];
-    __syncthreads();
-    float *pb = part + (((size_t)smp * gridDim.y + bh) * QSPLIT + ks) * (Dv + 2);
-    float M = -INFINITY;
-    for (int w = 0; w < 8; w++) M = fmaxf(M, wm[w]);
-    if (tid < Dv || tid == 128) {
-        float L = 0.f, A = 0.f;
-        for (int w = 0; w < 8; w++) {
-            float f = wm[w] == -INFINITY ? 0.f : expf(wm[w] - M);
-            L += wl[w] * f;
-            if (tid < Dv) A += wacc[w][tid] * f;
+        __syncthreads();
+        for (int e = tid; e < gn * (Dv + 2); e += 256) {
+            int sr = e / (Dv + 2), c = e % (Dv + 2);
+            float *pb = part + ((((size_t)(g0 + sr)) * gridDim.x + bh) * QSPLIT + ks) * (Dv + 2);
+            if (c < Dv) {
+                pb[c] = wacc[sr][c];
+                continue;
+            }
+            float M = -INFINITY, L = 0.f;
+            for (int w = 0; w < 8; w++) M = fmaxf(M, wm[w][sr]);
+            for (int w = 0; w < 8; w++) L += wm[w][sr] == -INFINITY ? 0.f : wl[w][sr] * expf(wm[w][sr] - M);
+            pb[c] = c == Dv ? M : L;
         }
-        if (tid < Dv) pb[tid] = A;
-        else pb[Dv] = M, pb[Dv + 1] = L;
     }
 }
 
@@ -242,21 +292,21 @@ int quality_raw(const tk_call *call, const void *out, int out_dtype, int ns, uin
     cudaError_t e = cudaMemcpyAsync(rows_d, rows, sizeof(int) * ns, cudaMemcpyHostToDevice, st);
     double s0 = call->scale > 0 ? call->scale : 1.0 / sqrt((double)call->D);
     size_t smem = 0;
-    dim3 grid(ns, BH), gridk(ns, BH, QSPLIT);
+    dim3 grid(ns, BH), gridk(BH, QSPLIT);
     if (e == cudaSuccess) {
         if (call->dtype == TK_DTYPE_BF16)
             exact_rows_kernel<__nv_bfloat16><<<gridk, 256, smem, st>>>(
                 (const __nv_bfloat16 *)call->q, (const __nv_bfloat16 *)call->k,
-                (const __nv_bfloat16 *)call->v, call->key_mask, rows_d, call->H, call->Nq, call->Nk,
+                (const __nv_bfloat16 *)call->v, call->key_mask, rows_d, ns, call->H, call->Nq, call->Nk,
                 call->D, call->Dv, (float)s0, part_d);
         else if (call->dtype == TK_DTYPE_F16)
             exact_rows_kernel<__half><<<gridk, 256, smem, st>>>(
                 (const __half *)call->q, (const __half *)call->k, (const __half *)call->v,
-                call->key_mask, rows_d, call->H, call->Nq, call->Nk, call->D, call->Dv, (float)s0, part_d);
+                call->key_mask, rows_d, ns, call->H, call->Nq, call->Nk, call->D, call->Dv, (float)s0, part_d);
         else
             exact_rows_kernel<float><<<gridk, 256, smem, st>>>(
                 (const float *)call->q, (const float *)call->k, (const float *)call->v,
-                call->key_mask, rows_d, call->H, call->Nq, call->Nk, call->D, call->Dv, (float)s0, part_d);
+                call->key_mask, rows_d, ns, call->H, call->Nq, call->Nk, call->D, call->Dv, (float)s0, part_d);
         e = cudaGetLastError();
     }
     if (e == cudaSuccess) {
