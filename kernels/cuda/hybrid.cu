@@ -67,22 +67,6 @@ void hfail(tk_result *res, tk_reason r, const char *detail) {
     snprintf(res->detail, sizeof res->detail, "%s", detail);
 }
 
-int window_at(const tk_config *c, double sigma) {
-    if (c->local_window_sigma_high <= c->local_window_sigma_low) return c->local_window;
-    if (sigma >= c->local_window_sigma_high) return c->local_window_max;
-    if (sigma <= c->local_window_sigma_low) return c->local_window_min;
-    double t = (c->local_window_sigma_high - sigma) / (c->local_window_sigma_high - c->local_window_sigma_low);
-    double s = t * t * (3 - 2 * t);
-    return (int)lround(c->local_window_max + (c->local_window_min - c->local_window_max) * s);
-}
-
-double far_weight_at(const tk_config *c, double sigma) {
-    if (c->global_sigma_high <= c->global_sigma_low) return c->global_weight;
-    if (sigma <= c->global_sigma_low) return c->global_weight;
-    if (sigma >= c->global_sigma_high) return 0.0;
-    return c->global_weight * (c->global_sigma_high - sigma) / (c->global_sigma_high - c->global_sigma_low);
-}
-
 template <typename T>
 __global__ void gather_rows_f32(const T *x, const int *rows, int nrows, int N, int D, float *out,
                                 int out_rows, int out_off) {
@@ -811,8 +795,8 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     }
     tkc_hybrid_state *h = *hs;
     const int BH = call->B * call->H, N = call->Nq, D = call->D;
-    const int W = window_at(cfg, call->sigma);
-    const double w = far_weight_at(cfg, call->sigma);
+    const int W = tk_window_at(cfg, call->sigma);
+    const double w = tk_far_weight_at(cfg, call->sigma);
     res->window = W;
     res->w = w;
     if (call->Nq != call->Nk || call->Dv != D || (D != 64 && D != 128)) {
