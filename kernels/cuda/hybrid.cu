@@ -243,7 +243,7 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
             t = (qy < a.gh && qx < a.gw) ? a.T + qy * a.gw + qx : -1;
         } else {
             t = blockIdx.x * BR + tid;
-            if (t >= a.N) t = -1;
+            if (t >= a.N || t < a.T) t = -1; // text queries see every key: exact rows elsewhere
         }
         qtok[tid] = t;
     }
@@ -799,6 +799,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     const double w = tk_far_weight_at(cfg, call->sigma);
     res->window = W;
     res->w = w;
+    res->R = tkc_feature_count(cfg->global_dim < call->D ? cfg->global_dim : call->D, cfg->global_P);
     if (call->Nq != call->Nk || call->Dv != D || (D != 64 && D != 128)) {
         hfail(res, TK_REASON_UNSUPPORTED_SHAPE, "hybrid on cuda: needs Nq == Nk, Dv == D and D 64 or 128");
         return 0;
@@ -916,8 +917,8 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     const float sqrt_s = (float)sqrt(cfg->global_scale_mul / sqrt((double)D));
     const int T = call->text_tokens > 0 ? call->text_tokens : 0;
     bool joined = false; // the side stream's exact rows must join st before the call returns
-    // text queries (2d): every key, exact
-    if (W <= 0 || (shape2d && T > 0)) {
+    // text queries: every key, exact (as the ref backend's window: kernels/plan.c)
+    if (W <= 0 || T > 0) { // text queries (both window shapes) see every key
         tkc_exact_args ea;
         memset(&ea, 0, sizeof ea);
         ea.q = q, ea.k = k, ea.v = v, ea.o = call->o, ea.mask = call->key_mask;

@@ -434,8 +434,9 @@ static void test_taylor_quality_stats_measure_the_taylor_error(void) {
  * text queries see all; 1d: |i-j| <= r), far field kappa_P on x' =
  * sqrt(D^-1/2) P^T x (P the device's PCA projection, read back). */
 static int visible(const problem *p, int T, int gw, int r, int shape2d, int i, int j) {
+    if (i < T) return 1; /* text queries see every key (both shapes, as kernels/plan.c) */
     if (!shape2d) return abs(i - j) <= r;
-    if (i < T || j < T) return 1;
+    if (j < T) return 1;
     int qy = (i - T) / gw, qx = (i - T) % gw, ky = (j - T) / gw, kx = (j - T) % gw;
     (void)p;
     return abs(qy - ky) <= r && abs(qx - kx) <= r;
@@ -489,7 +490,7 @@ static double *hybrid_ref(tk_context *ctx, const problem *p, const tk_config *cf
                 for (int t = 0; t < D; t++) nl[t] += e * vj[t], nf[t] += kf * vj[t];
             }
             double *oi = o + ((size_t)bh * N + i) * D;
-            int text_full = shape2d && i < T; /* text queries: the window is everything */
+            int text_full = i < T; /* text queries: the window is everything */
             for (int t = 0; t < D; t++) {
                 if (!have || text_full || r <= 0 || df <= 0) oi[t] = nl[t] / dl;
                 else if (normalized) oi[t] = (nl[t] + w * exp(-mx) * nf[t]) / (dl + w * exp(-mx) * df);
