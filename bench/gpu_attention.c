@@ -14,12 +14,11 @@
 
 #ifdef TK_HAVE_CUDA
 #include "cuda/tkcuda_util.h"
-#include "internal.h"
 
 enum { H = 24, D = 128 };
 
 typedef struct {
-    tk_context ctx;
+    tk_context *ctx; /* cuda, through the public API (dispatch + tk_check) */
     tk_call call;
     tk_config cfg;
     tk_mode mode;
@@ -43,7 +42,7 @@ static int prep(void *p) {
 static int run(void *p) {
     bench_arg *a = p;
     memset(&a->res, 0, sizeof a->res);
-    if (tkcuda_attention(&a->ctx, &a->call, &a->cfg, a->mode, a->use_stats ? &a->sr : NULL, &a->res))
+    if (tk_attention(a->ctx, &a->call, &a->cfg, a->mode, a->use_stats ? &a->sr : NULL, &a->res))
         return 1;
     if (a->res.reason != TK_REASON_NONE) {
         a->failed = 1;
@@ -99,9 +98,8 @@ static int profile_only(const char *only, const int *ns, int count) {
         size_t elems = (size_t)H * n * D;
         bench_arg a;
         memset(&a, 0, sizeof a);
-        a.ctx.backend = TK_BACKEND_CUDA;
         void *q = NULL, *k = NULL, *v = NULL, *o = NULL;
-        if (tkcuda_open(&a.ctx, err, sizeof err) || tkcu_alloc(&q, elems * 2, err, sizeof err) ||
+        if (tk_context_open(TK_BACKEND_CUDA, &a.ctx, err, sizeof err) || tkcu_alloc(&q, elems * 2, err, sizeof err) ||
             tkcu_alloc(&k, elems * 2, err, sizeof err) || tkcu_alloc(&v, elems * 2, err, sizeof err) ||
             tkcu_alloc(&o, elems * 2, err, sizeof err)) {
             printf("# setup: %s\n", err);
@@ -125,7 +123,7 @@ static int profile_only(const char *only, const int *ns, int count) {
         double ms = time_mode(&a, 1);
         printf("# %s N=%d: %.3f ms (%s)\n", only, n, ms, tk_reason_name(a.res.reason));
         tkcu_free(q), tkcu_free(k), tkcu_free(v), tkcu_free(o);
-        tkcuda_close(&a.ctx);
+        tk_context_close(a.ctx);
     }
     return 0;
 }
@@ -162,9 +160,8 @@ int main(int argc, char **argv) {
         size_t elems = (size_t)H * n * D;
         bench_arg a;
         memset(&a, 0, sizeof a);
-        a.ctx.backend = TK_BACKEND_CUDA;
-        if (tkcuda_open(&a.ctx, err, sizeof err)) {
-            printf("# tkcuda_open: %s\n", err);
+        if (tk_context_open(TK_BACKEND_CUDA, &a.ctx, err, sizeof err)) {
+            printf("# tk_context_open(cuda): %s\n", err);
             return 1;
         }
         void *q = NULL, *k = NULL, *v = NULL, *o = NULL;
@@ -243,7 +240,7 @@ int main(int argc, char **argv) {
         }
         fflush(stdout);
         tkcu_free(q), tkcu_free(k), tkcu_free(v), tkcu_free(o);
-        tkcuda_close(&a.ctx);
+        tk_context_close(a.ctx);
     }
     return 0;
 }
