@@ -640,7 +640,8 @@ int pca_for(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, cons
     for (int i = 0; i < h->npca; i++)
         if (h->pca[i].layer == call->layer && h->pca[i].BH == BH && h->pca[i].D == D && h->pca[i].g == g)
             e = &h->pca[i];
-    bool fit = !e || (cfg->pca_refit_every > 0 && call->step - e->step_fit >= cfg->pca_refit_every);
+    bool fit = !e || call->layer < 0 || /* unknown layer: fitted every call, as kernels/pca.c */
+               (cfg->pca_refit_every > 0 && call->step - e->step_fit >= cfg->pca_refit_every);
     if (!fit) {
         *P_out = e->P;
         return 0;
