@@ -14,12 +14,11 @@
 
 #ifdef TK_HAVE_CUDA
 #include "cuda/tkcuda_util.h"
-#include "internal.h"
 
 enum { H = 24, D = 128 };
 
 typedef struct {
-    tk_context ctx;
+    tk_context *ctx; /* cuda, through the public API (dispatch + tk_check) */
     tk_call call;
     tk_config cfg;
     tk_mode mode;
@@ -43,7 +42,7 @@ static int prep(void *p) {
 static int run(void *p) {
     bench_arg *a = p;
     memset(&a->res, 0, sizeof a->res);
-    if (tkcuda_attention(&a->ctx, &a->call, &a->cfg, a->mode, a->use_stats ? &a->sr : NULL, &a->res))
+    if (tk_attention(a->ctx, &a->call, &a->cfg, a->mode, a->use_stats ? &a->sr : NULL, &a->res))
         return 1;
     if (a->res.reason != TK_REASON_NONE) {
         a->failed = 1;
@@ -99,9 +98,8 @@ static int profile_only(const char *only, const int *ns, int count) {
         size_t elems = (size_t)H * n * D;
         bench_arg a;
         memset(&a, 0, sizeof a);
-        a.ctx.backend = TK_BACKEND_CUDA;
         void *q = NULL, *k = NULL, *v = NULL, *o = NULL;
-        if (tkcuda_open(&a.ctx, err, sizeof err) || tkcu_alloc(&q, elems * 2, err, sizeof err) ||
+        if (tk_context_open(TK_BACKEND_CUDA, &a.ctx, err, sizeof err) || tkcu_alloc(&q, elems * 2, err, sizeof err) ||
             tkcu_alloc(&k, elems * 2, err, sizeof err) || tkcu_alloc(&v, elems * 2, err, sizeof err) ||
             tkcu_alloc(&o, elems * 2, err, sizeof err)) {
             printf("# setup: %s\n", err);
@@ -117,10 +115,15 @@ static int profile_only(const char *only, const int *ns, int count) {
             a.call.text_tokens = 512, a.call.grid_h = side, a.call.grid_w = side;
         }
         if (strcmp(only, "taylor3") == 0) a.cfg.terms = 3, a.cfg.sub_head_blocks = 8;
+        if (getenv("TKB_STATS")) {
+            a.use_stats = 1;
+            a.sr.quality_samples = 16;
+            a.sr.seed = 7;
+        }
         double ms = time_mode(&a, 1);
         printf("# %s N=%d: %.3f ms (%s)\n", only, n, ms, tk_reason_name(a.res.reason));
         tkcu_free(q), tkcu_free(k), tkcu_free(v), tkcu_free(o);
-        tkcuda_close(&a.ctx);
+        tk_context_close(a.ctx);
     }
     return 0;
 }
@@ -157,9 +160,8 @@ int main(int argc, char **argv) {
         size_t elems = (size_t)H * n * D;
         bench_arg a;
         memset(&a, 0, sizeof a);
-        a.ctx.backend = TK_BACKEND_CUDA;
-        if (tkcuda_open(&a.ctx, err, sizeof err)) {
-            printf("# tkcuda_open: %s\n", err);
+        if (tk_context_open(TK_BACKEND_CUDA, &a.ctx, err, sizeof err)) {
+            printf("# tk_context_open(cuda): %s\n", err);
             return 1;
         }
         void *q = NULL, *k = NULL, *v = NULL, *o = NULL;
@@ -181,13 +183,13 @@ int main(int argc, char **argv) {
         a.mode = TK_MODE_EXACT;
         setenv("TKC_EXACT_WARPS", "8", 1);
         double ms = time_mode(&a, reps);
-        row("ours exact (8 warps)", n, ms, exact_flops, cud);
+        row("ours exact (8 warps, KT=128)", n, ms, exact_flops, cud);
         setenv("TKC_EXACT_WARPS", "4", 1);
         ms = time_mode(&a, reps);
-        row("ours exact (4 warps x2)", n, ms, exact_flops, cud);
+        row("ours exact (4 warps x2, KT=64)", n, ms, exact_flops, cud);
         setenv("TKC_EXACT_WARPS", "16", 1);
         ms = time_mode(&a, reps);
-        row("ours exact (8 warps, KT=128)", n, ms, exact_flops, cud);
+        row("ours exact (8 warps, KT=64)", n, ms, exact_flops, cud);
         unsetenv("TKC_EXACT_WARPS");
 
         a.mode = TK_MODE_TAYLOR;
@@ -238,7 +240,7 @@ int main(int argc, char **argv) {
         }
         fflush(stdout);
         tkcu_free(q), tkcu_free(k), tkcu_free(v), tkcu_free(o);
-        tkcuda_close(&a.ctx);
+        tk_context_close(a.ctx);
     }
     return 0;
 }

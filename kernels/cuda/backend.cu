@@ -78,59 +78,146 @@ int tkc_convert_f32_bf16(const float *src, void *dst, size_t n, cudaStream_t st)
 namespace {
 
 // Exact output of sampled (query, head) rows in fp32: e[(s*BH + bh)*Dv + c].
+// Grid (head, key split); a block holds up to 16 sampled query rows of its
+// head, so K and V are read once per head, not once per sample. Each warp
+// takes 32 keys per step (a key per lane: 16 dot products against the rows
+// in shared memory), runs the online softmax per sample with warp
+// reductions, then accumulates P.V with lanes over output columns. Blocks
+// leave (max, sum, acc[Dv]) per sample in part; rows_merge_kernel combines
+// the splits. Dv <= 128, D <= 256, D % 8 == 0.
+constexpr int QSPLIT = 16;
+constexpr int QS_MAX = 16;
+
 template <typename TI>
-__global__ void exact_rows_kernel(const TI *q, const TI *k, const TI *v, const uint8_t *mask,
-                                  const int *rows, int H, int Nq, int Nk, int D, int Dv,
-                                  float scale, float *e) {
-    extern __shared__ float sh[];
-    float *qs = sh;        // [D]
-    float *p = sh + D;     // [128]
-    __shared__ float red[4];
-    const int smp = blockIdx.x, bh = blockIdx.y, b = bh / H, tid = threadIdx.x;
-    const int qi = rows[smp];
-    const TI *qr = q + ((size_t)bh * Nq + qi) * D;
+__global__ void __launch_bounds__(256) exact_rows_kernel(const TI *q, const TI *k, const TI *v, const uint8_t *mask,
+                                  const int *rows, int ns, int H, int Nq, int Nk, int D, int Dv,
+                                  float scale, float *part) {
+    __shared__ __align__(16) float qs[QS_MAX * 256];
+    __shared__ float wm[8][QS_MAX], wl[8][QS_MAX];
+    __shared__ float wacc[QS_MAX][128];
+    const int bh = blockIdx.x, ks = blockIdx.y, b = bh / H, tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5;
     const TI *kb = k + (size_t)bh * Nk * D;
     const TI *vb = v + (size_t)bh * Nk * Dv;
-    for (int i = tid; i < D; i += 128) qs[i] = tkc::elem<TI>::to_f(qr[i]) * scale;
-    __syncthreads();
-    float mx = -INFINITY;
-    for (int j = tid; j < Nk; j += 128) {
-        if (mask && !mask[(size_t)b * Nk + j]) continue;
-        float x = 0.f;
-        for (int i = 0; i < D; i++) x += qs[i] * tkc::elem<TI>::to_f(kb[(size_t)j * D + i]);
-        mx = fmaxf(mx, x);
-    }
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    if ((tid & 31) == 0) red[tid >> 5] = mx;
-    __syncthreads();
-    mx = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
-    __syncthreads();
-    float acc = 0.f, lsum = 0.f;
-    for (int j0 = 0; j0 < Nk; j0 += 128) {
-        int j = j0 + tid;
-        float pj = 0.f;
-        if (j < Nk && !(mask && !mask[(size_t)b * Nk + j])) {
-            float x = 0.f;
-            for (int i = 0; i < D; i++) x += qs[i] * tkc::elem<TI>::to_f(kb[(size_t)j * D + i]);
-            pj = expf(x - mx);
+    const int per = (Nk + QSPLIT - 1) / QSPLIT, k0 = ks * per, k1 = min(Nk, k0 + per);
+    for (int g0 = 0; g0 < ns; g0 += QS_MAX) {
+        const int gn = min(QS_MAX, ns - g0);
+        __syncthreads();
+        for (int e = tid; e < QS_MAX * D; e += 256) {
+            int sr = e / D, i = e % D;
+            qs[sr * D + i] = sr < gn ? tkc::elem<TI>::to_f(q[((size_t)bh * Nq + rows[g0 + sr]) * D + i]) * scale : 0.f;
         }
-        p[tid] = pj;
-        lsum += pj;
+        for (int e = tid; e < QS_MAX * 128; e += 256) (&wacc[0][0])[e] = 0.f;
         __syncthreads();
-        int jn = min(128, Nk - j0);
-        if (tid < Dv)
-            for (int jj = 0; jj < jn; jj++)
-                acc += p[jj] * tkc::elem<TI>::to_f(vb[(size_t)(j0 + jj) * Dv + tid]);
+        float m[QS_MAX], l[QS_MAX], acc[QS_MAX][4];
+#pragma unroll
+        for (int s = 0; s < QS_MAX; s++) {
+            m[s] = -INFINITY, l[s] = 0.f;
+            acc[s][0] = acc[s][1] = acc[s][2] = acc[s][3] = 0.f;
+        }
+        for (int j0 = k0 + warp * 32; j0 < k1; j0 += 256) {
+            const int j = j0 + lane;
+            const bool ok = j < k1 && !(mask && !mask[(size_t)b * Nk + j]);
+            float dot[QS_MAX];
+#pragma unroll
+            for (int s = 0; s < QS_MAX; s++) dot[s] = 0.f;
+            const TI *kr = kb + (size_t)(j < k1 ? j : k0) * D;
+            for (int c8 = 0; c8 < D; c8 += 8) {
+                uint4 u = *reinterpret_cast<const uint4 *>(kr + c8);
+                float kv[8];
+                if constexpr (sizeof(TI) == 2) {
+                    const TI *hh = reinterpret_cast<const TI *>(&u);
+#pragma unroll
+                    for (int t = 0; t < 8; t++) kv[t] = tkc::elem<TI>::to_f(hh[t]);
+                } else {
+                    uint4 u2 = *reinterpret_cast<const uint4 *>(kr + c8 + 4);
+                    const float *f1 = reinterpret_cast<const float *>(&u), *f2 = reinterpret_cast<const float *>(&u2);
+#pragma unroll
+                    for (int t = 0; t < 4; t++) kv[t] = f1[t], kv[4 + t] = f2[t];
+                }
+#pragma unroll
+                for (int s = 0; s < QS_MAX; s++) {
+                    float4 a0 = *reinterpret_cast<const float4 *>(qs + s * D + c8);
+                    float4 a1 = *reinterpret_cast<const float4 *>(qs + s * D + c8 + 4);
+                    dot[s] += a0.x * kv[0] + a0.y * kv[1] + a0.z * kv[2] + a0.w * kv[3] + a1.x * kv[4] +
+                              a1.y * kv[5] + a1.z * kv[6] + a1.w * kv[7];
+                }
+            }
+#pragma unroll
+            for (int s = 0; s < QS_MAX; s++) {
+                float x = ok ? dot[s] : -INFINITY, mx = x;
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+                float mn = fmaxf(m[s], mx);
+                float al = mn == -INFINITY ? 1.f : expf(m[s] - mn);
+                float p = mn == -INFINITY ? 0.f : expf(x - mn), ps = p;
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+                m[s] = mn;
+                l[s] = l[s] * al + ps;
+                acc[s][0] *= al, acc[s][1] *= al, acc[s][2] *= al, acc[s][3] *= al;
+                dot[s] = p;
+            }
+            const int nk = min(32, k1 - j0);
+            for (int kk = 0; kk < nk; kk++) {
+                const TI *vr = vb + (size_t)(j0 + kk) * Dv;
+                float vv[4];
+#pragma unroll
+                for (int c = 0; c < 4; c++) {
+                    int col = lane + 32 * c;
+                    vv[c] = col < Dv ? tkc::elem<TI>::to_f(vr[col]) : 0.f;
+                }
+#pragma unroll
+                for (int s = 0; s < QS_MAX; s++) {
+                    float pk = __shfl_sync(0xffffffffu, dot[s], kk);
+#pragma unroll
+                    for (int c = 0; c < 4; c++) acc[s][c] += pk * vv[c];
+                }
+            }
+        }
+        if (lane == 0)
+#pragma unroll
+            for (int s = 0; s < QS_MAX; s++) wm[warp][s] = m[s], wl[warp][s] = l[s];
         __syncthreads();
+        // merge the 8 warps: rescale each warp's acc to the block max and add
+#pragma unroll
+        for (int s = 0; s < QS_MAX; s++) {
+            float M = -INFINITY;
+            for (int w = 0; w < 8; w++) M = fmaxf(M, wm[w][s]);
+            float f = (m[s] == -INFINITY) ? 0.f : expf(m[s] - M);
+#pragma unroll
+            for (int c = 0; c < 4; c++)
+                if (lane + 32 * c < 128) atomicAdd(&wacc[s][lane + 32 * c], acc[s][c] * f);
+        }
+        __syncthreads();
+        for (int e = tid; e < gn * (Dv + 2); e += 256) {
+            int sr = e / (Dv + 2), c = e % (Dv + 2);
+            float *pb = part + ((((size_t)(g0 + sr)) * gridDim.x + bh) * QSPLIT + ks) * (Dv + 2);
+            if (c < Dv) {
+                pb[c] = wacc[sr][c];
+                continue;
+            }
+            float M = -INFINITY, L = 0.f;
+            for (int w = 0; w < 8; w++) M = fmaxf(M, wm[w][sr]);
+            for (int w = 0; w < 8; w++) L += wm[w][sr] == -INFINITY ? 0.f : wl[w][sr] * expf(wm[w][sr] - M);
+            pb[c] = c == Dv ? M : L;
+        }
     }
-    for (int o = 16; o > 0; o >>= 1) lsum += __shfl_xor_sync(0xffffffffu, lsum, o);
-    if ((tid & 31) == 0) red[tid >> 5] = lsum;
-    __syncthreads();
-    float l = red[0] + red[1] + red[2] + red[3];
-    for (int c = tid; c < Dv; c += 128) {
-        // Dv > 128 is not a supported shape; c < 128 holds acc
-        e[((size_t)smp * gridDim.y + bh) * Dv + c] = l > 0.f ? acc / l : 0.f;
+}
+
+__global__ void rows_merge_kernel(const float *part, int Dv, float *e) {
+    const int smp = blockIdx.x, bh = blockIdx.y, c = threadIdx.x;
+    const float *pb = part + ((size_t)smp * gridDim.y + bh) * QSPLIT * (Dv + 2);
+    float M = -INFINITY;
+    for (int s = 0; s < QSPLIT; s++) M = fmaxf(M, pb[s * (Dv + 2) + Dv]);
+    float L = 0.f, A = 0.f;
+    for (int s = 0; s < QSPLIT; s++) {
+        float m = pb[s * (Dv + 2) + Dv];
+        float f = m == -INFINITY ? 0.f : expf(m - M);
+        L += pb[s * (Dv + 2) + Dv + 1] * f;
+        if (c < Dv) A += pb[s * (Dv + 2) + c] * f;
     }
+    if (c < Dv) e[((size_t)smp * gridDim.y + bh) * Dv + c] = L > 0.f ? A / L : 0.f;
 }
 
 template <typename T>
@@ -190,6 +277,7 @@ int quality_raw(const tk_call *call, const void *out, int out_dtype, int ns, uin
     int *rows_d = (int *)ws_extra;
     float *e_d = (float *)((char *)ws_extra + align256(sizeof(int) * ns));
     float *o_d = e_d + (size_t)ns * BH * call->Dv;
+    float *part_d = o_d + (size_t)ns * BH * call->Dv;
     int *rows = (int *)malloc(sizeof(int) * ns);
     float *eh = (float *)malloc(sizeof(float) * 2 * (size_t)ns * BH * call->Dv);
     if (!rows || !eh) {
@@ -203,22 +291,26 @@ int quality_raw(const tk_call *call, const void *out, int out_dtype, int ns, uin
     int rc = 0;
     cudaError_t e = cudaMemcpyAsync(rows_d, rows, sizeof(int) * ns, cudaMemcpyHostToDevice, st);
     double s0 = call->scale > 0 ? call->scale : 1.0 / sqrt((double)call->D);
-    size_t smem = (call->D + 128) * sizeof(float);
-    dim3 grid(ns, BH);
+    size_t smem = 0;
+    dim3 grid(ns, BH), gridk(BH, QSPLIT);
     if (e == cudaSuccess) {
         if (call->dtype == TK_DTYPE_BF16)
-            exact_rows_kernel<__nv_bfloat16><<<grid, 128, smem, st>>>(
+            exact_rows_kernel<__nv_bfloat16><<<gridk, 256, smem, st>>>(
                 (const __nv_bfloat16 *)call->q, (const __nv_bfloat16 *)call->k,
-                (const __nv_bfloat16 *)call->v, call->key_mask, rows_d, call->H, call->Nq, call->Nk,
-                call->D, call->Dv, (float)s0, e_d);
+                (const __nv_bfloat16 *)call->v, call->key_mask, rows_d, ns, call->H, call->Nq, call->Nk,
+                call->D, call->Dv, (float)s0, part_d);
         else if (call->dtype == TK_DTYPE_F16)
-            exact_rows_kernel<__half><<<grid, 128, smem, st>>>(
+            exact_rows_kernel<__half><<<gridk, 256, smem, st>>>(
                 (const __half *)call->q, (const __half *)call->k, (const __half *)call->v,
-                call->key_mask, rows_d, call->H, call->Nq, call->Nk, call->D, call->Dv, (float)s0, e_d);
+                call->key_mask, rows_d, ns, call->H, call->Nq, call->Nk, call->D, call->Dv, (float)s0, part_d);
         else
-            exact_rows_kernel<float><<<grid, 128, smem, st>>>(
+            exact_rows_kernel<float><<<gridk, 256, smem, st>>>(
                 (const float *)call->q, (const float *)call->k, (const float *)call->v,
-                call->key_mask, rows_d, call->H, call->Nq, call->Nk, call->D, call->Dv, (float)s0, e_d);
+                call->key_mask, rows_d, ns, call->H, call->Nq, call->Nk, call->D, call->Dv, (float)s0, part_d);
+        e = cudaGetLastError();
+    }
+    if (e == cudaSuccess) {
+        rows_merge_kernel<<<grid, 128, 0, st>>>(part_d, call->Dv, e_d);
         e = cudaGetLastError();
     }
     if (e == cudaSuccess) {
@@ -249,7 +341,8 @@ int quality_raw(const tk_call *call, const void *out, int out_dtype, int ns, uin
 }
 
 size_t quality_ws(const tk_call *call, int ns) {
-    return align256(sizeof(int) * ns) + align256(sizeof(float) * 2 * (size_t)ns * call->B * call->H * call->Dv);
+    return align256(sizeof(int) * ns) +
+           align256(sizeof(float) * (size_t)ns * call->B * call->H * (2 * call->Dv + QSPLIT * (call->Dv + 2)));
 }
 
 // Maps a launcher status to the result: 2 -> out_of_memory, 3 -> unsupported_shape, else backend_error.
@@ -365,7 +458,7 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg,
         return TK_OK;
     }
     size_t o_bytes = (size_t)call->B * call->H * call->Nq * call->Dv * tk_dtype_size(call->dtype);
-    int ns = (sreq && sreq->quality_samples > 0 && call->Dv <= 128) ? sreq->quality_samples : 0;
+    int ns = (sreq && sreq->quality_samples > 0 && call->Dv <= 128 && call->D <= 256) ? sreq->quality_samples : 0;
     if (ns > call->Nq) ns = call->Nq;
     size_t off_o = align256(ws_t);
     size_t off_rows = off_o + align256(o_bytes);

@@ -45,6 +45,9 @@ struct tkc_hybrid_state {
     int npca, cap;
     void *ws;
     size_t ws_bytes;
+    size_t table_key;         // far-field feature table in ws: (offset, g, P) + 1, 0 = none
+    cudaStream_t side;        // text queries' exact rows run here, beside the far field
+    cudaEvent_t fork, join;
 };
 
 namespace {
@@ -64,22 +67,6 @@ void hfail(tk_result *res, tk_reason r, const char *detail) {
     snprintf(res->detail, sizeof res->detail, "%s", detail);
 }
 
-int window_at(const tk_config *c, double sigma) {
-    if (c->local_window_sigma_high <= c->local_window_sigma_low) return c->local_window;
-    if (sigma >= c->local_window_sigma_high) return c->local_window_max;
-    if (sigma <= c->local_window_sigma_low) return c->local_window_min;
-    double t = (c->local_window_sigma_high - sigma) / (c->local_window_sigma_high - c->local_window_sigma_low);
-    double s = t * t * (3 - 2 * t);
-    return (int)lround(c->local_window_max + (c->local_window_min - c->local_window_max) * s);
-}
-
-double far_weight_at(const tk_config *c, double sigma) {
-    if (c->global_sigma_high <= c->global_sigma_low) return c->global_weight;
-    if (sigma <= c->global_sigma_low) return c->global_weight;
-    if (sigma >= c->global_sigma_high) return 0.0;
-    return c->global_weight * (c->global_sigma_high - sigma) / (c->global_sigma_high - c->global_sigma_low);
-}
-
 template <typename T>
 __global__ void gather_rows_f32(const T *x, const int *rows, int nrows, int N, int D, float *out,
                                 int out_rows, int out_off) {
@@ -90,31 +77,42 @@ __global__ void gather_rows_f32(const T *x, const int *rows, int nrows, int N, i
     }
 }
 
-// x' rows: [BH][N][g] in T.
-template <typename T>
-__global__ void project_kernel(const T *x, const float *P, int N, int D, int g, int modify, float power,
-                               float clip, float eps, float sqrt_s, T *out) {
-    extern __shared__ float Ps[]; // [D][g]
-    const int bh = blockIdx.y;
-    for (int i = threadIdx.x; i < D * g; i += blockDim.x) Ps[i] = P[(size_t)bh * D * g + i];
-    __syncthreads();
-    const int n = blockIdx.x * blockDim.x + threadIdx.x;
-    if (n >= N) return;
-    const T *xr = x + ((size_t)bh * N + n) * D;
-    float acc[32];
+// x' rows: [BH][N][g] in T. A block projects 64 rows: the rows are staged in
+// shared memory with coalesced 16-byte loads; two threads share a row, each
+// computing g/2 outputs, and the norm is combined across the pair.
+template <typename T, int G>
+__global__ void __launch_bounds__(128) project_kernel(const T *x, const float *P, int N, int D, int modify,
+                                                      float power, float clip, float eps, float sqrt_s, T *out) {
+    extern __shared__ float sm[];
+    float *Ps = sm;               // [D][G]
+    float *Xs = sm + D * G;       // [64][D+1]
+    const int bh = blockIdx.y, n0 = blockIdx.x * 64, tid = threadIdx.x;
+    for (int i = tid; i < D * G; i += 128) Ps[i] = P[(size_t)bh * D * G + i];
+    const int cpr = D / 8;
+    for (int c = tid; c < 64 * cpr; c += 128) {
+        int r = c / cpr, cc = (c % cpr) * 8, n = n0 + r;
+        uint4 u = make_uint4(0, 0, 0, 0);
+        if (n < N) u = *reinterpret_cast<const uint4 *>(x + ((size_t)bh * N + n) * D + cc);
+        const T *h = reinterpret_cast<const T *>(&u);
 #pragma unroll
-    for (int j = 0; j < 32; j++) acc[j] = 0.f;
-    for (int i = 0; i < D; i++) {
-        float xi = elem<T>::to_f(xr[i]);
-#pragma unroll
-        for (int j = 0; j < 32; j++)
-            if (j < g) acc[j] += xi * Ps[i * g + j];
+        for (int i = 0; i < 8; i++) Xs[r * (D + 1) + cc + i] = elem<T>::to_f(h[i]);
     }
+    __syncthreads();
+    const int r = tid >> 1, half = tid & 1, n = n0 + r;
+    float acc[G / 2];
+#pragma unroll
+    for (int j = 0; j < G / 2; j++) acc[j] = 0.f;
+    for (int i = 0; i < D; i++) {
+        float xi = Xs[r * (D + 1) + i];
+#pragma unroll
+        for (int j = 0; j < G / 2; j++) acc[j] += xi * Ps[i * G + half * (G / 2) + j];
+    }
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < G / 2; j++) ss += acc[j] * acc[j];
+    ss += __shfl_xor_sync(0xffffffffu, ss, 1);
     float f = sqrt_s;
     if (modify) {
-        float ss = 0.f;
-#pragma unroll
-        for (int j = 0; j < 32; j++) ss += j < g ? acc[j] * acc[j] : 0.f;
         float nrm = sqrtf(ss) + eps;
         if (modify == 1) f /= nrm;
         else {
@@ -122,10 +120,26 @@ __global__ void project_kernel(const T *x, const float *P, int N, int D, int g, 
             if (clip > 0.f) f *= fminf(1.f, clip / nrm);
         }
     }
-    T *o = out + ((size_t)bh * N + n) * g;
+    if (n < N) {
+        T *o = out + ((size_t)bh * N + n) * G + half * (G / 2);
 #pragma unroll
-    for (int j = 0; j < 32; j++)
-        if (j < g) o[j] = elem<T>::from_f(acc[j] * f);
+        for (int j = 0; j < G / 2; j++) o[j] = elem<T>::from_f(acc[j] * f);
+    }
+}
+
+template <typename T>
+int launch_project(const void *x, const float *P, int N, int D, int g, int BH, int modify, float power,
+                   float clip, float eps, float sqrt_s, void *out, cudaStream_t st) {
+    dim3 grid((N + 63) / 64, BH);
+    size_t sm = sizeof(float) * ((size_t)D * g + 64 * (D + 1));
+    if (g == 16) {
+        if (cudaFuncSetAttribute(project_kernel<T, 16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm)) return 1;
+        project_kernel<T, 16><<<grid, 128, sm, st>>>((const T *)x, P, N, D, modify, power, clip, eps, sqrt_s, (T *)out);
+    } else {
+        if (cudaFuncSetAttribute(project_kernel<T, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm)) return 1;
+        project_kernel<T, 32><<<grid, 128, sm, st>>>((const T *)x, P, N, D, modify, power, clip, eps, sqrt_s, (T *)out);
+    }
+    return cudaGetLastError() != cudaSuccess;
 }
 
 struct LocalArgs {
@@ -229,7 +243,7 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
             t = (qy < a.gh && qx < a.gw) ? a.T + qy * a.gw + qx : -1;
         } else {
             t = blockIdx.x * BR + tid;
-            if (t >= a.N) t = -1;
+            if (t >= a.N || t < a.T) t = -1; // text queries see every key: exact rows elsewhere
         }
         qtok[tid] = t;
     }
@@ -341,7 +355,9 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
                 }
             }
         }
-        // window visibility -> -inf bias; row max
+        // window visibility -> -inf bias; row max. Text tiles (2d) are visible
+        // to every image query: only invalid slots are masked there.
+        const bool text_tile = a.shape2d && j * LKT < kl.Tpad;
         float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
         for (int nt = 0; nt < LKT / 8; nt++) {
@@ -349,15 +365,17 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
             for (int e = 0; e < 2; e++) {
                 int inf = it[nt * 8 + 2 * (lane & 3) + e];
                 bool v_lo, v_hi;
-                if (inf == INFO_INVALID) v_lo = v_hi = false;
-                else if (inf == INFO_TEXT) v_lo = v_hi = true;
-                else if (a.shape2d) {
+                if (text_tile || inf == INFO_INVALID) {
+                    v_lo = v_hi = inf != INFO_INVALID;
+                } else if (a.shape2d) {
                     int ky = inf >> 16, kx = inf & 0xffff;
-                    v_lo = abs(ky - qy_lo) <= a.r && abs(kx - qx_lo) <= a.r;
-                    v_hi = abs(ky - qy_hi) <= a.r && abs(kx - qx_hi) <= a.r;
+                    unsigned w2 = 2u * (unsigned)a.r;
+                    v_lo = (unsigned)(ky - qy_lo + a.r) <= w2 && (unsigned)(kx - qx_lo + a.r) <= w2;
+                    v_hi = (unsigned)(ky - qy_hi + a.r) <= w2 && (unsigned)(kx - qx_hi + a.r) <= w2;
                 } else {
-                    v_lo = abs(inf - t_lo) <= a.r;
-                    v_hi = abs(inf - t_hi) <= a.r;
+                    unsigned w2 = 2u * (unsigned)a.r;
+                    v_lo = (unsigned)(inf - t_lo + a.r) <= w2;
+                    v_hi = (unsigned)(inf - t_hi + a.r) <= w2;
                 }
                 s[nt][e] = v_lo ? s[nt][e] * a.scale_log2 : -INFINITY;
                 s[nt][2 + e] = v_hi ? s[nt][2 + e] * a.scale_log2 : -INFINITY;
@@ -603,6 +621,7 @@ int ensure(tkc_hybrid_state *h, size_t bytes, char *err, size_t errlen) {
     if (h->ws) cudaFree(h->ws);
     h->ws = nullptr;
     h->ws_bytes = 0;
+    h->table_key = 0;
     cudaError_t e = cudaMalloc(&h->ws, bytes);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
@@ -621,7 +640,8 @@ int pca_for(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, cons
     for (int i = 0; i < h->npca; i++)
         if (h->pca[i].layer == call->layer && h->pca[i].BH == BH && h->pca[i].D == D && h->pca[i].g == g)
             e = &h->pca[i];
-    bool fit = !e || (cfg->pca_refit_every > 0 && call->step - e->step_fit >= cfg->pca_refit_every);
+    bool fit = !e || call->layer < 0 || /* unknown layer: fitted every call, as kernels/pca.c */
+               (cfg->pca_refit_every > 0 && call->step - e->step_fit >= cfg->pca_refit_every);
     if (!fit) {
         *P_out = e->P;
         return 0;
@@ -733,6 +753,9 @@ void tkc_hybrid_free(tkc_hybrid_state *h) {
     free(h->pca);
     if (h->ws) cudaFree(h->ws);
     if (h->blas) cublasDestroy(h->blas);
+    if (h->side) cudaStreamDestroy(h->side);
+    if (h->fork) cudaEventDestroy(h->fork);
+    if (h->join) cudaEventDestroy(h->join);
     free(h);
 }
 
@@ -761,14 +784,23 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
             hfail(res, TK_REASON_BACKEND_ERROR, "cublasCreate failed");
             return 0;
         }
+        cudaError_t ce0 = cudaStreamCreateWithFlags(&h->side, cudaStreamNonBlocking);
+        if (ce0 == cudaSuccess) ce0 = cudaEventCreateWithFlags(&h->fork, cudaEventDisableTiming);
+        if (ce0 == cudaSuccess) ce0 = cudaEventCreateWithFlags(&h->join, cudaEventDisableTiming);
+        if (ce0 != cudaSuccess) {
+            tkc_hybrid_free(h);
+            hfail(res, TK_REASON_BACKEND_ERROR, "hybrid: stream/event creation failed");
+            return 0;
+        }
         *hs = h;
     }
     tkc_hybrid_state *h = *hs;
     const int BH = call->B * call->H, N = call->Nq, D = call->D;
-    const int W = window_at(cfg, call->sigma);
-    const double w = far_weight_at(cfg, call->sigma);
+    const int W = tk_window_at(cfg, call->sigma);
+    const double w = tk_far_weight_at(cfg, call->sigma);
     res->window = W;
     res->w = w;
+    res->R = tkc_feature_count(cfg->global_dim < call->D ? cfg->global_dim : call->D, cfg->global_P);
     if (call->Nq != call->Nk || call->Dv != D || (D != 64 && D != 128)) {
         hfail(res, TK_REASON_UNSUPPORTED_SHAPE, "hybrid on cuda: needs Nq == Nk, Dv == D and D 64 or 128");
         return 0;
@@ -884,26 +916,56 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     const bool mod = cfg->qk_norm_sigma_max <= 0 || call->sigma <= cfg->qk_norm_sigma_max;
     const int modify = !mod ? 0 : cfg->qk_normalize ? 1 : (cfg->qk_norm_power > 0 || cfg->qk_norm_clip > 0) ? 2 : 0;
     const float sqrt_s = (float)sqrt(cfg->global_scale_mul / sqrt((double)D));
-    if (far) {
-        dim3 grid((N + 127) / 128, BH);
-        size_t sm = sizeof(float) * D * g;
-        if (dt == TK_DTYPE_BF16) {
-            project_kernel<<<grid, 128, sm, st>>>((const __nv_bfloat16 *)q0, Pm, N, D, g, modify, (float)cfg->qk_norm_power,
-                                                  (float)cfg->qk_norm_clip, (float)cfg->eps, sqrt_s, (__nv_bfloat16 *)qp);
-            project_kernel<<<grid, 128, sm, st>>>((const __nv_bfloat16 *)k0, Pm, N, D, g, modify, (float)cfg->qk_norm_power,
-                                                  (float)cfg->qk_norm_clip, (float)cfg->eps, sqrt_s, (__nv_bfloat16 *)kp);
-        } else {
-            project_kernel<<<grid, 128, sm, st>>>((const __half *)q0, Pm, N, D, g, modify, (float)cfg->qk_norm_power,
-                                                  (float)cfg->qk_norm_clip, (float)cfg->eps, sqrt_s, (__half *)qp);
-            project_kernel<<<grid, 128, sm, st>>>((const __half *)k0, Pm, N, D, g, modify, (float)cfg->qk_norm_power,
-                                                  (float)cfg->qk_norm_clip, (float)cfg->eps, sqrt_s, (__half *)kp);
+    const int T = call->text_tokens > 0 ? call->text_tokens : 0;
+    bool joined = false; // the side stream's exact rows must join st before the call returns
+    // text queries: every key, exact (as the ref backend's window: kernels/plan.c)
+    if (W <= 0 || T > 0) { // text queries (both window shapes) see every key
+        tkc_exact_args ea;
+        memset(&ea, 0, sizeof ea);
+        ea.q = q, ea.k = k, ea.v = v, ea.o = call->o, ea.mask = call->key_mask;
+        ea.B = call->B, ea.H = call->H, ea.Nq = W <= 0 ? N : T, ea.Nk = N, ea.D = D, ea.q_rows = N;
+        ea.scale = call->scale > 0 ? call->scale : 1.0 / sqrt((double)D);
+        ea.in_dtype = dt, ea.out_dtype = call->dtype;
+        cudaStream_t es = W <= 0 ? st : h->side;
+        if (es != st) {
+            ce = cudaEventRecord(h->fork, st);
+            if (ce == cudaSuccess) ce = cudaStreamWaitEvent(es, h->fork, 0);
+            if (ce != cudaSuccess) {
+                snprintf(err, sizeof err, "hybrid fork: %s", cudaGetErrorString(ce));
+                hfail(res, TK_REASON_BACKEND_ERROR, err);
+                return 0;
+            }
         }
-        ce = cudaGetLastError();
-        if (ce != cudaSuccess) {
+        rc = tkc_exact_launch(&ea, es, err, sizeof err);
+        if (!rc && es != st) {
+            ce = cudaEventRecord(h->join, es);
+            if (ce != cudaSuccess) {
+                snprintf(err, sizeof err, "hybrid join: %s", cudaGetErrorString(ce));
+                rc = 1;
+            }
+            joined = true;
+        }
+        if (rc) {
+            hfail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
+            return 0;
+        }
+    }
+    if (far) {
+        const float pw = (float)cfg->qk_norm_power, cl = (float)cfg->qk_norm_clip, ep = (float)cfg->eps;
+        int bad = dt == TK_DTYPE_BF16
+                      ? launch_project<__nv_bfloat16>(q0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, qp, st) ||
+                            launch_project<__nv_bfloat16>(k0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, kp, st)
+                      : launch_project<__half>(q0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, qp, st) ||
+                            launch_project<__half>(k0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, kp, st);
+        ce = bad ? cudaGetLastError() : cudaSuccess;
+        if (bad) {
             snprintf(err, sizeof err, "launch project_kernel: %s", cudaGetErrorString(ce));
             hfail(res, TK_REASON_BACKEND_ERROR, err);
             return 0;
         }
+        size_t tkey = ((size_t)off_t << 16) | ((size_t)g << 8) | (size_t)P;
+        ta.table_cached = h->table_key == tkey + 1;
+        h->table_key = 0;
         ta.q = qp, ta.k = kp, ta.v = v, ta.o = farbuf;
         tkc_den_stats fd;
         rc = tkc_taylor_run(&ta, ws + off_t, ws_t, nsm, st, &fd, err, sizeof err);
@@ -911,22 +973,8 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
             hfail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
             return 0;
         }
+        h->table_key = tkey + 1;
         res->R = tkc_feature_count(g, P);
-    }
-    // text queries (2d): every key, exact
-    const int T = call->text_tokens > 0 ? call->text_tokens : 0;
-    if (W <= 0 || (shape2d && T > 0)) {
-        tkc_exact_args ea;
-        memset(&ea, 0, sizeof ea);
-        ea.q = q, ea.k = k, ea.v = v, ea.o = call->o, ea.mask = call->key_mask;
-        ea.B = call->B, ea.H = call->H, ea.Nq = W <= 0 ? N : T, ea.Nk = N, ea.D = D, ea.q_rows = N;
-        ea.scale = call->scale > 0 ? call->scale : 1.0 / sqrt((double)D);
-        ea.in_dtype = dt, ea.out_dtype = call->dtype;
-        rc = tkc_exact_launch(&ea, st, err, sizeof err);
-        if (rc) {
-            hfail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
-            return 0;
-        }
     }
     if (W > 0) {
         LocalArgs la;
@@ -951,6 +999,15 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         if (rc) {
             hfail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
             return 0;
+        }
+        if (joined) {
+            ce = cudaStreamWaitEvent(st, h->join, 0); // st waits on the device; the host does not
+            joined = false;
+            if (ce != cudaSuccess) {
+                snprintf(err, sizeof err, "hybrid join: %s", cudaGetErrorString(ce));
+                hfail(res, TK_REASON_BACKEND_ERROR, err);
+                return 0;
+            }
         }
         if (far) {
             tkc_den_stats hd;

@@ -434,8 +434,9 @@ static void test_taylor_quality_stats_measure_the_taylor_error(void) {
  * text queries see all; 1d: |i-j| <= r), far field kappa_P on x' =
  * sqrt(D^-1/2) P^T x (P the device's PCA projection, read back). */
 static int visible(const problem *p, int T, int gw, int r, int shape2d, int i, int j) {
+    if (i < T) return 1; /* text queries see every key (both shapes, as kernels/plan.c) */
     if (!shape2d) return abs(i - j) <= r;
-    if (i < T || j < T) return 1;
+    if (j < T) return 1;
     int qy = (i - T) / gw, qx = (i - T) % gw, ky = (j - T) / gw, kx = (j - T) % gw;
     (void)p;
     return abs(qy - ky) <= r && abs(qx - kx) <= r;
@@ -489,7 +490,7 @@ static double *hybrid_ref(tk_context *ctx, const problem *p, const tk_config *cf
                 for (int t = 0; t < D; t++) nl[t] += e * vj[t], nf[t] += kf * vj[t];
             }
             double *oi = o + ((size_t)bh * N + i) * D;
-            int text_full = shape2d && i < T; /* text queries: the window is everything */
+            int text_full = i < T; /* text queries: the window is everything */
             for (int t = 0; t < D; t++) {
                 if (!have || text_full || r <= 0 || df <= 0) oi[t] = nl[t] / dl;
                 else if (normalized) oi[t] = (nl[t] + w * exp(-mx) * nf[t]) / (dl + w * exp(-mx) * df);
@@ -549,6 +550,62 @@ static void test_hybrid_1d_additive_matches_fp64(void) {
     check_hybrid(0, 0, 0.5, 1.0, TK_DTYPE_BF16);
 }
 
+/* Through the public API (dispatch routes to cuda) against the ref backend
+ * (fp64 oracle, branch kref) on the same rounded inputs copied to the host. */
+static void compare_with_ref(tk_mode mode, const tk_config *cfg, problem *p, int T, int gh, int gw) {
+    char err[256] = "";
+    tk_context *cu = NULL, *ref = NULL;
+    if (tk_context_open(TK_BACKEND_CUDA, &cu, err, sizeof err)) th_fail(__FILE__, __LINE__, "cuda: %s", err);
+    if (tk_context_open(TK_BACKEND_REF, &ref, err, sizeof err)) th_fail(__FILE__, __LINE__, "ref: %s", err);
+    tk_call c = call_of(p);
+    c.text_tokens = T, c.grid_h = gh, c.grid_w = gw;
+    tk_result rc, rr;
+    poison(p);
+    TH_EQ_INT(tk_attention(cu, &c, cfg, mode, NULL, &rc), TK_OK);
+    size_t no = (size_t)p->B * p->H * p->Nq * p->Dv;
+    float *oh = xmalloc(no * 4);
+    tk_call h = c;
+    h.dtype = TK_DTYPE_F32, h.q = p->q, h.k = p->k, h.v = p->v, h.o = oh, h.key_mask = p->mask, h.stream = NULL;
+    TH_EQ_INT(tk_attention(ref, &h, cfg, mode, NULL, &rr), TK_OK);
+    TH_CHECKF(rc.reason == rr.reason, "cuda %s (%s), ref %s (%s)", tk_reason_name(rc.reason), rc.detail,
+              tk_reason_name(rr.reason), rr.detail);
+    TH_CHECKF(rc.reason == TK_REASON_NONE, "reason %s: %s", tk_reason_name(rc.reason), rc.detail);
+    TH_EQ_INT(rc.path, rr.path);
+    TH_EQ_INT(rc.R, rr.R);
+    double *ref64 = xmalloc(sizeof(double) * no);
+    for (size_t i = 0; i < no; i++) ref64[i] = oh[i];
+    double e = nmse(p, ref64);
+    TH_CHECKF(e <= 5e-4, "normalized MSE against ref %.3g > 5e-4", e);
+    free(ref64), free(oh);
+    tk_context_close(cu), tk_context_close(ref);
+}
+
+static void test_exact_and_taylor_through_tk_attention_match_the_ref_backend(void) {
+    need_device();
+    problem p = make_problem(1, 2, 200, 200, 128, 128, TK_DTYPE_BF16, 1.0, 0.8, 41);
+    tk_config cfg;
+    tk_config_defaults(&cfg);
+    compare_with_ref(TK_MODE_EXACT, &cfg, &p, 0, 0, 0);
+    compare_with_ref(TK_MODE_TAYLOR, &cfg, &p, 0, 0, 0); /* P=4, b=4 */
+    cfg.terms = 3, cfg.sub_head_blocks = 8, cfg.qk_norm_power = 0.5;
+    compare_with_ref(TK_MODE_TAYLOR, &cfg, &p, 0, 0, 0);
+    free_problem(&p);
+}
+
+static void test_hybrid_local_window_through_tk_attention_matches_the_ref_backend(void) {
+    need_device();
+    int T = 20, gh = 12, gw = 10, N = T + gh * gw;
+    problem p = make_problem(1, 2, N, N, 64, 64, TK_DTYPE_BF16, 1.0, 1.0, 43);
+    tk_config cfg;
+    tk_config_defaults(&cfg);
+    cfg.local_window = 2;
+    cfg.global_weight = 0; /* the far field's PCA fits differ between backends */
+    compare_with_ref(TK_MODE_HYBRID, &cfg, &p, T, gh, gw);
+    cfg.window_shape = TK_WINDOW_1D, cfg.local_window = 17;
+    compare_with_ref(TK_MODE_HYBRID, &cfg, &p, T, gh, gw);
+    free_problem(&p);
+}
+
 #define T(name) TH_TEST(name)
 #else
 static void test_cuda_backend_is_not_built(void) { th_skip("built without nvcc"); }
@@ -571,6 +628,8 @@ static const th_test tests[] = {
     T(test_hybrid_2d_normalized_far_field_matches_fp64),
     T(test_hybrid_2d_normalized_with_key_mask_f16_matches_fp64),
     T(test_hybrid_1d_additive_matches_fp64),
+    T(test_exact_and_taylor_through_tk_attention_match_the_ref_backend),
+    T(test_hybrid_local_window_through_tk_attention_matches_the_ref_backend),
 #else
     T(x),
 #endif
