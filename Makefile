@@ -97,14 +97,17 @@ $(BUILD)/bin/taylor-attn: $(BUILD)/obj/kernels/taylor-attn.o $(LIB_TK) $(LIB_TKC
 $(BUILD)/bin/taylor-sim: $(BUILD)/obj/agent/sim/main.o $(LIB_TSIM) $(LIB_TA) $(LIB_TK) $(LIB_TKCUDA)
 $(BUILD)/bin/taylorscope: $(BUILD)/obj/console/main.o $(LIB_TC) $(LIB_TA) $(LIB_TK) $(LIB_TKCUDA)
 $(BUILD)/bin/gen-knobs-md: $(BUILD)/obj/scripts/gen-knobs-md.o $(LIB_TK)
+# The libraries refer to each other (libtkcuda needs libtk and back): one group.
+link_libs = -Wl,--start-group $(filter %.a,$(1)) -Wl,--end-group
 $(BUILD)/bin/%:
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_LDFLAGS) $^ $(LDLIBS) -o $@
+	$(CC) $(ALL_LDFLAGS) $(filter %.o,$^) $(call link_libs,$^) $(LDLIBS) -o $@
 
 # ---- tests ----
 $(BUILD)/tests/%: $(BUILD)/obj/tests/harness.o $(LIBS_ALL)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_LDFLAGS) $(BUILD)/obj/$(subst __,/,$*).o $(BUILD)/obj/tests/harness.o $(LIBS_ALL) $(LDLIBS) -o $@
+	$(CC) $(ALL_LDFLAGS) $(BUILD)/obj/$(subst __,/,$*).o $(BUILD)/obj/tests/harness.o \
+	  $(call link_libs,$(LIBS_ALL)) $(LDLIBS) -o $@
 # each test binary also depends on its own object
 define TEST_DEP
 $(BUILD)/tests/$(subst /,__,$(basename $(1))): $(call obj,$(1))
@@ -115,7 +118,7 @@ tests: all $(TEST_BINS)
 
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIBS_ALL)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_LDFLAGS) $^ $(LDLIBS) -o $@
+	$(CC) $(ALL_LDFLAGS) $(filter %.o,$^) $(call link_libs,$^) $(LDLIBS) -o $@
 
 check-deps:
 	@sh scripts/deps.sh --check >/dev/null 2>&1 || sh scripts/deps.sh

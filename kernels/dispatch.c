@@ -91,7 +91,11 @@ void tk_context_close(tk_context *ctx) {
 tk_backend tk_context_backend(const tk_context *ctx) { return ctx->backend; }
 
 void tk_context_reset(tk_context *ctx) {
-    if (ctx) tki_pca_cache_clear(ctx->pca);
+    if (!ctx) return;
+    tki_pca_cache_clear(ctx->pca);
+#ifdef TK_HAVE_CUDA
+    if (ctx->cuda) tkcuda_reset(ctx);
+#endif
 }
 
 static tk_reason say(tk_reason r, char *detail, size_t len, const char *fmt, ...)

@@ -41,6 +41,7 @@ int tkcuda_selfcheck(char *err, size_t errlen);
 int tkcuda_available(void);
 int tkcuda_open(tk_context *ctx, char *err, size_t errlen);
 void tkcuda_close(tk_context *ctx);
+void tkcuda_reset(tk_context *ctx); /* forget cached PCA projections */
 int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_config *cfg, tk_mode mode,
                      const tk_stats_request *stats_req, tk_result *res);
 #endif

@@ -690,6 +690,11 @@ extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_c
     return TK_OK;
 }
 
+extern "C" void tkcuda_reset(tk_context *ctx) {
+    cuda_state *s = ctx ? (cuda_state *)ctx->cuda : nullptr;
+    if (s) tkc_hybrid_reset(s->hybrid);
+}
+
 extern "C" int tkcu_hybrid_projection(tk_context *ctx, int layer, int bh, float *out, int *D, int *g) {
     cuda_state *s = ctx ? (cuda_state *)ctx->cuda : nullptr;
     return s ? tkc_hybrid_projection(s->hybrid, layer, bh, out, D, g) : 1;

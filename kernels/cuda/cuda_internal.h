@@ -71,6 +71,8 @@ struct tkc_hybrid_state;
 int tkc_hybrid(struct tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
                const tk_stats_request *sreq, cudaStream_t st, tk_result *res);
 void tkc_hybrid_free(struct tkc_hybrid_state *hs);
+/* Forgets the cached PCA projections (tk_context_reset: a new run). */
+void tkc_hybrid_reset(struct tkc_hybrid_state *hs);
 // The PCA projection [D][g] (fp32, host) of (layer, bh) if cached; 0 ok.
 int tkc_hybrid_projection(struct tkc_hybrid_state *hs, int layer, int bh, float *out, int *D, int *g);
 

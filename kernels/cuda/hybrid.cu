@@ -759,6 +759,12 @@ void tkc_hybrid_free(tkc_hybrid_state *h) {
     free(h);
 }
 
+void tkc_hybrid_reset(tkc_hybrid_state *h) {
+    if (!h) return;
+    for (int i = 0; i < h->npca; i++) cudaFree(h->pca[i].P);
+    h->npca = 0;
+}
+
 int tkc_hybrid_projection(tkc_hybrid_state *h, int layer, int bh, float *out, int *D, int *g) {
     if (!h) return 1;
     for (int i = 0; i < h->npca; i++)
