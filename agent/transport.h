@@ -10,6 +10,10 @@
  *   console REQ ──▶ REP ──▶ control thread: decode, replay from the ring, or
  *                                           the agent's handler; reply
  *
+ * The host never wakes the I/O thread for an ordinary message (a wake-up
+ * costs the host more than the copy): the I/O thread polls the queue every
+ * 2 ms while a run is open, so a step reaches subscribers within ~2 ms.
+ *
  * Sequence numbers are assigned by the I/O thread, per run, so a message
  * dropped by the full queue never takes one: the stream has no holes on the
  * agent's side, and drops show in the heartbeat's `dropped`. A message whose
