@@ -303,9 +303,24 @@ tk_reason tk_check(const tk_context *ctx, const tk_call *c, const tk_config *cfg
     return TK_REASON_NONE;
 }
 
-/* Index of the first non-finite value of x[0..n), or -1. */
+/* Index of the first non-finite value of x[0..n), or -1. A float is NaN or
+ * Inf when its exponent bits are all ones; blocks of 64 are tested with
+ * branch-free vector compares (this scan runs over every input of every
+ * call), and only a block that holds one is searched element by element. */
+typedef uint32_t tki_u32x4 __attribute__((vector_size(16)));
 static int64_t first_nonfinite(const float *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++)
+    const tki_u32x4 exp_mask = {0x7f800000u, 0x7f800000u, 0x7f800000u, 0x7f800000u};
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        tki_u32x4 any = {0, 0, 0, 0};
+        for (int j = 0; j < 64; j += 4) {
+            tki_u32x4 b;
+            memcpy(&b, x + i + j, sizeof b);
+            any |= (tki_u32x4)((b & exp_mask) == exp_mask);
+        }
+        if (any[0] | any[1] | any[2] | any[3]) break;
+    }
+    for (; i < n; i++)
         if (!isfinite(x[i])) return i;
     return -1;
 }

@@ -113,6 +113,26 @@ static void test_nan_or_inf_in_q_k_or_v_is_bad_input_in_every_mode(void) {
     tu_free(&t);
 }
 
+static void test_a_nan_anywhere_in_a_large_tensor_is_found_at_its_element(void) {
+    tu_call t;
+    tu_make(&t, 1, 1, 200, 200, 8, 8, 3, 0.5); /* 1,600 elements: whole blocks and a tail */
+    tk_config cfg;
+    tu_config(&cfg);
+    const int at[] = {0, 63, 64, 1000, 1535, 1536, 1599};
+    for (size_t i = 0; i < sizeof at / sizeof at[0]; i++) {
+        float keep = t.k[at[i]];
+        t.k[at[i]] = i % 2 ? -INFINITY : NAN;
+        tk_result res;
+        TH_CHECK(tu_run(TK_BACKEND_CPU, &t.c, &cfg, TK_MODE_EXACT, NULL, &res) == 0);
+        TH_EQ_INT(res.reason, TK_REASON_BAD_INPUT);
+        char want[64];
+        snprintf(want, sizeof want, "k holds a NaN or Inf at element %d", at[i]);
+        TH_CHECKF(strstr(res.detail, want) != NULL, "detail \"%s\", expected \"%s\"", res.detail, want);
+        t.k[at[i]] = keep;
+    }
+    tu_free(&t);
+}
+
 static void test_a_batch_with_every_key_masked_is_unsupported_mask(void) {
     tu_call t;
     tu_make(&t, 2, 1, 8, 8, 8, 8, 3, 0.5);
@@ -284,6 +304,7 @@ static const th_test tests[] = {
     TH_TEST(test_bad_shapes_are_unsupported_shape_in_every_mode),
     TH_TEST(test_null_arguments_are_misuse_not_a_crash),
     TH_TEST(test_nan_or_inf_in_q_k_or_v_is_bad_input_in_every_mode),
+    TH_TEST(test_a_nan_anywhere_in_a_large_tensor_is_found_at_its_element),
     TH_TEST(test_a_batch_with_every_key_masked_is_unsupported_mask),
     TH_TEST(test_a_hybrid_window_with_only_masked_keys_is_unsupported_mask),
     TH_TEST(test_the_gates_give_their_reasons_and_exact_always_runs),
