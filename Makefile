@@ -5,6 +5,7 @@
 #   kernels/cuda/*.cu                              -> libtkcuda.a (when nvcc is found)
 #   agent/*.c                                      -> libta.a   (agent, protocol)
 #   agent/sim/*.c (but main.c)                     -> libtsim.a (simulator)
+#   agent/sim/*.cu                                 -> libtsim.a too (when nvcc is found)
 #   console/*.c console/ui/*.c (but main.c)        -> libtc.a   (recorder, store, UI)
 #   kernels/taylor-attn.c, agent/sim/main.c, console/main.c -> the three programs
 #   **/*_test.c                                    -> one test binary each (build/tests/)
@@ -41,6 +42,7 @@ KERNELS_SRC := $(filter-out kernels/taylor-attn.c $(TEST_SRC),$(wildcard kernels
 CUDA_SRC := $(wildcard kernels/cuda/*.cu)
 AGENT_SRC := $(filter-out $(TEST_SRC),$(wildcard agent/*.c))
 SIM_SRC := $(filter-out agent/sim/main.c $(TEST_SRC),$(wildcard agent/sim/*.c))
+SIM_CU := $(if $(HAVE_CUDA),$(wildcard agent/sim/*.cu))
 CONSOLE_SRC := $(filter-out console/main.c $(TEST_SRC),$(wildcard console/*.c console/ui/*.c))
 SCHEMA_SQL := $(sort $(wildcard schema/*.sql))
 
@@ -67,7 +69,7 @@ all: $(BINS) $(TOOLS)
 # ---- libraries ----
 $(LIB_TK): $(call obj,$(KERNELS_SRC))
 $(LIB_TA): $(call obj,$(AGENT_SRC))
-$(LIB_TSIM): $(call obj,$(SIM_SRC))
+$(LIB_TSIM): $(call obj,$(SIM_SRC)) $(patsubst %.cu,$(BUILD)/obj/%.o,$(SIM_CU))
 $(LIB_TC): $(call obj,$(CONSOLE_SRC)) $(BUILD)/obj/schema/schema_sql.o
 $(BUILD)/lib/%.a:
 	@mkdir -p $(dir $@)

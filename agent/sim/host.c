@@ -15,6 +15,7 @@
  */
 #include "agent.h"
 #include "sim.h"
+#include "workload_cuda.h"
 
 #include <math.h>
 #include <signal.h>
@@ -97,9 +98,10 @@ static int buffers_alloc(buffers *b, size_t n, tk_backend backend, char *err, si
     return 0;
 }
 
-/* Points the call at host or device tensors (copying them up for cuda). */
-static int stage_call(buffers *b, tk_backend backend, int have_q0k0, ta_call *c, char *err,
-                      size_t errlen) {
+/* Points the call at host or device tensors (copying them up for cuda,
+ * unless the device generator drew them there: on_device). */
+static int stage_call(buffers *b, tk_backend backend, int have_q0k0, int on_device, ta_call *c,
+                      char *err, size_t errlen) {
     if (backend != TK_BACKEND_CUDA) {
         c->q = b->q, c->k = b->k, c->v = b->v, c->o = b->o;
         c->q0 = have_q0k0 ? b->q0 : NULL, c->k0 = have_q0k0 ? b->k0 : NULL;
@@ -107,10 +109,10 @@ static int stage_call(buffers *b, tk_backend backend, int have_q0k0, ta_call *c,
     }
 #ifdef TK_HAVE_CUDA
     size_t bytes = b->n * sizeof(float);
-    if (cudaMemcpy(b->dq, b->q, bytes, TSIM_CUDA_H2D) || cudaMemcpy(b->dk, b->k, bytes, TSIM_CUDA_H2D) ||
+    if (!on_device && (cudaMemcpy(b->dq, b->q, bytes, TSIM_CUDA_H2D) || cudaMemcpy(b->dk, b->k, bytes, TSIM_CUDA_H2D) ||
         cudaMemcpy(b->dv, b->v, bytes, TSIM_CUDA_H2D) ||
         (have_q0k0 && (cudaMemcpy(b->dq0, b->q0, bytes, TSIM_CUDA_H2D) ||
-                       cudaMemcpy(b->dk0, b->k0, bytes, TSIM_CUDA_H2D)))) {
+                       cudaMemcpy(b->dk0, b->k0, bytes, TSIM_CUDA_H2D))))) {
         snprintf(err, errlen, "cuda: copying the tensors to the device failed");
         return 1;
     }
@@ -158,6 +160,7 @@ int tsim_run(const tsim_options *o, tsim_run_stats *st, char *err, size_t errlen
     tsim_replay rep;
     memset(&rep, 0, sizeof rep);
     tsim_workload *work = NULL;
+    tsim_workload_cuda *gwork = NULL; /* the device generator (cuda backend, synthetic, no capture) */
     tsim_capture *cap = NULL;
     ta_agent *agent = NULL;
     buffers buf;
@@ -190,6 +193,12 @@ int tsim_run(const tsim_options *o, tsim_run_stats *st, char *err, size_t errlen
     }
     int H = shape.model.heads, D = shape.model.head_dim, N = shape.tokens;
     if (buffers_alloc(&buf, (size_t)H * N * D, o->backend, err, errlen)) goto done;
+#ifdef TK_HAVE_CUDA
+    /* A capture needs the tensors on the host: it keeps the CPU generator. */
+    if (work && !cap && o->backend == TK_BACKEND_CUDA &&
+        tsim_workload_cuda_open(work, &gwork, err, errlen))
+        goto done;
+#endif
 
     ta_options ao;
     memset(&ao, 0, sizeof ao);
@@ -254,6 +263,15 @@ int tsim_run(const tsim_options *o, tsim_run_stats *st, char *err, size_t errlen
                 if (tsim_replay_load(&rep, first + ci, buf.q, buf.k, buf.v, buf.q0, buf.k0,
                                      &have_q0k0, err, errlen))
                     goto done;
+            } else if (gwork) {
+#ifdef TK_HAVE_CUDA
+                char e2[256];
+                if (tsim_workload_cuda_layer(gwork, layer, sigma, buf.dq, buf.dk, buf.dv, buf.dq0,
+                                             buf.dk0, e2, sizeof e2)) {
+                    snprintf(err, errlen, "step %d layer %d: %s", step, layer, e2);
+                    goto done;
+                }
+#endif
             } else {
                 if (tsim_workload_layer(work, layer, sigma, buf.q, buf.k, buf.v, buf.q0, buf.k0)) {
                     snprintf(err, errlen, "step %d layer %d: out of memory drawing the layer's weights",
@@ -270,7 +288,7 @@ int tsim_run(const tsim_options *o, tsim_run_stats *st, char *err, size_t errlen
             c.B = 1, c.H = H, c.Nq = c.Nk = N, c.D = c.Dv = D;
             c.dtype = TK_DTYPE_F32;
             block_of_layer(&shape, layer, &c.block_type, &c.block_index);
-            if (stage_call(&buf, o->backend, have_q0k0, &c, err, errlen)) goto done;
+            if (stage_call(&buf, o->backend, have_q0k0, gwork != NULL, &c, err, errlen)) goto done;
             tk_result res;
             double a0 = now_ms();
             ta_attention(agent, &c, &res);
@@ -326,6 +344,9 @@ done:
         }
     }
     buffers_free(&buf);
+#ifdef TK_HAVE_CUDA
+    tsim_workload_cuda_free(gwork);
+#endif
     tsim_workload_free(work);
     tsim_replay_free(&rep);
     free(sigmas);

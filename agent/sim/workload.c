@@ -22,6 +22,7 @@
  * sigma 1); the text component pulls image queries to text keys.
  */
 #include "sim.h"
+#include "workload_cuda.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -496,5 +497,35 @@ int tsim_workload_layer(tsim_workload *w, int layer, double sigma, float *q, flo
     finish_rows(&jobs[0]);
     for (int t = started + 1; t < nt; t++) finish_rows(&jobs[t]);
     for (int t = 1; t <= started; t++) pthread_join(tid[t], NULL);
+    return 0;
+}
+
+/* ---- the fields the device generator reads (workload_cuda.h) ---- */
+
+void tsim_workload_fields_get(const tsim_workload *w, tsim_workload_fields *f) {
+    const tsim_shape *s = &w->shape;
+    memset(f, 0, sizeof *f);
+    f->heads = s->model.heads, f->head_dim = s->model.head_dim;
+    f->tokens = s->tokens, f->text_tokens = s->model.text_tokens;
+    f->grid_h = s->grid_h, f->grid_w = s->grid_w;
+    f->channels = CHANNELS, f->layers = s->layers;
+    for (int i = 0; i < 3; i++) f->rope_axes[i] = s->model.rope_axes[i];
+    f->structure = w->structure, f->noise = w->noise, f->text = w->text;
+    f->cos_row = w->cos_row, f->sin_row = w->sin_row;
+    f->cos_col = w->cos_col, f->sin_col = w->sin_col;
+}
+
+int tsim_workload_layer_fields(tsim_workload *w, int layer, tsim_layer_fields *f,
+                               float *pos_weight, float *text_weight) {
+    if (layer < 0 || layer >= w->shape.layers) return 1;
+    if (!w->layers[layer].wq && make_layer(w, layer)) return 1;
+    const layer_weights *lw = &w->layers[layer];
+    f->wq = lw->wq, f->wk = lw->wk, f->wv = lw->wv;
+    f->u = lw->u, f->a = lw->a, f->gain = lw->gain;
+    int H = w->shape.model.heads;
+    for (int h = 0; h < H; h++) {
+        pos_weight[h] = (float)w->heads[layer * H + h].pos_weight;
+        text_weight[h] = (float)w->heads[layer * H + h].text_weight;
+    }
     return 0;
 }
