@@ -109,10 +109,11 @@ static int stage_call(buffers *b, tk_backend backend, int have_q0k0, int on_devi
     }
 #ifdef TK_HAVE_CUDA
     size_t bytes = b->n * sizeof(float);
-    if (!on_device && (cudaMemcpy(b->dq, b->q, bytes, TSIM_CUDA_H2D) || cudaMemcpy(b->dk, b->k, bytes, TSIM_CUDA_H2D) ||
-        cudaMemcpy(b->dv, b->v, bytes, TSIM_CUDA_H2D) ||
-        (have_q0k0 && (cudaMemcpy(b->dq0, b->q0, bytes, TSIM_CUDA_H2D) ||
-                       cudaMemcpy(b->dk0, b->k0, bytes, TSIM_CUDA_H2D))))) {
+    if (!on_device &&
+        (cudaMemcpy(b->dq, b->q, bytes, TSIM_CUDA_H2D) || cudaMemcpy(b->dk, b->k, bytes, TSIM_CUDA_H2D) ||
+         cudaMemcpy(b->dv, b->v, bytes, TSIM_CUDA_H2D) ||
+         (have_q0k0 && (cudaMemcpy(b->dq0, b->q0, bytes, TSIM_CUDA_H2D) ||
+                        cudaMemcpy(b->dk0, b->k0, bytes, TSIM_CUDA_H2D))))) {
         snprintf(err, errlen, "cuda: copying the tensors to the device failed");
         return 1;
     }
