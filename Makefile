@@ -127,12 +127,12 @@ check-deps:
 
 # `make test`: every unit and integration test, one summary line at the end.
 test: check-deps
-	@$(MAKE) --no-print-directory tests
+	@$(MAKE) -s --no-print-directory tests
 	@BUILD=$(BUILD) sh tests/run.sh
 
 # ASan + UBSan build running the same tests.
 sanitize: check-deps
-	@$(MAKE) --no-print-directory BUILD=build-sanitize OPT="-O1 -g -fno-omit-frame-pointer" \
+	@$(MAKE) -s --no-print-directory BUILD=build-sanitize OPT="-O1 -g -fno-omit-frame-pointer" \
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all" tests
 	@BUILD=build-sanitize ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:protect_shadow_gap=0 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 TS_SANITIZE=1 sh tests/run.sh
