@@ -19,6 +19,7 @@
  */
 #include "proto.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <msgpack.h>
@@ -1541,6 +1542,63 @@ int tp_default_endpoints(const char *name, char *pub_url, size_t pub_len, char *
     }
     if (pub_url) snprintf(pub_url, pub_len, "ipc://%s/agent-%s.pub", dir, name);
     if (ctl_url) snprintf(ctl_url, ctl_len, "ipc://%s/agent-%s.ctl", dir, name);
+    return 0;
+}
+
+/* Whether a process listens on the unix socket at path: it is in
+ * /proc/net/unix with the listening flag (__SO_ACCEPTCON, 0x10000). A file
+ * left by a killed agent is not listed. Connecting to find out is no
+ * option: nng's ipc listener stalls on a peer that connects and closes
+ * without its handshake, and an nng dial would count as a subscriber. */
+static int socket_listening(const char *path) {
+    FILE *f = fopen("/proc/net/unix", "r");
+    if (!f) return 1; /* cannot tell: assume it is */
+    char line[1024];
+    int listening = 0;
+    size_t plen = strlen(path);
+    while (!listening && fgets(line, sizeof line, f)) {
+        unsigned long flags = 0;
+        char *p = line, *end;
+        /* Num: RefCount Protocol Flags Type St Inode Path */
+        for (int field = 0; field < 3 && p; field++) p = strchr(p + 1, ' ');
+        if (!p) continue;
+        flags = strtoul(p, &end, 16);
+        size_t n = strlen(line);
+        while (n && (line[n - 1] == '\n' || line[n - 1] == ' ')) line[--n] = '\0';
+        if (n >= plen + 1 && line[n - plen - 1] == ' ' && !strcmp(line + n - plen, path) &&
+            (flags & 0x10000))
+            listening = 1;
+    }
+    fclose(f);
+    return listening;
+}
+
+int tp_find_default_agents(char *urls, size_t url_len, int max, int *found, char *dir,
+                           size_t dir_len, char *err, size_t errlen) {
+    char pub[512];
+    *found = 0;
+    if (tp_default_endpoints("default", pub, sizeof pub, NULL, 0, err, errlen) != 0) return -1;
+    char *folder = pub + 6; /* after ipc:// */
+    *strrchr(folder, '/') = '\0';
+    if (dir) snprintf(dir, dir_len, "%s", folder);
+    DIR *d = opendir(folder);
+    if (!d) {
+        seterr(err, errlen, "cannot read %s: %s", folder, strerror(errno));
+        return -1;
+    }
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        size_t n = strlen(e->d_name);
+        if (n < 11 || strncmp(e->d_name, "agent-", 6) != 0 || strcmp(e->d_name + n - 4, ".pub") != 0)
+            continue;
+        char path[768];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", folder, e->d_name);
+        if (stat(path, &st) != 0 || !S_ISSOCK(st.st_mode) || !socket_listening(path)) continue;
+        if (*found < max) snprintf(urls + (size_t)*found * url_len, url_len, "ipc://%s", path);
+        (*found)++;
+    }
+    closedir(d);
     return 0;
 }
 

@@ -268,6 +268,14 @@ int tp_msg_to_text(const tp_msg *m, tp_buf *out);
  * Returns 0 or nonzero with err. */
 int tp_default_endpoints(const char *name, char *pub_url, size_t pub_len, char *ctl_url,
                          size_t ctl_len, char *err, size_t errlen);
+/* The agents listening on the default endpoints right now: the sockets
+ * agent-*.pub in the default directory that accept a connection (sockets a
+ * killed agent left behind are skipped). Writes up to max PUB URLs, each
+ * url_len bytes, into urls (max * url_len bytes); *found = how many live
+ * agents there are (may exceed max). dir (may be NULL) receives the folder
+ * searched. Returns 0, or nonzero with err when the folder is unusable. */
+int tp_find_default_agents(char *urls, size_t url_len, int max, int *found, char *dir,
+                           size_t dir_len, char *err, size_t errlen);
 /* A control URL from a PUB URL: the agent listens on both; given one, the
  * console derives the other ("...pub" -> "...ctl"; tcp port + 1). */
 int tp_control_url_for(const char *pub_url, char *ctl_url, size_t len, char *err, size_t errlen);

@@ -4,12 +4,17 @@
 #include "harness.h"
 #include "proto.h"
 
+#include <nng/nng.h>
+#include <nng/protocol/pubsub0/pub.h>
+
 #include <math.h>
 #include <msgpack.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 static int same_num(double a, double b) {
@@ -508,6 +513,42 @@ static void test_default_endpoint_lives_in_a_private_directory(void) {
     TH_CHECKF(strstr(err, "not a directory") != NULL, "%s", err);
 }
 
+static void test_running_agents_are_found_on_the_default_endpoints_and_stale_sockets_skipped(void) {
+    char rt[300], err[256], dir[256], urls[4][256];
+    snprintf(rt, sizeof rt, "%s/rt2", th_tmpdir());
+    TH_CHECK(mkdir(rt, 0700) == 0);
+    setenv("XDG_RUNTIME_DIR", rt, 1);
+    int found = -1;
+    TH_CHECKF(tp_find_default_agents(&urls[0][0], sizeof urls[0], 4, &found, dir, sizeof dir, err,
+                                     sizeof err) == 0, "%s", err);
+    TH_EQ_INT(found, 0);
+    /* a socket a killed agent left behind: bound, then closed */
+    char path[400];
+    snprintf(path, sizeof path, "%s/agent-dead.pub", dir);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    TH_CHECK(strlen(path) < sizeof sa.sun_path);
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    TH_CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    close(fd);
+    /* two live agents */
+    nng_socket s1, s2;
+    char pub1[256], pub2[256];
+    TH_CHECK(tp_default_endpoints("one", pub1, sizeof pub1, NULL, 0, err, sizeof err) == 0);
+    TH_CHECK(tp_default_endpoints("two", pub2, sizeof pub2, NULL, 0, err, sizeof err) == 0);
+    TH_CHECK(nng_pub0_open(&s1) == 0 && nng_listen(s1, pub1, NULL, 0) == 0);
+    TH_CHECK(tp_find_default_agents(&urls[0][0], sizeof urls[0], 4, &found, NULL, 0, err, sizeof err) == 0);
+    TH_EQ_INT(found, 1);
+    TH_EQ_STR(urls[0], pub1);
+    TH_CHECK(nng_pub0_open(&s2) == 0 && nng_listen(s2, pub2, NULL, 0) == 0);
+    TH_CHECK(tp_find_default_agents(&urls[0][0], sizeof urls[0], 1, &found, NULL, 0, err, sizeof err) == 0);
+    TH_EQ_INT(found, 2); /* more than max: counted, one written */
+    nng_close(s1);
+    nng_close(s2);
+}
+
 static void test_control_url_derives_from_the_pub_url(void) {
     char ctl[256], err[256];
     TH_CHECK(tp_control_url_for("ipc:///tmp/x/agent-a.pub", ctl, sizeof ctl, err, sizeof err) == 0);
@@ -537,6 +578,7 @@ static const th_test tests[] = {
     TH_TEST(test_wrong_types_and_unknown_ops_are_named_in_the_error),
     TH_TEST(test_text_line_names_type_and_spells_non_finite_values),
     TH_TEST(test_default_endpoint_lives_in_a_private_directory),
+    TH_TEST(test_running_agents_are_found_on_the_default_endpoints_and_stale_sockets_skipped),
     TH_TEST(test_control_url_derives_from_the_pub_url),
     {0},
 };

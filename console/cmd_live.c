@@ -69,9 +69,10 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: taylorscope live [URL] [--readonly] [--mono] [--db FILE] [--no-record]\n"
             "\n"
-            "The console: attaches to the agent publishing at URL (default: the default\n"
-            "ipc endpoint of this user), shows the run live, edits its knobs, records it\n"
-            "into the history database and browses the runs recorded there.\n"
+            "The console: attaches to the agent publishing at URL (default: the one agent\n"
+            "listening on this user's default ipc endpoints), shows the run live, edits\n"
+            "its knobs, records it into the history database and browses the runs\n"
+            "recorded there.\n"
             "\n"
             "  --readonly   observer: knobs are shown, never changed\n"
             "  --mono       no colours (also when NO_COLOR is set)\n"
@@ -249,10 +250,28 @@ int tc_cmd_live(int argc, char **argv) {
     memset(&s, 0, sizeof s);
     char err[512], pub[256], ctl[256];
     if (!url) {
-        if (tp_default_endpoints("default", pub, sizeof pub, ctl, sizeof ctl, err, sizeof err) != 0) {
+        /* no URL: the one agent listening on a default endpoint */
+        char dir[256], urls[4][256];
+        int found = 0;
+        (void)ctl;
+        if (tp_find_default_agents(&urls[0][0], sizeof urls[0], 4, &found, dir, sizeof dir, err,
+                                   sizeof err) != 0) {
             fprintf(stderr, "taylorscope live: %s\n", err);
             return 1;
         }
+        if (found == 0) {
+            fprintf(stderr,
+                    "taylorscope live: no agent is listening in %s; start a sampler first, or give "
+                    "its URL (taylorscope live URL)\n", dir);
+            return 2;
+        }
+        if (found > 1) {
+            fprintf(stderr, "taylorscope live: %d agents are listening; choose one:\n", found);
+            for (int i = 0; i < found && i < 4; i++)
+                fprintf(stderr, "  taylorscope live %s\n", urls[i]);
+            return 2;
+        }
+        snprintf(pub, sizeof pub, "%s", urls[0]);
         url = pub;
     }
     if (tc_live_db_path(db, s.db_path, sizeof s.db_path, err, sizeof err) != 0) {

@@ -19,7 +19,8 @@ typedef struct {
 static const tc_command commands[] = {
     {"live", "[URL] [--readonly] [--mono] [--db FILE] [--no-record]",
      "The live console: watch one agent's run, edit its knobs, browse history.\n"
-     "URL is the agent's PUB endpoint (default: the agent's default ipc endpoint).\n"
+     "URL is the agent's PUB endpoint (default: the one agent listening on this\n"
+     "user's default ipc endpoints; with several, they are listed).\n"
      "  --readonly   observer: knobs are shown, never changed\n"
      "  --mono       no colours (also when NO_COLOR is set)\n"
      "  --db FILE    the history database it records into and browses\n"
