@@ -3,9 +3,12 @@
  * it computes anything. One call's parameters resolved once (tki_plan: the
  * scales, the feature dimension, the q/k modification in force, the window
  * and far weight of the schedules, the PCA projections), the seeded sampling
- * of rows, the window predicate and the denominator rule. ref, cpu and cuda
- * all use these, so they sample the same rows, modify q/k the same way and
- * fall back for the same reasons. Prefix tki_. The math: docs/MATH.md.
+ * of rows, the window predicate and the denominator rule. ref and cpu use
+ * these, so they sample the same rows, modify q/k the same way and fall back
+ * for the same reasons. The cuda backend does not yet: it draws its probe,
+ * quality and PCA rows from its own streams (kernels/cuda, tkc_draw), so its
+ * probe and stats see other rows than ref's. Prefix tki_. The math:
+ * docs/MATH.md.
  */
 #ifndef TK_PLAN_H
 #define TK_PLAN_H

@@ -24,19 +24,6 @@ struct cuda_state {
     tkc_hybrid_state *hybrid; // owned: PCA cache and hybrid workspace
 };
 
-uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-void fail(tk_result *res, tk_reason r, const char *detail) {
-    res->reason = r;
-    res->path = TK_PATH_FALLBACK;
-    snprintf(res->detail, sizeof res->detail, "%s", detail);
-}
-
 // Grows the workspace to at least bytes. 0 ok, 2 allocation failed, 1 other error.
 int ensure_ws(cuda_state *s, size_t bytes, char *err, size_t errlen) {
     if (bytes <= s->ws_bytes) return 0;
@@ -287,7 +274,7 @@ int quality_raw(const tk_call *call, const void *out, int out_dtype, int ns, uin
         return 2;
     }
     uint64_t x = seed ^ 0x51a7c0deull;
-    for (int i = 0; i < ns; i++) rows[i] = (int)(splitmix64(&x) % (uint64_t)call->Nq);
+    for (int i = 0; i < ns; i++) rows[i] = (int)(tkc_draw(&x) % (uint64_t)call->Nq);
     int rc = 0;
     cudaError_t e = cudaMemcpyAsync(rows_d, rows, sizeof(int) * ns, cudaMemcpyHostToDevice, st);
     double s0 = call->scale > 0 ? call->scale : 1.0 / sqrt((double)call->D);
@@ -347,7 +334,7 @@ size_t quality_ws(const tk_call *call, int ns) {
 
 // Maps a launcher status to the result: 2 -> out_of_memory, 3 -> unsupported_shape, else backend_error.
 void fail_rc(tk_result *res, int rc, const char *err) {
-    fail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE
+    tkc_fail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE
                                                           : TK_REASON_BACKEND_ERROR,
          err);
 }
@@ -431,7 +418,7 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg,
     a.blocks = cfg->sub_head_blocks;
     a.terms = cfg->terms;
     if (a.blocks <= 0 || call->D % a.blocks || call->Dv % a.blocks) {
-        fail(res, TK_REASON_SUB_HEAD_BLOCK_MISMATCH, "D or Dv is not divisible by sub_head_blocks");
+        tkc_fail(res, TK_REASON_SUB_HEAD_BLOCK_MISMATCH, "D or Dv is not divisible by sub_head_blocks");
         return TK_OK;
     }
     int d = call->D / a.blocks;
@@ -454,7 +441,7 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg,
     if (ws_t == 0) {
         snprintf(err, sizeof err, "taylor on cuda: slice dims d=%d dv=%d, P=%d not supported", d,
                  call->Dv / a.blocks, a.terms);
-        fail(res, TK_REASON_UNSUPPORTED_SHAPE, err);
+        tkc_fail(res, TK_REASON_UNSUPPORTED_SHAPE, err);
         return TK_OK;
     }
     size_t o_bytes = (size_t)call->B * call->H * call->Nq * call->Dv * tk_dtype_size(call->dtype);
@@ -479,11 +466,11 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg,
         if (!rows || !den) {
             free(rows);
             free(den);
-            fail(res, TK_REASON_OUT_OF_MEMORY, "host buffers of the probe");
+            tkc_fail(res, TK_REASON_OUT_OF_MEMORY, "host buffers of the probe");
             return TK_OK;
         }
         uint64_t x = (uint64_t)cfg->seed;
-        for (int i = 0; i < pn; i++) rows[i] = (int)(splitmix64(&x) % (uint64_t)call->Nq);
+        for (int i = 0; i < pn; i++) rows[i] = (int)(tkc_draw(&x) % (uint64_t)call->Nq);
         int *rows_d = (int *)((char *)s->ws + off_rows);
         cudaError_t e = cudaMemcpyAsync(rows_d, rows, sizeof(int) * pn, cudaMemcpyHostToDevice, st);
         rc = 0;
@@ -508,13 +495,13 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg,
         free(den);
         if (nf) {
             snprintf(err, sizeof err, "probe: %llu of %llu denominators are NaN or Inf", nf, n);
-            fail(res, TK_REASON_DENOMINATOR_INVALID, err);
+            tkc_fail(res, TK_REASON_DENOMINATOR_INVALID, err);
             res->stage = TK_STAGE_PROBE;
             return TK_OK;
         }
         if (too_small(cfg, le, n)) {
             snprintf(err, sizeof err, "probe: %llu of %llu denominators <= eps %g", le, n, cfg->eps);
-            fail(res, TK_REASON_DENOMINATOR_TOO_SMALL, err);
+            tkc_fail(res, TK_REASON_DENOMINATOR_TOO_SMALL, err);
             res->stage = TK_STAGE_PROBE;
             return TK_OK;
         }
@@ -538,13 +525,13 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg,
     }
     if (den.n_nonfinite) {
         snprintf(err, sizeof err, "%llu of %llu denominators are NaN or Inf", den.n_nonfinite, den.n);
-        fail(res, TK_REASON_DENOMINATOR_INVALID, err);
+        tkc_fail(res, TK_REASON_DENOMINATOR_INVALID, err);
         res->stage = TK_STAGE_FULL;
         return TK_OK;
     }
     if (too_small(cfg, den.n_le_eps, den.n)) {
         snprintf(err, sizeof err, "%llu of %llu denominators <= eps %g", den.n_le_eps, den.n, cfg->eps);
-        fail(res, TK_REASON_DENOMINATOR_TOO_SMALL, err);
+        tkc_fail(res, TK_REASON_DENOMINATOR_TOO_SMALL, err);
         res->stage = TK_STAGE_FULL;
         return TK_OK;
     }
@@ -560,7 +547,7 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg,
     cudaError_t e = cudaMemcpyAsync(call->o, a.o, o_bytes, cudaMemcpyDeviceToDevice, st);
     if (e != cudaSuccess) {
         snprintf(err, sizeof err, "output copy: %s", cudaGetErrorString(e));
-        fail(res, TK_REASON_BACKEND_ERROR, err);
+        tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
         return TK_OK;
     }
     res->reason = TK_REASON_NONE;
@@ -627,7 +614,7 @@ extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_c
     res->w = 0;
     memset(&res->stats, 0, sizeof res->stats);
     if (!s) {
-        fail(res, TK_REASON_BACKEND_ERROR, "cuda backend: context not opened for cuda");
+        tkc_fail(res, TK_REASON_BACKEND_ERROR, "cuda backend: context not opened for cuda");
         return TK_OK;
     }
     cudaStream_t st = (cudaStream_t)call->stream;
@@ -635,7 +622,7 @@ extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_c
     cudaError_t e = cudaEventRecord(s->ev0, st);
     if (e != cudaSuccess) {
         snprintf(err, sizeof err, "cudaEventRecord: %s", cudaGetErrorString(e));
-        fail(res, TK_REASON_BACKEND_ERROR, err);
+        tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
         return TK_OK;
     }
     if (mode == TK_MODE_EXACT) {
@@ -680,7 +667,7 @@ extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_c
     if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, s->ev0, s->ev1);
     if (e != cudaSuccess) {
         snprintf(err, sizeof err, "after the kernels: %s", cudaGetErrorString(e));
-        fail(res, TK_REASON_BACKEND_ERROR, err);
+        tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
         return TK_OK;
     }
     if (stats_req) {

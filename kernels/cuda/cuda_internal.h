@@ -10,6 +10,22 @@
 
 #include "common.cuh"
 #include "internal.h"
+#include "plan.h"
+
+// The next draw of a seeded stream (splitmix64 over plan.c's tki_mix64), for
+// the rows the host samples: probe, quality and PCA rows.
+static inline uint64_t tkc_draw(uint64_t *state) {
+    uint64_t r = tki_mix64(*state);
+    *state += 0x9e3779b97f4a7c15ull;
+    return r;
+}
+
+// Marks res a FALLBACK with reason r and a detail text.
+static inline void tkc_fail(tk_result *res, tk_reason r, const char *detail) {
+    res->reason = r;
+    res->path = TK_PATH_FALLBACK;
+    snprintf(res->detail, sizeof res->detail, "%s", detail);
+}
 
 struct tkc_exact_args {
     const void *q, *k, *v; // [B,H,N,D], in_dtype (bf16 or f16)

@@ -54,19 +54,6 @@ namespace {
 
 size_t al256(size_t x) { return (x + 255) & ~(size_t)255; }
 
-uint64_t smix(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-void hfail(tk_result *res, tk_reason r, const char *detail) {
-    res->reason = r;
-    res->path = TK_PATH_FALLBACK;
-    snprintf(res->detail, sizeof res->detail, "%s", detail);
-}
-
 template <typename T>
 __global__ void gather_rows_f32(const T *x, const int *rows, int nrows, int N, int D, float *out,
                                 int out_rows, int out_off) {
@@ -589,7 +576,7 @@ void top_eigvecs(const double *C, int D, int g, float *out, uint64_t seed) {
         return;
     }
     uint64_t x = seed;
-    for (int i = 0; i < D * g; i++) V[i] = (double)(smix(&x) >> 11) / 9007199254740992.0 - 0.5;
+    for (int i = 0; i < D * g; i++) V[i] = (double)(tkc_draw(&x) >> 11) / 9007199254740992.0 - 0.5;
     for (int it = 0; it < 40; it++) {
         for (int i = 0; i < D; i++)
             for (int j = 0; j < g; j++) {
@@ -683,7 +670,7 @@ int pca_for(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, cons
         for (int i = 0; i < BH * D * g; i++) host[i] = ((i / g) % D == i % g) ? 1.f : 0.f;
     } else if (!rc) {
         uint64_t x = (uint64_t)cfg->seed * 7919u + (uint64_t)call->layer;
-        for (int i = 0; i < S; i++) rows[i] = (int)(smix(&x) % (uint64_t)N);
+        for (int i = 0; i < S; i++) rows[i] = (int)(tkc_draw(&x) % (uint64_t)N);
         size_t xbytes = al256(sizeof(float) * (size_t)BH * 2 * S * D);
         size_t need = al256(sizeof(int) * S) + xbytes + al256(sizeof(float) * (size_t)BH * D * D);
         rc = ensure(h, need, err, errlen);
@@ -782,12 +769,12 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     if (!*hs) {
         tkc_hybrid_state *h = (tkc_hybrid_state *)calloc(1, sizeof *h);
         if (!h) {
-            hfail(res, TK_REASON_OUT_OF_MEMORY, "hybrid state: host allocation");
+            tkc_fail(res, TK_REASON_OUT_OF_MEMORY, "hybrid state: host allocation");
             return 0;
         }
         if (cublasCreate(&h->blas) != CUBLAS_STATUS_SUCCESS) {
             free(h);
-            hfail(res, TK_REASON_BACKEND_ERROR, "cublasCreate failed");
+            tkc_fail(res, TK_REASON_BACKEND_ERROR, "cublasCreate failed");
             return 0;
         }
         cudaError_t ce0 = cudaStreamCreateWithFlags(&h->side, cudaStreamNonBlocking);
@@ -795,7 +782,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         if (ce0 == cudaSuccess) ce0 = cudaEventCreateWithFlags(&h->join, cudaEventDisableTiming);
         if (ce0 != cudaSuccess) {
             tkc_hybrid_free(h);
-            hfail(res, TK_REASON_BACKEND_ERROR, "hybrid: stream/event creation failed");
+            tkc_fail(res, TK_REASON_BACKEND_ERROR, "hybrid: stream/event creation failed");
             return 0;
         }
         *hs = h;
@@ -808,14 +795,14 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     res->w = w;
     res->R = tkc_feature_count(cfg->global_dim < call->D ? cfg->global_dim : call->D, cfg->global_P);
     if (call->Nq != call->Nk || call->Dv != D || (D != 64 && D != 128)) {
-        hfail(res, TK_REASON_UNSUPPORTED_SHAPE, "hybrid on cuda: needs Nq == Nk, Dv == D and D 64 or 128");
+        tkc_fail(res, TK_REASON_UNSUPPORTED_SHAPE, "hybrid on cuda: needs Nq == Nk, Dv == D and D 64 or 128");
         return 0;
     }
     const int shape2d = cfg->window_shape == TK_WINDOW_2D;
     if (W > 0 && shape2d &&
         (call->grid_h <= 0 || call->grid_w <= 0 || call->text_tokens + call->grid_h * call->grid_w != N ||
          call->grid_w > 65535 || call->grid_h > 32767)) {
-        hfail(res, TK_REASON_UNSUPPORTED_SHAPE, "hybrid 2d window: text_tokens + grid_h*grid_w must equal N");
+        tkc_fail(res, TK_REASON_UNSUPPORTED_SHAPE, "hybrid 2d window: text_tokens + grid_h*grid_w must equal N");
         return 0;
     }
     // f32: everything through bf16 copies
@@ -825,7 +812,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     const int g = cfg->global_dim, P = cfg->global_P;
     if (far && ((g != 16 && g != 32) || P > 4)) {
         snprintf(err, sizeof err, "hybrid on cuda: global_dim %d, global_P %d (supported: 16 or 32, P <= 4)", g, P);
-        hfail(res, TK_REASON_UNSUPPORTED_SHAPE, err);
+        tkc_fail(res, TK_REASON_UNSUPPORTED_SHAPE, err);
         return 0;
     }
     tkc_taylor_args ta;
@@ -862,7 +849,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     if (call->dtype == TK_DTYPE_F32) {
         rc = ensure(h, off, err, sizeof err);
         if (rc) {
-            hfail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : TK_REASON_BACKEND_ERROR, err);
+            tkc_fail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : TK_REASON_BACKEND_ERROR, err);
             return 0;
         }
         const void *src[5] = {call->q, call->k, call->v, q0, k0};
@@ -870,7 +857,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         for (int i = 0; i < 5; i++) {
             dst[i] = (char *)h->ws + off_conv + i * al256(nqk * es);
             if (tkc_convert_f32_bf16((const float *)src[i], dst[i], nqk, st)) {
-                hfail(res, TK_REASON_BACKEND_ERROR, "hybrid: f32 conversion failed");
+                tkc_fail(res, TK_REASON_BACKEND_ERROR, "hybrid: f32 conversion failed");
                 return 0;
             }
         }
@@ -891,13 +878,13 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
             rc = pca_for(h, call, cfg, q0, k0, dt, g, st, &Pm, err, sizeof err);
         }
         if (rc) {
-            hfail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
+            tkc_fail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
             return 0;
         }
     }
     rc = ensure(h, off, err, sizeof err);
     if (rc) {
-        hfail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : TK_REASON_BACKEND_ERROR, err);
+        tkc_fail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : TK_REASON_BACKEND_ERROR, err);
         return 0;
     }
     char *ws = (char *)h->ws;
@@ -916,7 +903,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     if (ce == cudaSuccess) ce = cudaMemcpyAsync(den, &init, sizeof init, cudaMemcpyHostToDevice, st);
     if (ce != cudaSuccess) {
         snprintf(err, sizeof err, "hybrid: %s", cudaGetErrorString(ce));
-        hfail(res, TK_REASON_BACKEND_ERROR, err);
+        tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
         return 0;
     }
     const bool mod = cfg->qk_norm_sigma_max <= 0 || call->sigma <= cfg->qk_norm_sigma_max;
@@ -938,7 +925,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
             if (ce == cudaSuccess) ce = cudaStreamWaitEvent(es, h->fork, 0);
             if (ce != cudaSuccess) {
                 snprintf(err, sizeof err, "hybrid fork: %s", cudaGetErrorString(ce));
-                hfail(res, TK_REASON_BACKEND_ERROR, err);
+                tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
                 return 0;
             }
         }
@@ -952,7 +939,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
             joined = true;
         }
         if (rc) {
-            hfail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
+            tkc_fail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
             return 0;
         }
     }
@@ -966,7 +953,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         ce = bad ? cudaGetLastError() : cudaSuccess;
         if (bad) {
             snprintf(err, sizeof err, "launch project_kernel: %s", cudaGetErrorString(ce));
-            hfail(res, TK_REASON_BACKEND_ERROR, err);
+            tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
             return 0;
         }
         size_t tkey = ((size_t)off_t << 16) | ((size_t)g << 8) | (size_t)P;
@@ -976,7 +963,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         tkc_den_stats fd;
         rc = tkc_taylor_run(&ta, ws + off_t, ws_t, nsm, st, &fd, err, sizeof err);
         if (rc) {
-            hfail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
+            tkc_fail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
             return 0;
         }
         h->table_key = tkey + 1;
@@ -1003,7 +990,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         else
             rc = launch_local_t<__half, __half>(la, D, g, far, nblocks, BH, st, err, sizeof err);
         if (rc) {
-            hfail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
+            tkc_fail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
             return 0;
         }
         if (joined) {
@@ -1011,7 +998,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
             joined = false;
             if (ce != cudaSuccess) {
                 snprintf(err, sizeof err, "hybrid join: %s", cudaGetErrorString(ce));
-                hfail(res, TK_REASON_BACKEND_ERROR, err);
+                tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
                 return 0;
             }
         }
@@ -1021,7 +1008,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
             if (ce == cudaSuccess) ce = cudaStreamSynchronize(st);
             if (ce != cudaSuccess) {
                 snprintf(err, sizeof err, "hybrid: %s", cudaGetErrorString(ce));
-                hfail(res, TK_REASON_BACKEND_ERROR, err);
+                tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
                 return 0;
             }
             unsigned u;
@@ -1052,7 +1039,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
                 else
                     rc = launch_local_t<__half, __half>(la, D, g, false, nblocks, BH, st, err, sizeof err);
                 if (rc) {
-                    hfail(res, TK_REASON_BACKEND_ERROR, err);
+                    tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
                     return 0;
                 }
             }
