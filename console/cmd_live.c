@@ -248,12 +248,11 @@ int tc_cmd_live(int argc, char **argv) {
     }
     static live_state s; /* large; one per process */
     memset(&s, 0, sizeof s);
-    char err[512], pub[256], ctl[256];
+    char err[512], pub[256];
     if (!url) {
         /* no URL: the one agent listening on a default endpoint */
         char dir[256], urls[4][256];
         int found = 0;
-        (void)ctl;
         if (tp_find_default_agents(&urls[0][0], sizeof urls[0], 4, &found, dir, sizeof dir, err,
                                    sizeof err) != 0) {
             fprintf(stderr, "taylorscope live: %s\n", err);
