@@ -126,16 +126,28 @@ static int stage_call(buffers *b, tk_backend backend, int have_q0k0, int on_devi
 #endif
 }
 
-static int fetch_output(buffers *b, tk_backend backend, char *err, size_t errlen) {
+/* Adds the call's output to the run's checksums. A device output is summed
+ * on the device when the device generator is there (nothing copied back),
+ * else copied back and summed here. */
+static int checksum_output(buffers *b, tk_backend backend, tsim_workload_cuda *gwork, int bf16,
+                           tsim_run_stats *st, char *err, size_t errlen) {
+    double s = 0, sa = 0;
 #ifdef TK_HAVE_CUDA
+    if (backend == TK_BACKEND_CUDA && gwork) {
+        if (tsim_workload_cuda_sums(gwork, b->dout, b->n, bf16, &s, &sa, err, errlen)) return 1;
+        st->output_sum += s, st->output_abs_sum += sa;
+        return 0;
+    }
     if (backend == TK_BACKEND_CUDA &&
         cudaMemcpy(b->o, b->dout, b->n * sizeof(float), TSIM_CUDA_D2H) != 0) {
         snprintf(err, errlen, "cuda: copying the output back failed");
         return 1;
     }
 #else
-    (void)b, (void)backend, (void)err, (void)errlen;
+    (void)backend, (void)gwork, (void)bf16, (void)err, (void)errlen;
 #endif
+    for (size_t i = 0; i < b->n; i++) s += b->o[i], sa += fabs(b->o[i]);
+    st->output_sum += s, st->output_abs_sum += sa;
     return 0;
 }
 
@@ -267,8 +279,8 @@ int tsim_run(const tsim_options *o, tsim_run_stats *st, char *err, size_t errlen
             } else if (gwork) {
 #ifdef TK_HAVE_CUDA
                 char e2[256];
-                if (tsim_workload_cuda_layer(gwork, layer, sigma, buf.dq, buf.dk, buf.dv, buf.dq0,
-                                             buf.dk0, e2, sizeof e2)) {
+                if (tsim_workload_cuda_layer(gwork, layer, sigma, 1, buf.dq, buf.dk, buf.dv,
+                                             buf.dq0, buf.dk0, e2, sizeof e2)) {
                     snprintf(err, errlen, "step %d layer %d: %s", step, layer, e2);
                     goto done;
                 }
@@ -287,7 +299,8 @@ int tsim_run(const tsim_options *o, tsim_run_stats *st, char *err, size_t errlen
             ta_call c;
             memset(&c, 0, sizeof c);
             c.B = 1, c.H = H, c.Nq = c.Nk = N, c.D = c.Dv = D;
-            c.dtype = TK_DTYPE_F32;
+            /* the device generator draws bf16, as a real Flux host runs */
+            c.dtype = gwork ? TK_DTYPE_BF16 : TK_DTYPE_F32;
             block_of_layer(&shape, layer, &c.block_type, &c.block_index);
             if (stage_call(&buf, o->backend, have_q0k0, gwork != NULL, &c, err, errlen)) goto done;
             tk_result res;
@@ -311,13 +324,13 @@ int tsim_run(const tsim_options *o, tsim_run_stats *st, char *err, size_t errlen
                 attn_ms += a2 - a1;
             }
             if ((int)res.path >= 0 && res.path < 4) st->by_path[res.path]++;
-            if (fetch_output(&buf, o->backend, err, errlen)) goto done;
-            double s = 0, sa = 0;
-            for (size_t i = 0; i < buf.n; i++) s += buf.o[i], sa += fabs(buf.o[i]);
-            st->output_sum += s;
-            st->output_abs_sum += sa;
+            if (checksum_output(&buf, o->backend, gwork, gwork != NULL, st, err, errlen)) goto done;
         }
         ta_step_end(agent);
+        if (si == 0) {
+            st->first_step_ms = now_ms() - t0;
+            st->first_generate_ms = gen_ms, st->first_attention_ms = attn_ms;
+        }
         st->steps_done++;
         st->generate_ms += gen_ms;
         progress(o, label, mode_name, si + 1, steps, sigma, now_ms() - t0, gen_ms, attn_ms,

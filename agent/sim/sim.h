@@ -223,6 +223,8 @@ typedef struct {
     int64_t by_reason[TK_REASON_COUNT];
     int64_t by_path[4];
     double wall_ms, generate_ms, attention_ms, exact_ms; /* totals */
+    /* the first step alone (it also fits each layer's PCA in hybrid mode) */
+    double first_step_ms, first_generate_ms, first_attention_ms;
     double output_sum;       /* sum of every output value (replay comparisons) */
     double output_abs_sum;
     uint64_t published, dropped;

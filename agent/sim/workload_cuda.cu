@@ -4,18 +4,21 @@
  * the latent mix and the RMS norms sum squares in double and scale in float;
  * the float products and sums use the _rn intrinsics so that nvcc does not
  * fuse them into FMAs the CPU code does not do. The 32-term projection sums
- * run in channel order (OpenBLAS's order is its own): the one source of
- * difference beyond the last bit, a relative 1e-6 or so.
+ * are FMAs in channel order (OpenBLAS's order is its own) and the RMS sums
+ * run in a warp's butterfly order: the sources of difference beyond the
+ * last bit, a relative 1e-6 or so. Output f32, or bf16 (what taylor-sim
+ * feeds the cuda backend, as a real Flux host does).
  */
 #include "workload_cuda.h"
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum { TSIM_CUDA_CHANNELS = 32, TOKENS_PER_BLOCK = 16 };
+enum { TSIM_CUDA_CHANNELS = 32, LAYER_WARPS = 8, LAYER_TOKENS = 256, SUMS_BLOCKS = 264 };
 
 typedef struct {
     float *wq, *wk, *wv;   /* [C, H*D] */
@@ -30,8 +33,9 @@ struct tsim_workload_cuda {
     float *cos_row, *sin_row, *cos_col, *sin_col;
     float *hidden;                        /* [N, C] at hidden_sigma */
     double hidden_sigma;                  /* negative: not computed */
-    device_layer *layers;                 /* [L]; wq NULL until first drawn */
+    device_layer *layers;                 /* [L], all uploaded at open */
     float *host_pos, *host_text;          /* [H] scratch */
+    double *sums;                         /* [2 * SUMS_BLOCKS + 2] checksum partials */
 };
 
 static int cuda_ok(cudaError_t e, const char *what, char *err, size_t errlen) {
@@ -76,101 +80,150 @@ __global__ void hidden_kernel(const float *text, const float *structure, const f
         hidden[(size_t)n * TSIM_CUDA_CHANNELS + c] = __fmul_rn(x[c], inv);
 }
 
-/* Sum of v over the block (blockDim.x a multiple of 32, at most 1024);
- * every thread gets the total. red holds 32 doubles. */
-__device__ double block_sum(double v, double *red) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    __syncthreads(); /* red may still be read from the previous call */
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    double t = 0;
-    for (int i = 0; i < warps; i++) t += red[i];
-    return t;
-}
-
 typedef struct {
     const float *hidden, *wq, *wk, *wv, *u, *a, *gain, *pos_weight, *text_weight;
     const float *cos_row, *sin_row, *cos_col, *sin_col;
-    float *q, *k, *v, *q0, *k0;
+    void *q, *k, *v, *q0, *k0; /* float or __nv_bfloat16, [H,N,D] */
     int heads, head_dim, tokens, text_tokens, grid_w, a0, a1, a2;
     float pw, sharp;
 } layer_args;
 
-/* One block per (head, TOKENS_PER_BLOCK tokens), one thread per head dim:
- * the row work of workload.c finish_rows after the projections. */
-__global__ void layer_kernel(layer_args p) {
-    __shared__ float hid[TSIM_CUDA_CHANNELS];
-    __shared__ double red[32];
-    extern __shared__ float rot[]; /* [2 * head_dim]: q then k, for the RoPE partner */
-    int D = p.head_dim, HD = p.heads * D, d = threadIdx.x, h = blockIdx.y;
-    int live = d < D;
-    int col = h * D + (live ? d : 0);
-    float wq[TSIM_CUDA_CHANNELS], wk[TSIM_CUDA_CHANNELS], wv[TSIM_CUDA_CHANNELS];
-    for (int c = 0; c < TSIM_CUDA_CHANNELS; c++) {
-        wq[c] = p.wq[(size_t)c * HD + col];
-        wk[c] = p.wk[(size_t)c * HD + col];
-        wv[c] = p.wv[(size_t)c * HD + col];
+__device__ __forceinline__ void put(float *dst, size_t at, float x) { dst[at] = x; }
+__device__ __forceinline__ void put(__nv_bfloat16 *dst, size_t at, float x) {
+    dst[at] = __float2bfloat16_rn(x);
+}
+
+/* Sum over the warp in a fixed butterfly order (every lane gets it). */
+__device__ __forceinline__ double warp_sum(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* One block per (head, LAYER_TOKENS tokens); each warp takes one token at a
+ * time, each lane the head dims lane, lane + 32, ... (J = D / 32 of them).
+ * The head's three [C, D] projection slices sit in shared memory; a token's
+ * 32 hidden channels are one per lane and reach the others by shuffle; the
+ * RMS sums are warp shuffles; a RoPE pair (d, d ^ 1) is lanes (l, l ^ 1).
+ * The per-element arithmetic is workload.c finish_rows's, in its order; the
+ * 32-term projections are fused multiply-adds in channel order (OpenBLAS
+ * blocks its own way: a few float ulps either way). */
+template <typename T, int J>
+__global__ void __launch_bounds__(LAYER_WARPS * 32) layer_kernel(layer_args p) {
+    extern __shared__ float w_s[]; /* [3][C][D]: q, k, v slices of head h */
+    const int D = J * 32, HD = p.heads * D, h = blockIdx.y, C = TSIM_CUDA_CHANNELS;
+    for (int i = threadIdx.x; i < 3 * C * D; i += blockDim.x) {
+        int m = i / (C * D), r = i % (C * D), c = r / D, d = r % D;
+        const float *src = m == 0 ? p.wq : m == 1 ? p.wk : p.wv;
+        w_s[i] = src[(size_t)c * HD + h * D + d];
     }
-    float ua = p.a[col], uu = p.u[col], g = __fmul_rn(p.gain[col], p.sharp);
-    float upos = __fmul_rn(p.pos_weight[h], p.pw), utext = p.text_weight[h];
-    int n0 = blockIdx.x * TOKENS_PER_BLOCK;
-    int p1 = p.a1 / 2, p2 = p.a2 / 2;
-    for (int t = 0; t < TOKENS_PER_BLOCK; t++) {
-        int n = n0 + t;
-        if (n >= p.tokens) break; /* uniform over the block */
-        __syncthreads(); /* hid and rot of the previous token are read */
-        if (threadIdx.x < TSIM_CUDA_CHANNELS)
-            hid[threadIdx.x] = p.hidden[(size_t)n * TSIM_CUDA_CHANNELS + threadIdx.x];
-        __syncthreads();
-        float cq = 0, ck = 0, cv = 0;
-        for (int c = 0; c < TSIM_CUDA_CHANNELS; c++) {
-            cq = __fadd_rn(cq, __fmul_rn(hid[c], wq[c]));
-            ck = __fadd_rn(ck, __fmul_rn(hid[c], wk[c]));
-            cv = __fadd_rn(cv, __fmul_rn(hid[c], wv[c]));
-        }
-        int image = n >= p.text_tokens;
-        float qn = __fadd_rn(cq, __fadd_rn(__fmul_rn(utext, ua), image ? __fmul_rn(upos, uu) : 0.0f));
-        float kn = __fadd_rn(ck, image ? __fmul_rn(upos, uu) : __fmul_rn(utext, ua));
-        double sq = live ? (double)qn * (double)qn : 0.0, sk = live ? (double)kn * (double)kn : 0.0;
-        sq = block_sum(sq, red);
-        sk = block_sum(sk, red);
-        qn = __fmul_rn(qn, (float)(1.0 / sqrt(sq / D + 1e-6)));
-        kn = __fmul_rn(kn, (float)(1.0 / sqrt(sk / D + 1e-6)));
-        qn = __fmul_rn(qn, g);
-        kn = __fmul_rn(kn, g);
-        size_t at = ((size_t)h * p.tokens + n) * D + d;
-        if (live) {
-            if (p.q0) p.q0[at] = qn;
-            if (p.k0) p.k0[at] = kn;
-            if (p.v) p.v[at] = cv;
-            rot[d] = qn;
-            rot[D + d] = kn;
-        }
-        __syncthreads();
-        float qo = qn, ko = kn;
-        if (live && image && d >= p.a0) {
-            int gi = n - p.text_tokens, r = gi / p.grid_w, cc = gi % p.grid_w;
-            int rel = d < p.a0 + p.a1 ? d - p.a0 : d - p.a0 - p.a1;
-            int pr = rel >> 1, odd = rel & 1;
-            float cs, sn;
-            if (d < p.a0 + p.a1) cs = p.cos_row[r * p1 + pr], sn = p.sin_row[r * p1 + pr];
-            else cs = p.cos_col[cc * p2 + pr], sn = p.sin_col[cc * p2 + pr];
-            int e = odd ? d - 1 : d; /* the pair's even dim */
-            float q0e = rot[e], q1e = rot[e + 1], k0e = rot[D + e], k1e = rot[D + e + 1];
-            if (!odd) {
-                qo = __fsub_rn(__fmul_rn(q0e, cs), __fmul_rn(q1e, sn));
-                ko = __fsub_rn(__fmul_rn(k0e, cs), __fmul_rn(k1e, sn));
-            } else {
-                qo = __fadd_rn(__fmul_rn(q0e, sn), __fmul_rn(q1e, cs));
-                ko = __fadd_rn(__fmul_rn(k0e, sn), __fmul_rn(k1e, cs));
+    __syncthreads();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float ua[J], uu[J], g[J];
+#pragma unroll
+    for (int j = 0; j < J; j++) {
+        int col = h * D + lane + 32 * j;
+        ua[j] = p.a[col], uu[j] = p.u[col], g[j] = __fmul_rn(p.gain[col], p.sharp);
+    }
+    const float upos = __fmul_rn(p.pos_weight[h], p.pw), utext = p.text_weight[h];
+    const int p1 = p.a1 / 2, p2 = p.a2 / 2;
+    T *q = (T *)p.q, *k = (T *)p.k, *v = (T *)p.v, *q0 = (T *)p.q0, *k0 = (T *)p.k0;
+    for (int t = warp; t < LAYER_TOKENS; t += LAYER_WARPS) {
+        int n = blockIdx.x * LAYER_TOKENS + t;
+        if (n >= p.tokens) break; /* uniform over the warp */
+        float hc = p.hidden[(size_t)n * C + lane];
+        float cq[J], ck[J], cv[J];
+#pragma unroll
+        for (int j = 0; j < J; j++) cq[j] = ck[j] = cv[j] = 0;
+#pragma unroll 8
+        for (int c = 0; c < C; c++) {
+            float hv = __shfl_sync(0xffffffffu, hc, c);
+#pragma unroll
+            for (int j = 0; j < J; j++) {
+                int d = lane + 32 * j;
+                cq[j] = __fmaf_rn(hv, w_s[c * D + d], cq[j]);
+                ck[j] = __fmaf_rn(hv, w_s[(C + c) * D + d], ck[j]);
+                cv[j] = __fmaf_rn(hv, w_s[(2 * C + c) * D + d], cv[j]);
             }
         }
-        if (live) {
-            p.q[at] = qo;
-            p.k[at] = ko;
+        const int image = n >= p.text_tokens;
+        float qn[J], kn[J];
+        double sq = 0, sk = 0;
+#pragma unroll
+        for (int j = 0; j < J; j++) {
+            qn[j] = __fadd_rn(cq[j], __fadd_rn(__fmul_rn(utext, ua[j]), image ? __fmul_rn(upos, uu[j]) : 0.0f));
+            kn[j] = __fadd_rn(ck[j], image ? __fmul_rn(upos, uu[j]) : __fmul_rn(utext, ua[j]));
+            sq += (double)qn[j] * (double)qn[j];
+            sk += (double)kn[j] * (double)kn[j];
+        }
+        const float iq = (float)(1.0 / sqrt(warp_sum(sq) / D + 1e-6));
+        const float ik = (float)(1.0 / sqrt(warp_sum(sk) / D + 1e-6));
+        int r = 0, cc = 0;
+        if (image) r = (n - p.text_tokens) / p.grid_w, cc = (n - p.text_tokens) % p.grid_w;
+#pragma unroll
+        for (int j = 0; j < J; j++) {
+            const int d = lane + 32 * j;
+            qn[j] = __fmul_rn(__fmul_rn(qn[j], iq), g[j]);
+            kn[j] = __fmul_rn(__fmul_rn(kn[j], ik), g[j]);
+            const size_t at = ((size_t)h * p.tokens + n) * D + d;
+            if (q0) put(q0, at, qn[j]);
+            if (k0) put(k0, at, kn[j]);
+            if (v) put(v, at, cv[j]);
+            /* RoPE: the pair partner d ^ 1 is lane ^ 1 (32 j is even) */
+            float qp = __shfl_xor_sync(0xffffffffu, qn[j], 1);
+            float kp = __shfl_xor_sync(0xffffffffu, kn[j], 1);
+            float qo = qn[j], ko = kn[j];
+            if (image && d >= p.a0) {
+                int rel = d < p.a0 + p.a1 ? d - p.a0 : d - p.a0 - p.a1;
+                int pr = rel >> 1;
+                float cs, sn;
+                if (d < p.a0 + p.a1) cs = p.cos_row[r * p1 + pr], sn = p.sin_row[r * p1 + pr];
+                else cs = p.cos_col[cc * p2 + pr], sn = p.sin_col[cc * p2 + pr];
+                if (!(rel & 1)) { /* (this, partner) = (even, odd) of the pair */
+                    qo = __fsub_rn(__fmul_rn(qn[j], cs), __fmul_rn(qp, sn));
+                    ko = __fsub_rn(__fmul_rn(kn[j], cs), __fmul_rn(kp, sn));
+                } else {
+                    qo = __fadd_rn(__fmul_rn(qp, sn), __fmul_rn(qn[j], cs));
+                    ko = __fadd_rn(__fmul_rn(kp, sn), __fmul_rn(kn[j], cs));
+                }
+            }
+            put(q, at, qo);
+            put(k, at, ko);
         }
     }
+}
+
+/* Output checksums: per-block partial (sum, sum of |x|) in double, then one
+ * block adds the partials in a fixed order (same bytes, same sums). */
+__device__ __forceinline__ float get(const float *x, size_t i) { return x[i]; }
+__device__ __forceinline__ float get(const __nv_bfloat16 *x, size_t i) { return __bfloat162float(x[i]); }
+
+__device__ void block_pair_sum(double *a, double *b, double *red /* [2][32] */) {
+    double x = warp_sum(*a), y = warp_sum(*b);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    if (lane == 0) red[warp] = x, red[32 + warp] = y;
+    __syncthreads();
+    x = y = 0;
+    for (int i = 0; i < warps; i++) x += red[i], y += red[32 + i];
+    *a = x, *b = y;
+}
+
+template <typename T> __global__ void sums_kernel(const T *x, size_t n, double *part) {
+    __shared__ double red[64];
+    double s = 0, sa = 0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        double v = get(x, i);
+        s += v, sa += fabs(v);
+    }
+    block_pair_sum(&s, &sa, red);
+    if (threadIdx.x == 0) part[2 * blockIdx.x] = s, part[2 * blockIdx.x + 1] = sa;
+}
+
+__global__ void sums_final_kernel(const double *part, int blocks, double *out) {
+    __shared__ double red[64];
+    double s = 0, sa = 0;
+    for (int i = threadIdx.x; i < blocks; i += blockDim.x) s += part[2 * i], sa += part[2 * i + 1];
+    block_pair_sum(&s, &sa, red);
+    if (threadIdx.x == 0) out[0] = s, out[1] = sa;
 }
 
 /* ---- host side ---- */
@@ -185,8 +238,35 @@ extern "C" void tsim_workload_cuda_free(tsim_workload_cuda *g) {
         }
     float *ptrs[8] = {g->structure, g->noise, g->text, g->cos_row, g->sin_row, g->cos_col, g->sin_col, g->hidden};
     for (int i = 0; i < 8; i++) cudaFree(ptrs[i]);
+    cudaFree(g->sums);
     free(g->layers), free(g->host_pos), free(g->host_text);
     free(g);
+}
+
+/* Uploads a layer's projections and head weights (once; open does every layer). */
+static int ensure_layer(tsim_workload_cuda *g, int layer, char *err, size_t errlen) {
+    device_layer *dl = &g->layers[layer];
+    if (dl->wq) return 0;
+    tsim_layer_fields lf;
+    if (tsim_workload_layer_fields(g->w, layer, &lf, g->host_pos, g->host_text)) {
+        snprintf(err, errlen, "cuda generator: layer %d: out of memory drawing its weights", layer);
+        return 1;
+    }
+    size_t HD = (size_t)g->f.heads * g->f.head_dim, CW = TSIM_CUDA_CHANNELS * HD;
+    device_layer tmp;
+    memset(&tmp, 0, sizeof tmp);
+    int bad = upload(&tmp.wq, lf.wq, CW, err, errlen) || upload(&tmp.wk, lf.wk, CW, err, errlen) ||
+              upload(&tmp.wv, lf.wv, CW, err, errlen) || upload(&tmp.u, lf.u, HD, err, errlen) ||
+              upload(&tmp.a, lf.a, HD, err, errlen) || upload(&tmp.gain, lf.gain, HD, err, errlen) ||
+              upload(&tmp.pos_weight, g->host_pos, (size_t)g->f.heads, err, errlen) ||
+              upload(&tmp.text_weight, g->host_text, (size_t)g->f.heads, err, errlen);
+    if (bad) {
+        float *ptrs[8] = {tmp.wq, tmp.wk, tmp.wv, tmp.u, tmp.a, tmp.gain, tmp.pos_weight, tmp.text_weight};
+        for (int i = 0; i < 8; i++) cudaFree(ptrs[i]);
+        return 1;
+    }
+    *dl = tmp;
+    return 0;
 }
 
 extern "C" int tsim_workload_cuda_open(struct tsim_workload *w, tsim_workload_cuda **out, char *err,
@@ -200,8 +280,8 @@ extern "C" int tsim_workload_cuda_open(struct tsim_workload *w, tsim_workload_cu
     g->w = w;
     tsim_workload_fields_get(w, &g->f);
     const tsim_workload_fields *f = &g->f;
-    if (f->channels != TSIM_CUDA_CHANNELS || f->head_dim < 1 || f->head_dim > 1024) {
-        snprintf(err, errlen, "cuda generator: %d channels, head dim %d not handled (32 channels, head dim <= 1024)",
+    if (f->channels != TSIM_CUDA_CHANNELS || f->head_dim % 32 != 0 || f->head_dim < 32 || f->head_dim > 128) {
+        snprintf(err, errlen, "cuda generator: %d channels, head dim %d not handled (32 channels, head dim 32, 64, 96 or 128)",
                  f->channels, f->head_dim);
         free(g);
         return 1;
@@ -234,45 +314,46 @@ extern "C" int tsim_workload_cuda_open(struct tsim_workload *w, tsim_workload_cu
         tsim_workload_cuda_free(g);
         return 1;
     }
+    if (cuda_ok(cudaMalloc((void **)&g->sums, sizeof(double) * (2 * SUMS_BLOCKS + 2)), "allocating", err, errlen)) {
+        g->sums = NULL;
+        tsim_workload_cuda_free(g);
+        return 1;
+    }
+    /* Every layer's weights now, so that no step pays for drawing them. */
+    for (int l = 0; l < f->layers; l++)
+        if (ensure_layer(g, l, err, errlen)) {
+            tsim_workload_cuda_free(g);
+            return 1;
+        }
     *out = g;
     return 0;
 }
 
-/* Uploads a layer's projections and head weights on its first draw. */
-static int ensure_layer(tsim_workload_cuda *g, int layer, char *err, size_t errlen) {
-    device_layer *dl = &g->layers[layer];
-    if (dl->wq) return 0;
-    tsim_layer_fields lf;
-    if (tsim_workload_layer_fields(g->w, layer, &lf, g->host_pos, g->host_text)) {
-        snprintf(err, errlen, "cuda generator: layer %d: out of memory drawing its weights", layer);
-        return 1;
-    }
-    size_t HD = (size_t)g->f.heads * g->f.head_dim, CW = TSIM_CUDA_CHANNELS * HD;
-    device_layer tmp;
-    memset(&tmp, 0, sizeof tmp);
-    int bad = upload(&tmp.wq, lf.wq, CW, err, errlen) || upload(&tmp.wk, lf.wk, CW, err, errlen) ||
-              upload(&tmp.wv, lf.wv, CW, err, errlen) || upload(&tmp.u, lf.u, HD, err, errlen) ||
-              upload(&tmp.a, lf.a, HD, err, errlen) || upload(&tmp.gain, lf.gain, HD, err, errlen) ||
-              upload(&tmp.pos_weight, g->host_pos, (size_t)g->f.heads, err, errlen) ||
-              upload(&tmp.text_weight, g->host_text, (size_t)g->f.heads, err, errlen);
-    if (bad) {
-        float *ptrs[8] = {tmp.wq, tmp.wk, tmp.wv, tmp.u, tmp.a, tmp.gain, tmp.pos_weight, tmp.text_weight};
-        for (int i = 0; i < 8; i++) cudaFree(ptrs[i]);
-        return 1;
-    }
-    *dl = tmp;
-    return 0;
+template <typename T, int J> static cudaError_t launch_layer(const layer_args &p, dim3 grid) {
+    size_t smem = sizeof(float) * 3 * TSIM_CUDA_CHANNELS * 32 * J;
+    cudaError_t e = cudaFuncSetAttribute(layer_kernel<T, J>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return e;
+    layer_kernel<T, J><<<grid, LAYER_WARPS * 32, smem>>>(p);
+    return cudaGetLastError();
 }
 
-extern "C" int tsim_workload_cuda_layer(tsim_workload_cuda *g, int layer, double sigma, float *q,
-                                        float *k, float *v, float *q0, float *k0, char *err,
+template <typename T> static cudaError_t launch_layer_t(const layer_args &p, dim3 grid) {
+    switch (p.head_dim / 32) {
+    case 1: return launch_layer<T, 1>(p, grid);
+    case 2: return launch_layer<T, 2>(p, grid);
+    case 3: return launch_layer<T, 3>(p, grid);
+    default: return launch_layer<T, 4>(p, grid);
+    }
+}
+
+extern "C" int tsim_workload_cuda_layer(tsim_workload_cuda *g, int layer, double sigma, int out_bf16,
+                                        void *q, void *k, void *v, void *q0, void *k0, char *err,
                                         size_t errlen) {
     const tsim_workload_fields *f = &g->f;
     if (layer < 0 || layer >= f->layers || !(sigma >= 0 && sigma <= 1) || !q || !k) {
         snprintf(err, errlen, "cuda generator: layer %d at sigma %g: out of range", layer, sigma);
         return 1;
     }
-    if (ensure_layer(g, layer, err, errlen)) return 1;
     if (g->hidden_sigma != sigma) {
         int threads = 128, blocks = (f->tokens + threads - 1) / threads;
         hidden_kernel<<<blocks, threads>>>(g->text, g->structure, g->noise, f->text_tokens,
@@ -292,9 +373,21 @@ extern "C" int tsim_workload_cuda_layer(tsim_workload_cuda *g, int layer, double
     p.a0 = f->rope_axes[0], p.a1 = f->rope_axes[1], p.a2 = f->rope_axes[2];
     p.pw = (float)(1.0 - 0.8 * sigma);
     p.sharp = (float)(1.0 - 0.3 * sigma); /* as workload.c: logits grow as the image forms */
-    int threads = (f->head_dim + 31) / 32 * 32;
-    dim3 grid((unsigned)((f->tokens + TOKENS_PER_BLOCK - 1) / TOKENS_PER_BLOCK), (unsigned)f->heads);
-    layer_kernel<<<grid, threads, 2 * sizeof(float) * (size_t)f->head_dim>>>(p);
-    if (cuda_ok(cudaGetLastError(), "layer kernel", err, errlen)) return 1;
+    dim3 grid((unsigned)((f->tokens + LAYER_TOKENS - 1) / LAYER_TOKENS), (unsigned)f->heads);
+    cudaError_t e = out_bf16 ? launch_layer_t<__nv_bfloat16>(p, grid) : launch_layer_t<float>(p, grid);
+    if (cuda_ok(e, "layer kernel", err, errlen)) return 1;
     return cuda_ok(cudaDeviceSynchronize(), "layer kernel", err, errlen);
+}
+
+extern "C" int tsim_workload_cuda_sums(tsim_workload_cuda *g, const void *x, size_t n, int bf16,
+                                       double *sum, double *abs_sum, char *err, size_t errlen) {
+    if (bf16) sums_kernel<<<SUMS_BLOCKS, 256>>>((const __nv_bfloat16 *)x, n, g->sums);
+    else sums_kernel<<<SUMS_BLOCKS, 256>>>((const float *)x, n, g->sums);
+    sums_final_kernel<<<1, 256>>>(g->sums, SUMS_BLOCKS, g->sums + 2 * SUMS_BLOCKS);
+    double out[2];
+    if (cuda_ok(cudaGetLastError(), "checksum kernel", err, errlen) ||
+        cuda_ok(cudaMemcpy(out, g->sums + 2 * SUMS_BLOCKS, sizeof out, cudaMemcpyDeviceToHost), "checksum", err, errlen))
+        return 1;
+    *sum = out[0], *abs_sum = out[1];
+    return 0;
 }

@@ -5,7 +5,7 @@
  * nothing host->device per layer. It runs the same process as workload.c
  * (docs/SIMULATOR.md): the per-run fields (structure, noise, text, RoPE
  * tables) and each layer's projections are those the CPU workload drew with
- * tsim_key/tsim_normal, uploaded once (the layer's on its first draw); the
+ * tsim_key/tsim_normal, uploaded once when it opens (every layer's); the
  * per-step work -- latent mix, RMS norm, projections, position and text
  * components, per-head RMS norm and gain, RoPE -- runs on the device. Same
  * seed, same tensors as the CPU generator up to float rounding (the order of
@@ -54,11 +54,17 @@ typedef struct tsim_workload_cuda tsim_workload_cuda;
 int tsim_workload_cuda_open(struct tsim_workload *w, tsim_workload_cuda **out, char *err,
                             size_t errlen);
 void tsim_workload_cuda_free(tsim_workload_cuda *g); /* NULL ok */
-/* Draws layer at sigma into device buffers [H,N,D] (H*N*D floats each; v,
- * q0, k0 may be NULL) on the default stream and waits for it, so the time
- * around the call is the generator's. 0, or nonzero with err. */
-int tsim_workload_cuda_layer(tsim_workload_cuda *g, int layer, double sigma, float *q, float *k,
-                             float *v, float *q0, float *k0, char *err, size_t errlen);
+/* Draws layer at sigma into device buffers [H,N,D] (H*N*D floats each, or
+ * bf16 values when out_bf16, rounded to nearest; v, q0, k0 may be NULL) on
+ * the default stream and waits for it, so the time around the call is the
+ * generator's. 0, or nonzero with err. */
+int tsim_workload_cuda_layer(tsim_workload_cuda *g, int layer, double sigma, int out_bf16, void *q,
+                             void *k, void *v, void *q0, void *k0, char *err, size_t errlen);
+/* Sum and sum of |x| (in double, fixed order: the same bytes give the same
+ * sums) of n device values (float, or bf16 when bf16), for the host's
+ * output checksum without copying the output back. 0, or nonzero with err. */
+int tsim_workload_cuda_sums(tsim_workload_cuda *g, const void *x, size_t n, int bf16, double *sum,
+                            double *abs_sum, char *err, size_t errlen);
 
 #ifdef __cplusplus
 }

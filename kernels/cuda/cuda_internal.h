@@ -81,6 +81,12 @@ int64_t tkc_feature_count(int d, int P);
 // f32 -> bf16 on the device (the f32 paths run on bf16 copies); 0 ok.
 int tkc_convert_f32_bf16(const float *src, void *dst, size_t n, cudaStream_t st);
 
+// PCA eigen step (pca.cu): for each of BH row-major D x D second-moment
+// matrices C (device), an orthonormal basis of its top-g eigenvector subspace
+// into P [BH][D][g] (device), seeded start. D <= 128, g 16 or 32. Launcher codes.
+int tkc_pca_subspace(const float *C, int BH, int D, int g, uint64_t seed, float *P, cudaStream_t st,
+                     char *err, size_t errlen);
+
 // Hybrid attention (SPEC 4) of one call; fills res (reason, path, window, w, stats.den).
 // The context's workspace and PCA cache live in the backend state.
 struct tkc_hybrid_state;

@@ -3,7 +3,7 @@
 //
 //  1. PCA per (layer, head), cached: sampled q0/k0 rows are gathered, their
 //     second-moment matrix X^T X comes from one batched cuBLAS product, and
-//     the top global_dim eigenvectors from a subspace iteration on the host.
+//     the top global_dim eigenvector subspace from a subspace iteration on the device (pca.cu).
 //     (Second moment, not centred: the far kernel depends on q.k, which the
 //     projection onto the leading eigenvectors of E[x x^T] preserves best.)
 //  2. A projection kernel writes x' = sqrt(s_far) * mod(P^T x0) for every q0
@@ -566,43 +566,6 @@ int launch_local_t(const LocalArgs &la, int D, int G, bool far, int nblocks, int
     return 3;
 }
 
-// Top-g eigenvectors of the symmetric D x D matrix C (row-major) by subspace
-// iteration; out [D][g] orthonormal columns.
-void top_eigvecs(const double *C, int D, int g, float *out, uint64_t seed) {
-    double *V = (double *)malloc(sizeof(double) * D * g), *W = (double *)malloc(sizeof(double) * D * g);
-    if (!V || !W) {
-        free(V), free(W);
-        for (int i = 0; i < D * g; i++) out[i] = (i / g == i % g) ? 1.f : 0.f;
-        return;
-    }
-    uint64_t x = seed;
-    for (int i = 0; i < D * g; i++) V[i] = (double)(tkc_draw(&x) >> 11) / 9007199254740992.0 - 0.5;
-    for (int it = 0; it < 40; it++) {
-        for (int i = 0; i < D; i++)
-            for (int j = 0; j < g; j++) {
-                double s = 0;
-                for (int k = 0; k < D; k++) s += C[i * D + k] * V[k * g + j];
-                W[i * g + j] = s;
-            }
-        for (int j = 0; j < g; j++) { // modified Gram-Schmidt
-            for (int p = 0; p < j; p++) {
-                double d = 0;
-                for (int i = 0; i < D; i++) d += W[i * g + j] * W[i * g + p];
-                for (int i = 0; i < D; i++) W[i * g + j] -= d * W[i * g + p];
-            }
-            double n = 0;
-            for (int i = 0; i < D; i++) n += W[i * g + j] * W[i * g + j];
-            n = sqrt(n);
-            for (int i = 0; i < D; i++) W[i * g + j] = n > 0 ? W[i * g + j] / n : (i == j ? 1 : 0);
-        }
-        double *t = V;
-        V = W;
-        W = t;
-    }
-    for (int i = 0; i < D * g; i++) out[i] = (float)V[i];
-    free(V), free(W);
-}
-
 int ensure(tkc_hybrid_state *h, size_t bytes, char *err, size_t errlen) {
     if (bytes <= h->ws_bytes) return 0;
     if (h->ws) cudaFree(h->ws);
@@ -658,14 +621,13 @@ int pca_for(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, cons
     e->step_fit = call->step;
     int S = cfg->pca_samples < N ? cfg->pca_samples : N;
     float *host = (float *)malloc(sizeof(float) * BH * D * g);
-    double *Cd = (double *)malloc(sizeof(double) * D * D);
-    float *Ch = (float *)malloc(sizeof(float) * (size_t)BH * D * D);
     int *rows = (int *)malloc(sizeof(int) * S);
     int rc = 0;
-    if (!host || !Cd || !Ch || !rows) {
+    if (!host || !rows) {
         snprintf(err, errlen, "PCA: host allocation");
         rc = 2;
     }
+    int identity = 1;
     if (!rc && 2 * S < g) { // too few rows: identity projection (first g dims)
         for (int i = 0; i < BH * D * g; i++) host[i] = ((i / g) % D == i % g) ? 1.f : 0.f;
     } else if (!rc) {
@@ -703,19 +665,15 @@ int pca_for(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, cons
                 rc = 1;
             }
         }
-        if (!rc && ce == cudaSuccess)
-            ce = cudaMemcpyAsync(Ch, C, sizeof(float) * (size_t)BH * D * D, cudaMemcpyDeviceToHost, st);
-        if (!rc && ce == cudaSuccess) ce = cudaStreamSynchronize(st);
         if (!rc && ce != cudaSuccess) {
             snprintf(err, errlen, "PCA: %s", cudaGetErrorString(ce));
             rc = 1;
         }
-        for (int bh = 0; !rc && bh < BH; bh++) {
-            for (int i = 0; i < D * D; i++) Cd[i] = Ch[(size_t)bh * D * D + i];
-            top_eigvecs(Cd, D, g, host + (size_t)bh * D * g, 12345u + bh);
-        }
+        // the eigen step on the device, straight into the cached projection
+        if (!rc) rc = tkc_pca_subspace(C, BH, D, g, 12345u + (uint64_t)call->layer, e->P, st, err, errlen);
+        identity = 0;
     }
-    if (!rc) {
+    if (!rc && identity) {
         cudaError_t ce = cudaMemcpyAsync(e->P, host, sizeof(float) * BH * D * g, cudaMemcpyHostToDevice, st);
         if (ce == cudaSuccess) ce = cudaStreamSynchronize(st);
         if (ce != cudaSuccess) {
@@ -723,7 +681,7 @@ int pca_for(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, cons
             rc = 1;
         }
     }
-    free(host), free(Cd), free(Ch), free(rows);
+    free(host), free(rows);
     if (rc) {
         e->step_fit = -1000000000; // refit next time
         return rc;
