@@ -1,13 +1,14 @@
 /*
  * workload_cuda.cu -- the synthetic generator's per-layer work on the GPU
  * (see workload_cuda.h). The arithmetic mirrors workload.c line by line:
- * the latent mix and the RMS norms sum squares in double and scale in float;
+ * the latent mix and its RMS norm (squares summed in double) scale in float;
  * the float products and sums use the _rn intrinsics so that nvcc does not
  * fuse them into FMAs the CPU code does not do. The 32-term projection sums
  * are FMAs in channel order (OpenBLAS's order is its own) and the RMS sums
- * run in a warp's butterfly order: the sources of difference beyond the
- * last bit, a relative 1e-6 or so. Output f32, or bf16 (what taylor-sim
- * feeds the cuda backend, as a real Flux host does).
+ * of squares are float, in a warp's butterfly order (workload.c: double):
+ * the sources of difference beyond the last bit, a relative 1e-6 or so.
+ * Output f32, or bf16 (what taylor-sim feeds the cuda backend, as a real
+ * Flux host does).
  */
 #include "workload_cuda.h"
 
@@ -18,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { TSIM_CUDA_CHANNELS = 32, LAYER_WARPS = 8, LAYER_TOKENS = 256, SUMS_BLOCKS = 264 };
+enum { TSIM_CUDA_CHANNELS = 32, LAYER_TOKENS = 64, LAYER_BATCH = 8, SUMS_BLOCKS = 264 };
 
 typedef struct {
     float *wq, *wk, *wv;   /* [C, H*D] */
@@ -94,96 +95,113 @@ __device__ __forceinline__ void put(__nv_bfloat16 *dst, size_t at, float x) {
 }
 
 /* Sum over the warp in a fixed butterfly order (every lane gets it). */
-__device__ __forceinline__ double warp_sum(double v) {
+template <typename V> __device__ __forceinline__ V warp_sum(V v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 
-/* One block per (head, LAYER_TOKENS tokens); each warp takes one token at a
- * time, each lane the head dims lane, lane + 32, ... (J = D / 32 of them).
- * The head's three [C, D] projection slices sit in shared memory; a token's
- * 32 hidden channels are one per lane and reach the others by shuffle; the
- * RMS sums are warp shuffles; a RoPE pair (d, d ^ 1) is lanes (l, l ^ 1).
+/* One block per (head, LAYER_TOKENS tokens), one thread per head dim d,
+ * holding column d of the head's three [C, D] projection slices in
+ * registers. Tokens go in batches of LAYER_BATCH: the hidden rows are a
+ * shared-memory broadcast, each token's RMS sums are a warp butterfly then
+ * the warps' partials added in warp order (the same total in every warp,
+ * whose lane i turns sum i into its inverse RMS for the others),
+ * and a RoPE pair (d, d ^ 1) is lanes (l, l ^ 1) of one warp.
  * The per-element arithmetic is workload.c finish_rows's, in its order; the
  * 32-term projections are fused multiply-adds in channel order (OpenBLAS
  * blocks its own way: a few float ulps either way). */
-template <typename T, int J>
-__global__ void __launch_bounds__(LAYER_WARPS * 32) layer_kernel(layer_args p) {
-    extern __shared__ float w_s[]; /* [3][C][D]: q, k, v slices of head h */
-    const int D = J * 32, HD = p.heads * D, h = blockIdx.y, C = TSIM_CUDA_CHANNELS;
-    for (int i = threadIdx.x; i < 3 * C * D; i += blockDim.x) {
-        int m = i / (C * D), r = i % (C * D), c = r / D, d = r % D;
-        const float *src = m == 0 ? p.wq : m == 1 ? p.wk : p.wv;
-        w_s[i] = src[(size_t)c * HD + h * D + d];
-    }
-    __syncthreads();
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    float ua[J], uu[J], g[J];
+template <typename T>
+__global__ void __launch_bounds__(128, 3) layer_kernel(layer_args p) {
+    constexpr int C = TSIM_CUDA_CHANNELS, NB = LAYER_BATCH;
+    __shared__ float4 hid[LAYER_TOKENS][C / 4];
+    __shared__ float red[2][4][2 * NB]; /* [batch parity][warp][q sums, k sums] */
+    const int D = p.head_dim, HD = p.heads * D, h = blockIdx.y, d = threadIdx.x;
+    const int lane = d & 31, warp = d >> 5, warps = D >> 5;
+    const int n0 = blockIdx.x * LAYER_TOKENS;
+    const int count = p.tokens - n0 < LAYER_TOKENS ? p.tokens - n0 : LAYER_TOKENS;
+    for (int i = d; i < count * (C / 4); i += D)
+        hid[i / (C / 4)][i % (C / 4)] = ((const float4 *)(p.hidden + (size_t)n0 * C))[i];
+    const int col = h * D + d;
+    float wq[C], wk[C], wv[C];
 #pragma unroll
-    for (int j = 0; j < J; j++) {
-        int col = h * D + lane + 32 * j;
-        ua[j] = p.a[col], uu[j] = p.u[col], g[j] = __fmul_rn(p.gain[col], p.sharp);
+    for (int c = 0; c < C; c++) {
+        wq[c] = p.wq[(size_t)c * HD + col];
+        wk[c] = p.wk[(size_t)c * HD + col];
+        wv[c] = p.wv[(size_t)c * HD + col];
     }
+    const float ua = p.a[col], uu = p.u[col], g = __fmul_rn(p.gain[col], p.sharp);
     const float upos = __fmul_rn(p.pos_weight[h], p.pw), utext = p.text_weight[h];
     const int p1 = p.a1 / 2, p2 = p.a2 / 2;
+    /* this dim's RoPE: axis, pair index and parity (image tokens, d >= a0) */
+    const int roped = d >= p.a0, on_rows = d < p.a0 + p.a1;
+    const int rel = on_rows ? d - p.a0 : d - p.a0 - p.a1, pr = rel >> 1, odd = rel & 1;
     T *q = (T *)p.q, *k = (T *)p.k, *v = (T *)p.v, *q0 = (T *)p.q0, *k0 = (T *)p.k0;
-    for (int t = warp; t < LAYER_TOKENS; t += LAYER_WARPS) {
-        int n = blockIdx.x * LAYER_TOKENS + t;
-        if (n >= p.tokens) break; /* uniform over the warp */
-        float hc = p.hidden[(size_t)n * C + lane];
-        float cq[J], ck[J], cv[J];
+    __syncthreads();
+    for (int b0 = 0, parity = 0; b0 < count; b0 += NB, parity ^= 1) {
+        float cq[NB], ck[NB], cv[NB];
 #pragma unroll
-        for (int j = 0; j < J; j++) cq[j] = ck[j] = cv[j] = 0;
-#pragma unroll 8
-        for (int c = 0; c < C; c++) {
-            float hv = __shfl_sync(0xffffffffu, hc, c);
+        for (int t = 0; t < NB; t++) {
+            cq[t] = ck[t] = cv[t] = 0;
+            if (b0 + t < count) {
 #pragma unroll
-            for (int j = 0; j < J; j++) {
-                int d = lane + 32 * j;
-                cq[j] = __fmaf_rn(hv, w_s[c * D + d], cq[j]);
-                ck[j] = __fmaf_rn(hv, w_s[(C + c) * D + d], ck[j]);
-                cv[j] = __fmaf_rn(hv, w_s[(2 * C + c) * D + d], cv[j]);
+                for (int c4 = 0; c4 < C / 4; c4++) {
+                    float4 x = hid[b0 + t][c4];
+                    float xs[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        cq[t] = __fmaf_rn(xs[e], wq[4 * c4 + e], cq[t]);
+                        ck[t] = __fmaf_rn(xs[e], wk[4 * c4 + e], ck[t]);
+                        cv[t] = __fmaf_rn(xs[e], wv[4 * c4 + e], cv[t]);
+                    }
+                }
             }
         }
-        const int image = n >= p.text_tokens;
-        float qn[J], kn[J];
-        double sq = 0, sk = 0;
+        float sums[2 * NB];
 #pragma unroll
-        for (int j = 0; j < J; j++) {
-            qn[j] = __fadd_rn(cq[j], __fadd_rn(__fmul_rn(utext, ua[j]), image ? __fmul_rn(upos, uu[j]) : 0.0f));
-            kn[j] = __fadd_rn(ck[j], image ? __fmul_rn(upos, uu[j]) : __fmul_rn(utext, ua[j]));
-            sq += (double)qn[j] * (double)qn[j];
-            sk += (double)kn[j] * (double)kn[j];
+        for (int t = 0; t < NB; t++) {
+            const int image = n0 + b0 + t >= p.text_tokens;
+            cq[t] = __fadd_rn(cq[t], __fadd_rn(__fmul_rn(utext, ua), image ? __fmul_rn(upos, uu) : 0.0f));
+            ck[t] = __fadd_rn(ck[t], image ? __fmul_rn(upos, uu) : __fmul_rn(utext, ua));
+            sums[t] = warp_sum(cq[t] * cq[t]);
+            sums[NB + t] = warp_sum(ck[t] * ck[t]);
         }
-        const float iq = (float)(1.0 / sqrt(warp_sum(sq) / D + 1e-6));
-        const float ik = (float)(1.0 / sqrt(warp_sum(sk) / D + 1e-6));
-        int r = 0, cc = 0;
-        if (image) r = (n - p.text_tokens) / p.grid_w, cc = (n - p.text_tokens) % p.grid_w;
+        if (lane == 0)
 #pragma unroll
-        for (int j = 0; j < J; j++) {
-            const int d = lane + 32 * j;
-            qn[j] = __fmul_rn(__fmul_rn(qn[j], iq), g[j]);
-            kn[j] = __fmul_rn(__fmul_rn(kn[j], ik), g[j]);
+            for (int i = 0; i < 2 * NB; i++) red[parity][warp][i] = sums[i];
+        __syncthreads(); /* red[parity] is read below; the next batch writes the other half */
+        /* lane i < 2 NB adds sum i over the warps (in warp order) and takes its
+         * inverse RMS once; the tokens' factors then reach every lane by shuffle */
+        float inv = 1.f;
+        if (lane < 2 * NB) {
+            float sum = 0;
+            for (int w = 0; w < warps; w++) sum += red[parity][w][lane];
+            inv = (float)(1.0 / sqrt((double)sum / D + 1e-6));
+        }
+#pragma unroll
+        for (int t = 0; t < NB; t++) {
+            const int n = n0 + b0 + t;
+            const float iq = __shfl_sync(0xffffffffu, inv, t), ik = __shfl_sync(0xffffffffu, inv, NB + t);
+            float qn = __fmul_rn(__fmul_rn(cq[t], iq), g);
+            float kn = __fmul_rn(__fmul_rn(ck[t], ik), g);
+            /* RoPE partner d ^ 1 is lane ^ 1: every lane shuffles */
+            float qp = __shfl_xor_sync(0xffffffffu, qn, 1), kp = __shfl_xor_sync(0xffffffffu, kn, 1);
+            if (b0 + t >= count) continue;
             const size_t at = ((size_t)h * p.tokens + n) * D + d;
-            if (q0) put(q0, at, qn[j]);
-            if (k0) put(k0, at, kn[j]);
-            if (v) put(v, at, cv[j]);
-            /* RoPE: the pair partner d ^ 1 is lane ^ 1 (32 j is even) */
-            float qp = __shfl_xor_sync(0xffffffffu, qn[j], 1);
-            float kp = __shfl_xor_sync(0xffffffffu, kn[j], 1);
-            float qo = qn[j], ko = kn[j];
-            if (image && d >= p.a0) {
-                int rel = d < p.a0 + p.a1 ? d - p.a0 : d - p.a0 - p.a1;
-                int pr = rel >> 1;
+            if (q0) put(q0, at, qn);
+            if (k0) put(k0, at, kn);
+            if (v) put(v, at, cv[t]);
+            float qo = qn, ko = kn;
+            if (n >= p.text_tokens && roped) {
+                int gi = n - p.text_tokens, r = gi / p.grid_w, cc = gi % p.grid_w;
                 float cs, sn;
-                if (d < p.a0 + p.a1) cs = p.cos_row[r * p1 + pr], sn = p.sin_row[r * p1 + pr];
+                if (on_rows) cs = p.cos_row[r * p1 + pr], sn = p.sin_row[r * p1 + pr];
                 else cs = p.cos_col[cc * p2 + pr], sn = p.sin_col[cc * p2 + pr];
-                if (!(rel & 1)) { /* (this, partner) = (even, odd) of the pair */
-                    qo = __fsub_rn(__fmul_rn(qn[j], cs), __fmul_rn(qp, sn));
-                    ko = __fsub_rn(__fmul_rn(kn[j], cs), __fmul_rn(kp, sn));
+                if (!odd) { /* (this, partner) = (even, odd) of the pair */
+                    qo = __fsub_rn(__fmul_rn(qn, cs), __fmul_rn(qp, sn));
+                    ko = __fsub_rn(__fmul_rn(kn, cs), __fmul_rn(kp, sn));
                 } else {
-                    qo = __fadd_rn(__fmul_rn(qp, sn), __fmul_rn(qn[j], cs));
-                    ko = __fadd_rn(__fmul_rn(kp, sn), __fmul_rn(kn[j], cs));
+                    qo = __fadd_rn(__fmul_rn(qp, sn), __fmul_rn(qn, cs));
+                    ko = __fadd_rn(__fmul_rn(kp, sn), __fmul_rn(kn, cs));
                 }
             }
             put(q, at, qo);
@@ -329,23 +347,6 @@ extern "C" int tsim_workload_cuda_open(struct tsim_workload *w, tsim_workload_cu
     return 0;
 }
 
-template <typename T, int J> static cudaError_t launch_layer(const layer_args &p, dim3 grid) {
-    size_t smem = sizeof(float) * 3 * TSIM_CUDA_CHANNELS * 32 * J;
-    cudaError_t e = cudaFuncSetAttribute(layer_kernel<T, J>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess) return e;
-    layer_kernel<T, J><<<grid, LAYER_WARPS * 32, smem>>>(p);
-    return cudaGetLastError();
-}
-
-template <typename T> static cudaError_t launch_layer_t(const layer_args &p, dim3 grid) {
-    switch (p.head_dim / 32) {
-    case 1: return launch_layer<T, 1>(p, grid);
-    case 2: return launch_layer<T, 2>(p, grid);
-    case 3: return launch_layer<T, 3>(p, grid);
-    default: return launch_layer<T, 4>(p, grid);
-    }
-}
-
 extern "C" int tsim_workload_cuda_layer(tsim_workload_cuda *g, int layer, double sigma, int out_bf16,
                                         void *q, void *k, void *v, void *q0, void *k0, char *err,
                                         size_t errlen) {
@@ -374,8 +375,9 @@ extern "C" int tsim_workload_cuda_layer(tsim_workload_cuda *g, int layer, double
     p.pw = (float)(1.0 - 0.8 * sigma);
     p.sharp = (float)(1.0 - 0.3 * sigma); /* as workload.c: logits grow as the image forms */
     dim3 grid((unsigned)((f->tokens + LAYER_TOKENS - 1) / LAYER_TOKENS), (unsigned)f->heads);
-    cudaError_t e = out_bf16 ? launch_layer_t<__nv_bfloat16>(p, grid) : launch_layer_t<float>(p, grid);
-    if (cuda_ok(e, "layer kernel", err, errlen)) return 1;
+    if (out_bf16) layer_kernel<__nv_bfloat16><<<grid, f->head_dim>>>(p);
+    else layer_kernel<float><<<grid, f->head_dim>>>(p);
+    if (cuda_ok(cudaGetLastError(), "layer kernel", err, errlen)) return 1;
     return cuda_ok(cudaDeviceSynchronize(), "layer kernel", err, errlen);
 }
 

@@ -122,7 +122,8 @@ static void check_planted(int D, int g, int H) {
 }
 
 static void test_pca_finds_a_planted_16_dim_subspace_at_head_dim_128(void) { check_planted(128, 16, 3); }
-static void test_pca_finds_a_planted_32_dim_subspace_at_head_dim_64(void) { check_planted(64, 32, 2); }
+static void test_pca_finds_a_planted_32_dim_subspace_at_head_dim_128(void) { check_planted(128, 32, 2); }
+static void test_pca_finds_a_planted_16_dim_subspace_at_head_dim_64(void) { check_planted(64, 16, 2); }
 
 #define T(name) TH_TEST(name)
 #else
@@ -133,7 +134,8 @@ static void test_the_cuda_pca_is_not_built(void) { th_skip("built without nvcc")
 static const th_test tests[] = {
 #ifdef TK_HAVE_CUDA
     T(test_pca_finds_a_planted_16_dim_subspace_at_head_dim_128),
-    T(test_pca_finds_a_planted_32_dim_subspace_at_head_dim_64),
+    T(test_pca_finds_a_planted_32_dim_subspace_at_head_dim_128),
+    T(test_pca_finds_a_planted_16_dim_subspace_at_head_dim_64),
 #else
     T(x),
 #endif
