@@ -30,6 +30,10 @@ struct cuda_state {
     int num_sms;
     unsigned long long *scan_d; // owned device [TKC_SCAN_MAX]: first NaN/Inf per input
     unsigned long long *scan_h; // owned pinned host copy of scan_d
+    cudaStream_t side;          // owned: the input scan runs here, beside the call's stream
+    cudaEvent_t fork, scan_done;
+    double *qsums_h;            // owned pinned host buffer of the quality sums
+    size_t qsums_cap;           // its size in doubles
     row_cache probe, quality;
     void *ws;        // owned device workspace
     size_t ws_bytes;
@@ -111,6 +115,94 @@ int quality_count(const tk_call *call, const tk_stats_request *sreq) {
     return sreq->quality_samples < call->Nq ? sreq->quality_samples : call->Nq;
 }
 
+// The pinned host buffer of tkc_quality_raw for ns rows; NULL when it cannot be had.
+double *quality_host(cuda_state *s, const tk_call *call, int ns) {
+    size_t n = tkc_quality_host_doubles(call, ns);
+    if (n > s->qsums_cap) {
+        if (s->qsums_h) cudaFreeHost(s->qsums_h);
+        s->qsums_h = nullptr;
+        s->qsums_cap = 0;
+        if (cudaMallocHost(&s->qsums_h, n * sizeof(double)) != cudaSuccess) {
+            (void)cudaGetLastError();
+            s->qsums_h = nullptr;
+            return nullptr;
+        }
+        s->qsums_cap = n;
+    }
+    return s->qsums_h;
+}
+
+// The rows a call samples (host, kernels/plan.c's draws) and their numbers.
+struct sampled {
+    const int *qrows; // quality queries
+    int ns;
+    const int *prows; // early-probe queries (Taylor)
+    int pn;
+};
+
+// SPEC 6 bad_input on the device. inputs_begin queues the NaN/Inf scan of q,
+// k, v (q0, k0 for hybrid) -- every element, masked key rows too, as
+// dispatch.c's check_finite does for ref and cpu -- on the side stream after
+// the work already queued on st, then draws the sampled rows while it runs;
+// inputs_verdict waits for the scan. Taylor asks for the verdict only after
+// its probe (or full pass) synchronized anyway: its output reaches o only at
+// the end, so the scan overlaps the Taylor kernels. Exact and hybrid write
+// o, so they ask before launching. Both return 0, or nonzero with res failed.
+int inputs_begin(cuda_state *s, const tk_call *call, const tk_config *cfg, tk_mode mode,
+                 const tk_stats_request *sreq, cudaStream_t st, sampled *sm, tk_result *res) {
+    char err[192] = "";
+    const size_t BH = (size_t)call->B * call->H;
+    const void *p[TKC_SCAN_MAX] = {call->q, call->k, call->v, call->q0, call->k0};
+    size_t n[TKC_SCAN_MAX] = {BH * call->Nq * call->D, BH * call->Nk * call->D, BH * call->Nk * call->Dv,
+                              BH * call->Nq * call->D, BH * call->Nk * call->D};
+    int count = mode == TK_MODE_HYBRID && call->q0 && call->k0 ? 5 : 3;
+    cudaError_t e = cudaEventRecord(s->fork, st);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(s->side, s->fork, 0);
+    if (e != cudaSuccess) {
+        snprintf(err, sizeof err, "input scan: %s", cudaGetErrorString(e));
+        tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
+        return 1;
+    }
+    if (tkc_scan_nonfinite(p, n, count, call->dtype, s->scan_d, s->scan_h, s->num_sms, s->side, err, sizeof err)) {
+        tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
+        return 1;
+    }
+    e = cudaEventRecord(s->scan_done, s->side);
+    if (e != cudaSuccess) {
+        snprintf(err, sizeof err, "input scan: %s", cudaGetErrorString(e));
+        tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
+        return 1;
+    }
+    memset(sm, 0, sizeof *sm);
+    int want = quality_count(call, sreq);
+    if (want) sm->qrows = sampled_rows(&s->quality, sreq->seed, TKI_SALT_QUALITY, call->Nq, want, &sm->ns);
+    if (mode == TK_MODE_TAYLOR && cfg->early_probe)
+        sm->prows = sampled_rows(&s->probe, (uint64_t)cfg->seed, TKI_SALT_PROBE, call->Nq, cfg->probe_samples, &sm->pn);
+    if ((want && !sm->qrows) || (mode == TK_MODE_TAYLOR && cfg->early_probe && !sm->prows)) {
+        tkc_fail(res, TK_REASON_OUT_OF_MEMORY, "host buffers of the sampled rows");
+        return 1;
+    }
+    return 0;
+}
+
+int inputs_verdict(cuda_state *s, tk_result *res) {
+    char err[192] = "";
+    cudaError_t e = cudaEventSynchronize(s->scan_done);
+    if (e != cudaSuccess) {
+        snprintf(err, sizeof err, "input scan: %s", cudaGetErrorString(e));
+        tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
+        return 1;
+    }
+    static const char *names[TKC_SCAN_MAX] = {"q", "k", "v", "q0", "k0"};
+    for (int i = 0; i < TKC_SCAN_MAX; i++)
+        if (s->scan_h[i] != ~0ull) {
+            snprintf(err, sizeof err, "%s holds a NaN or Inf at element %llu", names[i], s->scan_h[i]);
+            tkc_fail(res, TK_REASON_BAD_INPUT, err);
+            return 1;
+        }
+    return 0;
+}
+
 // Maps a launcher status to the result: 2 -> out_of_memory, 3 -> unsupported_shape, else backend_error.
 void fail_rc(tk_result *res, int rc, const char *err) {
     tkc_fail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE
@@ -178,11 +270,12 @@ int too_small(const tk_config *cfg, unsigned long long n_le, unsigned long long 
     return (double)n_le / (double)n > cfg->denom_fallback_frac_limit;
 }
 
-// probe_rows[0..pn): the early-probe queries; qrows[0..ns): the quality
-// queries (host); stats_on: the denominators are reported.
-int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg, const int *probe_rows, int pn,
-               const int *qrows, int ns, bool stats_on, cudaStream_t st, tk_result *res) {
+int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg, const tk_stats_request *sreq,
+               cudaStream_t st, tk_result *res) {
     char err[192] = "";
+    const bool stats_on = sreq != nullptr;
+    int ns = quality_count(call, sreq);
+    int pn = !cfg->early_probe ? 0 : cfg->probe_samples < call->Nq ? cfg->probe_samples : call->Nq;
     tkc_taylor_args a;
     memset(&a, 0, sizeof a);
     a.q = call->q;
@@ -237,6 +330,9 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg, const i
     a.table_cached = s->table_key == key;
     s->table_key = 0; // set again once the upload succeeded
     a.o = (char *)s->ws + off_o;
+    sampled sm;
+    if (inputs_begin(s, call, cfg, TK_MODE_TAYLOR, sreq, st, &sm, res)) return TK_OK;
+    const int *probe_rows = sm.prows, *qrows = sm.qrows;
     if (pn > 0) {
         float *den = (float *)malloc(sizeof(float) * pn * (size_t)call->B * call->H * a.blocks);
         if (!den) {
@@ -256,6 +352,10 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg, const i
         if (rc) {
             free(den);
             fail_rc(res, rc, err);
+            return TK_OK;
+        }
+        if (inputs_verdict(s, res)) { // NaN/Inf inputs make NaN den: bad_input first
+            free(den);
             return TK_OK;
         }
         unsigned long long n = (unsigned long long)pn * call->B * call->H * a.blocks, le = 0, nf = 0;
@@ -283,6 +383,7 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg, const i
         fail_rc(res, rc, err);
         return TK_OK;
     }
+    if (pn == 0 && inputs_verdict(s, res)) return TK_OK;
     s->table_key = key;
     if (stats_on) {
         res->stats.den.n = (int64_t)den.n;
@@ -307,8 +408,11 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg, const i
         return TK_OK;
     }
     if (ns) {
-        rc = tkc_quality_raw(call, a.o, qrows, ns, s->num_sms, (char *)s->ws + off_q, st,
-                             &res->stats.quality_raw, err, sizeof err);
+        double *hsums = quality_host(s, call, ns);
+        rc = hsums ? tkc_quality_raw(call, a.o, qrows, ns, s->num_sms, (char *)s->ws + off_q, hsums, st,
+                                     &res->stats.quality_raw, err, sizeof err)
+                   : 2;
+        if (!hsums) snprintf(err, sizeof err, "pinned host buffer of the quality stats");
         if (rc) {
             fail_rc(res, rc, err);
             return TK_OK;
@@ -347,7 +451,7 @@ extern "C" int tkcuda_open(tk_context *ctx, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory");
         return TK_ERR_NOMEM;
     }
-    int made = 0; // events created (0, 1 or 2)
+    int made = 0; // events and streams created, in the order below
     cudaError_t e = cudaGetDevice(&s->device);
     if (e == cudaSuccess)
         e = cudaDeviceGetAttribute(&s->num_sms, cudaDevAttrMultiProcessorCount, s->device);
@@ -355,11 +459,18 @@ extern "C" int tkcuda_open(tk_context *ctx, char *err, size_t errlen) {
     if (e == cudaSuccess && (e = cudaEventCreate(&s->ev1)) == cudaSuccess) made = 2;
     if (e == cudaSuccess) e = cudaMalloc(&s->scan_d, sizeof(unsigned long long) * TKC_SCAN_MAX);
     if (e == cudaSuccess) e = cudaMallocHost(&s->scan_h, sizeof(unsigned long long) * TKC_SCAN_MAX);
+    if (e == cudaSuccess && (e = cudaStreamCreateWithFlags(&s->side, cudaStreamNonBlocking)) == cudaSuccess) made = 3;
+    if (e == cudaSuccess && (e = cudaEventCreateWithFlags(&s->fork, cudaEventDisableTiming)) == cudaSuccess) made = 4;
+    if (e == cudaSuccess && (e = cudaEventCreateWithFlags(&s->scan_done, cudaEventDisableTiming)) == cudaSuccess)
+        made = 5;
     if (e != cudaSuccess) {
         snprintf(err, errlen, "cuda backend: %s", cudaGetErrorString(e));
         if (s->scan_d) cudaFree(s->scan_d);
+        if (s->scan_h) cudaFreeHost(s->scan_h);
         if (made > 0) cudaEventDestroy(s->ev0);
         if (made > 1) cudaEventDestroy(s->ev1);
+        if (made > 2) cudaStreamDestroy(s->side);
+        if (made > 3) cudaEventDestroy(s->fork);
         free(s);
         return e == cudaErrorMemoryAllocation ? TK_ERR_NOMEM : TK_ERR;
     }
@@ -371,8 +482,13 @@ extern "C" void tkcuda_close(tk_context *ctx) {
     cuda_state *s = (cuda_state *)ctx->cuda;
     if (!s) return;
     if (s->ws) cudaFree(s->ws);
+    cudaStreamSynchronize(s->side);
     cudaFree(s->scan_d);
     cudaFreeHost(s->scan_h);
+    if (s->qsums_h) cudaFreeHost(s->qsums_h);
+    cudaStreamDestroy(s->side);
+    cudaEventDestroy(s->fork);
+    cudaEventDestroy(s->scan_done);
     free_rows(&s->probe);
     free_rows(&s->quality);
     tkc_hybrid_free(s->hybrid);
@@ -381,40 +497,6 @@ extern "C" void tkcuda_close(tk_context *ctx) {
     free(s);
     ctx->cuda = nullptr;
 }
-
-namespace {
-
-// SPEC 6 bad_input on the device: q, k, v (and q0, k0 for hybrid) scanned
-// for NaN/Inf, every element (masked key rows too, as tk_check_finite does
-// for ref and cpu). The scan is queued here and read by scan_verdict after
-// the host has drawn the sampled rows, so the two overlap.
-int scan_queue(cuda_state *s, const tk_call *call, tk_mode mode, cudaStream_t st, char *err, size_t errlen) {
-    const size_t BH = (size_t)call->B * call->H;
-    const void *p[TKC_SCAN_MAX] = {call->q, call->k, call->v, call->q0, call->k0};
-    size_t n[TKC_SCAN_MAX] = {BH * call->Nq * call->D, BH * call->Nk * call->D, BH * call->Nk * call->Dv,
-                              BH * call->Nq * call->D, BH * call->Nk * call->D};
-    int count = mode == TK_MODE_HYBRID && call->q0 && call->k0 ? 5 : 3;
-    return tkc_scan_nonfinite(p, n, count, call->dtype, s->scan_d, s->scan_h, s->num_sms, st, err, errlen);
-}
-
-// After the scan: 0 clean, 1 with res failed as bad_input, 2 with a CUDA error in err.
-int scan_verdict(cuda_state *s, cudaStream_t st, tk_result *res, char *err, size_t errlen) {
-    cudaError_t e = cudaStreamSynchronize(st);
-    if (e != cudaSuccess) {
-        snprintf(err, errlen, "input scan: %s", cudaGetErrorString(e));
-        return 2;
-    }
-    static const char *names[TKC_SCAN_MAX] = {"q", "k", "v", "q0", "k0"};
-    for (int i = 0; i < TKC_SCAN_MAX; i++)
-        if (s->scan_h[i] != ~0ull) {
-            snprintf(err, errlen, "%s holds a NaN or Inf at element %llu", names[i], s->scan_h[i]);
-            tkc_fail(res, TK_REASON_BAD_INPUT, err);
-            return 1;
-        }
-    return 0;
-}
-
-} // namespace
 
 extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_config *cfg,
                                 tk_mode mode, const tk_stats_request *stats_req, tk_result *res) {
@@ -440,32 +522,24 @@ extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_c
         tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
         return TK_OK;
     }
-    if (scan_queue(s, call, mode, st, err, sizeof err)) {
-        tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
-        return TK_OK;
-    }
-    // the sampled rows of ref and cpu (kernels/plan.c), drawn while the scan runs
-    int ns = quality_count(call, stats_req), pn = 0;
-    const int *qrows = nullptr, *prows = nullptr;
-    if (ns) qrows = sampled_rows(&s->quality, stats_req->seed, TKI_SALT_QUALITY, call->Nq, ns, &ns);
-    if (mode == TK_MODE_TAYLOR && cfg->early_probe)
-        prows = sampled_rows(&s->probe, (uint64_t)cfg->seed, TKI_SALT_PROBE, call->Nq, cfg->probe_samples, &pn);
-    int sv = scan_verdict(s, st, res, err, sizeof err);
-    if (sv) {
-        if (sv == 2) tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
-        return TK_OK;
-    }
-    if ((ns && !qrows) || (mode == TK_MODE_TAYLOR && cfg->early_probe && !prows)) {
-        tkc_fail(res, TK_REASON_OUT_OF_MEMORY, "host buffers of the sampled rows");
-        return TK_OK;
-    }
+    sampled sm;
     if (mode == TK_MODE_EXACT) {
+        int ns = quality_count(call, stats_req);
         size_t ws_e = exact_ws(call);
         int rc = ensure_ws(s, align256(ws_e) + (ns ? tkc_quality_ws(call, ns, s->num_sms) : 0), err, sizeof err);
-        if (!rc) rc = run_exact(s, call, st, call->o, 0, err, sizeof err);
-        if (!rc && ns)
-            rc = tkc_quality_raw(call, call->o, qrows, ns, s->num_sms, (char *)s->ws + align256(ws_e), st,
-                                 &res->stats.quality_raw, err, sizeof err);
+        if (rc) {
+            fail_rc(res, rc, err);
+            return TK_OK;
+        }
+        if (inputs_begin(s, call, cfg, mode, stats_req, st, &sm, res) || inputs_verdict(s, res)) return TK_OK;
+        rc = run_exact(s, call, st, call->o, 0, err, sizeof err);
+        if (!rc && ns) {
+            double *hsums = quality_host(s, call, ns);
+            rc = hsums ? tkc_quality_raw(call, call->o, sm.qrows, sm.ns, s->num_sms, (char *)s->ws + align256(ws_e),
+                                         hsums, st, &res->stats.quality_raw, err, sizeof err)
+                       : 2;
+            if (!hsums) snprintf(err, sizeof err, "pinned host buffer of the quality stats");
+        }
         if (rc) {
             fail_rc(res, rc, err);
             return TK_OK;
@@ -473,16 +547,22 @@ extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_c
         if (ns) res->stats.have |= TK_HAVE_QUALITY;
         res->path = TK_PATH_EXACT;
     } else if (mode == TK_MODE_TAYLOR) {
-        run_taylor(s, call, cfg, prows, pn, qrows, ns, stats_req != nullptr, st, res);
+        run_taylor(s, call, cfg, stats_req, st, res);
         if (res->reason != TK_REASON_NONE) return TK_OK;
     } else {
+        if (inputs_begin(s, call, cfg, mode, stats_req, st, &sm, res) || inputs_verdict(s, res)) return TK_OK;
         tkc_hybrid(&s->hybrid, call, cfg, stats_req, st, res);
         if (res->reason != TK_REASON_NONE) return TK_OK;
-        if (ns) {
-            int rc = ensure_ws(s, tkc_quality_ws(call, ns, s->num_sms), err, sizeof err);
+        if (sm.ns) {
+            int rc = ensure_ws(s, tkc_quality_ws(call, sm.ns, s->num_sms), err, sizeof err);
+            double *hsums = rc ? nullptr : quality_host(s, call, sm.ns);
+            if (!rc && !hsums) {
+                snprintf(err, sizeof err, "pinned host buffer of the quality stats");
+                rc = 2;
+            }
             if (!rc)
-                rc = tkc_quality_raw(call, call->o, qrows, ns, s->num_sms, s->ws, st, &res->stats.quality_raw,
-                                     err, sizeof err);
+                rc = tkc_quality_raw(call, call->o, sm.qrows, sm.ns, s->num_sms, s->ws, hsums, st,
+                                     &res->stats.quality_raw, err, sizeof err);
             if (rc) {
                 fail_rc(res, rc, err);
                 return TK_OK;

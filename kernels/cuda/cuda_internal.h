@@ -105,14 +105,18 @@ int tkc_scan_nonfinite(const void *const *ptrs, const size_t *counts, int count,
                        unsigned long long *first_d, unsigned long long *first_h, int num_sms,
                        cudaStream_t st, char *err, size_t errlen);
 
-// Workspace bytes of tkc_quality_raw for ns sampled queries.
+// Workspace bytes of tkc_quality_raw for ns sampled queries, and the size
+// of its host buffer (doubles).
 size_t tkc_quality_ws(const tk_call *call, int ns, int num_sms);
+size_t tkc_quality_host_doubles(const tk_call *call, int ns);
 // quality_raw (SPEC 5) of the output `out` ([B,H,Nq,Dv] in the call's dtype,
 // device) on the sampled query rows[0..ns) (host, every batch and head):
-// exact softmax of those rows (unmodified q, k with s0, key mask) on the
-// device, compared on the host. ws: tkc_quality_ws bytes of device memory.
-// Synchronizes st. Returns 0, 1 (CUDA error), 2 (host allocation), 3 (shape).
+// exact softmax of those rows (unmodified q, k with s0, key mask) and the
+// per-row comparison sums on the device, summarized on the host as
+// kernels/stats.c does. ws: tkc_quality_ws bytes of device memory;
+// host_sums: tkc_quality_host_doubles doubles (pinned). Synchronizes st.
+// Returns 0, 1 (CUDA error), 2 (host allocation), 3 (shape).
 int tkc_quality_raw(const tk_call *call, const void *out, const int *rows, int ns, int num_sms,
-                    void *ws, cudaStream_t st, tk_quality *qo, char *err, size_t errlen);
+                    void *ws, double *host_sums, cudaStream_t st, tk_quality *qo, char *err, size_t errlen);
 
 #endif
