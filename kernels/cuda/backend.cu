@@ -146,8 +146,9 @@ struct sampled {
 // for the verdict only after its probe (or full pass) synchronized anyway
 // (its output reaches o only at the end), so it pays no extra round trip;
 // exact and hybrid write o, so they ask before launching. (A side stream that
-// overlapped the scan with the Taylor kernels measured slower: +6% against
-// +4% at P=3 b=8 without the probe, H200.) Both return 0, or nonzero with
+// overlapped the scan with the Taylor kernels gave no clear gain on an H200:
+// +2.1% / +6.1% at P=3 b=8 with / without the probe, against +4.2% / +4.9%
+// on the call's stream; docs/GPU-NOTES.md.) Both return 0, or nonzero with
 // res failed.
 int inputs_begin(cuda_state *s, const tk_call *call, const tk_config *cfg, tk_mode mode,
                  const tk_stats_request *sreq, cudaStream_t st, sampled *sm, tk_result *res) {
