@@ -5,9 +5,11 @@
  * and far weight of the schedules, the PCA projections), the seeded sampling
  * of rows, the window predicate and the denominator rule. ref and cpu use
  * these, so they sample the same rows, modify q/k the same way and fall back
- * for the same reasons. The cuda backend does not yet: it draws its probe,
- * quality and PCA rows from its own streams (kernels/cuda, tkc_draw), so its
- * probe and stats see other rows than ref's. Prefix tki_. The math:
+ * for the same reasons. The cuda backend draws its early-probe and quality
+ * rows with tki_sample_indices too (same seeds and salts: cfg->seed with
+ * TKI_SALT_PROBE, the stats request's seed with TKI_SALT_QUALITY), so its
+ * probe and quality_raw look at ref's rows; its PCA rows (kernels/cuda/
+ * hybrid.cu, tkc_draw) are still its own. Prefix tki_. The math:
  * docs/MATH.md.
  */
 #ifndef TK_PLAN_H

@@ -14,9 +14,26 @@
 
 namespace {
 
+// The sampled rows of one kind (probe or quality), as tki_sample_indices
+// draws them, kept for the next call with the same (seed, salt, pool, count).
+struct row_cache {
+    int valid;
+    uint64_t seed, salt;
+    int64_t pool, count;
+    int n;       // rows drawn
+    int *rows;   // owned, host
+    int64_t *tmp; // owned, host
+};
+
 struct cuda_state {
     int device;
     int num_sms;
+    unsigned long long *scan_d; // owned device [TKC_SCAN_MAX]: first NaN/Inf per input
+    unsigned long long *scan_h; // owned pinned host copy of scan_d
+    cudaEvent_t scan_done;      // recorded after the input scan
+    double *qsums_h;            // owned pinned host buffer of the quality sums
+    size_t qsums_cap;           // its size in doubles
+    row_cache probe, quality;
     void *ws;        // owned device workspace
     size_t ws_bytes;
     int table_key;   // (d << 8 | P) + 1 of the feature table in ws, 0 = none
@@ -64,272 +81,121 @@ int tkc_convert_f32_bf16(const float *src, void *dst, size_t n, cudaStream_t st)
 
 namespace {
 
-// Exact output of sampled (query, head) rows in fp32: e[(s*BH + bh)*Dv + c].
-// Grid (head, key split); a block holds up to 16 sampled query rows of its
-// head, so K and V are read once per head, not once per sample. Each warp
-// takes 32 keys per step (a key per lane: 16 dot products against the rows
-// in shared memory), runs the online softmax per sample with warp
-// reductions, then accumulates P.V with lanes over output columns. Blocks
-// leave (max, sum, acc[Dv]) per sample in part; rows_merge_kernel combines
-// the splits. Dv <= 128, D <= 256, D % 8 == 0.
-constexpr int QSPLIT = 16;
-constexpr int QS_MAX = 16;
-
-template <typename TI>
-__global__ void __launch_bounds__(256) exact_rows_kernel(const TI *q, const TI *k, const TI *v, const uint8_t *mask,
-                                  const int *rows, int ns, int H, int Nq, int Nk, int D, int Dv,
-                                  float scale, float *part) {
-    __shared__ __align__(16) float qs[QS_MAX * 256];
-    __shared__ float wm[8][QS_MAX], wl[8][QS_MAX];
-    __shared__ float wacc[QS_MAX][128];
-    const int bh = blockIdx.x, ks = blockIdx.y, b = bh / H, tid = threadIdx.x;
-    const int lane = tid & 31, warp = tid >> 5;
-    const TI *kb = k + (size_t)bh * Nk * D;
-    const TI *vb = v + (size_t)bh * Nk * Dv;
-    const int per = (Nk + QSPLIT - 1) / QSPLIT, k0 = ks * per, k1 = min(Nk, k0 + per);
-    for (int g0 = 0; g0 < ns; g0 += QS_MAX) {
-        const int gn = min(QS_MAX, ns - g0);
-        __syncthreads();
-        for (int e = tid; e < QS_MAX * D; e += 256) {
-            int sr = e / D, i = e % D;
-            qs[sr * D + i] = sr < gn ? tkc::elem<TI>::to_f(q[((size_t)bh * Nq + rows[g0 + sr]) * D + i]) * scale : 0.f;
-        }
-        for (int e = tid; e < QS_MAX * 128; e += 256) (&wacc[0][0])[e] = 0.f;
-        __syncthreads();
-        float m[QS_MAX], l[QS_MAX], acc[QS_MAX][4];
-#pragma unroll
-        for (int s = 0; s < QS_MAX; s++) {
-            m[s] = -INFINITY, l[s] = 0.f;
-            acc[s][0] = acc[s][1] = acc[s][2] = acc[s][3] = 0.f;
-        }
-        for (int j0 = k0 + warp * 32; j0 < k1; j0 += 256) {
-            const int j = j0 + lane;
-            const bool ok = j < k1 && !(mask && !mask[(size_t)b * Nk + j]);
-            float dot[QS_MAX];
-#pragma unroll
-            for (int s = 0; s < QS_MAX; s++) dot[s] = 0.f;
-            const TI *kr = kb + (size_t)(j < k1 ? j : k0) * D;
-            for (int c8 = 0; c8 < D; c8 += 8) {
-                uint4 u = *reinterpret_cast<const uint4 *>(kr + c8);
-                float kv[8];
-                if constexpr (sizeof(TI) == 2) {
-                    const TI *hh = reinterpret_cast<const TI *>(&u);
-#pragma unroll
-                    for (int t = 0; t < 8; t++) kv[t] = tkc::elem<TI>::to_f(hh[t]);
-                } else {
-                    uint4 u2 = *reinterpret_cast<const uint4 *>(kr + c8 + 4);
-                    const float *f1 = reinterpret_cast<const float *>(&u), *f2 = reinterpret_cast<const float *>(&u2);
-#pragma unroll
-                    for (int t = 0; t < 4; t++) kv[t] = f1[t], kv[4 + t] = f2[t];
-                }
-#pragma unroll
-                for (int s = 0; s < QS_MAX; s++) {
-                    float4 a0 = *reinterpret_cast<const float4 *>(qs + s * D + c8);
-                    float4 a1 = *reinterpret_cast<const float4 *>(qs + s * D + c8 + 4);
-                    dot[s] += a0.x * kv[0] + a0.y * kv[1] + a0.z * kv[2] + a0.w * kv[3] + a1.x * kv[4] +
-                              a1.y * kv[5] + a1.z * kv[6] + a1.w * kv[7];
-                }
-            }
-#pragma unroll
-            for (int s = 0; s < QS_MAX; s++) {
-                float x = ok ? dot[s] : -INFINITY, mx = x;
-#pragma unroll
-                for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-                float mn = fmaxf(m[s], mx);
-                float al = mn == -INFINITY ? 1.f : expf(m[s] - mn);
-                float p = mn == -INFINITY ? 0.f : expf(x - mn), ps = p;
-#pragma unroll
-                for (int o = 16; o > 0; o >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o);
-                m[s] = mn;
-                l[s] = l[s] * al + ps;
-                acc[s][0] *= al, acc[s][1] *= al, acc[s][2] *= al, acc[s][3] *= al;
-                dot[s] = p;
-            }
-            const int nk = min(32, k1 - j0);
-            for (int kk = 0; kk < nk; kk++) {
-                const TI *vr = vb + (size_t)(j0 + kk) * Dv;
-                float vv[4];
-#pragma unroll
-                for (int c = 0; c < 4; c++) {
-                    int col = lane + 32 * c;
-                    vv[c] = col < Dv ? tkc::elem<TI>::to_f(vr[col]) : 0.f;
-                }
-#pragma unroll
-                for (int s = 0; s < QS_MAX; s++) {
-                    float pk = __shfl_sync(0xffffffffu, dot[s], kk);
-#pragma unroll
-                    for (int c = 0; c < 4; c++) acc[s][c] += pk * vv[c];
-                }
-            }
-        }
-        if (lane == 0)
-#pragma unroll
-            for (int s = 0; s < QS_MAX; s++) wm[warp][s] = m[s], wl[warp][s] = l[s];
-        __syncthreads();
-        // merge the 8 warps: rescale each warp's acc to the block max and add
-#pragma unroll
-        for (int s = 0; s < QS_MAX; s++) {
-            float M = -INFINITY;
-            for (int w = 0; w < 8; w++) M = fmaxf(M, wm[w][s]);
-            float f = (m[s] == -INFINITY) ? 0.f : expf(m[s] - M);
-#pragma unroll
-            for (int c = 0; c < 4; c++)
-                if (lane + 32 * c < 128) atomicAdd(&wacc[s][lane + 32 * c], acc[s][c] * f);
-        }
-        __syncthreads();
-        for (int e = tid; e < gn * (Dv + 2); e += 256) {
-            int sr = e / (Dv + 2), c = e % (Dv + 2);
-            float *pb = part + ((((size_t)(g0 + sr)) * gridDim.x + bh) * QSPLIT + ks) * (Dv + 2);
-            if (c < Dv) {
-                pb[c] = wacc[sr][c];
-                continue;
-            }
-            float M = -INFINITY, L = 0.f;
-            for (int w = 0; w < 8; w++) M = fmaxf(M, wm[w][sr]);
-            for (int w = 0; w < 8; w++) L += wm[w][sr] == -INFINITY ? 0.f : wl[w][sr] * expf(wm[w][sr] - M);
-            pb[c] = c == Dv ? M : L;
-        }
+// The rows tki_sample_indices(seed, salt, pool, count) chooses (increasing),
+// as int; *n gets their number. Drawn again only when the key changed (the
+// draw walks the whole pool: ~0.1 ms at 16,896 tokens). NULL when a host
+// allocation failed.
+const int *sampled_rows(row_cache *c, uint64_t seed, uint64_t salt, int64_t pool, int64_t count, int *n) {
+    if (!(c->valid && c->seed == seed && c->salt == salt && c->pool == pool && c->count == count)) {
+        c->valid = 0;
+        int64_t m = count < pool ? count : pool;
+        free(c->rows);
+        free(c->tmp);
+        c->rows = (int *)malloc(sizeof(int) * (m > 0 ? m : 1));
+        c->tmp = (int64_t *)malloc(sizeof(int64_t) * (m > 0 ? m : 1));
+        if (!c->rows || !c->tmp) return nullptr;
+        c->n = (int)tki_sample_indices(seed, salt, pool, count, c->tmp);
+        for (int i = 0; i < c->n; i++) c->rows[i] = (int)c->tmp[i];
+        c->seed = seed, c->salt = salt, c->pool = pool, c->count = count, c->valid = 1;
     }
+    *n = c->n;
+    return c->rows;
 }
 
-__global__ void rows_merge_kernel(const float *part, int Dv, float *e) {
-    const int smp = blockIdx.x, bh = blockIdx.y, c = threadIdx.x;
-    const float *pb = part + ((size_t)smp * gridDim.y + bh) * QSPLIT * (Dv + 2);
-    float M = -INFINITY;
-    for (int s = 0; s < QSPLIT; s++) M = fmaxf(M, pb[s * (Dv + 2) + Dv]);
-    float L = 0.f, A = 0.f;
-    for (int s = 0; s < QSPLIT; s++) {
-        float m = pb[s * (Dv + 2) + Dv];
-        float f = m == -INFINITY ? 0.f : expf(m - M);
-        L += pb[s * (Dv + 2) + Dv + 1] * f;
-        if (c < Dv) A += pb[s * (Dv + 2) + c] * f;
-    }
-    if (c < Dv) e[((size_t)smp * gridDim.y + bh) * Dv + c] = L > 0.f ? A / L : 0.f;
+void free_rows(row_cache *c) {
+    free(c->rows);
+    free(c->tmp);
+    memset(c, 0, sizeof *c);
 }
 
-template <typename T>
-__global__ void gather_rows_kernel(const T *o, const int *rows, int Nq, int Dv, float *out) {
-    const int smp = blockIdx.x, bh = blockIdx.y;
-    for (int c = threadIdx.x; c < Dv; c += blockDim.x)
-        out[((size_t)smp * gridDim.y + bh) * Dv + c] =
-            tkc::elem<T>::to_f(o[((size_t)bh * Nq + rows[smp]) * Dv + c]);
+// Quality rows are sampled when stats ask for them and the shape allows (as before: Dv <= 128).
+int quality_count(const tk_call *call, const tk_stats_request *sreq) {
+    if (!sreq || sreq->quality_samples <= 0 || call->Dv > 128 || call->D > 256 || call->D % 8) return 0;
+    return sreq->quality_samples < call->Nq ? sreq->quality_samples : call->Nq;
 }
 
-int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-// rel-L2, cosine and abs errors of n rows of width w (o against e).
-void quality_of(const float *o, const float *e, int n, int w, tk_quality *qo) {
-    memset(qo, 0, sizeof *qo);
-    double *rel = (double *)malloc(sizeof(double) * (n > 0 ? n : 1));
-    if (!rel) return;
-    double sum_rel = 0, cmin = INFINITY, csum = 0, abs_sum = 0, abs_max = 0;
-    for (int r = 0; r < n; r++) {
-        double d2 = 0, e2 = 0, o2 = 0, oe = 0;
-        for (int c = 0; c < w; c++) {
-            double a = o[(size_t)r * w + c], b = e[(size_t)r * w + c], d = a - b;
-            d2 += d * d;
-            e2 += b * b;
-            o2 += a * a;
-            oe += a * b;
-            double ad = fabs(d);
-            abs_sum += ad;
-            if (!(ad <= abs_max)) abs_max = ad;
+// The pinned host buffer of tkc_quality_raw for ns rows; NULL when it cannot be had.
+double *quality_host(cuda_state *s, const tk_call *call, int ns) {
+    size_t n = tkc_quality_host_doubles(call, ns);
+    if (n > s->qsums_cap) {
+        if (s->qsums_h) cudaFreeHost(s->qsums_h);
+        s->qsums_h = nullptr;
+        s->qsums_cap = 0;
+        if (cudaMallocHost(&s->qsums_h, n * sizeof(double)) != cudaSuccess) {
+            (void)cudaGetLastError();
+            s->qsums_h = nullptr;
+            return nullptr;
         }
-        rel[r] = e2 > 0 ? sqrt(d2 / e2) : sqrt(d2);
-        sum_rel += rel[r];
-        double cs = (o2 > 0 && e2 > 0) ? oe / sqrt(o2 * e2) : (d2 == 0 ? 1.0 : 0.0);
-        if (!(cs >= cmin)) cmin = cs;
-        csum += cs;
+        s->qsums_cap = n;
     }
-    qsort(rel, n, sizeof(double), cmp_double);
-    qo->n = n;
-    qo->rel_l2_mean = sum_rel / n;
-    qo->rel_l2_p95 = rel[(int)floor(0.95 * (n - 1))];
-    qo->rel_l2_max = rel[n - 1];
-    qo->cos_min = cmin;
-    qo->cos_mean = csum / n;
-    qo->abs_err_mean = abs_sum / ((double)n * w);
-    qo->abs_err_max = abs_max;
-    free(rel);
+    return s->qsums_h;
 }
 
-// quality_raw on ns sampled queries; the output rows are read from `out`
-// (dtype out_dtype). Uses ws_extra (device, bytes given) for rows and results.
-int quality_raw(const tk_call *call, const void *out, int out_dtype, int ns, uint64_t seed,
-                void *ws_extra, cudaStream_t st, tk_quality *qo, char *err, size_t errlen) {
-    int BH = call->B * call->H;
-    int *rows_d = (int *)ws_extra;
-    float *e_d = (float *)((char *)ws_extra + align256(sizeof(int) * ns));
-    float *o_d = e_d + (size_t)ns * BH * call->Dv;
-    float *part_d = o_d + (size_t)ns * BH * call->Dv;
-    int *rows = (int *)malloc(sizeof(int) * ns);
-    float *eh = (float *)malloc(sizeof(float) * 2 * (size_t)ns * BH * call->Dv);
-    if (!rows || !eh) {
-        free(rows);
-        free(eh);
-        snprintf(err, errlen, "host allocation for quality stats");
-        return 2;
+// The rows a call samples (host, kernels/plan.c's draws) and their numbers.
+struct sampled {
+    const int *qrows; // quality queries
+    int ns;
+    const int *prows; // early-probe queries (Taylor)
+    int pn;
+};
+
+// SPEC 6 bad_input on the device. inputs_begin queues the NaN/Inf scan of q,
+// k, v (q0, k0 for hybrid) -- every element, masked key rows too, as
+// dispatch.c's check_finite does for ref and cpu -- on st, then draws the
+// sampled rows while it runs; inputs_verdict waits for the scan. Taylor asks
+// for the verdict only after its probe (or full pass) synchronized anyway
+// (its output reaches o only at the end), so it pays no extra round trip;
+// exact and hybrid write o, so they ask before launching. (A side stream that
+// overlapped the scan with the Taylor kernels gave no clear gain on an H200:
+// +2.1% / +6.1% at P=3 b=8 with / without the probe, against +4.2% / +4.9%
+// on the call's stream; docs/GPU-NOTES.md.) Both return 0, or nonzero with
+// res failed.
+int inputs_begin(cuda_state *s, const tk_call *call, const tk_config *cfg, tk_mode mode,
+                 const tk_stats_request *sreq, cudaStream_t st, sampled *sm, tk_result *res) {
+    char err[192] = "";
+    const size_t BH = (size_t)call->B * call->H;
+    const void *p[TKC_SCAN_MAX] = {call->q, call->k, call->v, call->q0, call->k0};
+    size_t n[TKC_SCAN_MAX] = {BH * call->Nq * call->D, BH * call->Nk * call->D, BH * call->Nk * call->Dv,
+                              BH * call->Nq * call->D, BH * call->Nk * call->D};
+    int count = mode == TK_MODE_HYBRID && call->q0 && call->k0 ? 5 : 3;
+    if (tkc_scan_nonfinite(p, n, count, call->dtype, s->scan_d, s->scan_h, s->num_sms, st, err, sizeof err)) {
+        tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
+        return 1;
     }
-    uint64_t x = seed ^ 0x51a7c0deull;
-    for (int i = 0; i < ns; i++) rows[i] = (int)(tkc_draw(&x) % (uint64_t)call->Nq);
-    int rc = 0;
-    cudaError_t e = cudaMemcpyAsync(rows_d, rows, sizeof(int) * ns, cudaMemcpyHostToDevice, st);
-    double s0 = call->scale > 0 ? call->scale : 1.0 / sqrt((double)call->D);
-    size_t smem = 0;
-    dim3 grid(ns, BH), gridk(BH, QSPLIT);
-    if (e == cudaSuccess) {
-        if (call->dtype == TK_DTYPE_BF16)
-            exact_rows_kernel<__nv_bfloat16><<<gridk, 256, smem, st>>>(
-                (const __nv_bfloat16 *)call->q, (const __nv_bfloat16 *)call->k,
-                (const __nv_bfloat16 *)call->v, call->key_mask, rows_d, ns, call->H, call->Nq, call->Nk,
-                call->D, call->Dv, (float)s0, part_d);
-        else if (call->dtype == TK_DTYPE_F16)
-            exact_rows_kernel<__half><<<gridk, 256, smem, st>>>(
-                (const __half *)call->q, (const __half *)call->k, (const __half *)call->v,
-                call->key_mask, rows_d, ns, call->H, call->Nq, call->Nk, call->D, call->Dv, (float)s0, part_d);
-        else
-            exact_rows_kernel<float><<<gridk, 256, smem, st>>>(
-                (const float *)call->q, (const float *)call->k, (const float *)call->v,
-                call->key_mask, rows_d, ns, call->H, call->Nq, call->Nk, call->D, call->Dv, (float)s0, part_d);
-        e = cudaGetLastError();
-    }
-    if (e == cudaSuccess) {
-        rows_merge_kernel<<<grid, 128, 0, st>>>(part_d, call->Dv, e_d);
-        e = cudaGetLastError();
-    }
-    if (e == cudaSuccess) {
-        if (out_dtype == TK_DTYPE_BF16)
-            gather_rows_kernel<__nv_bfloat16><<<grid, 128, 0, st>>>((const __nv_bfloat16 *)out, rows_d,
-                                                                   call->Nq, call->Dv, o_d);
-        else if (out_dtype == TK_DTYPE_F16)
-            gather_rows_kernel<__half><<<grid, 128, 0, st>>>((const __half *)out, rows_d, call->Nq,
-                                                            call->Dv, o_d);
-        else
-            gather_rows_kernel<float><<<grid, 128, 0, st>>>((const float *)out, rows_d, call->Nq,
-                                                           call->Dv, o_d);
-        e = cudaGetLastError();
-    }
-    size_t nrow = (size_t)ns * BH;
-    if (e == cudaSuccess)
-        e = cudaMemcpyAsync(eh, e_d, sizeof(float) * 2 * nrow * call->Dv, cudaMemcpyDeviceToHost, st);
-    if (e == cudaSuccess) e = cudaStreamSynchronize(st);
+    cudaError_t e = cudaEventRecord(s->scan_done, st);
     if (e != cudaSuccess) {
-        snprintf(err, errlen, "quality stats: %s", cudaGetErrorString(e));
-        rc = 1;
-    } else {
-        quality_of(eh + nrow * call->Dv, eh, (int)nrow, call->Dv, qo);
+        snprintf(err, sizeof err, "input scan: %s", cudaGetErrorString(e));
+        tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
+        return 1;
     }
-    free(rows);
-    free(eh);
-    return rc;
+    memset(sm, 0, sizeof *sm);
+    int want = quality_count(call, sreq);
+    if (want) sm->qrows = sampled_rows(&s->quality, sreq->seed, TKI_SALT_QUALITY, call->Nq, want, &sm->ns);
+    if (mode == TK_MODE_TAYLOR && cfg->early_probe)
+        sm->prows = sampled_rows(&s->probe, (uint64_t)cfg->seed, TKI_SALT_PROBE, call->Nq, cfg->probe_samples, &sm->pn);
+    if ((want && !sm->qrows) || (mode == TK_MODE_TAYLOR && cfg->early_probe && !sm->prows)) {
+        tkc_fail(res, TK_REASON_OUT_OF_MEMORY, "host buffers of the sampled rows");
+        return 1;
+    }
+    return 0;
 }
 
-size_t quality_ws(const tk_call *call, int ns) {
-    return align256(sizeof(int) * ns) +
-           align256(sizeof(float) * (size_t)ns * call->B * call->H * (2 * call->Dv + QSPLIT * (call->Dv + 2)));
+int inputs_verdict(cuda_state *s, tk_result *res) {
+    char err[192] = "";
+    cudaError_t e = cudaEventSynchronize(s->scan_done);
+    if (e != cudaSuccess) {
+        snprintf(err, sizeof err, "input scan: %s", cudaGetErrorString(e));
+        tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
+        return 1;
+    }
+    static const char *names[TKC_SCAN_MAX] = {"q", "k", "v", "q0", "k0"};
+    for (int i = 0; i < TKC_SCAN_MAX; i++)
+        if (s->scan_h[i] != ~0ull) {
+            snprintf(err, sizeof err, "%s holds a NaN or Inf at element %llu", names[i], s->scan_h[i]);
+            tkc_fail(res, TK_REASON_BAD_INPUT, err);
+            return 1;
+        }
+    return 0;
 }
 
 // Maps a launcher status to the result: 2 -> out_of_memory, 3 -> unsupported_shape, else backend_error.
@@ -399,9 +265,12 @@ int too_small(const tk_config *cfg, unsigned long long n_le, unsigned long long 
     return (double)n_le / (double)n > cfg->denom_fallback_frac_limit;
 }
 
-int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg,
-               const tk_stats_request *sreq, cudaStream_t st, tk_result *res) {
+int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg, const tk_stats_request *sreq,
+               cudaStream_t st, tk_result *res) {
     char err[192] = "";
+    const bool stats_on = sreq != nullptr;
+    int ns = quality_count(call, sreq);
+    int pn = !cfg->early_probe ? 0 : cfg->probe_samples < call->Nq ? cfg->probe_samples : call->Nq;
     tkc_taylor_args a;
     memset(&a, 0, sizeof a);
     a.q = call->q;
@@ -432,8 +301,6 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg,
     a.eps = (float)cfg->eps;
     const char *sp = getenv("TKC_TAYLOR_SPLIT");
     a.split = sp ? atoi(sp) : 0;
-    int pn = cfg->early_probe ? cfg->probe_samples : 0;
-    if (pn > call->Nq) pn = call->Nq;
     a.probe_n = pn;
     res->R = tkc_feature_count(d, a.terms);
 
@@ -445,12 +312,10 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg,
         return TK_OK;
     }
     size_t o_bytes = (size_t)call->B * call->H * call->Nq * call->Dv * tk_dtype_size(call->dtype);
-    int ns = (sreq && sreq->quality_samples > 0 && call->Dv <= 128 && call->D <= 256) ? sreq->quality_samples : 0;
-    if (ns > call->Nq) ns = call->Nq;
     size_t off_o = align256(ws_t);
     size_t off_rows = off_o + align256(o_bytes);
     size_t off_q = off_rows + align256(sizeof(int) * (pn > 0 ? pn : 1));
-    size_t total = off_q + (ns ? quality_ws(call, ns) : 0);
+    size_t total = off_q + (ns ? tkc_quality_ws(call, ns, s->num_sms) : 0);
     int rc = ensure_ws(s, total, err, sizeof err);
     if (rc) {
         fail_rc(res, rc, err);
@@ -460,19 +325,17 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg,
     a.table_cached = s->table_key == key;
     s->table_key = 0; // set again once the upload succeeded
     a.o = (char *)s->ws + off_o;
+    sampled sm;
+    if (inputs_begin(s, call, cfg, TK_MODE_TAYLOR, sreq, st, &sm, res)) return TK_OK;
+    const int *probe_rows = sm.prows, *qrows = sm.qrows;
     if (pn > 0) {
-        int *rows = (int *)malloc(sizeof(int) * pn);
         float *den = (float *)malloc(sizeof(float) * pn * (size_t)call->B * call->H * a.blocks);
-        if (!rows || !den) {
-            free(rows);
-            free(den);
+        if (!den) {
             tkc_fail(res, TK_REASON_OUT_OF_MEMORY, "host buffers of the probe");
             return TK_OK;
         }
-        uint64_t x = (uint64_t)cfg->seed;
-        for (int i = 0; i < pn; i++) rows[i] = (int)(tkc_draw(&x) % (uint64_t)call->Nq);
         int *rows_d = (int *)((char *)s->ws + off_rows);
-        cudaError_t e = cudaMemcpyAsync(rows_d, rows, sizeof(int) * pn, cudaMemcpyHostToDevice, st);
+        cudaError_t e = cudaMemcpyAsync(rows_d, probe_rows, sizeof(int) * pn, cudaMemcpyHostToDevice, st);
         rc = 0;
         if (e != cudaSuccess) {
             snprintf(err, sizeof err, "probe rows: %s", cudaGetErrorString(e));
@@ -481,10 +344,13 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg,
             a.probe_rows = rows_d;
             rc = tkc_taylor_probe(&a, s->ws, ws_t, s->num_sms, st, den, err, sizeof err);
         }
-        free(rows);
         if (rc) {
             free(den);
             fail_rc(res, rc, err);
+            return TK_OK;
+        }
+        if (inputs_verdict(s, res)) { // NaN/Inf inputs make NaN den: bad_input first
+            free(den);
             return TK_OK;
         }
         unsigned long long n = (unsigned long long)pn * call->B * call->H * a.blocks, le = 0, nf = 0;
@@ -512,8 +378,9 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg,
         fail_rc(res, rc, err);
         return TK_OK;
     }
+    if (pn == 0 && inputs_verdict(s, res)) return TK_OK;
     s->table_key = key;
-    if (sreq) {
+    if (stats_on) {
         res->stats.den.n = (int64_t)den.n;
         res->stats.den.n_le_eps = (int64_t)den.n_le_eps;
         res->stats.den.n_nonfinite = (int64_t)den.n_nonfinite;
@@ -536,8 +403,11 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg,
         return TK_OK;
     }
     if (ns) {
-        rc = quality_raw(call, a.o, call->dtype, ns, (uint64_t)cfg->seed, (char *)s->ws + off_q, st,
-                         &res->stats.quality_raw, err, sizeof err);
+        double *hsums = quality_host(s, call, ns);
+        rc = hsums ? tkc_quality_raw(call, a.o, qrows, ns, s->num_sms, (char *)s->ws + off_q, hsums, st,
+                                     &res->stats.quality_raw, err, sizeof err)
+                   : 2;
+        if (!hsums) snprintf(err, sizeof err, "pinned host buffer of the quality stats");
         if (rc) {
             fail_rc(res, rc, err);
             return TK_OK;
@@ -576,15 +446,24 @@ extern "C" int tkcuda_open(tk_context *ctx, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory");
         return TK_ERR_NOMEM;
     }
+    int made = 0; // events and streams created, in the order below
     cudaError_t e = cudaGetDevice(&s->device);
     if (e == cudaSuccess)
         e = cudaDeviceGetAttribute(&s->num_sms, cudaDevAttrMultiProcessorCount, s->device);
-    if (e == cudaSuccess) e = cudaEventCreate(&s->ev0);
-    if (e == cudaSuccess) e = cudaEventCreate(&s->ev1);
+    if (e == cudaSuccess && (e = cudaEventCreate(&s->ev0)) == cudaSuccess) made = 1;
+    if (e == cudaSuccess && (e = cudaEventCreate(&s->ev1)) == cudaSuccess) made = 2;
+    if (e == cudaSuccess) e = cudaMalloc(&s->scan_d, sizeof(unsigned long long) * TKC_SCAN_MAX);
+    if (e == cudaSuccess) e = cudaMallocHost(&s->scan_h, sizeof(unsigned long long) * TKC_SCAN_MAX);
+    if (e == cudaSuccess && (e = cudaEventCreateWithFlags(&s->scan_done, cudaEventDisableTiming)) == cudaSuccess)
+        made = 3;
     if (e != cudaSuccess) {
         snprintf(err, errlen, "cuda backend: %s", cudaGetErrorString(e));
+        if (s->scan_d) cudaFree(s->scan_d);
+        if (s->scan_h) cudaFreeHost(s->scan_h);
+        if (made > 0) cudaEventDestroy(s->ev0);
+        if (made > 1) cudaEventDestroy(s->ev1);
         free(s);
-        return TK_ERR;
+        return e == cudaErrorMemoryAllocation ? TK_ERR_NOMEM : TK_ERR;
     }
     ctx->cuda = s;
     return TK_OK;
@@ -594,6 +473,12 @@ extern "C" void tkcuda_close(tk_context *ctx) {
     cuda_state *s = (cuda_state *)ctx->cuda;
     if (!s) return;
     if (s->ws) cudaFree(s->ws);
+    cudaFree(s->scan_d);
+    cudaFreeHost(s->scan_h);
+    if (s->qsums_h) cudaFreeHost(s->qsums_h);
+    cudaEventDestroy(s->scan_done);
+    free_rows(&s->probe);
+    free_rows(&s->quality);
     tkc_hybrid_free(s->hybrid);
     cudaEventDestroy(s->ev0);
     cudaEventDestroy(s->ev1);
@@ -625,16 +510,24 @@ extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_c
         tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
         return TK_OK;
     }
+    sampled sm;
     if (mode == TK_MODE_EXACT) {
-        int ns = (stats_req && stats_req->quality_samples > 0 && call->Dv <= 128) ? stats_req->quality_samples : 0;
-        if (ns > call->Nq) ns = call->Nq;
+        int ns = quality_count(call, stats_req);
         size_t ws_e = exact_ws(call);
-        int rc = ensure_ws(s, align256(ws_e) + (ns ? quality_ws(call, ns) : 0), err, sizeof err);
-        if (!rc) rc = run_exact(s, call, st, call->o, 0, err, sizeof err);
-        if (!rc && ns)
-            rc = quality_raw(call, call->o, call->dtype, ns, (uint64_t)cfg->seed,
-                             (char *)s->ws + align256(ws_e), st, &res->stats.quality_raw, err,
-                             sizeof err);
+        int rc = ensure_ws(s, align256(ws_e) + (ns ? tkc_quality_ws(call, ns, s->num_sms) : 0), err, sizeof err);
+        if (rc) {
+            fail_rc(res, rc, err);
+            return TK_OK;
+        }
+        if (inputs_begin(s, call, cfg, mode, stats_req, st, &sm, res) || inputs_verdict(s, res)) return TK_OK;
+        rc = run_exact(s, call, st, call->o, 0, err, sizeof err);
+        if (!rc && ns) {
+            double *hsums = quality_host(s, call, ns);
+            rc = hsums ? tkc_quality_raw(call, call->o, sm.qrows, sm.ns, s->num_sms, (char *)s->ws + align256(ws_e),
+                                         hsums, st, &res->stats.quality_raw, err, sizeof err)
+                       : 2;
+            if (!hsums) snprintf(err, sizeof err, "pinned host buffer of the quality stats");
+        }
         if (rc) {
             fail_rc(res, rc, err);
             return TK_OK;
@@ -645,15 +538,19 @@ extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_c
         run_taylor(s, call, cfg, stats_req, st, res);
         if (res->reason != TK_REASON_NONE) return TK_OK;
     } else {
+        if (inputs_begin(s, call, cfg, mode, stats_req, st, &sm, res) || inputs_verdict(s, res)) return TK_OK;
         tkc_hybrid(&s->hybrid, call, cfg, stats_req, st, res);
         if (res->reason != TK_REASON_NONE) return TK_OK;
-        int ns = (stats_req && stats_req->quality_samples > 0 && call->Dv <= 128) ? stats_req->quality_samples : 0;
-        if (ns > call->Nq) ns = call->Nq;
-        if (ns) {
-            int rc = ensure_ws(s, quality_ws(call, ns), err, sizeof err);
+        if (sm.ns) {
+            int rc = ensure_ws(s, tkc_quality_ws(call, sm.ns, s->num_sms), err, sizeof err);
+            double *hsums = rc ? nullptr : quality_host(s, call, sm.ns);
+            if (!rc && !hsums) {
+                snprintf(err, sizeof err, "pinned host buffer of the quality stats");
+                rc = 2;
+            }
             if (!rc)
-                rc = quality_raw(call, call->o, call->dtype, ns, (uint64_t)cfg->seed, s->ws, st,
-                                 &res->stats.quality_raw, err, sizeof err);
+                rc = tkc_quality_raw(call, call->o, sm.qrows, sm.ns, s->num_sms, s->ws, hsums, st,
+                                     &res->stats.quality_raw, err, sizeof err);
             if (rc) {
                 fail_rc(res, rc, err);
                 return TK_OK;

@@ -13,7 +13,8 @@
 #include "plan.h"
 
 // The next draw of a seeded stream (splitmix64 over plan.c's tki_mix64), for
-// the rows the host samples: probe, quality and PCA rows.
+// the PCA rows and the eigen-solve start of hybrid.cu. The probe and quality
+// rows come from plan.c's tki_sample_indices, as in the ref and cpu backends.
 static inline uint64_t tkc_draw(uint64_t *state) {
     uint64_t r = tki_mix64(*state);
     *state += 0x9e3779b97f4a7c15ull;
@@ -97,5 +98,31 @@ void tkc_hybrid_free(struct tkc_hybrid_state *hs);
 void tkc_hybrid_reset(struct tkc_hybrid_state *hs);
 // The PCA projection [D][g] (fp32, host) of (layer, bh) if cached; 0 ok.
 int tkc_hybrid_projection(struct tkc_hybrid_state *hs, int layer, int bh, float *out, int *D, int *g);
+
+// ---- stats.cu ----------------------------------------------------------
+
+// NaN/Inf scan of up to TKC_SCAN_MAX device tensors of one dtype (counts in
+// elements): first_d (device, TKC_SCAN_MAX entries) is reset and gets the
+// index of the first NaN/Inf element of each tensor (ULLONG_MAX = none); the
+// result is copied, asynchronously on st, to first_h (pinned host memory,
+// read after synchronizing st). 0 ok, 1 CUDA error (text in err).
+#define TKC_SCAN_MAX 5
+int tkc_scan_nonfinite(const void *const *ptrs, const size_t *counts, int count, int dtype,
+                       unsigned long long *first_d, unsigned long long *first_h, int num_sms,
+                       cudaStream_t st, char *err, size_t errlen);
+
+// Workspace bytes of tkc_quality_raw for ns sampled queries, and the size
+// of its host buffer (doubles).
+size_t tkc_quality_ws(const tk_call *call, int ns, int num_sms);
+size_t tkc_quality_host_doubles(const tk_call *call, int ns);
+// quality_raw (SPEC 5) of the output `out` ([B,H,Nq,Dv] in the call's dtype,
+// device) on the sampled query rows[0..ns) (host, every batch and head):
+// exact softmax of those rows (unmodified q, k with s0, key mask) and the
+// per-row comparison sums on the device, summarized on the host as
+// kernels/stats.c does. ws: tkc_quality_ws bytes of device memory;
+// host_sums: tkc_quality_host_doubles doubles (pinned). Synchronizes st.
+// Returns 0, 1 (CUDA error), 2 (host allocation), 3 (shape).
+int tkc_quality_raw(const tk_call *call, const void *out, const int *rows, int ns, int num_sms,
+                    void *ws, double *host_sums, cudaStream_t st, tk_quality *qo, char *err, size_t errlen);
 
 #endif

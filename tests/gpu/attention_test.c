@@ -19,6 +19,7 @@
 #ifdef TK_HAVE_CUDA
 #include "cuda/tkcuda_util.h"
 #include "internal.h"
+#include "plan.h"
 
 static void need_device(void) {
     if (!tkcuda_available()) th_skip("no CUDA device");
@@ -606,6 +607,228 @@ static void test_hybrid_local_window_through_tk_attention_matches_the_ref_backen
     free_problem(&p);
 }
 
+/* ---- NaN/Inf input: bad_input on every mode, as the ref backend ---------
+ * The ref backend (kernels/dispatch.c check_finite) scans every element of
+ * q, k, v (q0, k0 for hybrid), masked key rows included, and names the first
+ * bad element; the cuda backend's device scan must give the same reason and
+ * the same detail, write nothing to o, and leave the next clean call alone. */
+static void bad_value(problem *p, float *host, void *dev, size_t at, float value) {
+    char err[256] = "";
+    size_t n = host == p->v ? (size_t)p->B * p->H * p->Nk * p->Dv
+               : host == p->q ? (size_t)p->B * p->H * p->Nq * p->D
+                              : (size_t)p->B * p->H * p->Nk * p->D;
+    host[at] = value;
+    if (tkcu_upload(dev, host, n, p->dt, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
+}
+
+static void expect_bad_input_like_ref(tk_mode mode, problem *p, int T, int gh, int gw, const char *tensor) {
+    char err[256] = "";
+    tk_context *cu = NULL, *ref = NULL;
+    if (tk_context_open(TK_BACKEND_CUDA, &cu, err, sizeof err)) th_fail(__FILE__, __LINE__, "cuda: %s", err);
+    if (tk_context_open(TK_BACKEND_REF, &ref, err, sizeof err)) th_fail(__FILE__, __LINE__, "ref: %s", err);
+    tk_config cfg;
+    tk_config_defaults(&cfg);
+    cfg.local_window = 2, cfg.pca_samples = 100;
+    tk_stats_request sr = {4, 0, 3};
+    tk_call c = call_of(p);
+    c.text_tokens = T, c.grid_h = gh, c.grid_w = gw;
+    tk_result rc, rr;
+    poison(p);
+    TH_EQ_INT(tk_attention(cu, &c, &cfg, mode, &sr, &rc), TK_OK);
+    size_t no = (size_t)p->B * p->H * p->Nq * p->Dv;
+    float *oh = xmalloc(no * 4);
+    tk_call h = c;
+    h.dtype = TK_DTYPE_F32, h.q = p->q, h.k = p->k, h.v = p->v, h.o = oh, h.key_mask = p->mask, h.stream = NULL;
+    TH_EQ_INT(tk_attention(ref, &h, &cfg, mode, &sr, &rr), TK_OK);
+    TH_EQ_STR(tk_reason_name(rr.reason), "bad_input");
+    TH_EQ_STR(tk_reason_name(rc.reason), "bad_input");
+    TH_EQ_INT(rc.path, TK_PATH_FALLBACK);
+    TH_EQ_STR(rc.detail, rr.detail); /* same tensor, same first element */
+    TH_CHECKF(strncmp(rc.detail, tensor, strlen(tensor)) == 0 && rc.detail[strlen(tensor)] == ' ',
+              "detail \"%s\" does not name %s", rc.detail, tensor);
+    TH_EQ_INT(rc.stats.have, 0);
+    TH_CHECK(output_still_poisoned(p));
+    free(oh);
+    tk_context_close(cu), tk_context_close(ref);
+}
+
+/* A clean call on the same context after a bad one runs (the scan's flags are reset). */
+static void expect_clean_call_runs(tk_mode mode, problem *p, int T, int gh, int gw) {
+    char err[256] = "";
+    tk_context *cu = NULL;
+    if (tk_context_open(TK_BACKEND_CUDA, &cu, err, sizeof err)) th_fail(__FILE__, __LINE__, "cuda: %s", err);
+    tk_config cfg;
+    tk_config_defaults(&cfg);
+    cfg.local_window = 2, cfg.pca_samples = 100, cfg.fallback_on_negative = 0;
+    tk_call c = call_of(p);
+    c.text_tokens = T, c.grid_h = gh, c.grid_w = gw;
+    tk_result r;
+    poison(p);
+    TH_EQ_INT(tk_attention(cu, &c, &cfg, mode, NULL, &r), TK_OK);
+    TH_CHECKF(r.reason == TK_REASON_NONE, "clean call after a bad one: %s (%s)", tk_reason_name(r.reason), r.detail);
+    TH_CHECK(!output_still_poisoned(p));
+    tk_context_close(cu);
+}
+
+static void check_bad_input(tk_mode mode) {
+    need_device();
+    int T = 20, gh = 12, gw = 10, N = T + gh * gw;
+    problem p = make_problem(1, 2, N, N, 64, 64, TK_DTYPE_BF16, 1.0, 0.8, 51);
+    /* NaN in q: head 1, row 77, column 5 */
+    size_t at = ((size_t)1 * N + 77) * 64 + 5;
+    float keep = p.q[at];
+    bad_value(&p, p.q, p.dq, at, NAN);
+    expect_bad_input_like_ref(mode, &p, T, gh, gw, "q");
+    bad_value(&p, p.q, p.dq, at, keep);
+    /* +Inf in v: its last element (the end of the scan) */
+    at = (size_t)2 * N * 64 - 1;
+    keep = p.v[at];
+    bad_value(&p, p.v, p.dv, at, INFINITY);
+    expect_bad_input_like_ref(mode, &p, T, gh, gw, "v");
+    bad_value(&p, p.v, p.dv, at, keep);
+    /* NaN only in a key row the mask drops: ref still says bad_input (it scans
+     * every element), so cuda does too */
+    int j = 1;
+    while (j < N && p.mask[j]) j++;
+    TH_CHECKF(j < N, "the mask keeps every key");
+    at = ((size_t)1 * N + j) * 64 + 9;
+    keep = p.k[at];
+    bad_value(&p, p.k, p.dk, at, NAN);
+    expect_bad_input_like_ref(mode, &p, T, gh, gw, "k");
+    bad_value(&p, p.k, p.dk, at, keep);
+    expect_clean_call_runs(mode, &p, T, gh, gw);
+    free_problem(&p);
+}
+
+static void test_nan_or_inf_input_to_exact_is_bad_input_like_ref_and_leaves_o_untouched(void) {
+    check_bad_input(TK_MODE_EXACT);
+}
+static void test_nan_or_inf_input_to_taylor_is_bad_input_like_ref_and_leaves_o_untouched(void) {
+    check_bad_input(TK_MODE_TAYLOR);
+}
+static void test_nan_or_inf_input_to_hybrid_is_bad_input_like_ref_and_leaves_o_untouched(void) {
+    check_bad_input(TK_MODE_HYBRID);
+}
+
+/* ---- sampled rows: the ref backend's (kernels/plan.c tki_sample_indices) ---- */
+
+/* Taylor quality_raw on cuda against ref's on the same inputs and stats
+ * request. Row by row, |rel_cuda - rel_ref| <= (||o_cuda - o_ref|| + ||e_cuda -
+ * e_ref||) / ||e|| (triangle inequality), so the tolerance is the largest
+ * ||o_cuda - o_ref|| / ||e|| over all rows (bf16 output rounding, f16
+ * features), measured here, plus 2e-3 for the device's exact rows (fp32 sums
+ * over 300 keys, P carried to 2^-17) and for using the fp64 e in the bound.
+ * With other rows the order statistics move by more: a ref call with another
+ * seed must miss the tolerance, or the test could not tell. */
+static void test_taylor_quality_stats_on_cuda_match_the_ref_backend_on_the_same_rows(void) {
+    need_device();
+    char err[256] = "";
+    int N = 300, H = 2, D = 128;
+    problem p = make_problem(1, H, N, N, D, D, TK_DTYPE_BF16, 1.5, 1.0, 61);
+    tk_config cfg;
+    tk_config_defaults(&cfg);
+    cfg.fallback_on_negative = 0;
+    tk_context *cu = NULL, *ref = NULL;
+    if (tk_context_open(TK_BACKEND_CUDA, &cu, err, sizeof err)) th_fail(__FILE__, __LINE__, "cuda: %s", err);
+    if (tk_context_open(TK_BACKEND_REF, &ref, err, sizeof err)) th_fail(__FILE__, __LINE__, "ref: %s", err);
+    tk_stats_request sr = {16, 0, 5}, other = {16, 0, 6};
+    tk_call c = call_of(&p);
+    tk_result rc, rr, ro;
+    poison(&p);
+    TH_EQ_INT(tk_attention(cu, &c, &cfg, TK_MODE_TAYLOR, &sr, &rc), TK_OK);
+    size_t no = (size_t)H * N * D;
+    float *oh = xmalloc(no * 4), *oc = xmalloc(no * 4);
+    tk_call h = c;
+    h.dtype = TK_DTYPE_F32, h.q = p.q, h.k = p.k, h.v = p.v, h.o = oh, h.stream = NULL;
+    TH_EQ_INT(tk_attention(ref, &h, &cfg, TK_MODE_TAYLOR, &sr, &rr), TK_OK);
+    TH_EQ_STR(tk_reason_name(rc.reason), "none");
+    TH_EQ_STR(tk_reason_name(rr.reason), "none");
+    TH_CHECK(rc.stats.have & TK_HAVE_QUALITY);
+    TH_CHECK(rr.stats.have & TK_HAVE_QUALITY);
+    TH_EQ_INT(rc.stats.quality_raw.n, rr.stats.quality_raw.n);
+    if (tkcu_download(oc, p.dout, no, p.dt, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
+    double *ex = exact_ref(&p, 1.0 / sqrt((double)D));
+    double bound = 0;
+    for (size_t row = 0; row < (size_t)H * N; row++) {
+        double d2 = 0, e2 = 0;
+        for (int t = 0; t < D; t++) {
+            double dd = (double)oc[row * D + t] - oh[row * D + t];
+            d2 += dd * dd, e2 += ex[row * D + t] * ex[row * D + t];
+        }
+        bound = fmax(bound, sqrt(d2 / e2));
+    }
+    double tol = bound + 2e-3;
+    const tk_quality *a = &rc.stats.quality_raw, *b = &rr.stats.quality_raw;
+    TH_CHECKF(fabs(a->rel_l2_mean - b->rel_l2_mean) <= tol && fabs(a->rel_l2_p95 - b->rel_l2_p95) <= tol &&
+                  fabs(a->rel_l2_max - b->rel_l2_max) <= tol,
+              "rel-L2 mean/p95/max cuda %.5f %.5f %.5f, ref %.5f %.5f %.5f, tolerance %.5f", a->rel_l2_mean,
+              a->rel_l2_p95, a->rel_l2_max, b->rel_l2_mean, b->rel_l2_p95, b->rel_l2_max, tol);
+    TH_CHECKF(a->rel_l2_mean > 3 * tol, "the Taylor error %.4f is not above the tolerance %.4f", a->rel_l2_mean, tol);
+    TH_EQ_INT(tk_attention(ref, &h, &cfg, TK_MODE_TAYLOR, &other, &ro), TK_OK);
+    const tk_quality *o2 = &ro.stats.quality_raw;
+    TH_CHECKF(fabs(o2->rel_l2_mean - b->rel_l2_mean) > tol || fabs(o2->rel_l2_p95 - b->rel_l2_p95) > tol ||
+                  fabs(o2->rel_l2_max - b->rel_l2_max) > tol,
+              "other rows give the same stats within %.5f (mean/p95/max %.5f %.5f %.5f): the comparison "
+              "cannot tell rows apart", tol, o2->rel_l2_mean, o2->rel_l2_p95, o2->rel_l2_max);
+    free(ex), free(oh), free(oc);
+    tk_context_close(cu), tk_context_close(ref);
+    free_problem(&p);
+}
+
+/* The early probe looks at ref's probe rows: one query in every head has a
+ * negative denominator (P=2, q = -3 e0 against keys with k0 = 6); with 8 probe
+ * rows of 100 and denom_fallback_frac_limit 0.05, the probe falls back exactly
+ * when that query is one of the probe rows (1/8 > 5%), and the full pass
+ * accepts it (1/100). cuda must agree with ref both ways. */
+static void test_taylor_early_probe_on_cuda_samples_the_ref_backend_rows(void) {
+    need_device();
+    char err[256] = "";
+    int N = 100, D = 64;
+    problem p = make_problem(1, 2, N, N, D, D, TK_DTYPE_BF16, 1.0, 1.0, 71);
+    tk_config cfg;
+    tk_config_defaults(&cfg);
+    cfg.terms = 2, cfg.sub_head_blocks = 1, cfg.probe_samples = 8, cfg.denom_fallback_frac_limit = 0.05;
+    int64_t probe[8];
+    TH_EQ_INT(tki_sample_indices((uint64_t)cfg.seed, TKI_SALT_PROBE, N, 8, probe), 8);
+    int outside = 0; /* the first query that is not a probe row */
+    for (;; outside++) {
+        int in = 0;
+        for (int t = 0; t < 8; t++) in |= probe[t] == outside;
+        if (!in) break;
+    }
+    int bad_rows[2] = {(int)probe[3], outside};
+    const char *expect[2] = {"denominator_too_small", "none"};
+    tk_context *cu = NULL, *ref = NULL;
+    if (tk_context_open(TK_BACKEND_CUDA, &cu, err, sizeof err)) th_fail(__FILE__, __LINE__, "cuda: %s", err);
+    if (tk_context_open(TK_BACKEND_REF, &ref, err, sizeof err)) th_fail(__FILE__, __LINE__, "ref: %s", err);
+    size_t n = (size_t)2 * N * D;
+    float *oh = xmalloc(n * 4);
+    for (int cse = 0; cse < 2; cse++) {
+        for (size_t i = 0; i < n; i++) {
+            int row = (int)(i / D) % N, t = (int)(i % D);
+            p.q[i] = (t == 0 && row == bad_rows[cse]) ? -3.f : 0.f;
+            p.k[i] = t == 0 ? 6.f : 0.f;
+        }
+        if (tkcu_upload(p.dq, p.q, n, p.dt, err, sizeof err) || tkcu_upload(p.dk, p.k, n, p.dt, err, sizeof err))
+            th_fail(__FILE__, __LINE__, "%s", err);
+        tk_call c = call_of(&p);
+        tk_result rc, rr;
+        poison(&p);
+        TH_EQ_INT(tk_attention(cu, &c, &cfg, TK_MODE_TAYLOR, NULL, &rc), TK_OK);
+        tk_call h = c;
+        h.dtype = TK_DTYPE_F32, h.q = p.q, h.k = p.k, h.v = p.v, h.o = oh, h.stream = NULL;
+        TH_EQ_INT(tk_attention(ref, &h, &cfg, TK_MODE_TAYLOR, NULL, &rr), TK_OK);
+        TH_EQ_STR(tk_reason_name(rr.reason), expect[cse]);
+        TH_CHECKF(rc.reason == rr.reason && rc.stage == rr.stage, "bad row %d: cuda %s stage %d (%s), ref %s stage %d",
+                  bad_rows[cse], tk_reason_name(rc.reason), (int)rc.stage, rc.detail, tk_reason_name(rr.reason),
+                  (int)rr.stage);
+        if (cse == 0) TH_EQ_INT(rc.stage, TK_STAGE_PROBE);
+    }
+    free(oh);
+    tk_context_close(cu), tk_context_close(ref);
+    free_problem(&p);
+}
+
 #define T(name) TH_TEST(name)
 #else
 static void test_cuda_backend_is_not_built(void) { th_skip("built without nvcc"); }
@@ -630,6 +853,11 @@ static const th_test tests[] = {
     T(test_hybrid_1d_additive_matches_fp64),
     T(test_exact_and_taylor_through_tk_attention_match_the_ref_backend),
     T(test_hybrid_local_window_through_tk_attention_matches_the_ref_backend),
+    T(test_nan_or_inf_input_to_exact_is_bad_input_like_ref_and_leaves_o_untouched),
+    T(test_nan_or_inf_input_to_taylor_is_bad_input_like_ref_and_leaves_o_untouched),
+    T(test_nan_or_inf_input_to_hybrid_is_bad_input_like_ref_and_leaves_o_untouched),
+    T(test_taylor_quality_stats_on_cuda_match_the_ref_backend_on_the_same_rows),
+    T(test_taylor_early_probe_on_cuda_samples_the_ref_backend_rows),
 #else
     T(x),
 #endif
