@@ -1,13 +1,31 @@
-// exact.cu -- exact attention: a FlashAttention-2 style tiled kernel.
+// exact.cu -- exact attention: tiled online-softmax kernels; the N x N matrix
+// never exists.
 //
-// One block = 16*NW queries of one (batch, head); NW warps own 16 query rows
-// each, keep their q fragments and the output accumulator in registers, and
-// stream 64-key tiles of K and V through shared memory (cp.async, two
-// stages). S = q k^T and O += P V run on mma.sync m16n8k16 (bf16 or f16 in,
-// fp32 accumulate); the softmax is online, in the log2 domain. The N x N
-// matrix never exists. Tails (Nq, Nk not tile multiples) are zero-filled on
-// load and masked to -inf; the key mask is a per-tile bias.
+// Default (D 64/128, built for sm_90a): exact_wg_kernel, FA3-style on wgmma.
+// One block = NWG warpgroups x 64 queries of one (batch, head). Q, K and V
+// tiles sit in shared memory in the 128-byte swizzled layout wgmma reads; all
+// threads stream KT-key tiles of K and V with cp.async (two stages). Per tile
+// each warpgroup runs S = Q K^T as wgmma (A and B from shared memory), the
+// online softmax on the S accumulators (log2 domain, scale folded into one
+// FFMA per element), then O += P V as wgmma with P re-packed from the S
+// accumulators as the register A operand and V read transposed (MN-major).
+//
+// exact_kernel (D 32, and the variants the bench compares): FlashAttention-2
+// style on mma.sync m16n8k16; NW warps own 16 query rows each, keep their q
+// fragments and the output accumulator in registers, K/V tiles double-
+// buffered (padded rows, ldmatrix).
+//
+// Both: bf16 or f16 in, fp32 accumulate. Tails (Nq, Nk not tile multiples)
+// are zero-filled on load and masked to -inf; the key mask is a per-tile bias;
+// a row whose keys are all masked is written as zeros. q_rows lets a launch
+// cover the first Nq rows of each head only (hybrid text rows).
+//
+// tkc_exact_args.warps (TKC_EXACT_WARPS, bench variants): 0 default; 8 =
+// mma.sync 8 warps KT=128 (the previous default); 4 = mma.sync 4 warps KT=64;
+// 16 = mma.sync 8 warps KT=64; 2 = wgmma 2 warpgroups KT=128; 5 = wgmma 2
+// warpgroups KT=64; 3 = wgmma 3 warpgroups KT=64.
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "cuda_internal.h"
 
@@ -190,6 +208,203 @@ __global__ void __launch_bounds__(NW * 32, (NW == 4 ? 2 : 1))
     }
 }
 
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define TKC_EXACT_NO_WGMMA 1 // device pass without sm_90a: the wgmma kernel compiles empty
+#endif
+
+// Byte offset of 16-byte chunk cc (8 elements) of row r in a swizzled tile of R
+// rows: 64-column chunks one after the other, rows of 128 bytes, chunk ^ (r & 7).
+__device__ __forceinline__ uint32_t swz_off(int r, int cc, int R) {
+    return (uint32_t)((cc >> 3) * R * 128 + r * 128 + (((cc & 7) ^ (r & 7)) << 4));
+}
+
+template <typename T, typename TO, int D, int KT, int NWG>
+__global__ void __launch_bounds__(NWG * 128, 1)
+    exact_wg_kernel(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v,
+                    TO *__restrict__ o, const uint8_t *__restrict__ mask, int H, int Nq, int Nk,
+                    float scale_log2, int q_rows, uint32_t v_lbo, uint32_t v_sbo) {
+#ifndef TKC_EXACT_NO_WGMMA
+    constexpr int BR = 64 * NWG, NTHR = 128 * NWG, CH = D / 8;
+    constexpr uint32_t QBYTES = BR * D * 2, KVBYTES = KT * D * 2;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const uint32_t raw_a = smem_addr(smem_raw);
+    const uint32_t base_a = (raw_a + 1023u) & ~1023u; // swizzle atoms are 1024-byte aligned
+    unsigned char *base = smem_raw + (base_a - raw_a);
+    // [Q][K stage 0][K stage 1][V stage 0][V stage 1][bias: 2 x KT floats]
+    unsigned char *Qs = base, *Ks = base + QBYTES, *Vs = base + QBYTES + 2 * KVBYTES;
+    float *bias = reinterpret_cast<float *>(base + QBYTES + 4 * KVBYTES);
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wg = warp >> 2, wq = warp & 3;
+    const int bh = blockIdx.y, b = bh / H;
+    const int q0 = blockIdx.x * BR;
+    const T *qb = q + (size_t)bh * q_rows * D;
+    const T *kb = k + (size_t)bh * Nk * D;
+    const T *vb = v + (size_t)bh * Nk * D;
+    const uint8_t *mb = mask ? mask + (size_t)b * Nk : nullptr;
+
+    for (int c = tid; c < BR * CH; c += NTHR) {
+        int r = c / CH, cc = c % CH;
+        int gr = q0 + r;
+        cp_async16(Qs + swz_off(r, cc, BR), qb + (size_t)(gr < Nq ? gr : 0) * D + cc * 8, gr < Nq ? 16 : 0);
+    }
+    const int ntiles = (Nk + KT - 1) / KT;
+    auto issue_kv = [&](int j) {
+        int buf = j & 1;
+        unsigned char *kd = Ks + buf * KVBYTES, *vd = Vs + buf * KVBYTES;
+        for (int c = tid; c < KT * CH; c += NTHR) {
+            int r = c / CH, cc = c % CH;
+            int gr = j * KT + r;
+            bool ok = gr < Nk;
+            size_t off = (size_t)(ok ? gr : 0) * D + cc * 8;
+            uint32_t so = swz_off(r, cc, KT);
+            cp_async16(kd + so, kb + off, ok ? 16 : 0);
+            cp_async16(vd + so, vb + off, ok ? 16 : 0);
+        }
+        for (int r = tid; r < KT; r += NTHR) {
+            int gr = j * KT + r;
+            bias[buf * KT + r] = (gr < Nk && (!mb || mb[gr])) ? 0.f : -INFINITY;
+        }
+    };
+    issue_kv(0);
+    cp_async_commit();
+
+    float acc[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++) acc[i] = 0.f;
+    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f; // m in raw (unscaled) units
+    const bool any_mask = mb != nullptr;
+    const uint64_t dq = gmma_desc(base_a + wg * 64 * 128, 16, 1024);
+    const int t2 = 2 * (lane & 3);
+
+    for (int j = 0; j < ntiles; j++) {
+        const int buf = j & 1;
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads(); // tile j visible to all; every warpgroup is done with tile j-1's buffers
+        if (j + 1 < ntiles) issue_kv(j + 1);
+        cp_async_commit();
+
+        float s[KT / 2];
+        const uint64_t dk = gmma_desc(base_a + QBYTES + buf * KVBYTES, 16, 1024);
+#pragma unroll
+        for (int i = 0; i < KT / 2; i++) reg_fence(s[i]);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t oq = ((kk >> 2) * BR * 128 + (kk & 3) * 32) >> 4;
+            uint32_t ok = ((kk >> 2) * KT * 128 + (kk & 3) * 32) >> 4;
+            wgmma_ss<T, KT>(s, dq + oq, dk + ok, kk);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+#pragma unroll
+        for (int i = 0; i < KT / 2; i++) reg_fence(s[i]);
+
+        if (any_mask || (j + 1) * KT > Nk) {
+            const float *bt = bias + buf * KT;
+#pragma unroll
+            for (int nt = 0; nt < KT / 8; nt++) {
+                float b0 = bt[nt * 8 + t2], b1 = bt[nt * 8 + t2 + 1];
+                s[4 * nt] += b0;
+                s[4 * nt + 1] += b1;
+                s[4 * nt + 2] += b0;
+                s[4 * nt + 3] += b1;
+            }
+        }
+        float mx_lo = m_lo, mx_hi = m_hi;
+#pragma unroll
+        for (int nt = 0; nt < KT / 8; nt++) {
+            mx_lo = fmaxf(mx_lo, fmaxf(s[4 * nt], s[4 * nt + 1]));
+            mx_hi = fmaxf(mx_hi, fmaxf(s[4 * nt + 2], s[4 * nt + 3]));
+        }
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+        // scaled maxima (0 while a row has seen only masked keys: p = 0, no NaN)
+        const float ms_lo = mx_lo == -INFINITY ? 0.f : mx_lo * scale_log2;
+        const float ms_hi = mx_hi == -INFINITY ? 0.f : mx_hi * scale_log2;
+        const float al_lo = ex2(fmaf(m_lo, scale_log2, -ms_lo));
+        const float al_hi = ex2(fmaf(m_hi, scale_log2, -ms_hi));
+        m_lo = mx_lo;
+        m_hi = mx_hi;
+        float sum_lo = 0.f, sum_hi = 0.f;
+        uint32_t pf[KT / 16][4];
+#pragma unroll
+        for (int nt = 0; nt < KT / 8; nt++) {
+            float p0 = ex2(fmaf(s[4 * nt], scale_log2, -ms_lo));
+            float p1 = ex2(fmaf(s[4 * nt + 1], scale_log2, -ms_lo));
+            float p2 = ex2(fmaf(s[4 * nt + 2], scale_log2, -ms_hi));
+            float p3 = ex2(fmaf(s[4 * nt + 3], scale_log2, -ms_hi));
+            sum_lo += p0 + p1;
+            sum_hi += p2 + p3;
+            pf[nt / 2][(nt & 1) * 2 + 0] = elem<T>::pack(p0, p1);
+            pf[nt / 2][(nt & 1) * 2 + 1] = elem<T>::pack(p2, p3);
+        }
+        l_lo = l_lo * al_lo + sum_lo;
+        l_hi = l_hi * al_hi + sum_hi;
+#pragma unroll
+        for (int i = 0; i < D / 8; i++) {
+            acc[4 * i] *= al_lo;
+            acc[4 * i + 1] *= al_lo;
+            acc[4 * i + 2] *= al_hi;
+            acc[4 * i + 3] *= al_hi;
+        }
+        const uint64_t dv = gmma_desc(base_a + QBYTES + (2 + buf) * KVBYTES, v_lbo, v_sbo);
+#pragma unroll
+        for (int i = 0; i < D / 2; i++) reg_fence(acc[i]);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < KT / 16; kk++) wgmma_rs_tb<T, D>(acc, pf[kk], dv + ((kk * 16 * 128) >> 4));
+        wgmma_commit();
+        wgmma_wait<0>();
+#pragma unroll
+        for (int i = 0; i < D / 2; i++) reg_fence(acc[i]);
+    }
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+    float inv_lo = l_lo > 0.f ? 1.f / l_lo : 0.f;
+    float inv_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
+    int r_lo = q0 + wg * 64 + wq * 16 + (lane >> 2), r_hi = r_lo + 8;
+    TO *ob = o + (size_t)bh * q_rows * D;
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++) {
+        int c = nt * 8 + t2;
+        if (r_lo < Nq) {
+            ob[(size_t)r_lo * D + c] = elem<TO>::from_f(acc[4 * nt] * inv_lo);
+            ob[(size_t)r_lo * D + c + 1] = elem<TO>::from_f(acc[4 * nt + 1] * inv_lo);
+        }
+        if (r_hi < Nq) {
+            ob[(size_t)r_hi * D + c] = elem<TO>::from_f(acc[4 * nt + 2] * inv_hi);
+            ob[(size_t)r_hi * D + c + 1] = elem<TO>::from_f(acc[4 * nt + 3] * inv_hi);
+        }
+    }
+#endif
+}
+
+template <typename T, typename TO, int D, int KT, int NWG>
+int launch_exact_wg(const tkc_exact_args *a, cudaStream_t st, char *err, size_t errlen) {
+    constexpr int BR = 64 * NWG;
+    size_t smem = 1024 + (size_t)(BR + 4 * KT) * D * 2 + 2 * KT * sizeof(float);
+    auto kern = exact_wg_kernel<T, TO, D, KT, NWG>;
+    TKC_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), err,
+            errlen);
+    dim3 grid((a->Nq + BR - 1) / BR, a->B * a->H);
+    float scale_log2 = (float)(a->scale * 1.4426950408889634);
+    // V (MN-major B): leading offset = next 64-column chunk, stride offset = next 8 keys.
+    // TKC_EXACT_VDESC_SWAP (debug) swaps the two.
+    uint32_t lbo = KT * 128, sbo = 1024;
+    if (getenv("TKC_EXACT_VDESC_SWAP")) lbo = 1024, sbo = KT * 128;
+    kern<<<grid, NWG * 128, smem, st>>>((const T *)a->q, (const T *)a->k, (const T *)a->v, (TO *)a->o,
+                                        a->mask, a->H, a->Nq, a->Nk, scale_log2,
+                                        a->q_rows > 0 ? a->q_rows : a->Nq, lbo, sbo);
+    TKC_LAUNCHED("exact_wg_kernel", err, errlen);
+    return 0;
+}
+
 template <typename T, typename TO, int D, int NW, int KT>
 int launch_exact(const tkc_exact_args *a, cudaStream_t st, char *err, size_t errlen) {
     constexpr int LD = ExactSmem<D>::LD;
@@ -208,15 +423,22 @@ int launch_exact(const tkc_exact_args *a, cudaStream_t st, char *err, size_t err
 
 template <typename T, typename TO>
 int launch_exact_d(const tkc_exact_args *a, cudaStream_t st, char *err, size_t errlen) {
-    // variants (bench): warps 4 = two blocks of 64 queries per SM; warps 16 = 8 warps with 128-key tiles
-    if (a->D == 128)
-        return a->warps == 4    ? launch_exact<T, TO, 128, 4, 64>(a, st, err, errlen)
-               : a->warps == 16 ? launch_exact<T, TO, 128, 8, 64>(a, st, err, errlen)
-                                : launch_exact<T, TO, 128, 8, 128>(a, st, err, errlen);
-    if (a->D == 64)
-        return a->warps == 4 ? launch_exact<T, TO, 64, 4, 64>(a, st, err, errlen)
-                             : launch_exact<T, TO, 64, 8, 64>(a, st, err, errlen);
-    snprintf(err, errlen, "exact: head dim %d (cuda supports 64 and 128)", a->D);
+    const int w = a->warps;
+    if (a->D == 128) {
+        if (w == 8) return launch_exact<T, TO, 128, 8, 128>(a, st, err, errlen);
+        if (w == 4) return launch_exact<T, TO, 128, 4, 64>(a, st, err, errlen);
+        if (w == 16) return launch_exact<T, TO, 128, 8, 64>(a, st, err, errlen);
+        if (w == 5) return launch_exact_wg<T, TO, 128, 64, 2>(a, st, err, errlen);
+        if (w == 3) return launch_exact_wg<T, TO, 128, 64, 3>(a, st, err, errlen);
+        return launch_exact_wg<T, TO, 128, 128, 2>(a, st, err, errlen);
+    }
+    if (a->D == 64) {
+        if (w == 8 || w == 16) return launch_exact<T, TO, 64, 8, 64>(a, st, err, errlen);
+        if (w == 4) return launch_exact<T, TO, 64, 4, 64>(a, st, err, errlen);
+        return launch_exact_wg<T, TO, 64, 128, 2>(a, st, err, errlen);
+    }
+    if (a->D == 32) return launch_exact<T, TO, 32, 8, 128>(a, st, err, errlen);
+    snprintf(err, errlen, "exact: head dim %d (cuda supports 32, 64 and 128)", a->D);
     return 3;
 }
 
