@@ -380,27 +380,44 @@ __global__ void __launch_bounds__(NWG * 128, 1)
     const T *vb = v + (size_t)bh * Nk * D;
     const uint8_t *mb = mask ? mask + (size_t)b * Nk : nullptr;
 
-    for (int c = tid; c < BR * CH; c += NTHR) {
-        int r = c / CH, cc = c % CH;
-        int gr = q0 + r;
-        cp_async16(Qs + swz_off(r, cc, BR), qb + (size_t)(gr < Nq ? gr : 0) * D + cc * 8, gr < Nq ? 16 : 0);
+    // Loads: thread tid copies chunk cc = tid % CH of rows r0 + i * RSTEP (RSTEP
+    // a multiple of 8, so the swizzle of every row it copies is the same):
+    // compile-time trip counts, one pointer step per copy.
+    constexpr int RSTEP = NTHR / CH;
+    static_assert(RSTEP % 8 == 0 && BR % RSTEP == 0 && KT % RSTEP == 0, "load tiling");
+    const int r0 = tid / CH, cc0 = tid % CH;
+    const uint32_t so_q = swz_off(r0, cc0, BR), so_kv = swz_off(r0, cc0, KT);
+#pragma unroll
+    for (int i = 0; i < BR / RSTEP; i++) {
+        int gr = q0 + r0 + i * RSTEP;
+        cp_async16(Qs + so_q + i * RSTEP * 128, qb + (size_t)(gr < Nq ? gr : 0) * D + cc0 * 8, gr < Nq ? 16 : 0);
     }
     const int ntiles = (Nk + KT - 1) / KT;
+    const T *kb0 = kb + (size_t)r0 * D + cc0 * 8, *vb0 = vb + (size_t)r0 * D + cc0 * 8;
     auto issue_kv = [&](int j) {
-        int st = j % NS;
-        unsigned char *kd = Ks + st * KVBYTES, *vd = Vs + st * KVBYTES;
-        for (int c = tid; c < KT * CH; c += NTHR) {
-            int r = c / CH, cc = c % CH;
-            int gr = j * KT + r;
-            bool ok = gr < Nk;
-            size_t off = (size_t)(ok ? gr : 0) * D + cc * 8;
-            uint32_t so = swz_off(r, cc, KT);
-            cp_async16(kd + so, kb + off, ok ? 16 : 0);
-            cp_async16(vd + so, vb + off, ok ? 16 : 0);
+        const int st = j % NS;
+        unsigned char *kd = Ks + st * KVBYTES + so_kv, *vd = Vs + st * KVBYTES + so_kv;
+        const int g0 = j * KT + r0;
+        const size_t off0 = (size_t)j * KT * D;
+        if ((j + 1) * KT <= Nk) {
+#pragma unroll
+            for (int i = 0; i < KT / RSTEP; i++) {
+                cp_async16(kd + i * RSTEP * 128, kb0 + off0 + (size_t)i * RSTEP * D, 16);
+                cp_async16(vd + i * RSTEP * 128, vb0 + off0 + (size_t)i * RSTEP * D, 16);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < KT / RSTEP; i++) {
+                bool ok = g0 + i * RSTEP < Nk;
+                size_t off = ok ? off0 + (size_t)i * RSTEP * D : 0;
+                cp_async16(kd + i * RSTEP * 128, kb0 + off, ok ? 16 : 0);
+                cp_async16(vd + i * RSTEP * 128, vb0 + off, ok ? 16 : 0);
+            }
         }
-        for (int r = tid; r < KT; r += NTHR) {
-            int gr = j * KT + r;
-            bias[st * KT + r] = (gr < Nk && (!mb || mb[gr])) ? 0.f : -INFINITY;
+        // the key bias is read only with a key mask and by the last tile
+        if ((mb || (j + 1) * KT >= Nk) && tid < KT) {
+            int gr = j * KT + tid;
+            bias[st * KT + tid] = (gr < Nk && (!mb || mb[gr])) ? 0.f : -INFINITY;
         }
     };
 
