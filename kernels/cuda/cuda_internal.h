@@ -64,7 +64,20 @@ struct tkc_taylor_args {
     const int *probe_rows; // device [probe_n]
     int table_cached;
     int raw_out; // hybrid far field: o is fp32 [B*H][Nq][Dv+1] = [num | den], not divided
+    int phase_a_only; // hybrid fused far field: phase A + reduce only (o unused); see tkc_taylor_far_tables
 };
+
+// Where phase A left the far field of a phase_a_only run, in its workspace:
+// the feature table (8-byte entries: uint16 idx*32 [3], half weight; idx d =
+// the constant 1), S|z per head*slice as f16 [BHC][Rpad][dvp] divided by a
+// per-column scale (colmax bits: scale = max/1024, or 1 when 0).
+struct tkc_far_tables {
+    const void *tab;
+    const void *sh; // __half
+    const unsigned *colmax;
+    int R, Rpad, dvp;
+};
+int tkc_taylor_far_tables(const tkc_taylor_args *a, void *ws, int num_sms, tkc_far_tables *out);
 
 // Workspace bytes the Taylor path needs for these arguments (0 = unsupported).
 size_t tkc_taylor_workspace(const tkc_taylor_args *a, int num_sms);
