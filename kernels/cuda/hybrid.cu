@@ -1,23 +1,31 @@
 // hybrid.cu -- hybrid attention (SPEC 4): exact softmax over a local window
 // plus a far-field Taylor term on PCA-projected q0/k0, fused.
 //
-//  1. PCA per (layer, head), cached: sampled q0/k0 rows are gathered, their
-//     second-moment matrix X^T X comes from one batched cuBLAS product, and
-//     the top global_dim eigenvectors from a subspace iteration on the host.
-//     (Second moment, not centred: the far kernel depends on q.k, which the
+//  1. PCA per (layer, head), cached: the ref backend's fit (kernels/pca.h):
+//     rows chosen by tki_pca_select_rows (q rows, then kept k rows, shared by
+//     the batch), second moment X^T X in fp64 by one batched cuBLAS product,
+//     top global_dim eigenvectors by LAPACK dsyev on the host. (Second
+//     moment, not centred: the far kernel depends on q.k, which the
 //     projection onto the leading eigenvectors of E[x x^T] preserves best.)
-//  2. A projection kernel writes x' = sqrt(s_far) * mod(P^T x0) for every q0
-//     and k0 row (s_far = D^-1/2 global_scale_mul, SPEC 3.3 modification).
-//  3. Far field: the Taylor kernels (phase A, reduce, phase B) on x' with
-//     d = global_dim, writing [num | den] per query unnormalized.
+//  2. A projection kernel (mma, P split into two 16-bit halves) writes
+//     x' = sqrt(s_far) * mod(P^T x0) for every q0 and k0 row (s_far =
+//     D^-1/2 global_scale_mul, SPEC 3.3 modification).
+//  3. Far field, normalized combine: Taylor phase A only (taylor.cu,
+//     phase_a_only) gives [S | z] per head; in 2d the text keys are masked out
+//     of it (they are every image query's local keys). Additive combine: the
+//     full Taylor RAW run writes [num | den] per query to a buffer.
 //  4. Local kernel (one block = an 8x8 cell tile of image queries, or 64
-//     consecutive tokens for the 1d window): the keys a window touches (text
-//     keys, then the clamped (8+2r)^2 rectangle, gathered by cp.async) stream
-//     through shared memory; S = q k^T and x' = q' k'^T on mma.sync; each
-//     visible key gets p = e^{x-m} - w e^{-m} kappa(x') (normalized combine),
-//     so one P.V product serves the local sum and removes the window's keys
-//     from the far term; the far term is added once per query at the end.
-//     Text queries see every key: exact kernel on those rows.
+//     consecutive tokens for the 1d window): normalized: a prologue puts
+//     w phi(q') . [S | z] into the accumulators at a running max of 0, so the
+//     online softmax carries the far term. The keys a window touches (text
+//     keys, then the clamped (8+2r)^2 rectangle, gathered by cp.async, K of
+//     the next tile before S, its V after the softmax) stream through shared
+//     memory; a per-key bitmask (rows x columns of the tile's queries) gives
+//     visibility; a warp skips 16-key chunks none of its queries sees;
+//     S and x' = q' k'^T on mma.sync; each visible rectangle key gets
+//     p = e^{x-m} - w e^{-m} kappa(x'), so one P.V product serves the local
+//     sum and removes the window's keys from the far term.
+//     Text queries see every key: exact kernel on those rows (side stream).
 //  5. A query whose far denominator D_far - D_far,win comes out <= 0 is
 //     flagged, counted, and recomputed with its local term alone.
 #include <math.h>
@@ -255,6 +263,7 @@ struct LocalArgs {
     tkc_den_stats *den;
     int H, N, T, gh, gw, r, shape2d;
     int split_issue; // K of the next tile before S, its V after the softmax (else both before S)
+    int skip_chunks; // 2d: a warp skips the 16-key chunks none of its queries sees
     float scale_log2, w;
     float c0, c1, c2, c3; // kappa_P coefficients (P <= 4)
     int normalized;
@@ -547,6 +556,16 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
         const bool text_tile = a.shape2d && j * LKT < kl.Tpad;
         const bool far_tile = FAR && !text_tile;
 
+        // 2d: the 16-key chunks holding a key some query of this warp sees
+        // (from the visibility bits); the others skip their S and P.V products
+        unsigned need = 0xfu;
+        if (a.shape2d && a.skip_chunks) {
+            const int wy = 3 << (2 * warp), i0 = it[lane], i1 = it[lane + 32];
+            const unsigned b0 = __ballot_sync(0xffffffffu, ((i0 >> 8) & wy) && (i0 & 0xff));
+            const unsigned b1 = __ballot_sync(0xffffffffu, ((i1 >> 8) & wy) && (i1 & 0xff));
+            need = ((b0 & 0xffffu) ? 1u : 0u) | ((b0 >> 16) ? 2u : 0u) | ((b1 & 0xffffu) ? 4u : 0u) |
+                   ((b1 >> 16) ? 8u : 0u);
+        }
         float s[LKT / 8][4], sp[LKT / 8][4];
 #pragma unroll
         for (int i = 0; i < LKT / 8; i++) {
@@ -557,6 +576,7 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
         for (int kk = 0; kk < D / 16; kk++) {
 #pragma unroll
             for (int np = 0; np < LKT / 16; np++) {
+                if (!((need >> np) & 1u)) continue;
                 uint32_t r[4];
                 int row = np * 16 + (lane & 7) + 8 * (lane >> 4);
                 ldsm_x4(r, kt + row * LD + kk * 16 + 8 * ((lane >> 3) & 1));
@@ -569,6 +589,7 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
             for (int kk = 0; kk < G / 16; kk++) {
 #pragma unroll
                 for (int np = 0; np < LKT / 16; np++) {
+                    if (!((need >> np) & 1u)) continue;
                     uint32_t r[4];
                     int row = np * 16 + (lane & 7) + 8 * (lane >> 4);
                     ldsm_x4(r, kpt + row * GLD + kk * 16 + 8 * ((lane >> 3) & 1));
@@ -672,6 +693,7 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
         }
 #pragma unroll
         for (int kk = 0; kk < LKT / 16; kk++) {
+            if (!((need >> kk) & 1u)) continue; // every p of the chunk is 0
 #pragma unroll
             for (int dp = 0; dp < D / 16; dp++) {
                 uint32_t r[4];
@@ -1314,6 +1336,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         la.fR = ftabs.R, la.fRpad = ftabs.Rpad;
         la.o = call->o, la.flags = flags, la.den = den;
         la.split_issue = getenv("TKC_HYBRID_JOINT_ISSUE") == nullptr; // measured 2-4% faster split (GPU-NOTES)
+        la.skip_chunks = getenv("TKC_HYBRID_NOSKIP") == nullptr;
         la.H = call->H, la.N = N, la.T = T, la.gh = call->grid_h, la.gw = call->grid_w, la.r = W;
         la.shape2d = shape2d;
         double s0 = call->scale > 0 ? call->scale : 1.0 / sqrt((double)D);

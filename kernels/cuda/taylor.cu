@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <type_traits>
+
 #include "cuda_internal.h"
 
 namespace {
@@ -211,7 +213,11 @@ __global__ void __launch_bounds__(256) taylor_reduce_kernel(KArgs a, const Feat 
     // features past R are zero padding: a warp whose 16 rows are all padding
     // builds and multiplies nothing (its part rows stay zero)
     const int R16 = (a.R + 15) & ~15;
-    const bool live = fc * FA + warp * 16 < a.R;
+    // (slice dims <= 16 only: R = 153 at d = 16, P = 3 pads to 256; at d = 32 the
+    // padding is small and the guards cost registers in the hot loops)
+    constexpr bool PADSKIP = DS <= 16;
+    const bool live = !PADSKIP || fc * FA + warp * 16 < a.R;
+    const bool full = !PADSKIP || fc * FA + FA <= R16;
     const int tiles = (a.Nk + KTA - 1) / KTA;
     const int per = (tiles + a.split - 1) / a.split;
     const int t0 = sp * per, t1 = min(tiles, t0 + per);
@@ -254,13 +260,13 @@ __global__ void __launch_bounds__(256) taylor_reduce_kernel(KArgs a, const Feat 
 #pragma unroll 4
         for (int i = 0; i < FA / 8; i++) {
             int f = warp + 8 * i;
-            if (fc * FA + f < R16) // rows past R rounded to 16 belong to warps that skip their mma
+            if (full || fc * FA + f < R16) // rows past R rounded to 16 belong to warps that skip their mma
                 *reinterpret_cast<__half2 *>(Phi + f * PHI_LD + 2 * lane) = feature2(T[f], KH + lane);
         }
         __syncthreads();
+        if (live) {
 #pragma unroll
         for (int ks = 0; ks < KTA / 16; ks++) {
-            if (!live) break;
             uint32_t af[4];
             ldsm_x4(af, Phi + (warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * PHI_LD + ks * 16 +
                             8 * (lane >> 4));
@@ -270,6 +276,7 @@ __global__ void __launch_bounds__(256) taylor_reduce_kernel(KArgs a, const Feat 
                 ldsm_x2_t(bf, Vh + (ks * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * VLD + nt * 8);
                 mma16816<__half>(acc[nt], af, bf[0], bf[1]);
             }
+        }
         }
         __syncthreads();
     }
@@ -391,18 +398,29 @@ __global__ void __launch_bounds__(128) taylor_apply_kernel(KArgs a, const Feat *
         if (ch + 1 < nchunks) issue(ch + 1);
         cp_async_commit();
         const Feat *Tc = T + (ch & 1) * FB;
-        const int nlive = min(FB, R16 - ch * FB); // features past R rounded to 16: not built, not multiplied
+        // features past R rounded to 16 (last chunk only): not built, not
+        // multiplied; full chunks keep the unguarded loops
+        constexpr bool PADSKIP = DS <= 16; // as in phase A
+        const int nlive = PADSKIP ? min(FB, R16 - ch * FB) : FB;
+        if (nlive == FB) {
 #pragma unroll 4
-        for (int i = 0; i < FB / 4; i++) {
-            int f = warp + 4 * i;
-            if (f < nlive) *reinterpret_cast<__half2 *>(Phi + f * PHI_LD + 2 * lane) = feature2(Tc[f], QH + lane);
+            for (int i = 0; i < FB / 4; i++) {
+                int f = warp + 4 * i;
+                *reinterpret_cast<__half2 *>(Phi + f * PHI_LD + 2 * lane) = feature2(Tc[f], QH + lane);
+            }
+        } else {
+            for (int i = 0; i < FB / 4; i++) {
+                int f = warp + 4 * i;
+                if (f < nlive) *reinterpret_cast<__half2 *>(Phi + f * PHI_LD + 2 * lane) = feature2(Tc[f], QH + lane);
+            }
         }
         cp_async_wait<1>();
         __syncthreads();
         const __half *Sc = Sb + (ch & 1) * FB * SLD;
+        auto chunk_mma = [&](auto partial_tag) {
 #pragma unroll
         for (int ks = 0; ks < FB / 16; ks++) {
-            if (ks * 16 >= nlive) break;
+            if (decltype(partial_tag)::value && ks * 16 >= nlive) break;
             uint32_t af[4];
             ldsm_x4_t(af, Phi + (ks * 16 + (lane & 7) + 8 * (lane >> 4)) * PHI_LD + warp * 16 +
                               8 * ((lane >> 3) & 1));
@@ -413,6 +431,9 @@ __global__ void __launch_bounds__(128) taylor_apply_kernel(KArgs a, const Feat *
                 mma16816<__half>(acc[nt], af, bf[0], bf[1]);
             }
         }
+        };
+        if (nlive == FB) chunk_mma(std::false_type{});
+        else chunk_mma(std::true_type{});
     }
     // epilogue: the den column is DV = n-tile dv/8, element 0 of the quad's lane t=0
     const unsigned *cm = colmax + bhc * DVP;
