@@ -5,9 +5,10 @@
  * and far weight of the schedules, the PCA projections), the seeded sampling
  * of rows, the window predicate and the denominator rule. ref and cpu use
  * these, so they sample the same rows, modify q/k the same way and fall back
- * for the same reasons. The cuda backend does not yet: it draws its probe,
- * quality and PCA rows from its own streams (kernels/cuda, tkc_draw), so its
- * probe and stats see other rows than ref's. Prefix tki_. The math:
+ * for the same reasons. The cuda backend fits its PCA on the same rows
+ * (tki_pca_select_rows) but draws its probe and quality rows from its own
+ * streams (kernels/cuda, tkc_draw), so its probe and stats see other rows
+ * than ref's. Prefix tki_. The math:
  * docs/MATH.md.
  */
 #ifndef TK_PLAN_H
