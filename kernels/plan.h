@@ -7,9 +7,9 @@
  * these, so they sample the same rows, modify q/k the same way and fall back
  * for the same reasons. The cuda backend draws its early-probe and quality
  * rows with tki_sample_indices too (same seeds and salts: cfg->seed with
- * TKI_SALT_PROBE, the stats request's seed with TKI_SALT_QUALITY), so its
- * probe and quality_raw look at ref's rows; its PCA rows (kernels/cuda/
- * hybrid.cu, tkc_draw) are still its own. Prefix tki_. The math:
+ * TKI_SALT_PROBE, the stats request's seed with TKI_SALT_QUALITY) and fits
+ * its PCA on the same rows (tki_pca_select_rows), so its probe, quality_raw
+ * and projections look at ref's rows. Prefix tki_. The math:
  * docs/MATH.md.
  */
 #ifndef TK_PLAN_H

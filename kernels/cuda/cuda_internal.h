@@ -65,7 +65,20 @@ struct tkc_taylor_args {
     const int *probe_rows; // device [probe_n]
     int table_cached;
     int raw_out; // hybrid far field: o is fp32 [B*H][Nq][Dv+1] = [num | den], not divided
+    int phase_a_only; // hybrid fused far field: phase A + reduce only (o unused); see tkc_taylor_far_tables
 };
+
+// Where phase A left the far field of a phase_a_only run, in its workspace:
+// the feature table (8-byte entries: uint16 idx*32 [3], half weight; idx d =
+// the constant 1), S|z per head*slice as f16 [BHC][Rpad][dvp] divided by a
+// per-column scale (colmax bits: scale = max/1024, or 1 when 0).
+struct tkc_far_tables {
+    const void *tab;
+    const void *sh; // __half
+    const unsigned *colmax;
+    int R, Rpad, dvp;
+};
+int tkc_taylor_far_tables(const tkc_taylor_args *a, void *ws, int num_sms, tkc_far_tables *out);
 
 // Workspace bytes the Taylor path needs for these arguments (0 = unsupported).
 size_t tkc_taylor_workspace(const tkc_taylor_args *a, int num_sms);
@@ -81,12 +94,6 @@ int64_t tkc_feature_count(int d, int P);
 
 // f32 -> bf16 on the device (the f32 paths run on bf16 copies); 0 ok.
 int tkc_convert_f32_bf16(const float *src, void *dst, size_t n, cudaStream_t st);
-
-// PCA eigen step (pca.cu): for each of BH row-major D x D second-moment
-// matrices C (device), an orthonormal basis of its top-g eigenvector subspace
-// into P [BH][D][g] (device), seeded start. D <= 128, g 16 or 32. Launcher codes.
-int tkc_pca_subspace(const float *C, int BH, int D, int g, uint64_t seed, float *P, cudaStream_t st,
-                     char *err, size_t errlen);
 
 // Hybrid attention (SPEC 4) of one call; fills res (reason, path, window, w, stats.den).
 // The context's workspace and PCA cache live in the backend state.

@@ -1,32 +1,48 @@
 // hybrid.cu -- hybrid attention (SPEC 4): exact softmax over a local window
 // plus a far-field Taylor term on PCA-projected q0/k0, fused.
 //
-//  1. PCA per (layer, head), cached: sampled q0/k0 rows are gathered, their
-//     second-moment matrix X^T X comes from one batched cuBLAS product, and
-//     the top global_dim eigenvector subspace from a subspace iteration on the device (pca.cu).
-//     (Second moment, not centred: the far kernel depends on q.k, which the
+//  1. PCA per (layer, head), cached: the ref backend's fit (kernels/pca.h):
+//     rows chosen by tki_pca_select_rows (q rows, then kept k rows, shared by
+//     the batch), second moment X^T X in fp64 by one batched cuBLAS product,
+//     top global_dim eigenvectors by LAPACK dsyev on the host. (Second
+//     moment, not centred: the far kernel depends on q.k, which the
 //     projection onto the leading eigenvectors of E[x x^T] preserves best.)
-//  2. A projection kernel writes x' = sqrt(s_far) * mod(P^T x0) for every q0
-//     and k0 row (s_far = D^-1/2 global_scale_mul, SPEC 3.3 modification).
-//  3. Far field: the Taylor kernels (phase A, reduce, phase B) on x' with
-//     d = global_dim, writing [num | den] per query unnormalized.
+//  2. A projection kernel (mma, P split into two 16-bit halves) writes
+//     x' = sqrt(s_far) * mod(P^T x0) for every q0 and k0 row (s_far =
+//     D^-1/2 global_scale_mul, SPEC 3.3 modification).
+//  3. Far field, normalized combine: Taylor phase A only (taylor.cu,
+//     phase_a_only) gives [S | z] per head; in 2d the text keys are masked out
+//     of it (they are every image query's local keys). Additive combine: the
+//     full Taylor RAW run writes [num | den] per query to a buffer.
 //  4. Local kernel (one block = an 8x8 cell tile of image queries, or 64
-//     consecutive tokens for the 1d window): the keys a window touches (text
-//     keys, then the clamped (8+2r)^2 rectangle, gathered by cp.async) stream
-//     through shared memory; S = q k^T and x' = q' k'^T on mma.sync; each
-//     visible key gets p = e^{x-m} - w e^{-m} kappa(x') (normalized combine),
-//     so one P.V product serves the local sum and removes the window's keys
-//     from the far term; the far term is added once per query at the end.
-//     Text queries see every key: exact kernel on those rows.
+//     consecutive tokens for the 1d window): normalized: a prologue puts
+//     w phi(q') . [S | z] into the accumulators at a running max of 0, so the
+//     online softmax carries the far term. The keys a window touches (text
+//     keys, then the clamped (8+2r)^2 rectangle, gathered by cp.async, K of
+//     the next tile before S, its V after the softmax) stream through shared
+//     memory; a per-key bitmask (rows x columns of the tile's queries) gives
+//     visibility; a warp skips 16-key chunks none of its queries sees;
+//     S and x' = q' k'^T on mma.sync; each visible rectangle key gets
+//     p = e^{x-m} - w e^{-m} kappa(x'), so one P.V product serves the local
+//     sum and removes the window's keys from the far term.
+//     Text queries see every key: exact kernel on those rows (side stream).
 //  5. A query whose far denominator D_far - D_far,win comes out <= 0 is
 //     flagged, counted, and recomputed with its local term alone.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <type_traits>
+
 #include <cublas_v2.h>
 
 #include "cuda_internal.h"
+#include "pca.h"
+
+// LAPACK (OpenBLAS; kernels/pca.c uses the same routine): symmetric eigen
+// decomposition, eigenvalues ascending, eigenvectors in the columns.
+extern "C" void dsyev_(const char *jobz, const char *uplo, const int *n, double *a, const int *lda, double *w,
+                       double *work, const int *lwork, int *info, size_t jobz_len, size_t uplo_len);
 
 namespace {
 
@@ -54,13 +70,16 @@ namespace {
 
 size_t al256(size_t x) { return (x + 255) & ~(size_t)255; }
 
+// The PCA rows [n] (is_key, b, token) of every head -> X [H][n][D] fp64.
 template <typename T>
-__global__ void gather_rows_f32(const T *x, const int *rows, int nrows, int N, int D, float *out,
-                                int out_rows, int out_off) {
-    int bh = blockIdx.y;
-    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < nrows * D; e += gridDim.x * blockDim.x) {
-        int r = e / D, c = e % D;
-        out[((size_t)bh * out_rows + out_off + r) * D + c] = elem<T>::to_f(x[((size_t)bh * N + rows[r]) * D + c]);
+__global__ void gather_sel_rows(const T *q0, const T *k0, const int *sel, int n, int H, int Nq, int Nk, int D,
+                                double *out) {
+    int h = blockIdx.y;
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < n * D; e += gridDim.x * blockDim.x) {
+        int t = e / D, c = e % D;
+        const int *r = sel + 3 * t;
+        const T *src = r[0] ? k0 + (((size_t)r[1] * H + h) * Nk + r[2]) * D : q0 + (((size_t)r[1] * H + h) * Nq + r[2]) * D;
+        out[((size_t)h * n + t) * D + c] = (double)elem<T>::to_f(src[c]);
     }
 }
 
@@ -114,10 +133,111 @@ __global__ void __launch_bounds__(128) project_kernel(const T *x, const float *P
     }
 }
 
+// The far field's key mask of a 2d normalized call: image keys the call keeps
+// (the text keys are every image query's local keys, never far).
+__global__ void image_key_mask_kernel(const uint8_t *mask, int B, int N, int T, uint8_t *out) {
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < B * N; e += gridDim.x * blockDim.x)
+        out[e] = (e % N) >= T && (!mask || mask[e]);
+}
+
+// The same projection on the matrix units: a block's 64 rows (bf16/f16, as
+// stored) times P split into two 16-bit parts (P = hi + lo, |P - hi - lo| <=
+// 2^-17 |P|), accumulated in fp32; then the row norm and the modification.
+template <typename T, int D, int G>
+__global__ void __launch_bounds__(128) project_mma_kernel(const T *x, const float *P, int N, int modify,
+                                                          float power, float clip, float eps, float sqrt_s,
+                                                          T *out) {
+    constexpr int XLD = D + 8, PLD = G + 8;
+    __shared__ __align__(16) T Xs[64 * XLD];
+    __shared__ __align__(16) T Ph[D * PLD];
+    __shared__ __align__(16) T Pl[D * PLD];
+    const int bh = blockIdx.y, n0 = blockIdx.x * 64, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const T *xb = x + (size_t)bh * N * D;
+    for (int c = tid; c < 64 * (D / 8); c += 128) {
+        int r = c / (D / 8), cc = c % (D / 8), n = n0 + r;
+        cp_async16(Xs + r * XLD + cc * 8, xb + (size_t)(n < N ? n : 0) * D + cc * 8, n < N ? 16 : 0);
+    }
+    cp_async_commit();
+    const float *Pb = P + (size_t)bh * D * G;
+    for (int i = tid; i < D * G; i += 128) {
+        float p = Pb[i];
+        T hi = elem<T>::from_f(p);
+        T lo = elem<T>::from_f(p - elem<T>::to_f(hi));
+        Ph[(i / G) * PLD + i % G] = hi;
+        Pl[(i / G) * PLD + i % G] = lo;
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    float acc[G / 8][4];
+#pragma unroll
+    for (int i = 0; i < G / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        uint32_t af[4];
+        ldsm_x4(af, Xs + (warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * XLD + kk * 16 + 8 * (lane >> 4));
+        const int row = kk * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
+#pragma unroll
+        for (int dp = 0; dp < G / 16; dp++) {
+            uint32_t r[4];
+            ldsm_x4_t(r, Ph + row * PLD + dp * 16 + 8 * (lane >> 4));
+            mma16816<T>(acc[2 * dp], af, r[0], r[1]);
+            mma16816<T>(acc[2 * dp + 1], af, r[2], r[3]);
+            ldsm_x4_t(r, Pl + row * PLD + dp * 16 + 8 * (lane >> 4));
+            mma16816<T>(acc[2 * dp], af, r[0], r[1]);
+            mma16816<T>(acc[2 * dp + 1], af, r[2], r[3]);
+        }
+    }
+    float ss_lo = 0.f, ss_hi = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < G / 8; nt++) {
+        ss_lo += acc[nt][0] * acc[nt][0] + acc[nt][1] * acc[nt][1];
+        ss_hi += acc[nt][2] * acc[nt][2] + acc[nt][3] * acc[nt][3];
+    }
+#pragma unroll
+    for (int o = 1; o <= 2; o <<= 1) {
+        ss_lo += __shfl_xor_sync(0xffffffffu, ss_lo, o);
+        ss_hi += __shfl_xor_sync(0xffffffffu, ss_hi, o);
+    }
+    float f[2] = {sqrt_s, sqrt_s}, ss[2] = {ss_lo, ss_hi};
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+        if (modify) {
+            float nrm = sqrtf(ss[i]) + eps;
+            if (modify == 1) f[i] /= nrm;
+            else {
+                if (power > 0.f) f[i] *= powf(nrm, -power);
+                if (clip > 0.f) f[i] *= fminf(1.f, clip / nrm);
+            }
+        }
+    const int n_lo = n0 + warp * 16 + (lane >> 2), n_hi = n_lo + 8;
+    T *ob = out + (size_t)bh * N * G;
+#pragma unroll
+    for (int nt = 0; nt < G / 8; nt++) {
+        int c = nt * 8 + 2 * (lane & 3);
+        if (n_lo < N) *reinterpret_cast<uint32_t *>(ob + (size_t)n_lo * G + c) = elem<T>::pack(acc[nt][0] * f[0], acc[nt][1] * f[0]);
+        if (n_hi < N) *reinterpret_cast<uint32_t *>(ob + (size_t)n_hi * G + c) = elem<T>::pack(acc[nt][2] * f[1], acc[nt][3] * f[1]);
+    }
+}
+
 template <typename T>
 int launch_project(const void *x, const float *P, int N, int D, int g, int BH, int modify, float power,
                    float clip, float eps, float sqrt_s, void *out, cudaStream_t st) {
     dim3 grid((N + 63) / 64, BH);
+#define TKC_PROJ(DD, GG)                                                                                  \
+    if (D == DD && g == GG) {                                                                             \
+        project_mma_kernel<T, DD, GG><<<grid, 128, 0, st>>>((const T *)x, P, N, modify, power, clip, eps, \
+                                                            sqrt_s, (T *)out);                            \
+        return cudaGetLastError() != cudaSuccess;                                                         \
+    }
+    if (!getenv("TKC_HYBRID_PROJ_FMA")) {
+        TKC_PROJ(128, 16)
+        TKC_PROJ(128, 32)
+        TKC_PROJ(64, 16)
+        TKC_PROJ(64, 32)
+        TKC_PROJ(32, 16)
+        TKC_PROJ(32, 32)
+    }
+#undef TKC_PROJ
     size_t sm = sizeof(float) * ((size_t)D * g + 64 * (D + 1));
     if (g == 16) {
         if (cudaFuncSetAttribute(project_kernel<T, 16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm)) return 1;
@@ -132,12 +252,18 @@ int launch_project(const void *x, const float *P, int N, int D, int g, int BH, i
 struct LocalArgs {
     const void *q, *k, *v, *qp, *kp; // qp, kp: projected [BH][N][G]
     const uint8_t *mask;
-    const float *far;                // [BH][N][D+1] num | den (unnormalized), or NULL
+    const float *far;                // FARM 1: [BH][N][D+1] num | den (unnormalized)
+    const void *ftab;                // FARM 2: the far field's feature table and f16 S|z (tkc_far_tables)
+    const __half *fsh;
+    const unsigned *fcolmax;
+    int fR, fRpad;
     void *o;
     const uint8_t *only;             // recompute pass: write only rows flagged here
     uint8_t *flags;                  // rows whose far denominator came out <= 0
     tkc_den_stats *den;
     int H, N, T, gh, gw, r, shape2d;
+    int split_issue; // K of the next tile before S, its V after the softmax (else both before S)
+    int skip_chunks; // 2d: a warp skips the 16-key chunks none of its queries sees
     float scale_log2, w;
     float c0, c1, c2, c3; // kappa_P coefficients (P <= 4)
     int normalized;
@@ -146,6 +272,13 @@ struct LocalArgs {
 constexpr int LKT = 64;       // keys per tile
 constexpr int LNW = 4;        // warps: 64 queries
 constexpr int INFO_INVALID = -1, INFO_TEXT = -2;
+
+// Bits lo..hi of 0..7 set (none when the range misses).
+__device__ __forceinline__ int range_bits(int lo, int hi) {
+    lo = max(lo, 0);
+    hi = min(hi, 7);
+    return lo > hi ? 0 : ((2 << hi) - 1) & ~((1 << lo) - 1);
+}
 
 __device__ __forceinline__ unsigned ord_enc2(float x) {
     unsigned u = __float_as_uint(x);
@@ -178,8 +311,28 @@ struct KeyList {
     }
 };
 
-template <typename T, typename TO, int D, int G, bool FAR>
+struct FarFeat { // taylor.cu's feature entry: w * x[i0] x[i1] x[i2], index G = the constant 1
+    uint16_t off[3];
+    __half w;
+};
+
+__device__ __forceinline__ float far_col_scale(unsigned bits) {
+    float m = __uint_as_float(bits);
+    return m > 0.f ? m * (1.f / 1024.f) : 1.f;
+}
+
+// Shared memory of the far prologue (FARM 2), inside the K/V buffers.
+template <int D, int G> constexpr size_t far_prologue_bytes() {
+    return (size_t)64 * (16 * LNW + 8) * 2 + (size_t)64 * (D + 16) * 2 + (size_t)(G + 1) * 32 * 4 + 64 * 8;
+}
+
+// FARM: 0 no far term; 1 far term read from a [num | den] buffer (additive
+// combine); 2 far term fused (normalized combine): a prologue computes
+// w * phi(q') . [S | z] into the accumulators at a running max of 0, so the
+// online softmax rescales it with the local terms and no buffer is written.
+template <typename T, typename TO, int D, int G, int FARM>
 __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) {
+    constexpr bool FAR = FARM != 0;
     constexpr int LD = D + 8, GLD = G + 8, CH = D / 8, BR = 16 * LNW, NTHR = LNW * 32;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T *Qs = reinterpret_cast<T *>(smem_raw);       // [BR][LD]
@@ -253,21 +406,112 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
         }
     const int nkeys = kl.count();
     const int ntiles = (nkeys + LKT - 1) / LKT;
+    float acc[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    float m_lo = -INFINITY, m_hi = -INFINITY, l1_lo = 0.f, l1_hi = 0.f, l2_lo = 0.f, l2_hi = 0.f;
+    float dfar_lo = 0.f, dfar_hi = 0.f; // FARM 2: D_far of this thread's rows (natural units)
+    if constexpr (FARM == 2) {
+        // far prologue: [num | den] = phi(q') . [S | z] for the block's queries
+        constexpr int PLD = 64 + 8, SLD = D + 16, DVP = D + 8;
+        __half *Ph = reinterpret_cast<__half *>(Ks);        // [64 features][PLD] over the BR queries
+        __half *Sc = Ph + 64 * PLD;                          // [64][SLD] rows of S|z
+        __half2 *QH = reinterpret_cast<__half2 *>(Sc + 64 * SLD); // [G+1][32] query pairs, slot G = 1
+        FarFeat *Tb = reinterpret_cast<FarFeat *>(QH + (G + 1) * 32); // [64] table entries
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        for (int e = tid; e < (G + 1) * 32; e += NTHR) {
+            int c = e >> 5, pr = e & 31;
+            QH[e] = c == G ? __floats2half2_rn(1.f, 1.f)
+                           : __floats2half2_rn(elem<T>::to_f(QPs[(2 * pr) * GLD + c]),
+                                               elem<T>::to_f(QPs[(2 * pr + 1) * GLD + c]));
+        }
+        const FarFeat *tab = reinterpret_cast<const FarFeat *>(a.ftab);
+        const __half *shb = a.fsh + (size_t)bh * a.fRpad * DVP;
+        float accd[4] = {0.f, 0.f, 0.f, 0.f};
+        const int R16 = (a.fR + 15) & ~15;
+        for (int f0 = 0; f0 < R16; f0 += 64) {
+            const int nlive = min(64, R16 - f0);
+            __syncthreads(); // Qf ready; previous chunk's mma done with Ph and Sc
+            for (int c = tid; c < nlive * (DVP / 8); c += NTHR) {
+                int r = c / (DVP / 8), cc = c % (DVP / 8);
+                cp_async16(Sc + r * SLD + cc * 8, shb + (size_t)(f0 + r) * DVP + cc * 8, 16);
+            }
+            if (tid < 32) cp_async16(Tb + 2 * tid, tab + f0 + 2 * tid, 16); // f0 + 64 <= Rpad
+            cp_async_commit();
+            cp_async_wait<0>();
+            __syncthreads();
+            // features of 2 queries per lane (taylor.cu's half2 pair table): w x[i0] x[i1] x[i2]
+#pragma unroll 4
+            for (int i = 0; i < 64 / LNW; i++) {
+                const int f = warp + LNW * i;
+                const FarFeat t = Tb[f];
+                const __half2 *q2 = QH + lane;
+                *reinterpret_cast<__half2 *>(Ph + f * PLD + 2 * lane) =
+                    __hmul2(__hmul2(q2[t.off[0]], q2[t.off[1]]), __hmul2(q2[t.off[2]], __half2half2(t.w)));
+            }
+            __syncthreads();
+            for (int ks = 0; ks < nlive / 16; ks++) {
+                uint32_t af[4];
+                ldsm_x4_t(af, Ph + (ks * 16 + (lane & 7) + 8 * (lane >> 4)) * PLD + warp * 16 + 8 * ((lane >> 3) & 1));
+                const __half *sb = Sc + (ks * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * SLD;
+#pragma unroll
+                for (int nt = 0; nt < D / 8; nt++) {
+                    uint32_t bf[2];
+                    ldsm_x2_t(bf, sb + nt * 8);
+                    mma16816<__half>(acc[nt], af, bf[0], bf[1]);
+                }
+                uint32_t bf[2];
+                ldsm_x2_t(bf, sb + D);
+                mma16816<__half>(accd, af, bf[0], bf[1]);
+            }
+        }
+        const unsigned *cm = a.fcolmax + (size_t)bh * DVP;
+        const float dsc = far_col_scale(cm[D]);
+        dfar_lo = __shfl_sync(0xffffffffu, accd[0], lane & ~3) * dsc;
+        dfar_hi = __shfl_sync(0xffffffffu, accd[2], lane & ~3) * dsc;
+#pragma unroll
+        for (int nt = 0; nt < D / 8; nt++) {
+            int c = nt * 8 + 2 * (lane & 3);
+            float s0 = a.w * far_col_scale(cm[c]), s1 = a.w * far_col_scale(cm[c + 1]);
+            acc[nt][0] *= s0, acc[nt][1] *= s1, acc[nt][2] *= s0, acc[nt][3] *= s1;
+        }
+        // the far term enters at a running max of 0 (log2 units): e^{-m} w N_far
+        m_lo = m_hi = 0.f;
+        if ((lane & 3) == 0) l1_lo = a.w * dfar_lo, l1_hi = a.w * dfar_hi;
+        __syncthreads(); // the K/V buffers are free again
+    }
     // two threads per key row: each copies half of the row's chunks
-    auto issue = [&](int j) {
+    // part 0: K, k' and info of tile j; 1: its V rows (token from part 0); 2: all
+    int vtok = -1;
+    auto issue = [&](int j, int part) {
         int buf = j & 1;
         int r = tid >> 1, half = tid & 1;
+        if (part == 1) {
+            const T *vs = vb + (size_t)(vtok >= 0 ? vtok : 0) * D;
+            T *vd = Vs + (buf * LKT + r) * LD;
+#pragma unroll
+            for (int cc = half * (CH / 2); cc < (half + 1) * (CH / 2); cc++)
+                cp_async16(vd + cc * 8, vs + cc * 8, vtok >= 0 ? 16 : 0);
+            return;
+        }
         int inf;
         int t = kl.token(j * LKT + r, &inf);
         if (t >= 0 && mb && !mb[t]) inf = INFO_INVALID;
         bool ok = t >= 0;
+        if (a.shape2d) // (ymask << 8) | xmask: bit i = the block's query row / column i sees the key
+            inf = inf == INFO_INVALID ? 0 : inf == INFO_TEXT ? 0xffff
+                : (range_bits((inf >> 16) - qy0 - a.r, (inf >> 16) - qy0 + a.r) << 8) |
+                      range_bits((inf & 0xffff) - qx0 - a.r, (inf & 0xffff) - qx0 + a.r);
         const T *ks = kb + (size_t)(ok ? t : 0) * D, *vs = vb + (size_t)(ok ? t : 0) * D;
         T *kd = Ks + (buf * LKT + r) * LD, *vd = Vs + (buf * LKT + r) * LD;
 #pragma unroll
         for (int cc = half * (CH / 2); cc < (half + 1) * (CH / 2); cc++) {
             cp_async16(kd + cc * 8, ks + cc * 8, ok ? 16 : 0);
-            cp_async16(vd + cc * 8, vs + cc * 8, ok ? 16 : 0);
+            if (part == 2) cp_async16(vd + cc * 8, vs + cc * 8, ok ? 16 : 0);
         }
+        vtok = t;
         if (FAR && half == 0)
 #pragma unroll
             for (int cc = 0; cc < G / 8; cc++)
@@ -275,7 +519,7 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
                            ok ? 16 : 0);
         if (half == 0) info[buf * LKT + r] = inf;
     };
-    issue(0);
+    issue(0, 2);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -291,19 +535,13 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
     // this thread's two query rows: token and window position
     const int row_lo = warp * 16 + (lane >> 2), row_hi = row_lo + 8;
     const int t_lo = qtok[row_lo], t_hi = qtok[row_hi];
-    int qy_lo = 0, qx_lo = 0, qy_hi = 0, qx_hi = 0;
-    if (a.shape2d) {
-        qy_lo = qy0 + row_lo / 8, qx_lo = qx0 + row_lo % 8;
-        qy_hi = qy0 + row_hi / 8, qx_hi = qx0 + row_hi % 8;
-    }
+    // 2d: the info bits this thread's rows need (row_lo = 16 warp + lane/4: cell (2 warp, lane/4))
+    const int vbits_lo = (1 << (8 + 2 * warp)) | (1 << (lane >> 2));
+    const int vbits_hi = (1 << (9 + 2 * warp)) | (1 << (lane >> 2));
 
-    float acc[D / 8][4];
-#pragma unroll
-    for (int i = 0; i < D / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-    float m_lo = -INFINITY, m_hi = -INFINITY, l1_lo = 0.f, l1_hi = 0.f, l2_lo = 0.f, l2_hi = 0.f;
 
     for (int j = 0; j < ntiles; j++) {
-        if (j + 1 < ntiles) issue(j + 1);
+        if (j + 1 < ntiles) issue(j + 1, a.split_issue ? 0 : 2);
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
@@ -311,7 +549,23 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
         const T *vt = Vs + (j & 1) * LKT * LD;
         const T *kpt = KPs + (j & 1) * LKT * GLD;
         const int *it = info + (j & 1) * LKT;
+        // Text tiles (2d) are visible to every image query: only invalid slots
+        // are masked there, and they need no far term: the normalized far
+        // field leaves the text keys out (phase A masks them), the additive
+        // one does not subtract.
+        const bool text_tile = a.shape2d && j * LKT < kl.Tpad;
+        const bool far_tile = FAR && !text_tile;
 
+        // 2d: the 16-key chunks holding a key some query of this warp sees
+        // (from the visibility bits); the others skip their S and P.V products
+        unsigned need = 0xfu;
+        if (a.shape2d && a.skip_chunks) {
+            const int wy = 3 << (2 * warp), i0 = it[lane], i1 = it[lane + 32];
+            const unsigned b0 = __ballot_sync(0xffffffffu, ((i0 >> 8) & wy) && (i0 & 0xff));
+            const unsigned b1 = __ballot_sync(0xffffffffu, ((i1 >> 8) & wy) && (i1 & 0xff));
+            need = ((b0 & 0xffffu) ? 1u : 0u) | ((b0 >> 16) ? 2u : 0u) | ((b1 & 0xffffu) ? 4u : 0u) |
+                   ((b1 >> 16) ? 8u : 0u);
+        }
         float s[LKT / 8][4], sp[LKT / 8][4];
 #pragma unroll
         for (int i = 0; i < LKT / 8; i++) {
@@ -322,6 +576,7 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
         for (int kk = 0; kk < D / 16; kk++) {
 #pragma unroll
             for (int np = 0; np < LKT / 16; np++) {
+                if (!((need >> np) & 1u)) continue;
                 uint32_t r[4];
                 int row = np * 16 + (lane & 7) + 8 * (lane >> 4);
                 ldsm_x4(r, kt + row * LD + kk * 16 + 8 * ((lane >> 3) & 1));
@@ -329,11 +584,12 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
                 mma16816<T>(s[2 * np + 1], qf[kk], r[2], r[3]);
             }
         }
-        if (FAR) {
+        if (far_tile) {
 #pragma unroll
             for (int kk = 0; kk < G / 16; kk++) {
 #pragma unroll
                 for (int np = 0; np < LKT / 16; np++) {
+                    if (!((need >> np) & 1u)) continue;
                     uint32_t r[4];
                     int row = np * 16 + (lane & 7) + 8 * (lane >> 4);
                     ldsm_x4(r, kpt + row * GLD + kk * 16 + 8 * ((lane >> 3) & 1));
@@ -342,38 +598,46 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
                 }
             }
         }
-        // window visibility -> -inf bias; row max. Text tiles (2d) are visible
-        // to every image query: only invalid slots are masked there.
-        const bool text_tile = a.shape2d && j * LKT < kl.Tpad;
+        // window visibility -> -inf bias; row max. Specialized (window shape,
+        // far tile or not) so the element loop has no branches.
         float mx_lo = -INFINITY, mx_hi = -INFINITY;
+        auto visibility = [&](auto far_tag, auto s2d_tag) {
+            constexpr bool FT = decltype(far_tag)::value, S2D = decltype(s2d_tag)::value;
 #pragma unroll
-        for (int nt = 0; nt < LKT / 8; nt++) {
+            for (int nt = 0; nt < LKT / 8; nt++) {
+                const int2 inf2 = *reinterpret_cast<const int2 *>(it + nt * 8 + 2 * (lane & 3));
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                int inf = it[nt * 8 + 2 * (lane & 3) + e];
-                bool v_lo, v_hi;
-                if (text_tile || inf == INFO_INVALID) {
-                    v_lo = v_hi = inf != INFO_INVALID;
-                } else if (a.shape2d) {
-                    int ky = inf >> 16, kx = inf & 0xffff;
-                    unsigned w2 = 2u * (unsigned)a.r;
-                    v_lo = (unsigned)(ky - qy_lo + a.r) <= w2 && (unsigned)(kx - qx_lo + a.r) <= w2;
-                    v_hi = (unsigned)(ky - qy_hi + a.r) <= w2 && (unsigned)(kx - qx_hi + a.r) <= w2;
-                } else {
-                    unsigned w2 = 2u * (unsigned)a.r;
-                    v_lo = (unsigned)(inf - t_lo + a.r) <= w2;
-                    v_hi = (unsigned)(inf - t_hi + a.r) <= w2;
+                for (int e = 0; e < 2; e++) {
+                    const int inf = e ? inf2.y : inf2.x;
+                    bool v_lo, v_hi;
+                    if constexpr (S2D) {
+                        v_lo = (inf & vbits_lo) == vbits_lo;
+                        v_hi = (inf & vbits_hi) == vbits_hi;
+                    } else {
+                        unsigned w2 = 2u * (unsigned)a.r;
+                        v_lo = inf != INFO_INVALID && (unsigned)(inf - t_lo + a.r) <= w2;
+                        v_hi = inf != INFO_INVALID && (unsigned)(inf - t_hi + a.r) <= w2;
+                    }
+                    s[nt][e] = v_lo ? s[nt][e] * a.scale_log2 : -INFINITY;
+                    s[nt][2 + e] = v_hi ? s[nt][2 + e] * a.scale_log2 : -INFINITY;
+                    if constexpr (FT) {
+                        float x = sp[nt][e], y = sp[nt][2 + e];
+                        sp[nt][e] = v_lo ? fmaf(x, fmaf(x, fmaf(x, a.c3, a.c2), a.c1), a.c0) : 0.f;
+                        sp[nt][2 + e] = v_hi ? fmaf(y, fmaf(y, fmaf(y, a.c3, a.c2), a.c1), a.c0) : 0.f;
+                    }
                 }
-                s[nt][e] = v_lo ? s[nt][e] * a.scale_log2 : -INFINITY;
-                s[nt][2 + e] = v_hi ? s[nt][2 + e] * a.scale_log2 : -INFINITY;
-                if (FAR) {
-                    float x = sp[nt][e], y = sp[nt][2 + e];
-                    sp[nt][e] = v_lo ? fmaf(x, fmaf(x, fmaf(x, a.c3, a.c2), a.c1), a.c0) : 0.f;
-                    sp[nt][2 + e] = v_hi ? fmaf(y, fmaf(y, fmaf(y, a.c3, a.c2), a.c1), a.c0) : 0.f;
-                }
+                mx_lo = fmaxf(mx_lo, fmaxf(s[nt][0], s[nt][1]));
+                mx_hi = fmaxf(mx_hi, fmaxf(s[nt][2], s[nt][3]));
             }
-            mx_lo = fmaxf(mx_lo, fmaxf(s[nt][0], s[nt][1]));
-            mx_hi = fmaxf(mx_hi, fmaxf(s[nt][2], s[nt][3]));
+        };
+        using yes = std::true_type;
+        using no = std::false_type;
+        if (a.shape2d) {
+            if (far_tile) visibility(yes{}, yes{});
+            else visibility(no{}, yes{});
+        } else {
+            if (far_tile) visibility(yes{}, no{});
+            else visibility(no{}, no{});
         }
         mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
         mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
@@ -390,22 +654,31 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
         float cw_lo = a.normalized ? a.w * em_lo : 0.f, cw_hi = a.normalized ? a.w * em_hi : 0.f;
         float s1_lo = 0.f, s1_hi = 0.f, s2_lo = 0.f, s2_hi = 0.f;
         uint32_t pf[LKT / 16][4];
+        auto probs = [&](auto far_tag) {
+            constexpr bool FT = decltype(far_tag)::value;
 #pragma unroll
-        for (int nt = 0; nt < LKT / 8; nt++) {
-            float p0 = ex2(s[nt][0] - mu_lo), p1 = ex2(s[nt][1] - mu_lo);
-            float p2 = ex2(s[nt][2] - mu_hi), p3 = ex2(s[nt][3] - mu_hi);
-            s1_lo += p0 + p1;
-            s1_hi += p2 + p3;
-            if (FAR) {
-                s2_lo += sp[nt][0] + sp[nt][1];
-                s2_hi += sp[nt][2] + sp[nt][3];
-                p0 -= cw_lo * sp[nt][0];
-                p1 -= cw_lo * sp[nt][1];
-                p2 -= cw_hi * sp[nt][2];
-                p3 -= cw_hi * sp[nt][3];
+            for (int nt = 0; nt < LKT / 8; nt++) {
+                float p0 = ex2(s[nt][0] - mu_lo), p1 = ex2(s[nt][1] - mu_lo);
+                float p2 = ex2(s[nt][2] - mu_hi), p3 = ex2(s[nt][3] - mu_hi);
+                s1_lo += p0 + p1;
+                s1_hi += p2 + p3;
+                if constexpr (FT) {
+                    s2_lo += sp[nt][0] + sp[nt][1];
+                    s2_hi += sp[nt][2] + sp[nt][3];
+                    p0 -= cw_lo * sp[nt][0];
+                    p1 -= cw_lo * sp[nt][1];
+                    p2 -= cw_hi * sp[nt][2];
+                    p3 -= cw_hi * sp[nt][3];
+                }
+                pf[nt / 2][(nt & 1) * 2 + 0] = elem<T>::pack(p0, p1);
+                pf[nt / 2][(nt & 1) * 2 + 1] = elem<T>::pack(p2, p3);
             }
-            pf[nt / 2][(nt & 1) * 2 + 0] = elem<T>::pack(p0, p1);
-            pf[nt / 2][(nt & 1) * 2 + 1] = elem<T>::pack(p2, p3);
+        };
+        if (far_tile) probs(std::true_type{});
+        else probs(std::false_type{});
+        if (a.split_issue && j + 1 < ntiles) { // the next tile's V rows, behind this tile's S
+            issue(j + 1, 1);
+            cp_async_commit();
         }
         l1_lo = l1_lo * al_lo + s1_lo;
         l1_hi = l1_hi * al_hi + s1_hi;
@@ -420,6 +693,7 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
         }
 #pragma unroll
         for (int kk = 0; kk < LKT / 16; kk++) {
+            if (!((need >> kk) & 1u)) continue; // every p of the chunk is 0
 #pragma unroll
             for (int dp = 0; dp < D / 16; dp++) {
                 uint32_t r[4];
@@ -444,7 +718,17 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
     float fden_lo = 0.f, fden_hi = 0.f, cnum_lo = 0.f, cnum_hi = 0.f, den_lo = l1_lo, den_hi = l1_hi;
     bool drop_lo = false, drop_hi = false;
     const float *far_lo = nullptr, *far_hi = nullptr;
-    if (FAR) {
+    if constexpr (FARM == 2) {
+        // l1 holds the local sum plus w e^{-m} D_far; l2 the window's far terms
+        fden_lo = em_lo * dfar_lo - l2_lo;
+        fden_hi = em_hi * dfar_hi - l2_hi;
+        drop_lo = !(fden_lo > 0.f);
+        drop_hi = !(fden_hi > 0.f);
+        den_lo = l1_lo - a.w * l2_lo;
+        den_hi = l1_hi - a.w * l2_hi;
+        fden_lo *= ex2(fminf(mu_lo, 120.f)); // natural units for the stats
+        fden_hi *= ex2(fminf(mu_hi, 120.f));
+    } else if (FAR) {
         far_lo = a.far + ((size_t)bh * a.N + (t_lo >= 0 ? t_lo : 0)) * (D + 1);
         far_hi = a.far + ((size_t)bh * a.N + (t_hi >= 0 ? t_hi : 0)) * (D + 1);
         float dfar_lo = far_lo[D], dfar_hi = far_hi[D];
@@ -485,7 +769,7 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
         int c = nt * 8 + 2 * (lane & 3);
         float o0 = acc[nt][0], o1 = acc[nt][1], o2 = acc[nt][2], o3 = acc[nt][3];
         if (a.normalized) {
-            if (FAR) {
+            if (FARM == 1) {
                 o0 = (o0 + cnum_lo * far_lo[c]) * inv_lo;
                 o1 = (o1 + cnum_lo * far_lo[c + 1]) * inv_lo;
                 o2 = (o2 + cnum_hi * far_hi[c]) * inv_hi;
@@ -494,10 +778,10 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
                 o0 *= inv_lo, o1 *= inv_lo, o2 *= inv_hi, o3 *= inv_hi;
             }
         } else {
-            o0 = o0 * inv_lo + (FAR ? cnum_lo * far_lo[c] : 0.f);
-            o1 = o1 * inv_lo + (FAR ? cnum_lo * far_lo[c + 1] : 0.f);
-            o2 = o2 * inv_hi + (FAR ? cnum_hi * far_hi[c] : 0.f);
-            o3 = o3 * inv_hi + (FAR ? cnum_hi * far_hi[c + 1] : 0.f);
+            o0 = o0 * inv_lo + (FARM == 1 ? cnum_lo * far_lo[c] : 0.f);
+            o1 = o1 * inv_lo + (FARM == 1 ? cnum_lo * far_lo[c + 1] : 0.f);
+            o2 = o2 * inv_hi + (FARM == 1 ? cnum_hi * far_hi[c] : 0.f);
+            o3 = o3 * inv_hi + (FARM == 1 ? cnum_hi * far_hi[c + 1] : 0.f);
         }
         if (w_lo) {
             ob[(size_t)t_lo * D + c] = elem<TO>::from_f(o0);
@@ -508,22 +792,43 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
             ob[(size_t)t_hi * D + c + 1] = elem<TO>::from_f(o3);
         }
     }
-    if (FAR && (lane & 3) == 0 && !a.only) {
-        float dd[2] = {fden_lo, fden_hi};
-        int tt[2] = {t_lo, t_hi};
-        bool dr[2] = {drop_lo, drop_hi};
-        for (int i = 0; i < 2; i++) {
-            if (tt[i] < 0) continue;
-            atomicAdd(&s_n, 1ull);
-            if (dr[i]) a.flags[(size_t)bh * a.N + tt[i]] = 1;
-            if (!isfinite(dd[i])) {
-                atomicAdd(&s_nf, 1ull);
-                continue;
+    if (FAR && !a.only) {
+        // this lane's rows (quad leaders only), then one warp reduction
+        unsigned n = 0, nf = 0, le = 0, mn = 0xffffffffu, mxe = 0u;
+        double sum = 0.0;
+        if ((lane & 3) == 0) {
+            float dd[2] = {fden_lo, fden_hi};
+            int tt[2] = {t_lo, t_hi};
+            bool dr[2] = {drop_lo, drop_hi};
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                if (tt[i] < 0) continue;
+                n++;
+                if (dr[i]) a.flags[(size_t)bh * a.N + tt[i]] = 1;
+                if (!isfinite(dd[i])) {
+                    nf++;
+                    continue;
+                }
+                if (!(dd[i] > 0.f)) le++;
+                mn = min(mn, ord_enc2(dd[i]));
+                mxe = max(mxe, ord_enc2(dd[i]));
+                sum += (double)dd[i];
             }
-            if (!(dd[i] > 0.f)) atomicAdd(&s_le, 1ull);
-            atomicMin(&s_min, ord_enc2(dd[i]));
-            atomicMax(&s_max, ord_enc2(dd[i]));
-            atomicAdd(&s_sum, (double)dd[i]);
+        }
+        n = __reduce_add_sync(0xffffffffu, n);
+        nf = __reduce_add_sync(0xffffffffu, nf);
+        le = __reduce_add_sync(0xffffffffu, le);
+        mn = __reduce_min_sync(0xffffffffu, mn);
+        mxe = __reduce_max_sync(0xffffffffu, mxe);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        if (lane == 0 && n) {
+            atomicAdd(&s_n, (unsigned long long)n);
+            if (nf) atomicAdd(&s_nf, (unsigned long long)nf);
+            if (le) atomicAdd(&s_le, (unsigned long long)le);
+            atomicMin(&s_min, mn);
+            atomicMax(&s_max, mxe);
+            atomicAdd(&s_sum, sum);
         }
     }
     __syncthreads();
@@ -537,32 +842,50 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
     }
 }
 
-template <typename T, typename TO, int D, int G, bool FAR>
+template <typename T, typename TO, int D, int G, int FARM>
 int launch_local(const LocalArgs &la, int nblocks, int BH, cudaStream_t st, char *err, size_t errlen) {
     constexpr int LD = D + 8, GLD = G + 8, BR = 16 * LNW;
+    static_assert(FARM != 2 || far_prologue_bytes<D, G>() <= (size_t)4 * LKT * LD * sizeof(T),
+                  "the far prologue lives in the K/V buffers");
     size_t smem = (size_t)(BR + 4 * LKT) * LD * sizeof(T) + (size_t)(2 * LKT + BR) * GLD * sizeof(T) +
                   2 * LKT * sizeof(int);
-    auto kern = hybrid_local_kernel<T, TO, D, G, FAR>;
+    auto kern = hybrid_local_kernel<T, TO, D, G, FARM>;
     TKC_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), err, errlen);
     kern<<<dim3(nblocks, BH), LNW * 32, smem, st>>>(la);
     TKC_LAUNCHED("hybrid_local_kernel", err, errlen);
     return 0;
 }
 
-template <typename T, typename TO>
-int launch_local_t(const LocalArgs &la, int D, int G, bool far, int nblocks, int BH, cudaStream_t st,
-                   char *err, size_t errlen) {
-    if (!far) {
-        if (D == 128) return launch_local<T, TO, 128, 16, false>(la, nblocks, BH, st, err, errlen);
-        if (D == 64) return launch_local<T, TO, 64, 16, false>(la, nblocks, BH, st, err, errlen);
-    } else if (G == 16) {
-        if (D == 128) return launch_local<T, TO, 128, 16, true>(la, nblocks, BH, st, err, errlen);
-        if (D == 64) return launch_local<T, TO, 64, 16, true>(la, nblocks, BH, st, err, errlen);
+template <typename T, typename TO, int FARM>
+int launch_local_g(const LocalArgs &la, int D, int G, int nblocks, int BH, cudaStream_t st, char *err,
+                   size_t errlen) {
+    if (G == 16) {
+        if (D == 128) return launch_local<T, TO, 128, 16, FARM>(la, nblocks, BH, st, err, errlen);
+        if (D == 64) return launch_local<T, TO, 64, 16, FARM>(la, nblocks, BH, st, err, errlen);
+        if (D == 32) return launch_local<T, TO, 32, 16, FARM>(la, nblocks, BH, st, err, errlen);
     } else if (G == 32) {
-        if (D == 128) return launch_local<T, TO, 128, 32, true>(la, nblocks, BH, st, err, errlen);
-        if (D == 64) return launch_local<T, TO, 64, 32, true>(la, nblocks, BH, st, err, errlen);
+        if (D == 128) return launch_local<T, TO, 128, 32, FARM>(la, nblocks, BH, st, err, errlen);
+        if (D == 64) return launch_local<T, TO, 64, 32, FARM>(la, nblocks, BH, st, err, errlen);
+        if (D == 32) return launch_local<T, TO, 32, 32, FARM>(la, nblocks, BH, st, err, errlen);
     }
-    snprintf(err, errlen, "hybrid on cuda: head dim %d with global_dim %d (supported: D 64/128, global_dim 16/32)", D, G);
+    snprintf(err, errlen, "hybrid on cuda: head dim %d with global_dim %d (supported: D 32/64/128, global_dim 16/32)", D, G);
+    return 3;
+}
+
+// farm: 0 no far term, 1 far buffer (additive), 2 fused far term (normalized)
+template <typename T, typename TO>
+int launch_local_t(const LocalArgs &la, int D, int G, int farm, int nblocks, int BH, cudaStream_t st,
+                   char *err, size_t errlen) {
+    if (farm == 0) {
+        if (D == 128) return launch_local<T, TO, 128, 16, 0>(la, nblocks, BH, st, err, errlen);
+        if (D == 64) return launch_local<T, TO, 64, 16, 0>(la, nblocks, BH, st, err, errlen);
+        if (D == 32) return launch_local<T, TO, 32, 16, 0>(la, nblocks, BH, st, err, errlen);
+    } else if (farm == 1) {
+        return launch_local_g<T, TO, 1>(la, D, G, nblocks, BH, st, err, errlen);
+    } else {
+        return launch_local_g<T, TO, 2>(la, D, G, nblocks, BH, st, err, errlen);
+    }
+    snprintf(err, errlen, "hybrid on cuda: head dim %d with global_dim %d (supported: D 32/64/128)", D, G);
     return 3;
 }
 
@@ -585,13 +908,14 @@ int ensure(tkc_hybrid_state *h, size_t bytes, char *err, size_t errlen) {
 // The cached projection of this layer, fitted (again) when the policy says so.
 int pca_for(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, const void *q0,
             const void *k0, int dt, int g, cudaStream_t st, float **P_out, char *err, size_t errlen) {
-    const int BH = call->B * call->H, D = call->D, N = call->Nk < call->Nq ? call->Nk : call->Nq;
+    const int BH = call->B * call->H, D = call->D;
     pca_entry *e = nullptr;
     for (int i = 0; i < h->npca; i++)
         if (h->pca[i].layer == call->layer && h->pca[i].BH == BH && h->pca[i].D == D && h->pca[i].g == g)
             e = &h->pca[i];
     bool fit = !e || call->layer < 0 || /* unknown layer: fitted every call, as kernels/pca.c */
-               (cfg->pca_refit_every > 0 && call->step - e->step_fit >= cfg->pca_refit_every);
+               (cfg->pca_refit_every > 0 &&
+                (call->step < e->step_fit || call->step - e->step_fit >= cfg->pca_refit_every));
     if (!fit) {
         *P_out = e->P;
         return 0;
@@ -619,61 +943,113 @@ int pca_for(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, cons
         }
     }
     e->step_fit = call->step;
-    int S = cfg->pca_samples < N ? cfg->pca_samples : N;
+    // The ref backend's fit (kernels/pca.h): rows chosen by tki_pca_select_rows
+    // (every q row, then every kept k row; seed cfg->seed), shared by the
+    // batch's heads; C = X^T X in fp64 (cuBLAS); eigenvectors by LAPACK dsyev,
+    // largest eigenvalue first, largest-magnitude component positive.
+    const int H = call->H, B = call->B;
+    const int count = cfg->pca_samples > 0 ? cfg->pca_samples : 0;
     float *host = (float *)malloc(sizeof(float) * BH * D * g);
-    int *rows = (int *)malloc(sizeof(int) * S);
+    double *Ch = (double *)malloc(sizeof(double) * (size_t)H * D * D);
+    double *eval = (double *)malloc(sizeof(double) * D);
+    tki_pca_row *sel = (tki_pca_row *)malloc(sizeof(tki_pca_row) * (count > 0 ? count : 1));
+    int *sel3 = (int *)malloc(sizeof(int) * 3 * (count > 0 ? count : 1));
+    uint8_t *hmask = call->key_mask ? (uint8_t *)malloc((size_t)B * call->Nk) : nullptr;
     int rc = 0;
-    if (!host || !rows) {
+    if (!host || !Ch || !eval || !sel || !sel3 || (call->key_mask && !hmask)) {
         snprintf(err, errlen, "PCA: host allocation");
         rc = 2;
     }
-    int identity = 1;
-    if (!rc && 2 * S < g) { // too few rows: identity projection (first g dims)
+    if (!rc && hmask) {
+        cudaError_t ce = cudaMemcpyAsync(hmask, call->key_mask, (size_t)B * call->Nk, cudaMemcpyDeviceToHost, st);
+        if (ce == cudaSuccess) ce = cudaStreamSynchronize(st);
+        if (ce != cudaSuccess) {
+            snprintf(err, errlen, "PCA key mask: %s", cudaGetErrorString(ce));
+            rc = 1;
+        }
+    }
+    int64_t n = 0;
+    if (!rc) {
+        n = tki_pca_select_rows((uint64_t)cfg->seed, count, B, call->Nq, call->Nk, hmask, sel);
+        if (n < 0) {
+            snprintf(err, errlen, "PCA rows: host allocation");
+            rc = 2;
+        }
+    }
+    if (!rc && n < g) { // too few rows: the truncated identity (first g coordinates)
         for (int i = 0; i < BH * D * g; i++) host[i] = ((i / g) % D == i % g) ? 1.f : 0.f;
     } else if (!rc) {
-        uint64_t x = (uint64_t)cfg->seed * 7919u + (uint64_t)call->layer;
-        for (int i = 0; i < S; i++) rows[i] = (int)(tkc_draw(&x) % (uint64_t)N);
-        size_t xbytes = al256(sizeof(float) * (size_t)BH * 2 * S * D);
-        size_t need = al256(sizeof(int) * S) + xbytes + al256(sizeof(float) * (size_t)BH * D * D);
+        for (int64_t t = 0; t < n; t++) sel3[3 * t] = sel[t].is_key, sel3[3 * t + 1] = sel[t].b, sel3[3 * t + 2] = sel[t].n;
+        size_t xbytes = al256(sizeof(double) * (size_t)H * n * D);
+        size_t need = al256(sizeof(int) * 3 * n) + xbytes + al256(sizeof(double) * (size_t)H * D * D);
         rc = ensure(h, need, err, errlen);
-        int *rows_d = (int *)h->ws;
-        float *X = (float *)((char *)h->ws + al256(sizeof(int) * S));
-        float *C = (float *)((char *)X + xbytes);
+        int *sel_d = (int *)h->ws;
+        double *X = (double *)((char *)h->ws + al256(sizeof(int) * 3 * n));
+        double *C = (double *)((char *)X + xbytes);
         cudaError_t ce = cudaSuccess;
-        if (!rc) ce = cudaMemcpyAsync(rows_d, rows, sizeof(int) * S, cudaMemcpyHostToDevice, st);
+        if (!rc) ce = cudaMemcpyAsync(sel_d, sel3, sizeof(int) * 3 * n, cudaMemcpyHostToDevice, st);
         if (!rc && ce == cudaSuccess) {
-            dim3 grid((S * D + 255) / 256 < 1024 ? (S * D + 255) / 256 : 1024, BH);
-            if (dt == TK_DTYPE_BF16) {
-                gather_rows_f32<<<grid, 256, 0, st>>>((const __nv_bfloat16 *)q0, rows_d, S, call->Nq, D, X, 2 * S, 0);
-                gather_rows_f32<<<grid, 256, 0, st>>>((const __nv_bfloat16 *)k0, rows_d, S, call->Nk, D, X, 2 * S, S);
-            } else {
-                gather_rows_f32<<<grid, 256, 0, st>>>((const __half *)q0, rows_d, S, call->Nq, D, X, 2 * S, 0);
-                gather_rows_f32<<<grid, 256, 0, st>>>((const __half *)k0, rows_d, S, call->Nk, D, X, 2 * S, S);
-            }
+            int nb = (int)((n * D + 255) / 256);
+            dim3 grid(nb < 1024 ? nb : 1024, H);
+            if (dt == TK_DTYPE_BF16)
+                gather_sel_rows<<<grid, 256, 0, st>>>((const __nv_bfloat16 *)q0, (const __nv_bfloat16 *)k0, sel_d, (int)n,
+                                                      H, call->Nq, call->Nk, D, X);
+            else
+                gather_sel_rows<<<grid, 256, 0, st>>>((const __half *)q0, (const __half *)k0, sel_d, (int)n, H,
+                                                      call->Nq, call->Nk, D, X);
             ce = cudaGetLastError();
         }
         if (!rc && ce == cudaSuccess) {
-            // column-major view: X_cm is D x 2S; C = X_cm X_cm^T (D x D) per head
-            float one = 1.f, zero = 0.f;
+            // column-major view: X_cm is D x n; C = X_cm X_cm^T (D x D) per head
+            double one = 1.0 / (double)n, zero = 0.0;
             cublasStatus_t bs = cublasSetStream(h->blas, st);
             if (bs == CUBLAS_STATUS_SUCCESS)
-                bs = cublasSgemmStridedBatched(h->blas, CUBLAS_OP_N, CUBLAS_OP_T, D, D, 2 * S, &one, X, D,
-                                               (long long)2 * S * D, X, D, (long long)2 * S * D, &zero, C, D,
-                                               (long long)D * D, BH);
+                bs = cublasDgemmStridedBatched(h->blas, CUBLAS_OP_N, CUBLAS_OP_T, D, D, (int)n, &one, X, D,
+                                               (long long)n * D, X, D, (long long)n * D, &zero, C, D,
+                                               (long long)D * D, H);
             if (bs != CUBLAS_STATUS_SUCCESS) {
                 snprintf(err, errlen, "PCA covariance: cuBLAS status %d", (int)bs);
                 rc = 1;
             }
         }
+        if (!rc && ce == cudaSuccess)
+            ce = cudaMemcpyAsync(Ch, C, sizeof(double) * (size_t)H * D * D, cudaMemcpyDeviceToHost, st);
+        if (!rc && ce == cudaSuccess) ce = cudaStreamSynchronize(st);
         if (!rc && ce != cudaSuccess) {
             snprintf(err, errlen, "PCA: %s", cudaGetErrorString(ce));
             rc = 1;
         }
-        // the eigen step on the device, straight into the cached projection
-        if (!rc) rc = tkc_pca_subspace(C, BH, D, g, 12345u + (uint64_t)call->layer, e->P, st, err, errlen);
-        identity = 0;
+        for (int hh = 0; !rc && hh < H; hh++) {
+            double *a = Ch + (size_t)hh * D * D; // symmetric: row- and column-major alike
+            int nn = D, lda = D, info = 0, lwork = -1;
+            double wq = 0;
+            dsyev_("V", "L", &nn, a, &lda, eval, &wq, &lwork, &info, 1, 1);
+            lwork = info == 0 && wq >= 1 ? (int)wq : 3 * D;
+            double *work = (double *)malloc(sizeof(double) * lwork);
+            if (!work) {
+                snprintf(err, errlen, "PCA: host allocation");
+                rc = 2;
+                break;
+            }
+            dsyev_("V", "L", &nn, a, &lda, eval, work, &lwork, &info, 1, 1);
+            free(work);
+            if (info != 0) {
+                snprintf(err, errlen, "PCA: eigen solver failed (info=%d)", info);
+                rc = 1;
+                break;
+            }
+            for (int r = 0; r < g; r++) { // column D-1-r: the r-th largest eigenvalue's vector
+                const double *vec = a + (size_t)(D - 1 - r) * D;
+                int big = 0;
+                for (int i = 1; i < D; i++)
+                    if (fabs(vec[i]) > fabs(vec[big])) big = i;
+                double sign = vec[big] < 0 ? -1.0 : 1.0;
+                for (int b = 0; b < B; b++)
+                    for (int i = 0; i < D; i++) host[((size_t)(b * H + hh) * D + i) * g + r] = (float)(sign * vec[i]);
+            }
+        }
     }
-    if (!rc && identity) {
+    if (!rc) {
         cudaError_t ce = cudaMemcpyAsync(e->P, host, sizeof(float) * BH * D * g, cudaMemcpyHostToDevice, st);
         if (ce == cudaSuccess) ce = cudaStreamSynchronize(st);
         if (ce != cudaSuccess) {
@@ -681,7 +1057,7 @@ int pca_for(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, cons
             rc = 1;
         }
     }
-    free(host), free(rows);
+    free(host), free(Ch), free(eval), free(sel), free(sel3), free(hmask);
     if (rc) {
         e->step_fit = -1000000000; // refit next time
         return rc;
@@ -752,8 +1128,8 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     res->window = W;
     res->w = w;
     res->R = tkc_feature_count(cfg->global_dim < call->D ? cfg->global_dim : call->D, cfg->global_P);
-    if (call->Nq != call->Nk || call->Dv != D || (D != 64 && D != 128)) {
-        tkc_fail(res, TK_REASON_UNSUPPORTED_SHAPE, "hybrid on cuda: needs Nq == Nk, Dv == D and D 64 or 128");
+    if (call->Nq != call->Nk || call->Dv != D || (D != 32 && D != 64 && D != 128)) {
+        tkc_fail(res, TK_REASON_UNSUPPORTED_SHAPE, "hybrid on cuda: needs Nq == Nk, Dv == D and D 32, 64 or 128");
         return 0;
     }
     const int shape2d = cfg->window_shape == TK_WINDOW_2D;
@@ -768,6 +1144,10 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     const size_t es = 2, nqk = (size_t)BH * N * D;
     const bool far = W > 0 && w > 0;
     const int g = cfg->global_dim, P = cfg->global_P;
+    // 2: fused far term (normalized), 1: far buffer (additive), 0: none
+    const int farm = !far ? 0 : cfg->combine == TK_COMBINE_NORMALIZED ? 2 : 1;
+    const int T = call->text_tokens > 0 ? call->text_tokens : 0;
+    const bool far_mask = farm == 2 && shape2d && T > 0;
     if (far && ((g != 16 && g != 32) || P > 4)) {
         snprintf(err, sizeof err, "hybrid on cuda: global_dim %d, global_P %d (supported: 16 or 32, P <= 4)", g, P);
         tkc_fail(res, TK_REASON_UNSUPPORTED_SHAPE, err);
@@ -779,6 +1159,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     ta.B = call->B, ta.H = call->H, ta.Nq = N, ta.Nk = N, ta.D = g, ta.Dv = D;
     ta.blocks = 1, ta.terms = P, ta.s = 1.f, ta.eps = (float)cfg->eps, ta.raw_out = 1;
     ta.mask = call->key_mask;
+    ta.phase_a_only = farm == 2;
     int nsm = 132;
     {
         int dev = 0;
@@ -792,7 +1173,9 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     size_t off_qp = off;
     if (far) off += 2 * al256((size_t)BH * N * g * es);
     size_t off_far = off;
-    if (far) off += al256((size_t)BH * N * (D + 1) * sizeof(float));
+    if (farm == 1) off += al256((size_t)BH * N * (D + 1) * sizeof(float));
+    size_t off_fmask = off;
+    if (far_mask) off += al256((size_t)call->B * N);
     size_t off_flags = off;
     off += al256((size_t)BH * N);
     size_t off_den = off;
@@ -867,7 +1250,6 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     const bool mod = cfg->qk_norm_sigma_max <= 0 || call->sigma <= cfg->qk_norm_sigma_max;
     const int modify = !mod ? 0 : cfg->qk_normalize ? 1 : (cfg->qk_norm_power > 0 || cfg->qk_norm_clip > 0) ? 2 : 0;
     const float sqrt_s = (float)sqrt(cfg->global_scale_mul / sqrt((double)D));
-    const int T = call->text_tokens > 0 ? call->text_tokens : 0;
     bool joined = false; // the side stream's exact rows must join st before the call returns
     // text queries: every key, exact (as the ref backend's window: kernels/plan.c)
     if (W <= 0 || T > 0) { // text queries (both window shapes) see every key
@@ -901,6 +1283,8 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
             return 0;
         }
     }
+    tkc_far_tables ftabs;
+    memset(&ftabs, 0, sizeof ftabs);
     if (far) {
         const float pw = (float)cfg->qk_norm_power, cl = (float)cfg->qk_norm_clip, ep = (float)cfg->eps;
         int bad = dt == TK_DTYPE_BF16
@@ -918,6 +1302,18 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         ta.table_cached = h->table_key == tkey + 1;
         h->table_key = 0;
         ta.q = qp, ta.k = kp, ta.v = v, ta.o = farbuf;
+        if (far_mask) {
+            uint8_t *fm = (uint8_t *)(ws + off_fmask);
+            int nb = (int)((call->B * (size_t)N + 255) / 256);
+            image_key_mask_kernel<<<nb < 4096 ? nb : 4096, 256, 0, st>>>(call->key_mask, call->B, N, T, fm);
+            ce = cudaGetLastError();
+            if (ce != cudaSuccess) {
+                snprintf(err, sizeof err, "launch image_key_mask_kernel: %s", cudaGetErrorString(ce));
+                tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
+                return 0;
+            }
+            ta.mask = fm;
+        }
         tkc_den_stats fd;
         rc = tkc_taylor_run(&ta, ws + off_t, ws_t, nsm, st, &fd, err, sizeof err);
         if (rc) {
@@ -926,13 +1322,21 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         }
         h->table_key = tkey + 1;
         res->R = tkc_feature_count(g, P);
+        if (farm == 2 && tkc_taylor_far_tables(&ta, ws + off_t, nsm, &ftabs)) {
+            tkc_fail(res, TK_REASON_BACKEND_ERROR, "hybrid: far tables");
+            return 0;
+        }
     }
     if (W > 0) {
         LocalArgs la;
         memset(&la, 0, sizeof la);
         la.q = q, la.k = k, la.v = v, la.qp = qp, la.kp = kp, la.mask = call->key_mask;
-        la.far = far ? farbuf : nullptr;
+        la.far = farm == 1 ? farbuf : nullptr;
+        la.ftab = ftabs.tab, la.fsh = (const __half *)ftabs.sh, la.fcolmax = ftabs.colmax;
+        la.fR = ftabs.R, la.fRpad = ftabs.Rpad;
         la.o = call->o, la.flags = flags, la.den = den;
+        la.split_issue = getenv("TKC_HYBRID_JOINT_ISSUE") == nullptr; // measured 2-4% faster split (GPU-NOTES)
+        la.skip_chunks = getenv("TKC_HYBRID_NOSKIP") == nullptr;
         la.H = call->H, la.N = N, la.T = T, la.gh = call->grid_h, la.gw = call->grid_w, la.r = W;
         la.shape2d = shape2d;
         double s0 = call->scale > 0 ? call->scale : 1.0 / sqrt((double)D);
@@ -943,10 +1347,10 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         int nblocks = shape2d ? ((call->grid_h + 7) / 8) * ((call->grid_w + 7) / 8) : (N + 63) / 64;
         if (dt == TK_DTYPE_BF16)
             rc = call->dtype == TK_DTYPE_F32
-                     ? launch_local_t<__nv_bfloat16, float>(la, D, g, far, nblocks, BH, st, err, sizeof err)
-                     : launch_local_t<__nv_bfloat16, __nv_bfloat16>(la, D, g, far, nblocks, BH, st, err, sizeof err);
+                     ? launch_local_t<__nv_bfloat16, float>(la, D, g, farm, nblocks, BH, st, err, sizeof err)
+                     : launch_local_t<__nv_bfloat16, __nv_bfloat16>(la, D, g, farm, nblocks, BH, st, err, sizeof err);
         else
-            rc = launch_local_t<__half, __half>(la, D, g, far, nblocks, BH, st, err, sizeof err);
+            rc = launch_local_t<__half, __half>(la, D, g, farm, nblocks, BH, st, err, sizeof err);
         if (rc) {
             tkc_fail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
             return 0;
@@ -992,10 +1396,10 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
                 la.w = 0.f;
                 if (dt == TK_DTYPE_BF16)
                     rc = call->dtype == TK_DTYPE_F32
-                             ? launch_local_t<__nv_bfloat16, float>(la, D, g, false, nblocks, BH, st, err, sizeof err)
-                             : launch_local_t<__nv_bfloat16, __nv_bfloat16>(la, D, g, false, nblocks, BH, st, err, sizeof err);
+                             ? launch_local_t<__nv_bfloat16, float>(la, D, g, 0, nblocks, BH, st, err, sizeof err)
+                             : launch_local_t<__nv_bfloat16, __nv_bfloat16>(la, D, g, 0, nblocks, BH, st, err, sizeof err);
                 else
-                    rc = launch_local_t<__half, __half>(la, D, g, false, nblocks, BH, st, err, sizeof err);
+                    rc = launch_local_t<__half, __half>(la, D, g, 0, nblocks, BH, st, err, sizeof err);
                 if (rc) {
                     tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
                     return 0;

@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <type_traits>
+
 #include "cuda_internal.h"
 
 namespace {
@@ -31,6 +33,7 @@ struct Feat {
     uint16_t off[3]; // index * 32: offsets (in half2) into the pair table XH[(d+1)][32]
     __half w;
 };
+static_assert(sizeof(Feat) == 8, "tkc_far_tables documents 8-byte feature entries");
 
 constexpr int FA = 128; // features per phase-A block
 constexpr int FB = 128; // features per phase-B chunk
@@ -207,6 +210,14 @@ __global__ void __launch_bounds__(256) taylor_reduce_kernel(KArgs a, const Feat 
     const uint8_t *mb = a.mask ? a.mask + (size_t)bidx * a.Nk : nullptr;
 
     for (int i = tid; i < FA; i += 256) T[i] = tab[fc * FA + i];
+    // features past R are zero padding: a warp whose 16 rows are all padding
+    // builds and multiplies nothing (its part rows stay zero)
+    const int R16 = (a.R + 15) & ~15;
+    // (slice dims <= 16 only: R = 153 at d = 16, P = 3 pads to 256; at d = 32 the
+    // padding is small and the guards cost registers in the hot loops)
+    constexpr bool PADSKIP = DS <= 16;
+    const bool live = !PADSKIP || fc * FA + warp * 16 < a.R;
+    const bool full = !PADSKIP || fc * FA + FA <= R16;
     const int tiles = (a.Nk + KTA - 1) / KTA;
     const int per = (tiles + a.split - 1) / a.split;
     const int t0 = sp * per, t1 = min(tiles, t0 + per);
@@ -249,9 +260,11 @@ __global__ void __launch_bounds__(256) taylor_reduce_kernel(KArgs a, const Feat 
 #pragma unroll 4
         for (int i = 0; i < FA / 8; i++) {
             int f = warp + 8 * i;
-            *reinterpret_cast<__half2 *>(Phi + f * PHI_LD + 2 * lane) = feature2(T[f], KH + lane);
+            if (full || fc * FA + f < R16) // rows past R rounded to 16 belong to warps that skip their mma
+                *reinterpret_cast<__half2 *>(Phi + f * PHI_LD + 2 * lane) = feature2(T[f], KH + lane);
         }
         __syncthreads();
+        if (live) {
 #pragma unroll
         for (int ks = 0; ks < KTA / 16; ks++) {
             uint32_t af[4];
@@ -263,6 +276,7 @@ __global__ void __launch_bounds__(256) taylor_reduce_kernel(KArgs a, const Feat 
                 ldsm_x2_t(bf, Vh + (ks * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * VLD + nt * 8);
                 mma16816<__half>(acc[nt], af, bf[0], bf[1]);
             }
+        }
         }
         __syncthreads();
     }
@@ -276,28 +290,29 @@ __global__ void __launch_bounds__(256) taylor_reduce_kernel(KArgs a, const Feat 
     }
 }
 
-// Sum the splits in order into split 0; per-column max magnitude. Grid
-// (feature blocks of 128, head*slice, column groups of 8).
-__global__ void taylor_sum_kernel(float *part, unsigned *colmax, int split, int BHC, int Rpad,
-                                  int dvp) {
-    int bhc = blockIdx.y;
-    int f = blockIdx.x * blockDim.x + threadIdx.x;
-    bool in = f < Rpad;
-    size_t stride = (size_t)BHC * Rpad * dvp;
-    float *p0 = part + ((size_t)bhc * Rpad + (in ? f : 0)) * dvp;
-    const int c0 = blockIdx.z * 8, c1 = min(dvp, c0 + 8);
-    for (int col = c0; col < c1; col++) {
-        float s = 0.f;
-        if (in) {
-            s = p0[col];
-            for (int sp = 1; sp < split; sp++) s += p0[sp * stride + col];
-            if (split > 1) p0[col] = s;
-        }
+// Sum the splits in order into split 0 (fixed order: deterministic); per-column
+// max magnitude. Grid (element blocks, head*slice); consecutive threads read
+// consecutive elements, the column maxima meet in shared memory first.
+constexpr int MAX_DVP = 136;
+__global__ void __launch_bounds__(256) taylor_sum_kernel(float *part, unsigned *colmax, int split, int BHC,
+                                                         int Rpad, int dvp) {
+    __shared__ unsigned cmax[MAX_DVP];
+    const int bhc = blockIdx.y, tid = threadIdx.x;
+    const size_t n = (size_t)Rpad * dvp, stride = (size_t)BHC * n;
+    float *p0 = part + (size_t)bhc * n;
+    for (int i = tid; i < dvp; i += blockDim.x) cmax[i] = 0u;
+    __syncthreads();
+    for (size_t e = (size_t)blockIdx.x * blockDim.x + tid; e < n; e += (size_t)gridDim.x * blockDim.x) {
+        float s = p0[e];
+        for (int sp = 1; sp < split; sp++) s += p0[sp * stride + e];
+        if (split > 1) p0[e] = s;
         float m = fabsf(s);
         if (m != m) m = INFINITY; // NaN: make the column's scale non-finite too
-        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-        if ((threadIdx.x & 31) == 0 && m > 0.f) atomicMax(colmax + bhc * dvp + col, __float_as_uint(m));
+        if (m > 0.f) atomicMax(&cmax[e % dvp], __float_as_uint(m));
     }
+    __syncthreads();
+    for (int i = tid; i < dvp; i += blockDim.x)
+        if (cmax[i]) atomicMax(colmax + bhc * dvp + i, cmax[i]);
 }
 
 __device__ __forceinline__ float col_scale(unsigned bits) {
@@ -345,6 +360,7 @@ __global__ void __launch_bounds__(128) taylor_apply_kernel(KArgs a, const Feat *
     const TI *qb = reinterpret_cast<const TI *>(a.q) + (size_t)bh * a.Nq * a.D + c * DS;
     const __half *shb = sh + (size_t)bhc * a.Rpad * DVP;
     const int nchunks = (a.R + FB - 1) / FB;
+    const int R16 = (a.R + 15) & ~15;
     constexpr int cpr = DVP / 8; // 16-byte chunks per S row
     auto issue = [&](int ch) {
         __half *dst = Sb + (ch & 1) * FB * SLD;
@@ -382,16 +398,29 @@ __global__ void __launch_bounds__(128) taylor_apply_kernel(KArgs a, const Feat *
         if (ch + 1 < nchunks) issue(ch + 1);
         cp_async_commit();
         const Feat *Tc = T + (ch & 1) * FB;
+        // features past R rounded to 16 (last chunk only): not built, not
+        // multiplied; full chunks keep the unguarded loops
+        constexpr bool PADSKIP = DS <= 16; // as in phase A
+        const int nlive = PADSKIP ? min(FB, R16 - ch * FB) : FB;
+        if (nlive == FB) {
 #pragma unroll 4
-        for (int i = 0; i < FB / 4; i++) {
-            int f = warp + 4 * i;
-            *reinterpret_cast<__half2 *>(Phi + f * PHI_LD + 2 * lane) = feature2(Tc[f], QH + lane);
+            for (int i = 0; i < FB / 4; i++) {
+                int f = warp + 4 * i;
+                *reinterpret_cast<__half2 *>(Phi + f * PHI_LD + 2 * lane) = feature2(Tc[f], QH + lane);
+            }
+        } else {
+            for (int i = 0; i < FB / 4; i++) {
+                int f = warp + 4 * i;
+                if (f < nlive) *reinterpret_cast<__half2 *>(Phi + f * PHI_LD + 2 * lane) = feature2(Tc[f], QH + lane);
+            }
         }
         cp_async_wait<1>();
         __syncthreads();
         const __half *Sc = Sb + (ch & 1) * FB * SLD;
+        auto chunk_mma = [&](auto partial_tag) {
 #pragma unroll
         for (int ks = 0; ks < FB / 16; ks++) {
+            if (decltype(partial_tag)::value && ks * 16 >= nlive) break;
             uint32_t af[4];
             ldsm_x4_t(af, Phi + (ks * 16 + (lane & 7) + 8 * (lane >> 4)) * PHI_LD + warp * 16 +
                               8 * ((lane >> 3) & 1));
@@ -402,6 +431,9 @@ __global__ void __launch_bounds__(128) taylor_apply_kernel(KArgs a, const Feat *
                 mma16816<__half>(acc[nt], af, bf[0], bf[1]);
             }
         }
+        };
+        if (nlive == FB) chunk_mma(std::false_type{});
+        else chunk_mma(std::true_type{});
     }
     // epilogue: the den column is DV = n-tile dv/8, element 0 of the quad's lane t=0
     const unsigned *cm = colmax + bhc * DVP;
@@ -643,14 +675,19 @@ int run_nt(const tkc_taylor_args *a, const Layout &L, unsigned char *ws, cudaStr
     TKC_LAUNCHED("taylor_reduce_kernel", err, errlen);
 
     TKC_TRY(cudaMemsetAsync(colmax, 0, (size_t)L.BHC * L.dvp * sizeof(unsigned), st), err, errlen);
-    taylor_sum_kernel<<<dim3((L.Rpad + 127) / 128, L.BHC, (L.dvp + 7) / 8), 128, 0, st>>>(part, colmax, L.split,
-                                                                         L.BHC, L.Rpad, L.dvp);
+    {
+        size_t n = (size_t)L.Rpad * L.dvp;
+        int sx = (int)((n + 255) / 256);
+        if (sx > 64) sx = 64;
+        taylor_sum_kernel<<<dim3(sx, L.BHC), 256, 0, st>>>(part, colmax, L.split, L.BHC, L.Rpad, L.dvp);
+    }
     TKC_LAUNCHED("taylor_sum_kernel", err, errlen);
     int pk_blocks = (int)(((size_t)L.Rpad * L.dvp + 255) / 256);
     if (pk_blocks > 1024) pk_blocks = 1024;
     taylor_pack_kernel<<<dim3(pk_blocks, L.BHC), 256, 0, st>>>(part, colmax, sh, L.BHC, L.Rpad,
                                                                L.dvp);
     TKC_LAUNCHED("taylor_pack_kernel", err, errlen);
+    if (a->phase_a_only) return 0; // hybrid: phase B runs inside the local kernel
 
     tkc_den_stats init;
     memset(&init, 0, sizeof init);
@@ -676,7 +713,10 @@ int run_t(const tkc_taylor_args *a, const Layout &L, unsigned char *ws, cudaStre
         if (L.dv == 128 && L.d == 8) return run_nt<TI, float, 8, 128, true>(a, L, ws, st, err, errlen);
         if (L.dv == 128 && L.d == 32) return run_nt<TI, float, 32, 128, true>(a, L, ws, st, err, errlen);
         if (L.dv == 64 && L.d == 16) return run_nt<TI, float, 16, 64, true>(a, L, ws, st, err, errlen);
-        snprintf(err, errlen, "hybrid far field on cuda: global_dim %d with Dv %d (supported: 8, 16, 32 with Dv 128; 16 with Dv 64)", L.d, L.dv);
+        if (L.dv == 64 && L.d == 32) return run_nt<TI, float, 32, 64, true>(a, L, ws, st, err, errlen);
+        if (L.dv == 32 && L.d == 16) return run_nt<TI, float, 16, 32, true>(a, L, ws, st, err, errlen);
+        if (L.dv == 32 && L.d == 32) return run_nt<TI, float, 32, 32, true>(a, L, ws, st, err, errlen);
+        snprintf(err, errlen, "hybrid far field on cuda: global_dim %d with Dv %d (supported: 8, 16, 32 with Dv 128; 16, 32 with Dv 64 and 32)", L.d, L.dv);
         return 3;
     }
     if (L.d != L.dv) {
@@ -714,6 +754,17 @@ size_t tkc_taylor_workspace(const tkc_taylor_args *a, int num_sms) {
     Layout L;
     if (!layout_of(a, num_sms, &L)) return 0;
     return L.total;
+}
+
+int tkc_taylor_far_tables(const tkc_taylor_args *a, void *ws, int num_sms, tkc_far_tables *out) {
+    Layout L;
+    if (!layout_of(a, num_sms, &L)) return 3;
+    unsigned char *w = (unsigned char *)ws;
+    out->tab = w + L.off_tab;
+    out->sh = w + L.off_sh;
+    out->colmax = reinterpret_cast<const unsigned *>(w + L.off_colmax);
+    out->R = L.R, out->Rpad = L.Rpad, out->dvp = L.dvp;
+    return 0;
 }
 
 int tkc_taylor_probe(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_sms,

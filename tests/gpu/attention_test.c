@@ -604,7 +604,40 @@ static void test_hybrid_local_window_through_tk_attention_matches_the_ref_backen
     tk_config cfg;
     tk_config_defaults(&cfg);
     cfg.local_window = 2;
-    cfg.global_weight = 0; /* the far field's PCA fits differ between backends */
+    cfg.global_weight = 0; /* the window alone (the far field: the next test) */
+    compare_with_ref(TK_MODE_HYBRID, &cfg, &p, T, gh, gw);
+    cfg.window_shape = TK_WINDOW_1D, cfg.local_window = 17;
+    compare_with_ref(TK_MODE_HYBRID, &cfg, &p, T, gh, gw);
+    free_problem(&p);
+}
+
+/* The far field too: cuda fits its PCA on the rows the ref backend chooses
+ * (tki_pca_select_rows, shared by the batch) with the same eigensolver, so the
+ * whole hybrid (2d normalized, w = 1) matches the ref; B = 2 checks the shared
+ * fit, the key mask the row pool and the masked far keys. */
+static void test_hybrid_far_field_through_tk_attention_matches_the_ref_backend(void) {
+    need_device();
+    int T = 20, gh = 12, gw = 10, N = T + gh * gw;
+    problem p = make_problem(2, 2, N, N, 64, 64, TK_DTYPE_BF16, 1.0, 1.0, 47);
+    tk_config cfg;
+    tk_config_defaults(&cfg); /* normalized, w = 1, P = 3, far dim 16 */
+    cfg.local_window = 2;
+    compare_with_ref(TK_MODE_HYBRID, &cfg, &p, T, gh, gw);
+    free_problem(&p);
+    p = make_problem(1, 2, N, N, 128, 128, TK_DTYPE_BF16, 1.0, 0.8, 48);
+    cfg.pca_samples = 150; /* fewer rows than the pool: the sampled choice must match too */
+    compare_with_ref(TK_MODE_HYBRID, &cfg, &p, T, gh, gw);
+    free_problem(&p);
+}
+
+/* Head dim 32 (the simulator's tiny model): 2d with the far field, and 1d. */
+static void test_hybrid_head_dim_32_through_tk_attention_matches_the_ref_backend(void) {
+    need_device();
+    int T = 20, gh = 12, gw = 10, N = T + gh * gw;
+    problem p = make_problem(1, 3, N, N, 32, 32, TK_DTYPE_BF16, 1.0, 1.0, 49);
+    tk_config cfg;
+    tk_config_defaults(&cfg);
+    cfg.local_window = 3;
     compare_with_ref(TK_MODE_HYBRID, &cfg, &p, T, gh, gw);
     cfg.window_shape = TK_WINDOW_1D, cfg.local_window = 17;
     compare_with_ref(TK_MODE_HYBRID, &cfg, &p, T, gh, gw);
@@ -863,6 +896,8 @@ static const th_test tests[] = {
     T(test_nan_or_inf_input_to_hybrid_is_bad_input_like_ref_and_leaves_o_untouched),
     T(test_taylor_quality_stats_on_cuda_match_the_ref_backend_on_the_same_rows),
     T(test_taylor_early_probe_on_cuda_samples_the_ref_backend_rows),
+    T(test_hybrid_far_field_through_tk_attention_matches_the_ref_backend),
+    T(test_hybrid_head_dim_32_through_tk_attention_matches_the_ref_backend),
 #else
     T(x),
 #endif

@@ -1,8 +1,8 @@
-/* The hybrid's PCA on the device (kernels/cuda/pca.cu): on q0/k0 rows that
+/* The hybrid's PCA on cuda (kernels/cuda/hybrid.cu pca_for): on q0/k0 rows that
  * lie near a planted g-dimensional subspace (x = A z + small noise, A an
  * orthonormal D x g basis, z with spread-out variances 9 .. 1), the cached
  * projection P must be orthonormal (|P^T P - I| <= 1e-4: float output of a
- * double iteration) and span A's subspace: |A^T P|_F^2 >= g (1 - 1e-3).
+ * double eigensolve) and span A's subspace: |A^T P|_F^2 >= g (1 - 1e-3).
  * The noise (sd 0.01 per dim) tilts the true top subspace by about
  * 0.01^2 * D / 1 relative energy ~ 1e-2 per dim at most against variance >= 1,
  * i.e. |A^T P|_F^2 ~ g (1 - 1e-4): a bound of 1e-3 still fails at once for a
