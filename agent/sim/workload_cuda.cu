@@ -15,16 +15,19 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum { TSIM_CUDA_CHANNELS = 32, LAYER_TOKENS = 64, LAYER_BATCH = 8, SUMS_BLOCKS = 264 };
+enum { TSIM_CUDA_CHANNELS = 32, LAYER_TOKENS = 64, SUMS_BLOCKS = 264 };
+constexpr int WROW = TSIM_CUDA_CHANNELS + 8; /* padded row of a transposed weight slice: no bank conflicts */
 
 typedef struct {
     float *wq, *wk, *wv;   /* [C, H*D] */
     float *u, *a, *gain;   /* [H*D] */
     float *pos_weight, *text_weight; /* [H] */
+    __nv_bfloat16 *wsplit; /* [H][3][2][D][WROW]: per head, q k v slices transposed, hi and lo */
 } device_layer;
 
 struct tsim_workload_cuda {
@@ -83,6 +86,7 @@ __global__ void hidden_kernel(const float *text, const float *structure, const f
 
 typedef struct {
     const float *hidden, *wq, *wk, *wv, *u, *a, *gain, *pos_weight, *text_weight;
+    const __nv_bfloat16 *wsplit; /* device_layer.wsplit */
     const float *cos_row, *sin_row, *cos_col, *sin_col;
     void *q, *k, *v, *q0, *k0; /* float or __nv_bfloat16, [H,N,D] */
     int heads, head_dim, tokens, text_tokens, grid_w, a0, a1, a2;
@@ -100,113 +104,174 @@ template <typename V> __device__ __forceinline__ V warp_sum(V v) {
     return v;
 }
 
-/* One block per (head, LAYER_TOKENS tokens), one thread per head dim d,
- * holding column d of the head's three [C, D] projection slices in
- * registers. Tokens go in batches of LAYER_BATCH: the hidden rows are a
- * shared-memory broadcast, each token's RMS sums are a warp butterfly then
- * the warps' partials added in warp order (the same total in every warp,
- * whose lane i turns sum i into its inverse RMS for the others),
- * and a RoPE pair (d, d ^ 1) is lanes (l, l ^ 1) of one warp.
- * The per-element arithmetic is workload.c finish_rows's, in its order; the
- * 32-term projections are fused multiply-adds in channel order (OpenBLAS
- * blocks its own way: a few float ulps either way). */
-template <typename T>
-__global__ void __launch_bounds__(128, 3) layer_kernel(layer_args p) {
-    constexpr int C = TSIM_CUDA_CHANNELS, NB = LAYER_BATCH;
-    __shared__ float4 hid[LAYER_TOKENS][C / 4];
-    __shared__ float red[2][4][2 * NB]; /* [batch parity][warp][q sums, k sums] */
-    const int D = p.head_dim, HD = p.heads * D, h = blockIdx.y, d = threadIdx.x;
-    const int lane = d & 31, warp = d >> 5, warps = D >> 5;
-    const int n0 = blockIdx.x * LAYER_TOKENS;
-    const int count = p.tokens - n0 < LAYER_TOKENS ? p.tokens - n0 : LAYER_TOKENS;
-    for (int i = d; i < count * (C / 4); i += D)
-        hid[i / (C / 4)][i % (C / 4)] = ((const float4 *)(p.hidden + (size_t)n0 * C))[i];
-    const int col = h * D + d;
-    float wq[C], wk[C], wv[C];
-#pragma unroll
-    for (int c = 0; c < C; c++) {
-        wq[c] = p.wq[(size_t)c * HD + col];
-        wk[c] = p.wk[(size_t)c * HD + col];
-        wv[c] = p.wv[(size_t)c * HD + col];
+/* mma.sync m16n8k16, bf16 inputs, fp32 accumulate (PTX ISA fragment layouts;
+ * per lane g = lane / 4, t = lane % 4):
+ *   A 16x16 (row-major): a0 (g, 2t..2t+1)  a1 (g+8, 2t..)  a2 (g, 2t+8..)  a3 (g+8, 2t+8..)
+ *   B 16x8 (k x n):      b0 (k 2t..2t+1, n g)  b1 (k 2t+8..2t+9, n g)
+ *   C 16x8:              c0 c1 (g, 2t..2t+1)  c2 c3 (g+8, 2t..2t+1) */
+__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(__nv_bfloat16 lo, __nv_bfloat16 hi) {
+    return (uint32_t)__bfloat16_as_ushort(lo) | ((uint32_t)__bfloat16_as_ushort(hi) << 16);
+}
+
+/* x = hi + lo with both bf16: hi * w carries 8 bits, the cross terms the next
+ * 8; hi*hi + hi*lo + lo*hi is x * w to about 2^-16 relative (lo*lo dropped). */
+__device__ __forceinline__ void split2(float x0, float x1, uint32_t *hi, uint32_t *lo) {
+    __nv_bfloat16 h0 = __float2bfloat16_rn(x0), h1 = __float2bfloat16_rn(x1);
+    *hi = pack_bf16(h0, h1);
+    *lo = pack_bf16(__float2bfloat16_rn(x0 - __bfloat162float(h0)), __float2bfloat16_rn(x1 - __bfloat162float(h1)));
+}
+
+__device__ __forceinline__ void put2(float *dst, size_t at, float x0, float x1) {
+    *(float2 *)(dst + at) = make_float2(x0, x1);
+}
+__device__ __forceinline__ void put2(__nv_bfloat16 *dst, size_t at, float x0, float x1) {
+    *(__nv_bfloat162 *)(dst + at) = __floats2bfloat162_rn(x0, x1);
+}
+
+
+/* One block per (head, LAYER_TOKENS tokens), 4 warps of 16 tokens. The
+ * projections [16 tokens x 32 channels] x [32 x D] run on the tensor cores
+ * in split bf16 (three products: about float accuracy), the head's weight
+ * slices sitting transposed in shared memory as hi and lo halves. Each lane
+ * then holds rows g and g+8 and dims (8 j + 2t, 8 j + 2t + 1): a RoPE pair
+ * (RoPE axes start at even dims) is in one lane, and a token's RMS sum is the
+ * lane's 2 D/8 squares plus two shuffles over t. The rest of the arithmetic
+ * is workload.c finish_rows's, in its order. */
+template <typename T, int D>
+__global__ void __launch_bounds__(128) layer_kernel(layer_args p) {
+    constexpr int C = TSIM_CUDA_CHANNELS, NT = D / 8;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    __nv_bfloat16 *w_s = (__nv_bfloat16 *)smem_raw;               /* [3][2][D][WROW]: m, hi/lo, dim, channel */
+    float *col_s = (float *)(smem_raw + sizeof(__nv_bfloat16) * 6 * D * WROW); /* [3][D]: a, u, gain*sharp */
+    const int h = blockIdx.y;
+    {
+        const uint4 *src = (const uint4 *)(p.wsplit + (size_t)h * 6 * D * WROW);
+        uint4 *dst = (uint4 *)w_s;
+        for (int i = threadIdx.x; i < 6 * D * WROW / 8; i += blockDim.x) dst[i] = src[i];
     }
-    const float ua = p.a[col], uu = p.u[col], g = __fmul_rn(p.gain[col], p.sharp);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        col_s[d] = p.a[h * D + d];
+        col_s[D + d] = p.u[h * D + d];
+        col_s[2 * D + d] = __fmul_rn(p.gain[h * D + d], p.sharp);
+    }
+    __syncthreads();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int nbase = blockIdx.x * LAYER_TOKENS + warp * 16;
+    if (nbase >= p.tokens) return; /* no barrier follows */
+    const int rows[2] = {nbase + g, nbase + g + 8};
+    /* A fragments of the 16 hidden rows, split: [k step][reg] */
+    uint32_t ahi[2][4], alo[2][4];
+#pragma unroll
+    for (int ks = 0; ks < 2; ks++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            int row = rows[r & 1], ch = ks * 16 + 2 * t + (r >> 1) * 8;
+            float2 x = row < p.tokens ? *(const float2 *)(p.hidden + (size_t)row * C + ch) : make_float2(0.f, 0.f);
+            split2(x.x, x.y, &ahi[ks][r], &alo[ks][r]);
+        }
     const float upos = __fmul_rn(p.pos_weight[h], p.pw), utext = p.text_weight[h];
     const int p1 = p.a1 / 2, p2 = p.a2 / 2;
-    /* this dim's RoPE: axis, pair index and parity (image tokens, d >= a0) */
-    const int roped = d >= p.a0, on_rows = d < p.a0 + p.a1;
-    const int rel = on_rows ? d - p.a0 : d - p.a0 - p.a1, pr = rel >> 1, odd = rel & 1;
-    T *q = (T *)p.q, *k = (T *)p.k, *v = (T *)p.v, *q0 = (T *)p.q0, *k0 = (T *)p.k0;
-    __syncthreads();
-    for (int b0 = 0, parity = 0; b0 < count; b0 += NB, parity ^= 1) {
-        float cq[NB], ck[NB], cv[NB];
+    int image[2], gr[2], gc[2];
 #pragma unroll
-        for (int t = 0; t < NB; t++) {
-            cq[t] = ck[t] = cv[t] = 0;
-            if (b0 + t < count) {
+    for (int i = 0; i < 2; i++) {
+        image[i] = rows[i] >= p.text_tokens;
+        int gi = image[i] ? rows[i] - p.text_tokens : 0;
+        gr[i] = gi / p.grid_w, gc[i] = gi % p.grid_w;
+    }
+#pragma unroll 1
+    for (int m = 0; m < 3; m++) { /* q, k, v */
+        float acc[NT][4];
 #pragma unroll
-                for (int c4 = 0; c4 < C / 4; c4++) {
-                    float4 x = hid[b0 + t][c4];
-                    float xs[4] = {x.x, x.y, x.z, x.w};
+        for (int j = 0; j < NT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+        const __nv_bfloat16 *whi = w_s + (size_t)(m * 2 + 0) * D * WROW, *wlo = w_s + (size_t)(m * 2 + 1) * D * WROW;
 #pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        cq[t] = __fmaf_rn(xs[e], wq[4 * c4 + e], cq[t]);
-                        ck[t] = __fmaf_rn(xs[e], wk[4 * c4 + e], ck[t]);
-                        cv[t] = __fmaf_rn(xs[e], wv[4 * c4 + e], cv[t]);
-                    }
+        for (int ks = 0; ks < 2; ks++)
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                const int off = (j * 8 + g) * WROW + ks * 16 + 2 * t;
+                uint32_t bh0 = *(const uint32_t *)(whi + off), bh1 = *(const uint32_t *)(whi + off + 8);
+                uint32_t bl0 = *(const uint32_t *)(wlo + off), bl1 = *(const uint32_t *)(wlo + off + 8);
+                mma_bf16(acc[j], alo[ks], bh0, bh1);
+                mma_bf16(acc[j], ahi[ks], bl0, bl1);
+                mma_bf16(acc[j], ahi[ks], bh0, bh1);
+            }
+        if (m == 2) { /* v: the projection as it is */
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                if (rows[i] >= p.tokens || !p.v) continue;
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+                    put2((T *)p.v, ((size_t)h * p.tokens + rows[i]) * D + j * 8 + 2 * t, acc[j][2 * i], acc[j][2 * i + 1]);
+            }
+            break;
+        }
+        /* q or k: position and text components, RMS norm, gain, RoPE */
+        float ss[2] = {0.f, 0.f};
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int i = e >> 1, d = j * 8 + 2 * t + (e & 1);
+                const float ua = col_s[d], uu = col_s[D + d];
+                float x = acc[j][e];
+                if (m == 0) x = __fadd_rn(x, __fadd_rn(__fmul_rn(utext, ua), image[i] ? __fmul_rn(upos, uu) : 0.0f));
+                else x = __fadd_rn(x, image[i] ? __fmul_rn(upos, uu) : __fmul_rn(utext, ua));
+                acc[j][e] = x;
+                ss[i] += x * x;
+            }
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            ss[i] += __shfl_xor_sync(0xffffffffu, ss[i], 1);
+            ss[i] += __shfl_xor_sync(0xffffffffu, ss[i], 2);
+        }
+        const float inv[2] = {(float)(1.0 / sqrt((double)ss[0] / D + 1e-6)), (float)(1.0 / sqrt((double)ss[1] / D + 1e-6))};
+        T *out = (T *)(m == 0 ? p.q : p.k), *out0 = (T *)(m == 0 ? p.q0 : p.k0);
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            if (rows[i] >= p.tokens) continue;
+            const size_t base = ((size_t)h * p.tokens + rows[i]) * D;
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                const int d = j * 8 + 2 * t; /* even: (d, d + 1) is a RoPE pair past a0 */
+                float x0 = __fmul_rn(__fmul_rn(acc[j][2 * i], inv[i]), col_s[2 * D + d]);
+                float x1 = __fmul_rn(__fmul_rn(acc[j][2 * i + 1], inv[i]), col_s[2 * D + d + 1]);
+                if (out0) put2(out0, base + d, x0, x1);
+                if (image[i] && d >= p.a0) {
+                    const int on_rows = d < p.a0 + p.a1, pr = (on_rows ? d - p.a0 : d - p.a0 - p.a1) >> 1;
+                    float cs, sn;
+                    if (on_rows) cs = p.cos_row[gr[i] * p1 + pr], sn = p.sin_row[gr[i] * p1 + pr];
+                    else cs = p.cos_col[gc[i] * p2 + pr], sn = p.sin_col[gc[i] * p2 + pr];
+                    const float r0 = __fsub_rn(__fmul_rn(x0, cs), __fmul_rn(x1, sn));
+                    const float r1 = __fadd_rn(__fmul_rn(x0, sn), __fmul_rn(x1, cs));
+                    x0 = r0, x1 = r1;
                 }
+                put2(out, base + d, x0, x1);
             }
         }
-        float sums[2 * NB];
-#pragma unroll
-        for (int t = 0; t < NB; t++) {
-            const int image = n0 + b0 + t >= p.text_tokens;
-            cq[t] = __fadd_rn(cq[t], __fadd_rn(__fmul_rn(utext, ua), image ? __fmul_rn(upos, uu) : 0.0f));
-            ck[t] = __fadd_rn(ck[t], image ? __fmul_rn(upos, uu) : __fmul_rn(utext, ua));
-            sums[t] = warp_sum(cq[t] * cq[t]);
-            sums[NB + t] = warp_sum(ck[t] * ck[t]);
-        }
-        if (lane == 0)
-#pragma unroll
-            for (int i = 0; i < 2 * NB; i++) red[parity][warp][i] = sums[i];
-        __syncthreads(); /* red[parity] is read below; the next batch writes the other half */
-        /* lane i < 2 NB adds sum i over the warps (in warp order) and takes its
-         * inverse RMS once; the tokens' factors then reach every lane by shuffle */
-        float inv = 1.f;
-        if (lane < 2 * NB) {
-            float sum = 0;
-            for (int w = 0; w < warps; w++) sum += red[parity][w][lane];
-            inv = (float)(1.0 / sqrt((double)sum / D + 1e-6));
-        }
-#pragma unroll
-        for (int t = 0; t < NB; t++) {
-            const int n = n0 + b0 + t;
-            const float iq = __shfl_sync(0xffffffffu, inv, t), ik = __shfl_sync(0xffffffffu, inv, NB + t);
-            float qn = __fmul_rn(__fmul_rn(cq[t], iq), g);
-            float kn = __fmul_rn(__fmul_rn(ck[t], ik), g);
-            /* RoPE partner d ^ 1 is lane ^ 1: every lane shuffles */
-            float qp = __shfl_xor_sync(0xffffffffu, qn, 1), kp = __shfl_xor_sync(0xffffffffu, kn, 1);
-            if (b0 + t >= count) continue;
-            const size_t at = ((size_t)h * p.tokens + n) * D + d;
-            if (q0) put(q0, at, qn);
-            if (k0) put(k0, at, kn);
-            if (v) put(v, at, cv[t]);
-            float qo = qn, ko = kn;
-            if (n >= p.text_tokens && roped) {
-                int gi = n - p.text_tokens, r = gi / p.grid_w, cc = gi % p.grid_w;
-                float cs, sn;
-                if (on_rows) cs = p.cos_row[r * p1 + pr], sn = p.sin_row[r * p1 + pr];
-                else cs = p.cos_col[cc * p2 + pr], sn = p.sin_col[cc * p2 + pr];
-                if (!odd) { /* (this, partner) = (even, odd) of the pair */
-                    qo = __fsub_rn(__fmul_rn(qn, cs), __fmul_rn(qp, sn));
-                    ko = __fsub_rn(__fmul_rn(kn, cs), __fmul_rn(kp, sn));
-                } else {
-                    qo = __fadd_rn(__fmul_rn(qp, sn), __fmul_rn(qn, cs));
-                    ko = __fadd_rn(__fmul_rn(kp, sn), __fmul_rn(kn, cs));
-                }
-            }
-            put(q, at, qo);
-            put(k, at, ko);
-        }
+    }
+}
+
+template <typename T, int D> static cudaError_t launch_layer(const layer_args &p, dim3 grid) {
+    size_t smem = sizeof(__nv_bfloat16) * 6 * D * WROW + sizeof(float) * 3 * D;
+    cudaError_t e = cudaFuncSetAttribute(layer_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return e;
+    layer_kernel<T, D><<<grid, 128, smem>>>(p);
+    return cudaGetLastError();
+}
+
+template <typename T> static cudaError_t launch_layer_dim(const layer_args &p, dim3 grid) {
+    switch (p.head_dim) {
+    case 32: return launch_layer<T, 32>(p, grid);
+    case 64: return launch_layer<T, 64>(p, grid);
+    case 96: return launch_layer<T, 96>(p, grid);
+    default: return launch_layer<T, 128>(p, grid);
     }
 }
 
@@ -253,6 +318,7 @@ extern "C" void tsim_workload_cuda_free(tsim_workload_cuda *g) {
             device_layer *dl = &g->layers[l];
             float *ptrs[8] = {dl->wq, dl->wk, dl->wv, dl->u, dl->a, dl->gain, dl->pos_weight, dl->text_weight};
             for (int i = 0; i < 8; i++) cudaFree(ptrs[i]);
+            cudaFree(dl->wsplit);
         }
     float *ptrs[8] = {g->structure, g->noise, g->text, g->cos_row, g->sin_row, g->cos_col, g->sin_col, g->hidden};
     for (int i = 0; i < 8; i++) cudaFree(ptrs[i]);
@@ -262,6 +328,22 @@ extern "C" void tsim_workload_cuda_free(tsim_workload_cuda *g) {
 }
 
 /* Uploads a layer's projections and head weights (once; open does every layer). */
+/* wsplit[h][m][half][d][c] = hi or lo bf16 half of w_m[c][h D + d] (layer_kernel's layout). */
+__global__ void split_weights_kernel(const float *wq, const float *wk, const float *wv, int H, int D,
+                                     __nv_bfloat16 *out) {
+    const int C = TSIM_CUDA_CHANNELS;
+    size_t n = (size_t)H * 3 * D * C;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        int c = (int)(i % C), d = (int)(i / C % D), m = (int)(i / ((size_t)C * D) % 3), h = (int)(i / ((size_t)3 * C * D));
+        const float *src = m == 0 ? wq : m == 1 ? wk : wv;
+        float x = src[(size_t)c * H * D + (size_t)h * D + d];
+        __nv_bfloat16 hi = __float2bfloat16_rn(x);
+        __nv_bfloat16 *o = out + (((size_t)h * 3 + m) * 2 * D + d) * WROW + c;
+        o[0] = hi;
+        o[(size_t)D * WROW] = __float2bfloat16_rn(x - __bfloat162float(hi));
+    }
+}
+
 static int ensure_layer(tsim_workload_cuda *g, int layer, char *err, size_t errlen) {
     device_layer *dl = &g->layers[layer];
     if (dl->wq) return 0;
@@ -278,9 +360,20 @@ static int ensure_layer(tsim_workload_cuda *g, int layer, char *err, size_t errl
               upload(&tmp.a, lf.a, HD, err, errlen) || upload(&tmp.gain, lf.gain, HD, err, errlen) ||
               upload(&tmp.pos_weight, g->host_pos, (size_t)g->f.heads, err, errlen) ||
               upload(&tmp.text_weight, g->host_text, (size_t)g->f.heads, err, errlen);
+    size_t nsplit = (size_t)g->f.heads * 6 * g->f.head_dim * WROW; /* padding columns zeroed */
+    if (!bad && cuda_ok(cudaMalloc((void **)&tmp.wsplit, nsplit * sizeof(__nv_bfloat16)), "allocating", err, errlen)) {
+        tmp.wsplit = NULL;
+        bad = 1;
+    }
+    if (!bad) bad = cuda_ok(cudaMemset(tmp.wsplit, 0, nsplit * sizeof(__nv_bfloat16)), "clearing", err, errlen);
+    if (!bad) {
+        split_weights_kernel<<<256, 256>>>(tmp.wq, tmp.wk, tmp.wv, g->f.heads, g->f.head_dim, tmp.wsplit);
+        bad = cuda_ok(cudaGetLastError(), "weight split kernel", err, errlen);
+    }
     if (bad) {
         float *ptrs[8] = {tmp.wq, tmp.wk, tmp.wv, tmp.u, tmp.a, tmp.gain, tmp.pos_weight, tmp.text_weight};
         for (int i = 0; i < 8; i++) cudaFree(ptrs[i]);
+        cudaFree(tmp.wsplit);
         return 1;
     }
     *dl = tmp;
@@ -364,7 +457,7 @@ extern "C" int tsim_workload_cuda_layer(tsim_workload_cuda *g, int layer, double
     }
     const device_layer *dl = &g->layers[layer];
     layer_args p;
-    p.hidden = g->hidden, p.wq = dl->wq, p.wk = dl->wk, p.wv = dl->wv;
+    p.hidden = g->hidden, p.wq = dl->wq, p.wk = dl->wk, p.wv = dl->wv, p.wsplit = dl->wsplit;
     p.u = dl->u, p.a = dl->a, p.gain = dl->gain;
     p.pos_weight = dl->pos_weight, p.text_weight = dl->text_weight;
     p.cos_row = g->cos_row, p.sin_row = g->sin_row, p.cos_col = g->cos_col, p.sin_col = g->sin_col;
@@ -375,9 +468,8 @@ extern "C" int tsim_workload_cuda_layer(tsim_workload_cuda *g, int layer, double
     p.pw = (float)(1.0 - 0.8 * sigma);
     p.sharp = (float)(1.0 - 0.3 * sigma); /* as workload.c: logits grow as the image forms */
     dim3 grid((unsigned)((f->tokens + LAYER_TOKENS - 1) / LAYER_TOKENS), (unsigned)f->heads);
-    if (out_bf16) layer_kernel<__nv_bfloat16><<<grid, f->head_dim>>>(p);
-    else layer_kernel<float><<<grid, f->head_dim>>>(p);
-    if (cuda_ok(cudaGetLastError(), "layer kernel", err, errlen)) return 1;
+    cudaError_t e = out_bf16 ? launch_layer_dim<__nv_bfloat16>(p, grid) : launch_layer_dim<float>(p, grid);
+    if (cuda_ok(e, "layer kernel", err, errlen)) return 1;
     return cuda_ok(cudaDeviceSynchronize(), "layer kernel", err, errlen);
 }
 

@@ -228,6 +228,7 @@ int run_exact(cuda_state *s, const tk_call *call, cudaStream_t st, void *o_dst, 
         size_t nq = (size_t)call->B * call->H * call->Nq * call->D;
         size_t nk = (size_t)call->B * call->H * call->Nk * call->D;
         char *w = (char *)s->ws + ws_off;
+        s->table_key = 0; // the copies may cover the Taylor feature table
         __nv_bfloat16 *qh = (__nv_bfloat16 *)w;
         __nv_bfloat16 *kh = (__nv_bfloat16 *)(w + align256(nq * 2));
         __nv_bfloat16 *vh = (__nv_bfloat16 *)(w + align256(nq * 2) + align256(nk * 2));
@@ -522,6 +523,7 @@ extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_c
         if (inputs_begin(s, call, cfg, mode, stats_req, st, &sm, res) || inputs_verdict(s, res)) return TK_OK;
         rc = run_exact(s, call, st, call->o, 0, err, sizeof err);
         if (!rc && ns) {
+            s->table_key = 0; // the rows' scratch may cover the Taylor feature table
             double *hsums = quality_host(s, call, ns);
             rc = hsums ? tkc_quality_raw(call, call->o, sm.qrows, sm.ns, s->num_sms, (char *)s->ws + align256(ws_e),
                                          hsums, st, &res->stats.quality_raw, err, sizeof err)
@@ -548,6 +550,7 @@ extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_c
                 snprintf(err, sizeof err, "pinned host buffer of the quality stats");
                 rc = 2;
             }
+            s->table_key = 0; // the rows' scratch covers the Taylor feature table
             if (!rc)
                 rc = tkc_quality_raw(call, call->o, sm.qrows, sm.ns, s->num_sms, s->ws, hsums, st,
                                      &res->stats.quality_raw, err, sizeof err);

@@ -29,8 +29,10 @@
 //  5. A query whose far denominator D_far - D_far,win comes out <= 0 is
 //     flagged, counted, and recomputed with its local term alone.
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <type_traits>
 
@@ -906,6 +908,53 @@ int ensure(tkc_hybrid_state *h, size_t bytes, char *err, size_t errlen) {
 }
 
 // The cached projection of this layer, fitted (again) when the policy says so.
+// The per-head eigen solves of a PCA fit, shared by worker threads: each
+// takes the next head, runs LAPACK dsyev on its fp64 second moment (in place)
+// and writes the top g eigenvectors with pca.c's order and sign rule.
+struct eig_job {
+    double *Ch;  // [H][D][D]
+    float *host; // [B*H][D][g]
+    int H, B, D, g;
+    int next, info, nomem; // guarded by the atomics below
+};
+
+void *eig_worker(void *arg) {
+    eig_job *j = (eig_job *)arg;
+    const int D = j->D, g = j->g;
+    for (;;) {
+        int hh = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
+        if (hh >= j->H) break;
+        double *a = j->Ch + (size_t)hh * D * D; // symmetric: row- and column-major alike
+        int nn = D, lda = D, info = 0, lwork = -1;
+        double wq = 0;
+        double *eval = (double *)malloc(sizeof(double) * D);
+        if (eval) dsyev_("V", "L", &nn, a, &lda, eval, &wq, &lwork, &info, 1, 1);
+        lwork = info == 0 && wq >= 1 ? (int)wq : 3 * D;
+        double *work = (double *)malloc(sizeof(double) * lwork);
+        if (!eval || !work) {
+            free(eval), free(work);
+            __atomic_store_n(&j->nomem, 1, __ATOMIC_RELAXED);
+            continue;
+        }
+        dsyev_("V", "L", &nn, a, &lda, eval, work, &lwork, &info, 1, 1);
+        free(work), free(eval);
+        if (info != 0) {
+            __atomic_store_n(&j->info, info, __ATOMIC_RELAXED);
+            continue;
+        }
+        for (int r = 0; r < g; r++) { // column D-1-r: the r-th largest eigenvalue's vector
+            const double *vec = a + (size_t)(D - 1 - r) * D;
+            int big = 0;
+            for (int i = 1; i < D; i++)
+                if (fabs(vec[i]) > fabs(vec[big])) big = i;
+            double sign = vec[big] < 0 ? -1.0 : 1.0;
+            for (int b = 0; b < j->B; b++)
+                for (int i = 0; i < D; i++) j->host[((size_t)(b * j->H + hh) * D + i) * g + r] = (float)(sign * vec[i]);
+        }
+    }
+    return nullptr;
+}
+
 int pca_for(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, const void *q0,
             const void *k0, int dt, int g, cudaStream_t st, float **P_out, char *err, size_t errlen) {
     const int BH = call->B * call->H, D = call->D;
@@ -982,6 +1031,7 @@ int pca_for(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, cons
         for (int64_t t = 0; t < n; t++) sel3[3 * t] = sel[t].is_key, sel3[3 * t + 1] = sel[t].b, sel3[3 * t + 2] = sel[t].n;
         size_t xbytes = al256(sizeof(double) * (size_t)H * n * D);
         size_t need = al256(sizeof(int) * 3 * n) + xbytes + al256(sizeof(double) * (size_t)H * D * D);
+        h->table_key = 0; // the fit's scratch below overwrites the cached far feature table
         rc = ensure(h, need, err, errlen);
         int *sel_d = (int *)h->ws;
         double *X = (double *)((char *)h->ws + al256(sizeof(int) * 3 * n));
@@ -1019,33 +1069,29 @@ int pca_for(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, cons
             snprintf(err, errlen, "PCA: %s", cudaGetErrorString(ce));
             rc = 1;
         }
-        for (int hh = 0; !rc && hh < H; hh++) {
-            double *a = Ch + (size_t)hh * D * D; // symmetric: row- and column-major alike
-            int nn = D, lda = D, info = 0, lwork = -1;
-            double wq = 0;
-            dsyev_("V", "L", &nn, a, &lda, eval, &wq, &lwork, &info, 1, 1);
-            lwork = info == 0 && wq >= 1 ? (int)wq : 3 * D;
-            double *work = (double *)malloc(sizeof(double) * lwork);
-            if (!work) {
+        if (!rc) {
+            // one dsyev per head, the heads spread over threads (each solve ~4 ms at D 128:
+            // 24 in a row made a flux1 layer's first call ~100 ms)
+            eig_job job;
+            job.Ch = Ch, job.host = host, job.H = H, job.B = B, job.D = D, job.g = g;
+            job.next = 0, job.info = 0, job.nomem = 0;
+            long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+            int nt = cpus < 1 ? 1 : cpus > 16 ? 16 : (int)cpus;
+            if (nt > H) nt = H;
+            pthread_t tid[16];
+            int started = 0;
+            for (int i = 1; i < nt; i++) {
+                if (pthread_create(&tid[i], nullptr, eig_worker, &job) != 0) break;
+                started = i;
+            }
+            eig_worker(&job);
+            for (int i = 1; i <= started; i++) pthread_join(tid[i], nullptr);
+            if (job.nomem) {
                 snprintf(err, errlen, "PCA: host allocation");
                 rc = 2;
-                break;
-            }
-            dsyev_("V", "L", &nn, a, &lda, eval, work, &lwork, &info, 1, 1);
-            free(work);
-            if (info != 0) {
-                snprintf(err, errlen, "PCA: eigen solver failed (info=%d)", info);
+            } else if (job.info != 0) {
+                snprintf(err, errlen, "PCA: eigen solver failed (info=%d)", job.info);
                 rc = 1;
-                break;
-            }
-            for (int r = 0; r < g; r++) { // column D-1-r: the r-th largest eigenvalue's vector
-                const double *vec = a + (size_t)(D - 1 - r) * D;
-                int big = 0;
-                for (int i = 1; i < D; i++)
-                    if (fabs(vec[i]) > fabs(vec[big])) big = i;
-                double sign = vec[big] < 0 ? -1.0 : 1.0;
-                for (int b = 0; b < B; b++)
-                    for (int i = 0; i < D; i++) host[((size_t)(b * H + hh) * D + i) * g + r] = (float)(sign * vec[i]);
             }
         }
     }

@@ -13,6 +13,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -644,6 +645,58 @@ static void test_hybrid_head_dim_32_through_tk_attention_matches_the_ref_backend
     free_problem(&p);
 }
 
+/* One cuda context over a sequence of calls, as a sampler drives it: hybrid
+ * on new layers (each fits its PCA in the workspace), exact with stats,
+ * Taylor, back to a layer seen before. Every call must match the ref backend
+ * (one ref context, same sequence). Guards the caches that survive calls --
+ * the far and Taylor feature tables, the PCA entries -- against scratch
+ * that other work writes into the same workspace. */
+static const char *mode_label(tk_mode m) {
+    return m == TK_MODE_EXACT ? "exact" : m == TK_MODE_TAYLOR ? "taylor" : "hybrid";
+}
+
+static void test_a_sequence_of_layers_and_modes_on_one_context_matches_the_ref_backend(void) {
+    need_device();
+    int T = 20, gh = 12, gw = 10, N = T + gh * gw;
+    problem p = make_problem(1, 2, N, N, 64, 64, TK_DTYPE_BF16, 1.0, 1.0, 53);
+    char err[256] = "";
+    tk_context *cu = NULL, *ref = NULL;
+    if (tk_context_open(TK_BACKEND_CUDA, &cu, err, sizeof err)) th_fail(__FILE__, __LINE__, "cuda: %s", err);
+    if (tk_context_open(TK_BACKEND_REF, &ref, err, sizeof err)) th_fail(__FILE__, __LINE__, "ref: %s", err);
+    static const struct { tk_mode mode; int layer, stats; } seq[] = {
+        {TK_MODE_HYBRID, 0, 0}, {TK_MODE_HYBRID, 1, 1}, {TK_MODE_TAYLOR, 2, 0}, {TK_MODE_EXACT, 3, 1},
+        {TK_MODE_TAYLOR, 2, 1}, {TK_MODE_HYBRID, 0, 0}, {TK_MODE_HYBRID, 4, 0}, {TK_MODE_TAYLOR, 2, 0},
+    };
+    size_t no = (size_t)p.B * p.H * p.Nq * p.Dv;
+    float *oh = xmalloc(no * 4);
+    double *ref64 = xmalloc(sizeof(double) * no);
+    for (size_t i = 0; i < sizeof seq / sizeof seq[0]; i++) {
+        tk_config cfg;
+        tk_config_defaults(&cfg);
+        cfg.local_window = 2;
+        tk_call c = call_of(&p);
+        c.text_tokens = T, c.grid_h = gh, c.grid_w = gw, c.layer = seq[i].layer;
+        tk_stats_request sr = {8, 0, 11};
+        tk_result rc, rr;
+        poison(&p);
+        TH_EQ_INT(tk_attention(cu, &c, &cfg, seq[i].mode, seq[i].stats ? &sr : NULL, &rc), TK_OK);
+        tk_call h = c;
+        h.dtype = TK_DTYPE_F32, h.q = p.q, h.k = p.k, h.v = p.v, h.o = oh, h.key_mask = p.mask, h.stream = NULL;
+        TH_EQ_INT(tk_attention(ref, &h, &cfg, seq[i].mode, seq[i].stats ? &sr : NULL, &rr), TK_OK);
+        TH_CHECKF(rc.reason == TK_REASON_NONE && rr.reason == TK_REASON_NONE, "call %zu (%s layer %d): cuda %s (%s), ref %s",
+                  i, mode_label(seq[i].mode), seq[i].layer, tk_reason_name(rc.reason), rc.detail, tk_reason_name(rr.reason));
+        for (size_t j = 0; j < no; j++) ref64[j] = oh[j];
+        double e = nmse(&p, ref64);
+        printf("  call %zu %s layer %d%s: nMSE %.2e\n", i, mode_label(seq[i].mode), seq[i].layer,
+               seq[i].stats ? " +stats" : "", e);
+        TH_CHECKF(e <= 5e-4, "call %zu (%s layer %d): normalized MSE against ref %.3g > 5e-4", i,
+                  mode_label(seq[i].mode), seq[i].layer, e);
+    }
+    free(oh), free(ref64);
+    tk_context_close(cu), tk_context_close(ref);
+    free_problem(&p);
+}
+
 /* ---- NaN/Inf input: bad_input on every mode, as the ref backend ---------
  * The ref backend (kernels/dispatch.c check_finite) scans every element of
  * q, k, v (q0, k0 for hybrid), masked key rows included, and names the first
@@ -898,6 +951,7 @@ static const th_test tests[] = {
     T(test_taylor_early_probe_on_cuda_samples_the_ref_backend_rows),
     T(test_hybrid_far_field_through_tk_attention_matches_the_ref_backend),
     T(test_hybrid_head_dim_32_through_tk_attention_matches_the_ref_backend),
+    T(test_a_sequence_of_layers_and_modes_on_one_context_matches_the_ref_backend),
 #else
     T(x),
 #endif
