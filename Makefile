@@ -30,7 +30,7 @@ ifneq ($(NVCC),)
   HAVE_CUDA := 1
   DEFS += -DTK_HAVE_CUDA=1
   NVOPT ?= -O3 -g -lineinfo
-  NVCCFLAGS = $(NVOPT) -std=c++17 -gencode=arch=compute_90,code=sm_90 -Xcompiler -Wall,-Wextra,-Werror \
+  NVCCFLAGS = $(NVOPT) -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Xcompiler -Wall,-Wextra,-Werror \
                -Werror all-warnings -MMD -MP -Ikernels -Iagent -DTK_HAVE_CUDA=1
   LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart_static -ldl -lrt -lstdc++
 endif

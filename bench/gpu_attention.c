@@ -181,15 +181,15 @@ int main(int argc, char **argv) {
         if (!isnan(cud)) row("PyTorch SDPA cuDNN", n, cud, exact_flops, cud);
         if (!isnan(fla)) row("PyTorch SDPA flash", n, fla, exact_flops, cud);
         a.mode = TK_MODE_EXACT;
-        setenv("TKC_EXACT_WARPS", "8", 1);
+        unsetenv("TKC_EXACT_WARPS");
         double ms = time_mode(&a, reps);
-        row("ours exact (8 warps, KT=128)", n, ms, exact_flops, cud);
-        setenv("TKC_EXACT_WARPS", "4", 1);
+        row("ours exact (wgmma, default)", n, ms, exact_flops, cud);
+        setenv("TKC_EXACT_WARPS", "9", 1);
         ms = time_mode(&a, reps);
-        row("ours exact (4 warps x2, KT=64)", n, ms, exact_flops, cud);
-        setenv("TKC_EXACT_WARPS", "16", 1);
+        row("ours exact (wgmma overlap)", n, ms, exact_flops, cud);
+        setenv("TKC_EXACT_WARPS", "8", 1);
         ms = time_mode(&a, reps);
-        row("ours exact (8 warps, KT=64)", n, ms, exact_flops, cud);
+        row("ours exact (mma.sync 8w)", n, ms, exact_flops, cud);
         unsetenv("TKC_EXACT_WARPS");
 
         a.mode = TK_MODE_TAYLOR;

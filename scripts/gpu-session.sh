@@ -15,7 +15,7 @@ what=${1:-all}
 B=build/gpu
 OUTDIR=${OUT:-$B}
 mkdir -p "$B" "$OUTDIR"
-NV="nvcc -O3 -g -lineinfo -std=c++17 -gencode=arch=compute_90,code=sm_90 -Ikernels -DTK_HAVE_CUDA=1"
+NV="nvcc -O3 -g -lineinfo -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Ikernels -DTK_HAVE_CUDA=1"
 CC="gcc -O2 -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Ikernels -Itests -DTK_HAVE_CUDA=1 -I/usr/local/cuda/include"
 objs=""
 for f in kernels/cuda/*.cu; do

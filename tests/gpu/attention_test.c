@@ -253,6 +253,10 @@ static void test_exact_f16_d64_cross_attention_with_key_mask_matches_fp64(void) 
 static void test_exact_f32_input_runs_through_bf16_tensor_cores(void) {
     check_exact(1, 2, 77, 200, 128, TK_DTYPE_F32, 1.0, 5e-4);
 }
+/* the simulator's tiny model: head dim 32, masked keys, rows not a tile multiple */
+static void test_exact_bf16_d32_with_key_mask_matches_fp64(void) {
+    check_exact(2, 2, 150, 211, 32, TK_DTYPE_BF16, 0.8, 5e-4);
+}
 
 static int64_t binom(int n, int k) {
     int64_t r = 1;
@@ -617,6 +621,7 @@ static const th_test tests[] = {
     T(test_exact_bf16_d128_matches_fp64_with_tails_and_batches),
     T(test_exact_f16_d64_cross_attention_with_key_mask_matches_fp64),
     T(test_exact_f32_input_runs_through_bf16_tensor_cores),
+    T(test_exact_bf16_d32_with_key_mask_matches_fp64),
     T(test_taylor_p4_four_sub_head_blocks_matches_fp64),
     T(test_taylor_p3_eight_blocks_with_mask_and_normalized_qk_matches_fp64),
     T(test_taylor_f32_d64_p2_single_block_matches_fp64),
