@@ -13,9 +13,10 @@
 int tkc_small_handles(const tkc_taylor_args *a);
 // Workspace bytes of the small path (placed after the table region).
 size_t tkc_small_workspace(const tkc_taylor_args *a, int num_sms);
-// Phase A (S, z per slice) and the probe rows' den into host_den
-// [B*H*blocks][probe_n]; a tkc_small_run with the same arguments and
-// workspace right after reuses phase A. Launcher codes as cuda_internal.h.
+// The whole call (phase A, the probe rows' den into host_den
+// [B*H*blocks][probe_n], and the apply kernel into the workspace a->o); a
+// tkc_small_run with the same arguments and workspace right after only reads
+// the denominator counters back. Launcher codes as cuda_internal.h.
 int tkc_small_probe(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_sms, cudaStream_t st,
                     float *host_den, char *err, size_t errlen);
 // The whole call into a->o; denominator counters into *den (decoded).
