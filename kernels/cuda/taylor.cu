@@ -22,6 +22,7 @@
 #include <type_traits>
 
 #include "cuda_internal.h"
+#include "taylor_small.h"
 
 namespace {
 
@@ -753,6 +754,7 @@ int64_t tkc_feature_count(int d, int P) {
 size_t tkc_taylor_workspace(const tkc_taylor_args *a, int num_sms) {
     Layout L;
     if (!layout_of(a, num_sms, &L)) return 0;
+    if (tkc_small_handles(a)) { size_t sw = L.off_part + tkc_small_workspace(a, num_sms); return sw > L.total ? sw : L.total; }
     return L.total;
 }
 
@@ -774,6 +776,7 @@ int tkc_taylor_probe(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int nu
         snprintf(err, errlen, "taylor probe: bad layout");
         return 3;
     }
+    if (tkc_small_handles(a)) return tkc_small_probe(a, (unsigned char *)ws + L.off_part, ws_bytes - L.off_part, num_sms, st, host_den, err, errlen);
     KArgs k = kargs_of(a, L);
     int nchunk = (a->Nk + PROBE_KEYS - 1) / PROBE_KEYS;
     float *partial = reinterpret_cast<float *>((unsigned char *)ws + L.off_probe);
@@ -822,6 +825,7 @@ int tkc_taylor_run(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_
         return 1;
     }
     }
+    if (tkc_small_handles(a)) return tkc_small_run(a, w + L.off_part, ws_bytes - L.off_part, num_sms, st, den, err, errlen);
     int rc;
     if (a->dtype == TK_DTYPE_BF16)
         rc = run_t<__nv_bfloat16, __nv_bfloat16>(a, L, w, st, err, errlen);

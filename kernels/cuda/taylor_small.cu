@@ -1,0 +1,877 @@
+// taylor_small.cu -- Taylor attention (SPEC 3) for slice dim d = dv = 16 and
+// P <= 3, built on the degree-2 structure instead of a feature table.
+//
+// With q', k' the modified rows scaled by sqrt(s) (SPEC 3.3),
+//   kappa_3(q'.k') = 1 + q'.k' + (q'.k')^2 / 2,
+// and the degree-2 term is a sum over pairs (m, b) of q'_m q'_b k'_m k'_b
+// with weight 1 for b > m, 1/2 for b == m, 0 for b < m. Features are formed
+// in registers as mma fragments, never stored:
+//   phase A (grid key split x head, 2 warps per slice): per 16 keys, the
+//     fragments of V'^T and K'^T come from ldmatrix; a feature tile (m, set)
+//     of 8 features is k'_m (a broadcast pair) times the fragment of K' for
+//     the dims of set (0-7 or 8-15), one HMUL2 per register. Tiles:
+//       0..23  degree 2: (m = tile, dims 0-7) for tile < 8, (m = tile-8,
+//              dims 8-15) for tile >= 8 (the b < m features get weight 0);
+//       24,25  degree 1 (k'_b), 26 sum of v (constant term);
+//       27,28  Gram matrix G = sum k' k'^T (A = K'^T), 29 mu = sum k'.
+//     Each (split, slice) stores its fp32 accumulators per lane.
+//   sum (grid head*slice): splits added in a fixed order (deterministic),
+//     weights applied, S stored as f16 mma B fragments scaled per v column
+//     (largest magnitude / 1024), G as f16 B fragments, sum v, mu, N' (the
+//     count of kept keys) in fp32; the denominator counters are reset here.
+//   apply (persistent grid over 64-query tiles, one warp per slice): the
+//     slice's S fragments stay in registers; per 16 queries, 13 k-steps of
+//     q'_m * [q' pair] A fragments against them; den = N' + q'.mu +
+//     q'^T G q' / 2 (G q' on the tensor cores); the epilogue divides, clamps
+//     den <= eps and counts the denominators (SPEC 3.1) on the device.
+//   probe: den of the sampled rows from (N', mu, G) in the sum kernel,
+//     which is psi(q').z of SPEC 3.4. The apply kernel is queued before the
+//     host reads them (it writes only the workspace copy of o), so the GPU
+//     never idles during the probe's round trip; the run that follows reuses
+//     everything and copies the counters back.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <type_traits>
+
+#include "taylor_small.h"
+
+namespace {
+
+using namespace tkc;
+
+constexpr int NTILE = 30;     // accumulator tiles per slice (see above)
+constexpr int NKS = 13;
+constexpr int SUM_WARPS = 16; // warps of the sum kernel       // apply k-steps: 12 degree-2 tile pairs + degree 1
+constexpr int KTA = 64;       // keys per phase-A stage
+constexpr int QTB = 64;       // queries per apply stage
+constexpr int LDC = 24;       // converted rows in halves (48 B: conflict-free ldmatrix)
+constexpr int NCONST = 64 + 256; // per slice: scale[16] sumv[16] mu[16] N' gscale .. G[16][16]
+
+size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+struct SArgs {
+    const void *q, *k, *v;
+    const uint8_t *mask;
+    int H, Nq, Nk, BH, split;
+    int modify;
+    float power, clip, eps, sqrt_s;
+};
+
+__device__ __forceinline__ float row_fac(float ss, const SArgs &a) {
+    float f = a.sqrt_s;
+    if (a.modify) {
+        float nrm = sqrtf(ss) + a.eps;
+        if (a.modify == 1) {
+            f /= nrm;
+        } else {
+            if (a.power > 0.f) f *= powf(nrm, -a.power);
+            if (a.clip > 0.f) f *= fminf(1.f, a.clip / nrm);
+        }
+    }
+    return f;
+}
+
+// 16 consecutive elements -> fp32 (16-byte loads; p 16-byte aligned).
+template <typename TI> __device__ __forceinline__ void load16(const TI *p, float *x) {
+    uint4 u0 = reinterpret_cast<const uint4 *>(p)[0], u1 = reinterpret_cast<const uint4 *>(p)[1];
+    const TI *h0 = reinterpret_cast<const TI *>(&u0), *h1 = reinterpret_cast<const TI *>(&u1);
+#pragma unroll
+    for (int i = 0; i < 8; i++) x[i] = elem<TI>::to_f(h0[i]), x[8 + i] = elem<TI>::to_f(h1[i]);
+}
+template <> __device__ __forceinline__ void load16<float>(const float *p, float *x) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float4 f = reinterpret_cast<const float4 *>(p)[i];
+        x[4 * i] = f.x, x[4 * i + 1] = f.y, x[4 * i + 2] = f.z, x[4 * i + 3] = f.w;
+    }
+}
+template <typename TO> __device__ __forceinline__ void store2(TO *p, float x0, float x1) {
+    *reinterpret_cast<uint32_t *>(p) = elem<TO>::pack(x0, x1);
+}
+template <> __device__ __forceinline__ void store2<float>(float *p, float x0, float x1) {
+    *reinterpret_cast<float2 *>(p) = make_float2(x0, x1);
+}
+
+__device__ __forceinline__ uint32_t h2u(__half2 h) { return *reinterpret_cast<uint32_t *>(&h); }
+__device__ __forceinline__ uint32_t hmul2u(uint32_t a, uint32_t b) {
+    return h2u(__hmul2(*reinterpret_cast<__half2 *>(&a), *reinterpret_cast<__half2 *>(&b)));
+}
+__device__ __forceinline__ uint32_t packh(float lo, float hi) { return h2u(__floats2half2_rn(lo, hi)); }
+// Elementwise product of two 16-bit pairs in the mma type MT.
+template <typename MT> __device__ __forceinline__ uint32_t hmul2t(uint32_t a, uint32_t b);
+template <> __device__ __forceinline__ uint32_t hmul2t<__half>(uint32_t a, uint32_t b) { return hmul2u(a, b); }
+template <> __device__ __forceinline__ uint32_t hmul2t<__nv_bfloat16>(uint32_t a, uint32_t b) {
+    __nv_bfloat162 r = __hmul2(*reinterpret_cast<__nv_bfloat162 *>(&a), *reinterpret_cast<__nv_bfloat162 *>(&b));
+    return *reinterpret_cast<uint32_t *>(&r);
+}
+// The pair (1, 1) in the mma type.
+template <typename MT> struct one2;
+template <> struct one2<__half> { static constexpr uint32_t v = 0x3C003C00u; };
+template <> struct one2<__nv_bfloat16> { static constexpr uint32_t v = 0x3F803F80u; };
+
+__device__ __forceinline__ unsigned ord_enc(float x) {
+    unsigned u = __float_as_uint(x);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Position of key r (0..63) in a row of the transposed K' tile: inside each
+// 16 keys, lane t's keys 2t, 2t+1, 2t+8, 2t+9 sit at 4t..4t+3 (one 8-byte load).
+__device__ __forceinline__ int kt_pos(int r) {
+    int q = r & 15;
+    return (r & ~15) | (((q & 7) >> 1) << 2) | ((q >> 3) << 1) | (q & 1);
+}
+
+template <typename TI, bool FAST> __host__ __device__ constexpr int a_stages() {
+    return FAST ? 4 : sizeof(TI) == 4 ? 2 : 3;
+}
+template <typename TI> __host__ __device__ constexpr int b_stages() { return sizeof(TI) == 4 ? 3 : 4; }
+template <typename TI, int NB> __host__ __device__ constexpr int raw_ld() { return 16 * NB + 16 / (int)sizeof(TI); }
+template <typename TI, int NB, bool FAST> constexpr size_t smem_a() {
+    return (size_t)a_stages<TI, FAST>() * 2 * KTA * raw_ld<TI, NB>() * sizeof(TI) +
+           (FAST ? 0 : (size_t)NB * KTA * LDC * 2 * 2 + (size_t)NB * 16 * KTA * 2);
+}
+template <typename TI, int NB> constexpr size_t smem_b() {
+    return (size_t)b_stages<TI>() * QTB * raw_ld<TI, NB>() * sizeof(TI);
+}
+
+// Phase A: grid (split, B*H), 64*NB threads (2 warps per slice). FAST (16-bit
+// input, no q/k modification): fragments straight from the staged rows in
+// the input type (masked keys zero-filled by the copy), k'_m by shuffles,
+// sqrt(s) applied by the sum kernel. Otherwise each 64-key tile is first
+// converted to f16 k' (modified, scaled) and v in shared memory.
+template <typename TI, int NB, bool FAST>
+__global__ void __launch_bounds__(64 * NB, 1)
+    small_reduce_kernel(SArgs a, float4 *__restrict__ part, int *__restrict__ cnt) {
+    using MT = typename std::conditional<FAST, TI, __half>::type; // mma input type
+    constexpr int D = 16 * NB, NTH = 64 * NB, RLD = raw_ld<TI, NB>(), ST = a_stages<TI, FAST>();
+    constexpr int EPC = 16 / (int)sizeof(TI), CPR = D / EPC; // elements per 16 B, chunks per row
+    constexpr uint32_t ONE = one2<MT>::v;
+    extern __shared__ __align__(16) unsigned char sm[];
+    TI *raw = reinterpret_cast<TI *>(sm);                             // [ST][2][KTA][RLD]
+    __half *Kc = reinterpret_cast<__half *>(raw + ST * 2 * KTA * RLD); // [NB][KTA][LDC] (not FAST)
+    __half *Vc = Kc + NB * KTA * LDC;                                  // [NB][KTA][LDC]
+    __half *Kt = Vc + NB * KTA * LDC;                                  // [NB][16][KTA]
+    __shared__ int s_cnt;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, t = lane & 3;
+    const int sp = blockIdx.x, bh = blockIdx.y, bidx = bh / a.H;
+    const TI *kb = reinterpret_cast<const TI *>(a.k) + (size_t)bh * a.Nk * D;
+    const TI *vb = reinterpret_cast<const TI *>(a.v) + (size_t)bh * a.Nk * D;
+    const uint8_t *mb = a.mask ? a.mask + (size_t)bidx * a.Nk : nullptr;
+    const int tiles = (a.Nk + KTA - 1) / KTA;
+    const int per = (tiles + a.split - 1) / a.split;
+    const int t0 = min(tiles, sp * per), nt = min(tiles, t0 + per) - t0;
+    int my_cnt = 0; // kept keys this thread staged (chunk 0 of a k row)
+
+    auto issue = [&](int tile, int stg) {
+        const int key0 = tile * KTA;
+        for (int e = tid; e < 2 * KTA * CPR; e += NTH) {
+            const int which = e / (KTA * CPR), rem = e - which * KTA * CPR, r = rem / CPR, cc = rem - r * CPR;
+            const int key = key0 + r;
+            const bool in = key < a.Nk && (!mb || mb[key]);
+            if (which == 0 && cc == 0) my_cnt += in;
+            const TI *src = (which ? vb : kb) + (size_t)(in ? key : 0) * D + cc * EPC;
+            cp_async16(raw + ((stg * 2 + which) * KTA + r) * RLD + cc * EPC, src, in ? 16 : 0);
+        }
+    };
+
+    if (tid == 0) s_cnt = 0;
+    __syncthreads();
+    float acc[16][4];
+#pragma unroll
+    for (int i = 0; i < 16; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+#pragma unroll
+    for (int i = 0; i < ST - 1; i++) {
+        if (i < nt) issue(t0 + i, i);
+        cp_async_commit();
+    }
+    const int cs = tid >> 6, cr = tid & 63; // conversion: slice, key row; mma: slice cs, half
+    const int half = warp & 1;
+    for (int i = 0; i < nt; i++) {
+        cp_async_wait<ST - 2>();
+        __syncthreads(); // stage i is in; the previous tile's mma is done with its buffers
+        if (i + ST - 1 < nt) issue(t0 + i + ST - 1, (i + ST - 1) % ST);
+        cp_async_commit();
+        const int stg = i % ST;
+        const MT *Kcs, *Vcs; // fragment sources: [key][16] rows of ld LD
+        int LD;
+        if constexpr (FAST) {
+            Kcs = raw + (stg * 2) * KTA * RLD + cs * 16;
+            Vcs = raw + (stg * 2 + 1) * KTA * RLD + cs * 16;
+            LD = RLD;
+        } else {
+            const int key = (t0 + i) * KTA + cr;
+            const bool valid = key < a.Nk && (!mb || mb[key]);
+            float x[16];
+            load16(raw + ((stg * 2) * KTA + cr) * RLD + cs * 16, x);
+            float ss = 0.f;
+#pragma unroll
+            for (int m = 0; m < 16; m++) ss += x[m] * x[m];
+            const float f = row_fac(ss, a);
+            uint32_t hk[8];
+#pragma unroll
+            for (int m = 0; m < 8; m++) hk[m] = valid ? packh(x[2 * m] * f, x[2 * m + 1] * f) : 0u;
+            uint4 *kd = reinterpret_cast<uint4 *>(Kc + (cs * KTA + cr) * LDC);
+            kd[0] = make_uint4(hk[0], hk[1], hk[2], hk[3]);
+            kd[1] = make_uint4(hk[4], hk[5], hk[6], hk[7]);
+            const int pos = kt_pos(cr);
+#pragma unroll
+            for (int m = 0; m < 8; m++) {
+                __half2 h = *reinterpret_cast<__half2 *>(&hk[m]);
+                Kt[(cs * 16 + 2 * m) * KTA + pos] = __low2half(h);
+                Kt[(cs * 16 + 2 * m + 1) * KTA + pos] = __high2half(h);
+            }
+            load16(raw + ((stg * 2 + 1) * KTA + cr) * RLD + cs * 16, x);
+            uint4 *vd = reinterpret_cast<uint4 *>(Vc + (cs * KTA + cr) * LDC);
+#pragma unroll
+            for (int m = 0; m < 8; m++) hk[m] = valid ? packh(x[2 * m], x[2 * m + 1]) : 0u;
+            vd[0] = make_uint4(hk[0], hk[1], hk[2], hk[3]);
+            vd[1] = make_uint4(hk[4], hk[5], hk[6], hk[7]);
+            __syncthreads();
+            Kcs = reinterpret_cast<const MT *>(Kc + cs * KTA * LDC);
+            Vcs = reinterpret_cast<const MT *>(Vc + cs * KTA * LDC);
+            LD = LDC;
+        }
+        const __half *Kts = Kt + cs * 16 * KTA;
+#pragma unroll
+        for (int ks = 0; ks < KTA / 16; ks++) {
+            uint32_t KA[4], VA[4];
+            const int off = (ks * 16 + (lane & 7) + 8 * (lane >> 4)) * LD + 8 * ((lane >> 3) & 1);
+            ldsm_x4_t(KA, Kcs + off);
+            ldsm_x4_t(VA, Vcs + off);
+            // k'_m of this lane's keys (2t, 2t+1 | 2t+8, 2t+9): lo, hi
+            auto km = [&](int m, uint32_t &lo, uint32_t &hi) {
+                if constexpr (FAST) {
+                    const int src = (m & 7) * 4 + t;
+                    lo = __shfl_sync(0xffffffffu, m < 8 ? KA[0] : KA[1], src);
+                    hi = __shfl_sync(0xffffffffu, m < 8 ? KA[2] : KA[3], src);
+                } else {
+                    const uint2 u = *reinterpret_cast<const uint2 *>(Kts + ks * 16 + 4 * t + m * KTA);
+                    lo = u.x, hi = u.y;
+                }
+            };
+            if (half == 0) {
+                uint32_t lo[8], hi[8];
+#pragma unroll
+                for (int m = 0; m < 8; m++) km(m, lo[m], hi[m]);
+#pragma unroll
+                for (int j = 0; j < 14; j++) { // tiles 0..13
+                    const int m = j < 8 ? j : j - 8;
+                    const uint32_t b0 = hmul2t<MT>(lo[m], j < 8 ? KA[0] : KA[1]);
+                    const uint32_t b1 = hmul2t<MT>(hi[m], j < 8 ? KA[2] : KA[3]);
+                    mma16816<MT>(acc[j], VA, b0, b1);
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < 10; j++) { // tiles 14..23: m = 6..15, dims 8-15
+                    uint32_t lo, hi;
+                    km(j + 6, lo, hi);
+                    mma16816<MT>(acc[j], VA, hmul2t<MT>(lo, KA[1]), hmul2t<MT>(hi, KA[3]));
+                }
+                mma16816<MT>(acc[10], VA, KA[0], KA[2]); // 24: k'_b, b 0-7
+                mma16816<MT>(acc[11], VA, KA[1], KA[3]); // 25: k'_b, b 8-15
+                mma16816<MT>(acc[12], VA, ONE, ONE);     // 26: sum v
+                mma16816<MT>(acc[13], KA, KA[0], KA[2]); // 27: G[:, 0-7]
+                mma16816<MT>(acc[14], KA, KA[1], KA[3]); // 28: G[:, 8-15]
+                mma16816<MT>(acc[15], KA, ONE, ONE);     // 29: mu
+            }
+        }
+    }
+    cp_async_wait<0>();
+    atomicAdd(&s_cnt, my_cnt);
+    float4 *pb = part + ((size_t)(sp * a.BH + bh) * NB + cs) * NTILE * 32 + lane;
+    const int base = half ? 14 : 0, n = half ? 16 : 14;
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+        if (j < n) pb[(base + j) * 32] = make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]);
+    __syncthreads();
+    if (tid == 0) cnt[sp * a.BH + bh] = s_cnt;
+}
+
+// Splits summed in order, weights, scales, fragments; then the probe rows'
+// den (pn > 0). Grid B*H*NB, SUM_WARPS warps over the accumulator tiles. fs2, fs1: factors of the degree-2
+// and degree-1 sums (s and sqrt(s) when phase A ran on unscaled k, else 1).
+template <typename TI>
+__global__ void __launch_bounds__(32 * SUM_WARPS)
+    small_sum_kernel(SArgs a, const float4 *__restrict__ part, const int *__restrict__ cnt, int NB, int P,
+                     float fs2, float fs1, uint2 *sfrag, uint2 *gfrag, float *consts, tkc_den_stats *den,
+                     const int *rows, int pn, float *probe_out) {
+    __shared__ float4 S[NTILE][32];
+    __shared__ unsigned colmax[16], gmax;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+    const int bhc = blockIdx.x, bh = bhc / NB, BHC = a.BH * NB;
+    if (tid < 16) colmax[tid] = 0u;
+    if (tid == 0) gmax = 0u;
+    if (bhc == 0 && tid == 0) {
+        den->n = den->n_le_eps = den->n_nonfinite = 0ull;
+        den->min = __uint_as_float(0xffffffffu);
+        den->max = __uint_as_float(0u);
+        den->sum = 0.0;
+    }
+    __syncthreads();
+    for (int tau = warp; tau < NTILE; tau += SUM_WARPS) { // four running sums over the splits, combined in a fixed order
+        float4 r[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) r[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+        const float4 *src = part + (size_t)bhc * NTILE * 32 + tau * 32 + lane;
+        const size_t stride = (size_t)BHC * NTILE * 32;
+        int sp = 0;
+        for (; sp + 4 <= a.split; sp += 4) {
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const float4 p = src[(sp + k) * stride];
+                r[k].x += p.x, r[k].y += p.y, r[k].z += p.z, r[k].w += p.w;
+            }
+        }
+        for (; sp < a.split; sp++) {
+            const float4 p = src[sp * stride];
+            r[0].x += p.x, r[0].y += p.y, r[0].z += p.z, r[0].w += p.w;
+        }
+        float4 s = make_float4((r[0].x + r[1].x) + (r[2].x + r[3].x), (r[0].y + r[1].y) + (r[2].y + r[3].y),
+                               (r[0].z + r[1].z) + (r[2].z + r[3].z), (r[0].w + r[1].w) + (r[2].w + r[3].w));
+        if (tau < 24) { // degree 2: weight of pair (m, b)
+            const int m = tau < 8 ? tau : tau - 8, b0 = 2 * t + (tau < 8 ? 0 : 8), b1 = b0 + 1;
+            const float w0 = P < 3 ? 0.f : b0 > m ? fs2 : b0 == m ? 0.5f * fs2 : 0.f;
+            const float w1 = P < 3 ? 0.f : b1 > m ? fs2 : b1 == m ? 0.5f * fs2 : 0.f;
+            s.x = w0 == 0.f ? 0.f : s.x * w0, s.z = w0 == 0.f ? 0.f : s.z * w0;
+            s.y = w1 == 0.f ? 0.f : s.y * w1, s.w = w1 == 0.f ? 0.f : s.w * w1;
+        } else if (tau == 24 || tau == 25 || tau == 29) { // degree 1, mu
+            if (P < 2) s = make_float4(0.f, 0.f, 0.f, 0.f);
+            else s.x *= fs1, s.y *= fs1, s.z *= fs1, s.w *= fs1;
+        } else if (tau == 27 || tau == 28) { // G
+            if (P < 3) s = make_float4(0.f, 0.f, 0.f, 0.f);
+            else s.x *= fs2, s.y *= fs2, s.z *= fs2, s.w *= fs2;
+        }
+        S[tau][lane] = s;
+        if (tau < 26) { // S columns: v = g (x, y), v = g + 8 (z, w)
+            float lo = fmaxf(fabsf(s.x), fabsf(s.y)), hi = fmaxf(fabsf(s.z), fabsf(s.w));
+            if (s.x != s.x || s.y != s.y) lo = INFINITY;
+            if (s.z != s.z || s.w != s.w) hi = INFINITY;
+            atomicMax(&colmax[g], __float_as_uint(lo));
+            atomicMax(&colmax[g + 8], __float_as_uint(hi));
+        } else if (tau == 27 || tau == 28) {
+            float mx = fmaxf(fmaxf(fabsf(s.x), fabsf(s.y)), fmaxf(fabsf(s.z), fabsf(s.w)));
+            if (s.x != s.x || s.y != s.y || s.z != s.z || s.w != s.w) mx = INFINITY;
+            atomicMax(&gmax, __float_as_uint(mx));
+        }
+    }
+    __syncthreads();
+    auto scale_of = [](unsigned bits) {
+        float m = __uint_as_float(bits);
+        return (m > 0.f && m < INFINITY) ? m * (1.f / 1024.f) : 1.f;
+    };
+    const float sg = scale_of(colmax[g]), sg8 = scale_of(colmax[g + 8]), gs = scale_of(gmax);
+    for (int s = warp; s < NKS; s += SUM_WARPS) {
+        const int t1 = s < 12 ? 2 * s : 24;
+        const float4 A1 = S[t1][lane], A2 = S[t1 + 1][lane];
+        uint2 *dst = sfrag + ((size_t)bhc * NKS + s) * 2 * 32 + lane;
+        dst[0] = make_uint2(packh(A1.x / sg, A1.y / sg), packh(A2.x / sg, A2.y / sg));
+        dst[32] = make_uint2(packh(A1.z / sg8, A1.w / sg8), packh(A2.z / sg8, A2.w / sg8));
+    }
+    float *C = consts + (size_t)bhc * NCONST;
+    __shared__ float Gs[16][17], mus[16], Ns;
+    if (warp == 0) {
+        const float4 GL = S[27][lane], GH = S[28][lane];
+        uint2 *gd = gfrag + (size_t)bhc * 2 * 32 + lane;
+        gd[0] = make_uint2(packh(GL.x / gs, GL.y / gs), packh(GH.x / gs, GH.y / gs));
+        gd[32] = make_uint2(packh(GL.z / gs, GL.w / gs), packh(GH.z / gs, GH.w / gs));
+        Gs[g][2 * t] = GL.x, Gs[g][2 * t + 1] = GL.y;
+        Gs[g + 8][2 * t] = GL.z, Gs[g + 8][2 * t + 1] = GL.w;
+        Gs[g][8 + 2 * t] = GH.x, Gs[g][9 + 2 * t] = GH.y;
+        Gs[g + 8][8 + 2 * t] = GH.z, Gs[g + 8][9 + 2 * t] = GH.w;
+    }
+    if (warp == 1 && t == 0) {
+        C[16 + g] = S[26][lane].x, C[24 + g] = S[26][lane].z;
+        C[32 + g] = mus[g] = S[29][lane].x, C[40 + g] = mus[g + 8] = S[29][lane].z;
+    }
+    if (tid < 16) C[tid] = scale_of(colmax[tid]);
+    if (tid == 32 * 2) {
+        long long n = 0;
+        for (int sp = 0; sp < a.split; sp++) n += cnt[sp * a.BH + bh];
+        C[48] = Ns = (float)n;
+        C[49] = gs;
+    }
+    if (pn <= 0) return;
+    __syncthreads();
+    // probe: den = N' + q'.mu + q'^T G q' / 2 for the sampled rows (SPEC 3.4)
+    const int D = 16 * NB, c = bhc % NB;
+    for (int p = tid; p < pn; p += 32 * SUM_WARPS) {
+        const TI *qr = reinterpret_cast<const TI *>(a.q) + ((size_t)bh * a.Nq + rows[p]) * D + c * 16;
+        float x[16], ss = 0.f;
+        load16(qr, x);
+#pragma unroll
+        for (int m = 0; m < 16; m++) ss += x[m] * x[m];
+        const float f = row_fac(ss, a);
+#pragma unroll
+        for (int m = 0; m < 16; m++) x[m] *= f;
+        float lin = 0.f, quad = 0.f;
+#pragma unroll 1
+        for (int m = 0; m < 16; m++) { // not unrolled: G stays in shared memory, not in registers
+            float xm = 0.f;
+#pragma unroll
+            for (int b = 0; b < 16; b++) xm = b == m ? x[b] : xm;
+            lin += xm * mus[m];
+            float r = 0.f;
+#pragma unroll
+            for (int b = 0; b < 16; b++) r += Gs[m][b] * x[b];
+            quad += xm * r;
+        }
+        probe_out[(size_t)bhc * pn + p] = Ns + lin + 0.5f * quad;
+    }
+}
+
+// Apply: persistent grid over (head, 64-query tile) units, 32*NB threads.
+// Per 16 queries the features are built from the unscaled q rows (f16
+// pairs): out = sum v + f acc1 + f^2 acc2 and den = N' + f q.mu + f^2 q^T G q
+// / 2, f = the row's factor (SPEC 3.3 and sqrt(s)).
+template <typename TI, int NB>
+__global__ void __launch_bounds__(32 * NB, 2)
+    small_apply_kernel(SArgs a, const uint2 *__restrict__ sfrag, const uint2 *__restrict__ gfrag,
+                       const float *__restrict__ consts, TI *__restrict__ o, tkc_den_stats *den,
+                       int units, int tiles_q) {
+    constexpr int D = 16 * NB, NTH = 32 * NB, RLD = raw_ld<TI, NB>(), ST = b_stages<TI>();
+    constexpr int EPC = 16 / (int)sizeof(TI), CPR = D / EPC;
+    extern __shared__ __align__(16) unsigned char sm[];
+    TI *raw = reinterpret_cast<TI *>(sm); // [ST][QTB][RLD]
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, t = lane & 3, g = lane >> 2;
+    const int u0 = (int)((long long)blockIdx.x * units / gridDim.x);
+    const int nu = (int)((long long)(blockIdx.x + 1) * units / gridDim.x) - u0;
+
+    auto issue = [&](int u, int stg) {
+        const int bh = u / tiles_q, q0 = (u - bh * tiles_q) * QTB;
+        const TI *qb = reinterpret_cast<const TI *>(a.q) + (size_t)bh * a.Nq * D;
+        for (int e = tid; e < QTB * CPR; e += NTH) {
+            const int r = e / CPR, cc = e - r * CPR, qi = q0 + r;
+            const bool in = qi < a.Nq;
+            cp_async16(raw + (stg * QTB + r) * RLD + cc * EPC, qb + (size_t)(in ? qi : 0) * D + cc * EPC,
+                       in ? 16 : 0);
+        }
+    };
+#pragma unroll
+    for (int i = 0; i < ST - 1; i++) {
+        if (i < nu) issue(u0 + i, i);
+        cp_async_commit();
+    }
+    int cur_bh = -1;
+    uint2 SF[NKS][2], GF[2];
+    float csc[2][2], cin[2][2], cmu[2][2], Nn = 0.f, hgs = 0.f;
+    unsigned n_all = 0, n_le = 0, n_nf = 0, emin = 0xffffffffu, emax = 0u;
+    double dsum = 0.0;
+    for (int i = 0; i < nu; i++) {
+        cp_async_wait<ST - 2>();
+        __syncthreads();
+        if (i + ST - 1 < nu) issue(u0 + i + ST - 1, (i + ST - 1) % ST);
+        cp_async_commit();
+        const int u = u0 + i, bh = u / tiles_q, q0 = (u - bh * tiles_q) * QTB;
+        if (bh != cur_bh) {
+            cur_bh = bh;
+            const int bhc = bh * NB + warp;
+            const uint2 *sf = sfrag + (size_t)bhc * NKS * 2 * 32 + lane;
+#pragma unroll
+            for (int s = 0; s < NKS; s++) SF[s][0] = sf[(2 * s) * 32], SF[s][1] = sf[(2 * s + 1) * 32];
+            GF[0] = gfrag[(size_t)bhc * 64 + lane], GF[1] = gfrag[(size_t)bhc * 64 + 32 + lane];
+            const float *C = consts + (size_t)bhc * NCONST;
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int col = nt * 8 + 2 * t + e;
+                    csc[nt][e] = C[col];
+                    cin[nt][e] = C[16 + col] / C[col];
+                    cmu[nt][e] = C[32 + col];
+                }
+            Nn = C[48];
+            hgs = 0.5f * C[49];
+        }
+        const TI *stile = raw + (i % ST) * QTB * RLD + warp * 16;
+        TI *ob = o + (size_t)bh * a.Nq * D + warp * 16;
+#pragma unroll 1
+        for (int j = 0; j < QTB / 16; j++) {
+            const int r0 = j * 16 + g;
+            uint32_t P0[8], P1[8]; // q rows g, g+8 as f16 pairs (dims 2i, 2i+1), unscaled
+            float f0, f1;
+            {
+                float x[16];
+                load16(stile + r0 * RLD, x);
+                f0 = a.sqrt_s;
+                if (a.modify) {
+                    float ss = 0.f;
+#pragma unroll
+                    for (int m = 0; m < 16; m++) ss += x[m] * x[m];
+                    f0 = row_fac(ss, a);
+                }
+#pragma unroll
+                for (int m = 0; m < 8; m++) P0[m] = packh(x[2 * m], x[2 * m + 1]);
+                load16(stile + (r0 + 8) * RLD, x);
+                f1 = a.sqrt_s;
+                if (a.modify) {
+                    float ss = 0.f;
+#pragma unroll
+                    for (int m = 0; m < 16; m++) ss += x[m] * x[m];
+                    f1 = row_fac(ss, a);
+                }
+#pragma unroll
+                for (int m = 0; m < 8; m++) P1[m] = packh(x[2 * m], x[2 * m + 1]);
+            }
+            // this lane's pairs: dims (2t, 2t+1) and (2t+8, 2t+9)
+            uint32_t QL0 = P0[0], QH0 = P0[4], QL1 = P1[0], QH1 = P1[4];
+#pragma unroll
+            for (int k = 1; k < 4; k++)
+                if (t == k) QL0 = P0[k], QH0 = P0[k + 4], QL1 = P1[k], QH1 = P1[k + 4];
+            float acc2[2][2][4], acc1[2][4];
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc2[0][nt][e] = acc2[1][nt][e] = acc1[nt][e] = 0.f;
+#pragma unroll
+            for (int s = 0; s < 12; s++) {
+                const int ta = 2 * s, tb = 2 * s + 1;
+                const int m1 = ta < 8 ? ta : ta - 8, m2 = tb < 8 ? tb : tb - 8;
+                const uint32_t Q0 = s < 4 ? QL0 : QH0, Q1 = s < 4 ? QL1 : QH1;
+                const __half2 p0a = *reinterpret_cast<const __half2 *>(&P0[m1 >> 1]);
+                const __half2 p1a = *reinterpret_cast<const __half2 *>(&P1[m1 >> 1]);
+                const __half2 p0b = *reinterpret_cast<const __half2 *>(&P0[m2 >> 1]);
+                const __half2 p1b = *reinterpret_cast<const __half2 *>(&P1[m2 >> 1]);
+                const uint32_t A[4] = {hmul2u(h2u((m1 & 1) ? __high2half2(p0a) : __low2half2(p0a)), Q0),
+                                       hmul2u(h2u((m1 & 1) ? __high2half2(p1a) : __low2half2(p1a)), Q1),
+                                       hmul2u(h2u((m2 & 1) ? __high2half2(p0b) : __low2half2(p0b)), Q0),
+                                       hmul2u(h2u((m2 & 1) ? __high2half2(p1b) : __low2half2(p1b)), Q1)};
+                mma16816<__half>(acc2[s & 1][0], A, SF[s][0].x, SF[s][0].y);
+                mma16816<__half>(acc2[s & 1][1], A, SF[s][1].x, SF[s][1].y);
+            }
+            const uint32_t AQ[4] = {QL0, QL1, QH0, QH1};
+            mma16816<__half>(acc1[0], AQ, SF[12][0].x, SF[12][0].y);
+            mma16816<__half>(acc1[1], AQ, SF[12][1].x, SF[12][1].y);
+            float y[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+            mma16816<__half>(y[0], AQ, GF[0].x, GF[0].y);
+            mma16816<__half>(y[1], AQ, GF[1].x, GF[1].y);
+            const float2 a0 = __half22float2(*reinterpret_cast<const __half2 *>(&QL0));
+            const float2 b0 = __half22float2(*reinterpret_cast<const __half2 *>(&QH0));
+            const float2 a1 = __half22float2(*reinterpret_cast<const __half2 *>(&QL1));
+            const float2 b1 = __half22float2(*reinterpret_cast<const __half2 *>(&QH1));
+            float l0 = a0.x * cmu[0][0] + a0.y * cmu[0][1] + b0.x * cmu[1][0] + b0.y * cmu[1][1];
+            float l1 = a1.x * cmu[0][0] + a1.y * cmu[0][1] + b1.x * cmu[1][0] + b1.y * cmu[1][1];
+            const float g0 = a0.x * y[0][0] + a0.y * y[0][1] + b0.x * y[1][0] + b0.y * y[1][1];
+            const float g1 = a1.x * y[0][2] + a1.y * y[0][3] + b1.x * y[1][2] + b1.y * y[1][3];
+            float d0 = f0 * (l0 + f0 * hgs * g0), d1 = f1 * (l1 + f1 * hgs * g1);
+            d0 += __shfl_xor_sync(0xffffffffu, d0, 1);
+            d1 += __shfl_xor_sync(0xffffffffu, d1, 1);
+            d0 += __shfl_xor_sync(0xffffffffu, d0, 2);
+            d1 += __shfl_xor_sync(0xffffffffu, d1, 2);
+            d0 += Nn, d1 += Nn;
+            const float inv0 = 1.f / (d0 <= a.eps ? a.eps : d0), inv1 = 1.f / (d1 <= a.eps ? a.eps : d1);
+            const float f0s = f0 * f0, f1s = f1 * f1;
+            const int qa = q0 + r0, qb = qa + 8;
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+                const int col = nt * 8 + 2 * t;
+                float v[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    v[e] = cin[nt][e & 1] + (e < 2 ? f0 : f1) * acc1[nt][e] +
+                           (e < 2 ? f0s : f1s) * (acc2[0][nt][e] + acc2[1][nt][e]);
+                if (qa < a.Nq)
+                    store2(ob + (size_t)qa * D + col, v[0] * csc[nt][0] * inv0, v[1] * csc[nt][1] * inv0);
+                if (qb < a.Nq)
+                    store2(ob + (size_t)qb * D + col, v[2] * csc[nt][0] * inv1, v[3] * csc[nt][1] * inv1);
+            }
+            if (t == 0) {
+                const float dd[2] = {d0, d1};
+                const int rr[2] = {qa, qb};
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    if (rr[e] >= a.Nq) continue;
+                    n_all++;
+                    if (!isfinite(dd[e])) {
+                        n_nf++;
+                        continue;
+                    }
+                    if (dd[e] <= a.eps) n_le++;
+                    emin = min(emin, ord_enc(dd[e]));
+                    emax = max(emax, ord_enc(dd[e]));
+                    dsum += (double)dd[e];
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        n_all += __shfl_xor_sync(0xffffffffu, n_all, off);
+        n_le += __shfl_xor_sync(0xffffffffu, n_le, off);
+        n_nf += __shfl_xor_sync(0xffffffffu, n_nf, off);
+        emin = min(emin, __shfl_xor_sync(0xffffffffu, emin, off));
+        emax = max(emax, __shfl_xor_sync(0xffffffffu, emax, off));
+        dsum += __shfl_xor_sync(0xffffffffu, dsum, off);
+    }
+    if (lane == 0 && n_all) {
+        atomicAdd(&den->n, (unsigned long long)n_all);
+        if (n_le) atomicAdd(&den->n_le_eps, (unsigned long long)n_le);
+        if (n_nf) atomicAdd(&den->n_nonfinite, (unsigned long long)n_nf);
+        atomicMin(reinterpret_cast<unsigned *>(&den->min), emin);
+        atomicMax(reinterpret_cast<unsigned *>(&den->max), emax);
+        atomicAdd(&den->sum, dsum);
+    }
+}
+
+// ---- host side ----
+
+struct Plan {
+    int NB, BH, BHC, split, tiles_q, units, gridB;
+    size_t off_part, off_cnt, off_sfrag, off_gfrag, off_consts, off_den, off_probe, total;
+};
+
+// Phase A without the conversion step: 16-bit input and no q/k modification.
+bool fast_of(const tkc_taylor_args *a) { return a->dtype != TK_DTYPE_F32 && a->modify == 0; }
+
+template <typename TI, int NB, bool FAST> struct Occ {
+    int a = -1, b = -1;
+};
+
+// Blocks per SM of both big kernels (shared memory attribute set once).
+template <typename TI, int NB, bool FAST> int occupancy(int *occ_a, int *occ_b) {
+    static Occ<TI, NB, FAST> cache;
+    if (cache.a < 0) {
+        auto ka = small_reduce_kernel<TI, NB, FAST>;
+        auto kb = small_apply_kernel<TI, NB>;
+        constexpr size_t sa = smem_a<TI, NB, FAST>(), sb = smem_b<TI, NB>();
+        int oa = 0, ob = 0;
+        if (cudaFuncSetAttribute(ka, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sa) != cudaSuccess ||
+            cudaFuncSetAttribute(kb, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb) != cudaSuccess ||
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&oa, ka, 64 * NB, sa) != cudaSuccess ||
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ob, kb, 32 * NB, sb) != cudaSuccess || oa < 1 || ob < 1)
+            return 1;
+        cache.b = ob;
+        cache.a = oa;
+    }
+    *occ_a = cache.a;
+    *occ_b = cache.b;
+    return 0;
+}
+
+template <typename TI, int NB> int occupancy_f(bool fast, int *oa, int *ob) {
+    if constexpr (sizeof(TI) == 2) {
+        if (fast) return occupancy<TI, NB, true>(oa, ob);
+    }
+    return occupancy<TI, NB, false>(oa, ob);
+}
+
+template <typename TI> int occupancy_nb(int NB, bool fast, int *oa, int *ob) {
+    switch (NB) {
+    case 1: return occupancy_f<TI, 1>(fast, oa, ob);
+    case 2: return occupancy_f<TI, 2>(fast, oa, ob);
+    case 4: return occupancy_f<TI, 4>(fast, oa, ob);
+    default: return occupancy_f<TI, 8>(fast, oa, ob);
+    }
+}
+
+int occupancy_of(const tkc_taylor_args *a, int NB, int *oa, int *ob) {
+    if (a->dtype == TK_DTYPE_BF16) return occupancy_nb<__nv_bfloat16>(NB, fast_of(a), oa, ob);
+    if (a->dtype == TK_DTYPE_F16) return occupancy_nb<__half>(NB, fast_of(a), oa, ob);
+    return occupancy_nb<float>(NB, false, oa, ob);
+}
+
+// Key split: the fewest tiles per block times waves of blocks, ties to fewer splits.
+bool plan_of(const tkc_taylor_args *a, int num_sms, Plan *p) {
+    p->NB = a->blocks;
+    p->BH = a->B * a->H;
+    p->BHC = p->BH * p->NB;
+    int oa, ob;
+    if (occupancy_of(a, p->NB, &oa, &ob)) return false;
+    const int tiles = (a->Nk + KTA - 1) / KTA;
+    int best = 1;
+    long best_cost = -1;
+    if (a->split > 0) {
+        best = a->split;
+    } else {
+        const long slots = (long)num_sms * oa;
+        for (int s = 1; s <= 128 && s <= (tiles > 0 ? tiles : 1); s++) {
+            long waves = ((long)p->BH * s + slots - 1) / slots;
+            long cost = waves * ((tiles + s - 1) / s);
+            if (best_cost < 0 || cost < best_cost) best = s, best_cost = cost;
+        }
+    }
+    if (tiles > 0 && best > tiles) best = tiles;
+    if (best < 1) best = 1;
+    p->split = best;
+    p->tiles_q = (a->Nq + QTB - 1) / QTB;
+    p->units = p->BH * p->tiles_q;
+    long gb = (long)num_sms * ob;
+    p->gridB = (int)(p->units < gb ? p->units : gb);
+    size_t off = 0;
+    p->off_part = off;
+    off += align256((size_t)p->split * p->BHC * NTILE * 32 * sizeof(float4));
+    p->off_cnt = off;
+    off += align256((size_t)p->split * p->BH * sizeof(int));
+    p->off_sfrag = off;
+    off += align256((size_t)p->BHC * NKS * 2 * 32 * sizeof(uint2));
+    p->off_gfrag = off;
+    off += align256((size_t)p->BHC * 2 * 32 * sizeof(uint2));
+    p->off_consts = off;
+    off += align256((size_t)p->BHC * NCONST * sizeof(float));
+    p->off_den = off;
+    off += align256(sizeof(tkc_den_stats));
+    p->off_probe = off;
+    off += align256((size_t)p->BHC * (a->probe_n > 0 ? a->probe_n : 1) * sizeof(float));
+    p->total = off;
+    return true;
+}
+
+SArgs sargs_of(const tkc_taylor_args *a, const Plan &p) {
+    SArgs s;
+    s.q = a->q, s.k = a->k, s.v = a->v, s.mask = a->mask;
+    s.H = a->H, s.Nq = a->Nq, s.Nk = a->Nk, s.BH = p.BH, s.split = p.split;
+    s.modify = a->modify, s.power = a->power, s.clip = a->clip, s.eps = a->eps;
+    s.sqrt_s = sqrtf(a->s);
+    return s;
+}
+
+template <typename T> T *at(void *ws, size_t off) { return reinterpret_cast<T *>((unsigned char *)ws + off); }
+
+template <typename TI, int NB>
+int phase_a(const tkc_taylor_args *a, const Plan &p, void *ws, cudaStream_t st, char *err, size_t errlen) {
+    SArgs s = sargs_of(a, p);
+    bool fast = false;
+    if constexpr (sizeof(TI) == 2) fast = fast_of(a);
+    if (fast) {
+        if constexpr (sizeof(TI) == 2)
+            small_reduce_kernel<TI, NB, true><<<dim3(p.split, p.BH), 64 * NB, smem_a<TI, NB, true>(), st>>>(
+                s, at<float4>(ws, p.off_part), at<int>(ws, p.off_cnt));
+    } else {
+        small_reduce_kernel<TI, NB, false><<<dim3(p.split, p.BH), 64 * NB, smem_a<TI, NB, false>(), st>>>(
+            s, at<float4>(ws, p.off_part), at<int>(ws, p.off_cnt));
+    }
+    TKC_LAUNCHED("small_reduce_kernel", err, errlen);
+    const int pn = a->probe_n > 0 && a->probe_rows ? a->probe_n : 0;
+    small_sum_kernel<TI><<<p.BHC, 32 * SUM_WARPS, 0, st>>>(s, at<float4>(ws, p.off_part), at<int>(ws, p.off_cnt), NB, a->terms,
+                                                fast ? a->s : 1.f, fast ? s.sqrt_s : 1.f, at<uint2>(ws, p.off_sfrag),
+                                                at<uint2>(ws, p.off_gfrag), at<float>(ws, p.off_consts),
+                                                at<tkc_den_stats>(ws, p.off_den), a->probe_rows, pn,
+                                                at<float>(ws, p.off_probe));
+    TKC_LAUNCHED("small_sum_kernel", err, errlen);
+    return 0;
+}
+
+template <typename TI, int NB>
+int apply_t(const tkc_taylor_args *a, const Plan &p, void *ws, cudaStream_t st, char *err, size_t errlen) {
+    if (p.units == 0) return 0;
+    SArgs s = sargs_of(a, p);
+    small_apply_kernel<TI, NB><<<p.gridB, 32 * NB, smem_b<TI, NB>(), st>>>(
+        s, at<uint2>(ws, p.off_sfrag), at<uint2>(ws, p.off_gfrag), at<float>(ws, p.off_consts), (TI *)a->o,
+        at<tkc_den_stats>(ws, p.off_den), p.units, p.tiles_q);
+    TKC_LAUNCHED("small_apply_kernel", err, errlen);
+    return 0;
+}
+
+enum Step { STEP_A, STEP_APPLY };
+
+template <typename TI, int NB>
+int step_t(Step k, const tkc_taylor_args *a, const Plan &p, void *ws, cudaStream_t st, char *err, size_t errlen) {
+    return k == STEP_A ? phase_a<TI, NB>(a, p, ws, st, err, errlen) : apply_t<TI, NB>(a, p, ws, st, err, errlen);
+}
+
+template <typename TI>
+int step_nb(Step k, const tkc_taylor_args *a, const Plan &p, void *ws, cudaStream_t st, char *err, size_t errlen) {
+    switch (p.NB) {
+    case 1: return step_t<TI, 1>(k, a, p, ws, st, err, errlen);
+    case 2: return step_t<TI, 2>(k, a, p, ws, st, err, errlen);
+    case 4: return step_t<TI, 4>(k, a, p, ws, st, err, errlen);
+    default: return step_t<TI, 8>(k, a, p, ws, st, err, errlen);
+    }
+}
+
+int step(Step k, const tkc_taylor_args *a, const Plan &p, void *ws, cudaStream_t st, char *err, size_t errlen) {
+    if (a->dtype == TK_DTYPE_BF16) return step_nb<__nv_bfloat16>(k, a, p, ws, st, err, errlen);
+    if (a->dtype == TK_DTYPE_F16) return step_nb<__half>(k, a, p, ws, st, err, errlen);
+    return step_nb<float>(k, a, p, ws, st, err, errlen);
+}
+
+// The probe of a call leaves the whole result (phase A, o in the workspace,
+// den counters) for the run that follows with the same arguments (same
+// thread, same workspace): that run only reads the counters back.
+struct Ticket {
+    const void *ws;
+    tkc_taylor_args a;
+    int valid;
+};
+thread_local Ticket g_ticket;
+
+bool same_call(const tkc_taylor_args *x, const tkc_taylor_args *y) {
+    return x->q == y->q && x->o == y->o && x->k == y->k && x->v == y->v && x->mask == y->mask && x->dtype == y->dtype &&
+           x->B == y->B && x->H == y->H && x->Nq == y->Nq && x->Nk == y->Nk && x->D == y->D && x->Dv == y->Dv &&
+           x->blocks == y->blocks && x->terms == y->terms && x->s == y->s && x->modify == y->modify &&
+           x->power == y->power && x->clip == y->clip && x->eps == y->eps && x->split == y->split &&
+           x->probe_n == y->probe_n && x->probe_rows == y->probe_rows;
+}
+
+bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+} // namespace
+
+int tkc_small_handles(const tkc_taylor_args *a) {
+    if (a->raw_out || a->blocks <= 0 || a->D != a->Dv || a->D != 16 * a->blocks) return 0;
+    if (a->blocks != 1 && a->blocks != 2 && a->blocks != 4 && a->blocks != 8) return 0;
+    if (a->terms < 1 || a->terms > 3) return 0;
+    if (a->dtype != TK_DTYPE_BF16 && a->dtype != TK_DTYPE_F16 && a->dtype != TK_DTYPE_F32) return 0;
+    if (!aligned16(a->q) || !aligned16(a->k) || !aligned16(a->v) || !aligned16(a->o)) return 0;
+    return getenv("TKC_TAYLOR_GENERIC") == nullptr;
+}
+
+size_t tkc_small_workspace(const tkc_taylor_args *a, int num_sms) {
+    Plan p;
+    return plan_of(a, num_sms, &p) ? p.total : 0;
+}
+
+int tkc_small_probe(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_sms, cudaStream_t st,
+                    float *host_den, char *err, size_t errlen) {
+    g_ticket.valid = 0;
+    Plan p;
+    if (!plan_of(a, num_sms, &p) || ws_bytes < p.total) {
+        snprintf(err, errlen, "taylor (small) probe: bad layout");
+        return 3;
+    }
+    int rc = step(STEP_A, a, p, ws, st, err, errlen); // the sum kernel computes the probe rows' den
+    if (rc) return rc;
+    // The apply kernel is queued before the host looks at the probe (a copy
+    // into pageable memory blocks the host until it is done): it writes only
+    // the workspace copy of o, so a failing probe still leaves the caller's o
+    // untouched, and the GPU does not idle during the round trip.
+    rc = step(STEP_APPLY, a, p, ws, st, err, errlen);
+    if (rc) return rc;
+    if (a->probe_n > 0)
+        TKC_TRY(cudaMemcpyAsync(host_den, at<float>(ws, p.off_probe), (size_t)p.BHC * a->probe_n * sizeof(float),
+                                cudaMemcpyDeviceToHost, st),
+                err, errlen);
+    TKC_TRY(cudaStreamSynchronize(st), err, errlen);
+    g_ticket.ws = ws;
+    g_ticket.a = *a;
+    g_ticket.valid = 1;
+    return 0;
+}
+
+int tkc_small_run(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_sms, cudaStream_t st,
+                  tkc_den_stats *den, char *err, size_t errlen) {
+    const bool reuse = g_ticket.valid && g_ticket.ws == ws && same_call(&g_ticket.a, a);
+    g_ticket.valid = 0;
+    Plan p;
+    if (!plan_of(a, num_sms, &p) || ws_bytes < p.total) {
+        snprintf(err, errlen, "taylor (small): bad layout");
+        return 3;
+    }
+    int rc = reuse ? 0 : step(STEP_A, a, p, ws, st, err, errlen);
+    if (!rc && !reuse) rc = step(STEP_APPLY, a, p, ws, st, err, errlen);
+    if (rc) return rc;
+    TKC_TRY(cudaMemcpyAsync(den, at<tkc_den_stats>(ws, p.off_den), sizeof *den, cudaMemcpyDeviceToHost, st), err,
+            errlen);
+    TKC_TRY(cudaStreamSynchronize(st), err, errlen);
+    unsigned u; // decode the ordered-int min/max
+    memcpy(&u, &den->min, 4);
+    u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
+    memcpy(&den->min, &u, 4);
+    memcpy(&u, &den->max, 4);
+    u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
+    memcpy(&den->max, &u, 4);
+    return 0;
+}
