@@ -278,9 +278,13 @@ int tsim_run(const tsim_options *o, tsim_run_stats *st, char *err, size_t errlen
                     goto done;
             } else if (gwork) {
 #ifdef TK_HAVE_CUDA
+                /* pre-RoPE q0/k0 feed only the hybrid far field: drawn when the
+                 * mode in force (it changes only at a step boundary) uses them */
                 char e2[256];
+                have_q0k0 = ta_config(agent)->mode == TK_MODE_HYBRID;
                 if (tsim_workload_cuda_layer(gwork, layer, sigma, 1, buf.dq, buf.dk, buf.dv,
-                                             buf.dq0, buf.dk0, e2, sizeof e2)) {
+                                             have_q0k0 ? buf.dq0 : NULL, have_q0k0 ? buf.dk0 : NULL,
+                                             e2, sizeof e2)) {
                     snprintf(err, errlen, "step %d layer %d: %s", step, layer, e2);
                     goto done;
                 }

@@ -4,7 +4,7 @@
 //  1. PCA per (layer, head), cached: the ref backend's fit (kernels/pca.h):
 //     rows chosen by tki_pca_select_rows (q rows, then kept k rows, shared by
 //     the batch), second moment X^T X in fp64 by one batched cuBLAS product,
-//     top global_dim eigenvectors by LAPACK dsyev on the host. (Second
+//     top global_dim eigenvectors by LAPACK dsyevr on the host, one head per thread. (Second
 //     moment, not centred: the far kernel depends on q.k, which the
 //     projection onto the leading eigenvectors of E[x x^T] preserves best.)
 //  2. A projection kernel (mma, P split into two 16-bit halves) writes
@@ -41,10 +41,20 @@
 #include "cuda_internal.h"
 #include "pca.h"
 
-// LAPACK (OpenBLAS; kernels/pca.c uses the same routine): symmetric eigen
-// decomposition, eigenvalues ascending, eigenvectors in the columns.
-extern "C" void dsyev_(const char *jobz, const char *uplo, const int *n, double *a, const int *lda, double *w,
-                       double *work, const int *lwork, int *info, size_t jobz_len, size_t uplo_len);
+// LAPACK (OpenBLAS): symmetric eigen decomposition. kernels/pca.c takes
+// every eigenpair with dsyev; the fit here needs the top g only: dsyevr with
+// range 'I' gives the same vectors (to rounding, then the same sign rule) in
+// about half the time. Eigenvalues ascending, eigenvectors in the columns.
+extern "C" void dsyevr_(const char *jobz, const char *range, const char *uplo, const int *n, double *a,
+                        const int *lda, const double *vl, const double *vu, const int *il, const int *iu,
+                        const double *abstol, int *m, double *w, double *z, const int *ldz, int *isuppz,
+                        double *work, const int *lwork, int *iwork, const int *liwork, int *info, size_t jobz_len,
+                        size_t range_len, size_t uplo_len);
+// OpenBLAS's own thread count: the solves run one per worker thread, each
+// single-threaded inside (OpenBLAS threads under 16 workers oversubscribed
+// the cores: 42 ms a flux1 layer against ~3 ms).
+extern "C" int openblas_get_num_threads(void);
+extern "C" void openblas_set_num_threads(int n);
 
 namespace {
 
@@ -909,8 +919,8 @@ int ensure(tkc_hybrid_state *h, size_t bytes, char *err, size_t errlen) {
 
 // The cached projection of this layer, fitted (again) when the policy says so.
 // The per-head eigen solves of a PCA fit, shared by worker threads: each
-// takes the next head, runs LAPACK dsyev on its fp64 second moment (in place)
-// and writes the top g eigenvectors with pca.c's order and sign rule.
+// takes the next head, runs LAPACK dsyevr (top g) on its fp64 second moment
+// and writes those eigenvectors with pca.c's order and sign rule.
 struct eig_job {
     double *Ch;  // [H][D][D]
     float *host; // [B*H][D][g]
@@ -921,36 +931,47 @@ struct eig_job {
 void *eig_worker(void *arg) {
     eig_job *j = (eig_job *)arg;
     const int D = j->D, g = j->g;
+    const int il = D - g + 1, iu = D;
+    const double vl = 0, vu = 0, abstol = 0;
     for (;;) {
         int hh = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
         if (hh >= j->H) break;
         double *a = j->Ch + (size_t)hh * D * D; // symmetric: row- and column-major alike
-        int nn = D, lda = D, info = 0, lwork = -1;
+        int nn = D, lda = D, m = 0, info = 0, lwork = -1, liwork = -1, iwq = 0;
         double wq = 0;
-        double *eval = (double *)malloc(sizeof(double) * D);
-        if (eval) dsyev_("V", "L", &nn, a, &lda, eval, &wq, &lwork, &info, 1, 1);
-        lwork = info == 0 && wq >= 1 ? (int)wq : 3 * D;
+        double *eval = (double *)malloc(sizeof(double) * D), *z = (double *)malloc(sizeof(double) * D * g);
+        int *isuppz = (int *)malloc(sizeof(int) * 2 * D);
+        if (eval && z && isuppz)
+            dsyevr_("V", "I", "L", &nn, a, &lda, &vl, &vu, &il, &iu, &abstol, &m, eval, z, &nn, isuppz, &wq,
+                    &lwork, &iwq, &liwork, &info, 1, 1, 1);
+        lwork = info == 0 && wq >= 1 ? (int)wq : 26 * D;
+        liwork = info == 0 && iwq >= 1 ? iwq : 10 * D;
         double *work = (double *)malloc(sizeof(double) * lwork);
-        if (!eval || !work) {
-            free(eval), free(work);
+        int *iwork = (int *)malloc(sizeof(int) * liwork);
+        if (!eval || !z || !isuppz || !work || !iwork) {
+            free(eval), free(z), free(isuppz), free(work), free(iwork);
             __atomic_store_n(&j->nomem, 1, __ATOMIC_RELAXED);
             continue;
         }
-        dsyev_("V", "L", &nn, a, &lda, eval, work, &lwork, &info, 1, 1);
-        free(work), free(eval);
-        if (info != 0) {
-            __atomic_store_n(&j->info, info, __ATOMIC_RELAXED);
+        info = 0;
+        dsyevr_("V", "I", "L", &nn, a, &lda, &vl, &vu, &il, &iu, &abstol, &m, eval, z, &nn, isuppz, work, &lwork,
+                iwork, &liwork, &info, 1, 1, 1);
+        free(work), free(iwork), free(isuppz), free(eval);
+        if (info != 0 || m != g) {
+            free(z);
+            __atomic_store_n(&j->info, info != 0 ? info : -1000 - m, __ATOMIC_RELAXED);
             continue;
         }
-        for (int r = 0; r < g; r++) { // column D-1-r: the r-th largest eigenvalue's vector
-            const double *vec = a + (size_t)(D - 1 - r) * D;
+        for (int r = 0; r < g; r++) { // column g-1-r: the r-th largest eigenvalue's vector (pca.c's order)
+            const double *vec = z + (size_t)(g - 1 - r) * D;
             int big = 0;
             for (int i = 1; i < D; i++)
                 if (fabs(vec[i]) > fabs(vec[big])) big = i;
-            double sign = vec[big] < 0 ? -1.0 : 1.0;
+            double sign = vec[big] < 0 ? -1.0 : 1.0; // pca.c's sign rule
             for (int b = 0; b < j->B; b++)
                 for (int i = 0; i < D; i++) j->host[((size_t)(b * j->H + hh) * D + i) * g + r] = (float)(sign * vec[i]);
         }
+        free(z);
     }
     return nullptr;
 }
@@ -994,7 +1015,7 @@ int pca_for(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, cons
     e->step_fit = call->step;
     // The ref backend's fit (kernels/pca.h): rows chosen by tki_pca_select_rows
     // (every q row, then every kept k row; seed cfg->seed), shared by the
-    // batch's heads; C = X^T X in fp64 (cuBLAS); eigenvectors by LAPACK dsyev,
+    // batch's heads; C = X^T X in fp64 (cuBLAS); eigenvectors by LAPACK dsyevr (top g),
     // largest eigenvalue first, largest-magnitude component positive.
     const int H = call->H, B = call->B;
     const int count = cfg->pca_samples > 0 ? cfg->pca_samples : 0;
@@ -1070,8 +1091,8 @@ int pca_for(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, cons
             rc = 1;
         }
         if (!rc) {
-            // one dsyev per head, the heads spread over threads (each solve ~4 ms at D 128:
-            // 24 in a row made a flux1 layer's first call ~100 ms)
+            // one solve per head, the heads spread over threads (24 dsyev in a row
+            // made a flux1 layer's first call ~100 ms)
             eig_job job;
             job.Ch = Ch, job.host = host, job.H = H, job.B = B, job.D = D, job.g = g;
             job.next = 0, job.info = 0, job.nomem = 0;
@@ -1079,13 +1100,15 @@ int pca_for(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, cons
             int nt = cpus < 1 ? 1 : cpus > 16 ? 16 : (int)cpus;
             if (nt > H) nt = H;
             pthread_t tid[16];
-            int started = 0;
+            int started = 0, blas_threads = openblas_get_num_threads();
+            openblas_set_num_threads(1);
             for (int i = 1; i < nt; i++) {
                 if (pthread_create(&tid[i], nullptr, eig_worker, &job) != 0) break;
                 started = i;
             }
             eig_worker(&job);
             for (int i = 1; i <= started; i++) pthread_join(tid[i], nullptr);
+            openblas_set_num_threads(blas_threads);
             if (job.nomem) {
                 snprintf(err, errlen, "PCA: host allocation");
                 rc = 2;
