@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cuda_internal.h"
 
@@ -374,7 +375,15 @@ int run_stats(cuda_state *s, const tk_call *call, const tk_config *cfg, tk_mode 
         j.q0 = call->q0;
         j.k0 = call->k0;
         // hybrid.cu fits and uses a projection only with a window and a far weight
-        if (j.win.radius > 0 && j.w > 0) j.P = hybrid_projection(s, call, j.g, st);
+        if (j.win.radius > 0 && j.w > 0) {
+            struct timespec t0, t1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            j.P = hybrid_projection(s, call, j.g, st);
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            if (getenv("TKC_STATS_PROFILE"))
+                fprintf(stderr, "stats profile: projection read back %.4f ms (host)\n",
+                        (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
+        }
     }
     if (grow(&s->sws, &s->sws_bytes, tkc_stats_ws(&j, s->num_sms), false) ||
         grow(&s->shost, &s->shost_bytes, tkc_stats_host_bytes(&j), true)) {

@@ -159,13 +159,30 @@ struct RowsArgs {
     int shape2d, radius, text, gw; // the window (kernels/plan.c tki_in_window)
 };
 
-// kernels/plan.c tki_in_window on the device.
-__device__ __forceinline__ bool in_window(const RowsArgs &a, int i, int j) {
-    if (a.radius <= 0 || i < a.text) return true;
-    if (!a.shape2d) return abs(i - j) <= a.radius;
-    if (j < a.text || a.gw <= 0) return true;
-    int x = i - a.text, y = j - a.text;
-    return abs(x / a.gw - y / a.gw) <= a.radius && abs(x % a.gw - y % a.gw) <= a.radius;
+// kernels/plan.c tki_in_window on the device, with the divisions done once
+// per query row (win_query) and once per key of a tile (win_key: -1 = a key
+// every query's window holds, else grid row << 16 | column; 1d: the token).
+struct win_q {
+    bool all;
+    int a, b; // 2d: grid row, column; 1d: the token
+};
+__device__ __forceinline__ win_q win_query(const RowsArgs &a, int i) {
+    win_q w;
+    w.all = a.radius <= 0 || i < a.text;
+    w.a = i, w.b = 0;
+    if (a.shape2d && a.gw > 0 && !w.all) w.a = (i - a.text) / a.gw, w.b = (i - a.text) % a.gw;
+    return w;
+}
+__device__ __forceinline__ int win_key(const RowsArgs &a, int j) {
+    if (!a.shape2d) return j;
+    if (j < a.text || a.gw <= 0) return -1;
+    return ((j - a.text) / a.gw) << 16 | ((j - a.text) % a.gw);
+}
+__device__ __forceinline__ bool in_window(const RowsArgs &a, const win_q &w, int code) {
+    if (w.all) return true;
+    if (!a.shape2d) return abs(w.a - code) <= a.radius;
+    if (code < 0) return true;
+    return abs(w.a - (code >> 16)) <= a.radius && abs(w.b - (code & 0xffff)) <= a.radius;
 }
 
 // kernels/plan.c tki_qkmod_factor in fp32.
@@ -183,7 +200,7 @@ template <typename T, int D, int DV, int EFF, int NB> struct RowsSmem {
     static constexpr int LDK = D + 8, LDV = DV + 8; // padded rows: ldmatrix hits distinct banks
     static constexpr size_t elems = (size_t)16 * LDK + 2 * RT_KT * LDK + 2 * RT_KT * LDV;
     static constexpr size_t floats = 2 * RT_KT                                   // bias
-                                     + (EFF == EFF_HYBRID ? 2 * RT_KT * 16 : 0)    // far logits tile
+                                     + (EFF == EFF_HYBRID ? 2 * RT_KT * 17 : 0)    // far logits tile, key codes
                                      + (EFF == EFF_TAYLOR ? 16 * NB + RT_KT * NB : 0) // q~, k~ factors
                                      + 3 * RT_WARPS * 16                           // raw merge
                                      + 2 * NB * RT_WARPS * 16;                     // effective merge
@@ -361,7 +378,8 @@ __global__ void __launch_bounds__(RT_WARPS * 32) rows_mma_kernel(RowsArgs a) {
     T *Vs = Ks + 2 * KT * LDK;                // [2][KT][LDV]
     float *bias = reinterpret_cast<float *>(Vs + 2 * KT * LDV); // [2][KT]
     float *Fs = bias + 2 * KT;                                 // [2][KT][16] (hybrid)
-    float *fq = Fs + (HYB ? 2 * KT * 16 : 0);                   // [16][NB] (taylor)
+    int *kcode = reinterpret_cast<int *>(Fs + (HYB ? 2 * KT * 16 : 0)); // [2][KT] window codes (hybrid)
+    float *fq = reinterpret_cast<float *>(kcode + (HYB ? 2 * KT : 0));  // [16][NB] (taylor)
     float *fk = fq + (TAY ? 16 * NB : 0);                       // [KT][NB] (taylor)
     float *wm = fk + (TAY ? KT * NB : 0);                       // raw merge [4][16] x3
     float *wl = wm + RT_WARPS * 16, *ww = wl + RT_WARPS * 16;
@@ -406,6 +424,7 @@ __global__ void __launch_bounds__(RT_WARPS * 32) rows_mma_kernel(RowsArgs a) {
             for (int r = tid; r < KT; r += NTHR) {
                 int gr = k0 + j * KT + r;
                 bias[buf * KT + r] = (gr < k1 && (!mb || mb[gr])) ? 0.f : -INFINITY;
+                if (HYB) kcode[buf * KT + r] = win_key(a, gr);
             }
         };
         __syncthreads(); // the previous group is done with shared memory
@@ -435,7 +454,8 @@ __global__ void __launch_bounds__(RT_WARPS * 32) rows_mma_kernel(RowsArgs a) {
             for (int kk = 0; kk < D / 16; kk++) ldsm_x4(qf[kk], Qs + r * LDK + kk * 16 + 8 * (lane >> 4));
         }
         // token index of this lane's two rows (window test)
-        const int i_lo = g < gn ? a.rows[g0 + g] : 0, i_hi = g + 8 < gn ? a.rows[g0 + g + 8] : 0;
+        const win_q wq_lo = win_query(a, g < gn ? a.rows[g0 + g] : 0);
+        const win_q wq_hi = win_query(a, g + 8 < gn ? a.rows[g0 + g + 8] : 0);
         float acc[DV / 8][4];
         float acce[TWO ? DV / 8 : 1][4];
 #pragma unroll
@@ -512,7 +532,7 @@ __global__ void __launch_bounds__(RT_WARPS * 32) rows_mma_kernel(RowsArgs a) {
                 for (int e = 0; e < 4; e++) {
                     const int col = nt * 8 + 2 * t4 + (e & 1);
                     x[nt][e] = s[nt][e] * a.scale_log2 + bt[col];
-                    if (HYB && in_window(a, e < 2 ? i_lo : i_hi, k0 + j * KT + warp * 16 + col))
+                    if (HYB && in_window(a, e < 2 ? wq_lo : wq_hi, kcode[(j & 1) * KT + warp * 16 + col]))
                         wbits |= 1u << (nt * 4 + e);
                 }
             if constexpr (HYB) {
@@ -804,11 +824,14 @@ __global__ void __launch_bounds__(128) norms_kernel(NormArgs a) {
     const bool kept = n < a.N && !(a.mask && !a.mask[(size_t)(bh / a.H) * a.N + n]);
     auto stage = [&](const void *src) {
         const T *x = reinterpret_cast<const T *>(src) + ((size_t)bh * a.N + n0) * D;
-        constexpr int PER = 16 / sizeof(T);
-        if (D % PER == 0 && ((uintptr_t)x & 15) == 0) {
-            const uint4 *xv = reinterpret_cast<const uint4 *>(x);
+        // 4-byte words, consecutive lanes on consecutive words: the fp32 stores
+        // into rows of D+1 floats then hit distinct banks (16-byte loads put 8
+        // consecutive floats per lane and serialize the stores 8 ways)
+        constexpr int PER = 4 / sizeof(T);
+        if (D % PER == 0 && ((uintptr_t)x & 3) == 0) {
+            const uint32_t *xv = reinterpret_cast<const uint32_t *>(x);
             for (int e = tid; e < rows * D / PER; e += 128) {
-                uint4 u = xv[e];
+                uint32_t u = __ldcs(xv + e);
                 const T *h = reinterpret_cast<const T *>(&u);
                 int base = e * PER, rr = base / D, cc = base % D;
 #pragma unroll
@@ -1374,6 +1397,51 @@ int tkc_scan_nonfinite(const void *const *ptrs, const size_t *counts, int count,
     return 0;
 }
 
+// TKC_STATS_PROFILE=1 (benchmarking): device time of each phase of
+// tkc_stats_run on stderr, from events between the phases.
+namespace {
+struct phase_clock {
+    bool on;
+    int n;
+    cudaEvent_t ev[8];
+    const char *name[8];
+    void mark(const char *what, cudaStream_t st) {
+        if (!on || n >= 8) return;
+        if (cudaEventRecord(ev[n], st) != cudaSuccess) {
+            (void)cudaGetLastError();
+            on = false;
+            return;
+        }
+        name[n++] = what;
+    }
+};
+phase_clock clock_start(cudaStream_t st) {
+    phase_clock c;
+    memset(&c, 0, sizeof c);
+    static int want = -1;
+    static cudaEvent_t evs[8];
+    if (want < 0) {
+        want = getenv("TKC_STATS_PROFILE") && atoi(getenv("TKC_STATS_PROFILE")) > 0;
+        for (int i = 0; want && i < 8; i++)
+            if (cudaEventCreate(&evs[i]) != cudaSuccess) want = 0;
+    }
+    c.on = want > 0;
+    for (int i = 0; i < 8; i++) c.ev[i] = evs[i];
+    c.mark("start", st);
+    return c;
+}
+void clock_print(phase_clock *c) {
+    if (!c->on || c->n < 2) return;
+    fprintf(stderr, "stats profile (ms):");
+    for (int i = 1; i < c->n; i++) {
+        float ms = 0.f;
+        if (cudaEventElapsedTime(&ms, c->ev[i - 1], c->ev[i]) != cudaSuccess) (void)cudaGetLastError();
+        fprintf(stderr, " %s %.4f", c->name[i], ms);
+    }
+    fprintf(stderr, "\n");
+}
+} // namespace
+
 size_t tkc_stats_ws(const tkc_stats_job *j, int num_sms) { return layout_of(j, num_sms).total; }
 
 size_t tkc_stats_host_bytes(const tkc_stats_job *j) {
@@ -1398,6 +1466,7 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
     double *sums = (double *)(w + L.o_out);
     sel_state *sel = (sel_state *)(w + L.o_out + al256(sizeof(double) * nrow * QREC));
     const bool far_rows = L.p.far && ns > 0;
+    phase_clock clk = clock_start(st);
     const float s0 = (float)(c->scale > 0 ? c->scale : 1.0 / sqrt((double)c->D));
 
     // the sampled indices, one upload
@@ -1438,6 +1507,7 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
         TKC_LAUNCHED("qhat_kernel", err, errlen);
     }
 
+    clk.mark("upload+qhat", st);
     // norms of every row (and the far logits of the sampled queries on the key side)
     for (int side = 0; side < 2; side++) {
         NormArgs na;
@@ -1464,6 +1534,7 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
         if (rc) return rc;
     }
 
+    clk.mark("norms", st);
     // sampled exact rows: raw and effective streams, then the comparison with o
     if (ns > 0) {
         if (L.p.scalar) {
@@ -1512,6 +1583,7 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
                 TKC_TRY(cudaLaunchKernel(ri->fn, grid, dim3(RT_WARPS * 32), args2, ri->smem, st), err, errlen);
             }
         }
+        clk.mark("rows", st);
         FinishArgs fa;
         memset(&fa, 0, sizeof fa);
         fa.part = part, fa.part_e = part + part_stride, fa.part_e2 = part + 2 * part_stride;
@@ -1526,6 +1598,7 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
         TKC_LAUNCHED("rows_finish_kernel", err, errlen);
     }
 
+    clk.mark("finish", st);
     // the q.k sample
     if (j->nqk_q > 0 && j->nqk_k > 0) {
         dim3 grid(BH, (j->nqk_q + 7) / 8);
@@ -1542,6 +1615,7 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
         TKC_LAUNCHED("qk_kernel", err, errlen);
     }
 
+    clk.mark("qk", st);
     // order statistics of the norms and q.k
     SelArgs sa;
     memset(&sa, 0, sizeof sa);
@@ -1569,9 +1643,12 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
     sel_find_kernel<2><<<SEL_ARR, 256, 0, st>>>(sa);
     TKC_LAUNCHED("sel kernels", err, errlen);
 
+    clk.mark("select", st);
     // one copy back
     TKC_TRY(cudaMemcpyAsync(host, sums, L.out_bytes, cudaMemcpyDeviceToHost, st), err, errlen);
+    clk.mark("copy", st);
     TKC_TRY(cudaStreamSynchronize(st), err, errlen);
+    clock_print(&clk);
     const double *hs = (const double *)host;
     const sel_state *hsel = (const sel_state *)((const char *)host + al256(sizeof(double) * nrow * QREC));
 
