@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cuda_internal.h"
 
@@ -31,13 +32,23 @@ struct cuda_state {
     unsigned long long *scan_d; // owned device [TKC_SCAN_MAX]: first NaN/Inf per input
     unsigned long long *scan_h; // owned pinned host copy of scan_d
     cudaEvent_t scan_done;      // recorded after the input scan
-    double *qsums_h;            // owned pinned host buffer of the quality sums
-    size_t qsums_cap;           // its size in doubles
-    row_cache probe, quality;
+    row_cache probe, quality, qk_q, qk_k;
+    void *sws;                  // owned device workspace of the stats (kernels/cuda/stats.cu)
+    size_t sws_bytes;
+    void *shost;                // owned pinned host buffer the stats come back to
+    size_t shost_bytes;
+    // The hybrid's far projection of the last stats call, copied from hybrid.cu's
+    // cache (tkc_hybrid_projection): kept while head 0's matrix is unchanged.
+    float *proj_d;              // owned device [BH][D][g]
+    float *proj_h;              // owned host copy, same layout
+    float *proj_h0;             // owned host scratch: head 0 of the current call
+    size_t proj_cap;            // floats of proj_d / proj_h
+    int proj_valid, proj_layer, proj_BH, proj_D, proj_g;
     void *ws;        // owned device workspace
     size_t ws_bytes;
     int table_key;   // (d << 8 | P) + 1 of the feature table in ws, 0 = none
     cudaEvent_t ev0, ev1;
+    int ev1_recorded; // this call's ev1 is queued (before its stats: kernel_ms leaves them out)
     tkc_hybrid_state *hybrid; // owned: PCA cache and hybrid workspace
 };
 
@@ -112,23 +123,6 @@ void free_rows(row_cache *c) {
 int quality_count(const tk_call *call, const tk_stats_request *sreq) {
     if (!sreq || sreq->quality_samples <= 0 || call->Dv > 128 || call->D > 256 || call->D % 8) return 0;
     return sreq->quality_samples < call->Nq ? sreq->quality_samples : call->Nq;
-}
-
-// The pinned host buffer of tkc_quality_raw for ns rows; NULL when it cannot be had.
-double *quality_host(cuda_state *s, const tk_call *call, int ns) {
-    size_t n = tkc_quality_host_doubles(call, ns);
-    if (n > s->qsums_cap) {
-        if (s->qsums_h) cudaFreeHost(s->qsums_h);
-        s->qsums_h = nullptr;
-        s->qsums_cap = 0;
-        if (cudaMallocHost(&s->qsums_h, n * sizeof(double)) != cudaSuccess) {
-            (void)cudaGetLastError();
-            s->qsums_h = nullptr;
-            return nullptr;
-        }
-        s->qsums_cap = n;
-    }
-    return s->qsums_h;
 }
 
 // The rows a call samples (host, kernels/plan.c's draws) and their numbers.
@@ -266,11 +260,153 @@ int too_small(const tk_config *cfg, unsigned long long n_le, unsigned long long 
     return (double)n_le / (double)n > cfg->denom_fallback_frac_limit;
 }
 
+// Grows a stats buffer (device, or pinned host) to at least bytes. 0 ok, 2 allocation failed.
+int grow(void **p, size_t *cap, size_t bytes, bool pinned) {
+    if (bytes <= *cap && *p) return 0;
+    if (*p) {
+        if (pinned) cudaFreeHost(*p);
+        else cudaFree(*p);
+    }
+    *p = nullptr;
+    *cap = 0;
+    cudaError_t e = pinned ? cudaMallocHost(p, bytes) : cudaMalloc(p, bytes);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        *p = nullptr;
+        return 2;
+    }
+    *cap = bytes;
+    return 0;
+}
+
+// The far projection hybrid.cu used for this call, on the device ([BH][D][g]),
+// or NULL when there is none (no far field) or it cannot be read. Head 0 is
+// read back on every call (one 8 KB copy); the other heads only when head 0
+// changed (a refit) or the key (layer, shape) did.
+const float *hybrid_projection(cuda_state *s, const tk_call *call, int g, cudaStream_t st) {
+    const int BH = call->B * call->H, D = call->D;
+    const size_t n = (size_t)D * g;
+    if ((size_t)BH * n > s->proj_cap) {
+        if (s->proj_d) cudaFree(s->proj_d);
+        free(s->proj_h);
+        free(s->proj_h0);
+        s->proj_d = nullptr;
+        s->proj_h = s->proj_h0 = nullptr;
+        s->proj_cap = 0;
+        s->proj_valid = 0;
+        s->proj_h = (float *)malloc(sizeof(float) * BH * n);
+        s->proj_h0 = (float *)malloc(sizeof(float) * n);
+        if (!s->proj_h || !s->proj_h0 || cudaMalloc(&s->proj_d, sizeof(float) * BH * n) != cudaSuccess) {
+            (void)cudaGetLastError();
+            s->proj_d = nullptr;
+            return nullptr;
+        }
+        s->proj_cap = (size_t)BH * n;
+    }
+    int pd = 0, pg = 0;
+    if (tkc_hybrid_projection(s->hybrid, call->layer, 0, s->proj_h0, &pd, &pg) || pd != D || pg != g) {
+        (void)cudaGetLastError();
+        return nullptr;
+    }
+    if (s->proj_valid && s->proj_layer == call->layer && s->proj_BH == BH && s->proj_D == D && s->proj_g == g &&
+        memcmp(s->proj_h0, s->proj_h, sizeof(float) * n) == 0)
+        return s->proj_d;
+    s->proj_valid = 0;
+    for (int bh = 0; bh < BH; bh++)
+        if (tkc_hybrid_projection(s->hybrid, call->layer, bh, s->proj_h + (size_t)bh * n, &pd, &pg)) {
+            (void)cudaGetLastError();
+            return nullptr;
+        }
+    if (cudaMemcpyAsync(s->proj_d, s->proj_h, sizeof(float) * BH * n, cudaMemcpyHostToDevice, st) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return nullptr;
+    }
+    s->proj_valid = 1, s->proj_layer = call->layer, s->proj_BH = BH, s->proj_D = D, s->proj_g = g;
+    return s->proj_d;
+}
+
+// The stats of a finished call whose output (call dtype) is at out: the
+// sampled rows are sm's, the q.k sample is drawn here (kernels/plan.c salts).
+// Returns 0, or 1 with res failed (a CUDA error). A stats buffer that cannot
+// be allocated leaves the output standing with no stats (have = 0), as the
+// ref backend does.
+int run_stats(cuda_state *s, const tk_call *call, const tk_config *cfg, tk_mode mode, const tk_stats_request *sreq,
+              const void *out, const sampled *sm, cudaStream_t st, tk_result *res) {
+    char err[192] = "";
+    cudaError_t e = cudaEventRecord(s->ev1, st); // kernel_ms ends here (kernels/stats.c: without the stats)
+    if (e != cudaSuccess) {
+        snprintf(err, sizeof err, "cudaEventRecord: %s", cudaGetErrorString(e));
+        tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
+        return 1;
+    }
+    s->ev1_recorded = 1;
+    tkc_stats_job j;
+    memset(&j, 0, sizeof j);
+    j.call = call;
+    j.out = out;
+    j.mode = mode;
+    j.qrows = sm->qrows;
+    j.ns = sm->qrows ? sm->ns : 0;
+    int nq = sreq->qk_samples < call->Nq ? sreq->qk_samples : call->Nq;
+    int nk = sreq->qk_samples < call->Nk ? sreq->qk_samples : call->Nk;
+    if (sreq->qk_samples > 0 && call->D <= 256) {
+        j.qk_q = sampled_rows(&s->qk_q, sreq->seed, TKI_SALT_QK_Q, call->Nq, nq, &j.nqk_q);
+        j.qk_k = sampled_rows(&s->qk_k, sreq->seed, TKI_SALT_QK_K, call->Nk, nk, &j.nqk_k);
+        if (!j.qk_q || !j.qk_k) j.nqk_q = j.nqk_k = 0;
+    }
+    const bool mod_on = mode != TK_MODE_EXACT && modify_active(cfg, call->sigma);
+    j.modify = !mod_on ? 0 : cfg->qk_normalize ? 1 : (cfg->qk_norm_power > 0 || cfg->qk_norm_clip > 0) ? 2 : 0;
+    j.power = (float)cfg->qk_norm_power;
+    j.clip = (float)cfg->qk_norm_clip;
+    j.eps = (float)cfg->eps;
+    if (mode == TK_MODE_TAYLOR) {
+        j.blocks = cfg->sub_head_blocks;
+        j.s_taylor = cfg->scale_mul / sqrt((double)(call->D / j.blocks));
+    }
+    if (mode == TK_MODE_HYBRID) {
+        j.win.shape = (tk_window_shape)cfg->window_shape;
+        j.win.radius = tk_window_at(cfg, call->sigma);
+        j.win.text_tokens = call->text_tokens;
+        j.win.grid_h = call->grid_h;
+        j.win.grid_w = call->grid_w;
+        j.w = tk_far_weight_at(cfg, call->sigma);
+        j.combine = cfg->combine;
+        j.g = cfg->global_dim < call->D ? cfg->global_dim : call->D;
+        j.s_far = cfg->global_scale_mul / sqrt((double)call->D);
+        j.q0 = call->q0;
+        j.k0 = call->k0;
+        // hybrid.cu fits and uses a projection only with a window and a far weight
+        if (j.win.radius > 0 && j.w > 0) {
+            struct timespec t0, t1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            j.P = hybrid_projection(s, call, j.g, st);
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            if (getenv("TKC_STATS_PROFILE"))
+                fprintf(stderr, "stats profile: projection read back %.4f ms (host)\n",
+                        (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
+        }
+    }
+    if (grow(&s->sws, &s->sws_bytes, tkc_stats_ws(&j, s->num_sms), false) ||
+        grow(&s->shost, &s->shost_bytes, tkc_stats_host_bytes(&j), true)) {
+        memset(&res->stats, 0, sizeof res->stats);
+        return 0;
+    }
+    int rc = tkc_stats_run(&j, s->num_sms, s->sws, s->shost, st, &res->stats, err, sizeof err);
+    if (rc == 2) {
+        memset(&res->stats, 0, sizeof res->stats);
+        return 0;
+    }
+    if (rc) {
+        fail_rc(res, rc, err);
+        return 1;
+    }
+    return 0;
+}
+
 int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg, const tk_stats_request *sreq,
                cudaStream_t st, tk_result *res) {
     char err[192] = "";
     const bool stats_on = sreq != nullptr;
-    int ns = quality_count(call, sreq);
     int pn = !cfg->early_probe ? 0 : cfg->probe_samples < call->Nq ? cfg->probe_samples : call->Nq;
     tkc_taylor_args a;
     memset(&a, 0, sizeof a);
@@ -315,8 +451,8 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg, const t
     size_t o_bytes = (size_t)call->B * call->H * call->Nq * call->Dv * tk_dtype_size(call->dtype);
     size_t off_o = align256(ws_t);
     size_t off_rows = off_o + align256(o_bytes);
-    size_t off_q = off_rows + align256(sizeof(int) * (pn > 0 ? pn : 1));
-    size_t total = off_q + (ns ? tkc_quality_ws(call, ns, s->num_sms) : 0);
+    size_t off_q = off_rows + align256(sizeof(int) * (pn > 0 ? pn : 1)); // end of the workspace
+    size_t total = off_q;
     int rc = ensure_ws(s, total, err, sizeof err);
     if (rc) {
         fail_rc(res, rc, err);
@@ -328,7 +464,7 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg, const t
     a.o = (char *)s->ws + off_o;
     sampled sm;
     if (inputs_begin(s, call, cfg, TK_MODE_TAYLOR, sreq, st, &sm, res)) return TK_OK;
-    const int *probe_rows = sm.prows, *qrows = sm.qrows;
+    const int *probe_rows = sm.prows;
     if (pn > 0) {
         float *den = (float *)malloc(sizeof(float) * pn * (size_t)call->B * call->H * a.blocks);
         if (!den) {
@@ -403,18 +539,7 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg, const t
         res->stage = TK_STAGE_FULL;
         return TK_OK;
     }
-    if (ns) {
-        double *hsums = quality_host(s, call, ns);
-        rc = hsums ? tkc_quality_raw(call, a.o, qrows, ns, s->num_sms, (char *)s->ws + off_q, hsums, st,
-                                     &res->stats.quality_raw, err, sizeof err)
-                   : 2;
-        if (!hsums) snprintf(err, sizeof err, "pinned host buffer of the quality stats");
-        if (rc) {
-            fail_rc(res, rc, err);
-            return TK_OK;
-        }
-        res->stats.have |= TK_HAVE_QUALITY;
-    }
+    if (stats_on && run_stats(s, call, cfg, TK_MODE_TAYLOR, sreq, a.o, &sm, st, res)) return TK_OK;
     cudaError_t e = cudaMemcpyAsync(call->o, a.o, o_bytes, cudaMemcpyDeviceToDevice, st);
     if (e != cudaSuccess) {
         snprintf(err, sizeof err, "output copy: %s", cudaGetErrorString(e));
@@ -476,7 +601,13 @@ extern "C" void tkcuda_close(tk_context *ctx) {
     if (s->ws) cudaFree(s->ws);
     cudaFree(s->scan_d);
     cudaFreeHost(s->scan_h);
-    if (s->qsums_h) cudaFreeHost(s->qsums_h);
+    if (s->sws) cudaFree(s->sws);
+    if (s->shost) cudaFreeHost(s->shost);
+    if (s->proj_d) cudaFree(s->proj_d);
+    free(s->proj_h);
+    free(s->proj_h0);
+    free_rows(&s->qk_q);
+    free_rows(&s->qk_k);
     cudaEventDestroy(s->scan_done);
     free_rows(&s->probe);
     free_rows(&s->quality);
@@ -505,6 +636,7 @@ extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_c
     }
     cudaStream_t st = (cudaStream_t)call->stream;
     char err[192] = "";
+    s->ev1_recorded = 0;
     cudaError_t e = cudaEventRecord(s->ev0, st);
     if (e != cudaSuccess) {
         snprintf(err, sizeof err, "cudaEventRecord: %s", cudaGetErrorString(e));
@@ -513,28 +645,19 @@ extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_c
     }
     sampled sm;
     if (mode == TK_MODE_EXACT) {
-        int ns = quality_count(call, stats_req);
         size_t ws_e = exact_ws(call);
-        int rc = ensure_ws(s, align256(ws_e) + (ns ? tkc_quality_ws(call, ns, s->num_sms) : 0), err, sizeof err);
+        int rc = ensure_ws(s, align256(ws_e), err, sizeof err);
         if (rc) {
             fail_rc(res, rc, err);
             return TK_OK;
         }
         if (inputs_begin(s, call, cfg, mode, stats_req, st, &sm, res) || inputs_verdict(s, res)) return TK_OK;
         rc = run_exact(s, call, st, call->o, 0, err, sizeof err);
-        if (!rc && ns) {
-            s->table_key = 0; // the rows' scratch may cover the Taylor feature table
-            double *hsums = quality_host(s, call, ns);
-            rc = hsums ? tkc_quality_raw(call, call->o, sm.qrows, sm.ns, s->num_sms, (char *)s->ws + align256(ws_e),
-                                         hsums, st, &res->stats.quality_raw, err, sizeof err)
-                       : 2;
-            if (!hsums) snprintf(err, sizeof err, "pinned host buffer of the quality stats");
-        }
         if (rc) {
             fail_rc(res, rc, err);
             return TK_OK;
         }
-        if (ns) res->stats.have |= TK_HAVE_QUALITY;
+        if (stats_req && run_stats(s, call, cfg, mode, stats_req, call->o, &sm, st, res)) return TK_OK;
         res->path = TK_PATH_EXACT;
     } else if (mode == TK_MODE_TAYLOR) {
         run_taylor(s, call, cfg, stats_req, st, res);
@@ -542,26 +665,13 @@ extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_c
     } else {
         if (inputs_begin(s, call, cfg, mode, stats_req, st, &sm, res) || inputs_verdict(s, res)) return TK_OK;
         tkc_hybrid(&s->hybrid, call, cfg, stats_req, st, res);
-        if (res->reason != TK_REASON_NONE) return TK_OK;
-        if (sm.ns) {
-            int rc = ensure_ws(s, tkc_quality_ws(call, sm.ns, s->num_sms), err, sizeof err);
-            double *hsums = rc ? nullptr : quality_host(s, call, sm.ns);
-            if (!rc && !hsums) {
-                snprintf(err, sizeof err, "pinned host buffer of the quality stats");
-                rc = 2;
-            }
-            s->table_key = 0; // the rows' scratch covers the Taylor feature table
-            if (!rc)
-                rc = tkc_quality_raw(call, call->o, sm.qrows, sm.ns, s->num_sms, s->ws, hsums, st,
-                                     &res->stats.quality_raw, err, sizeof err);
-            if (rc) {
-                fail_rc(res, rc, err);
-                return TK_OK;
-            }
-            res->stats.have |= TK_HAVE_QUALITY;
+        if (res->reason != TK_REASON_NONE) {
+            s->proj_valid = 0; // a failed call may have left a refit behind
+            return TK_OK;
         }
+        if (stats_req && run_stats(s, call, cfg, mode, stats_req, call->o, &sm, st, res)) return TK_OK;
     }
-    e = cudaEventRecord(s->ev1, st);
+    if (!s->ev1_recorded) e = cudaEventRecord(s->ev1, st);
     if (e == cudaSuccess) e = cudaEventSynchronize(s->ev1);
     float ms = 0.f;
     if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, s->ev0, s->ev1);
@@ -579,7 +689,10 @@ extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_c
 
 extern "C" void tkcuda_reset(tk_context *ctx) {
     cuda_state *s = ctx ? (cuda_state *)ctx->cuda : nullptr;
-    if (s) tkc_hybrid_reset(s->hybrid);
+    if (s) {
+        tkc_hybrid_reset(s->hybrid);
+        s->proj_valid = 0;
+    }
 }
 
 extern "C" int tkcu_hybrid_projection(tk_context *ctx, int layer, int bh, float *out, int *D, int *g) {

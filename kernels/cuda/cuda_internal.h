@@ -118,18 +118,39 @@ int tkc_scan_nonfinite(const void *const *ptrs, const size_t *counts, int count,
                        unsigned long long *first_d, unsigned long long *first_h, int num_sms,
                        cudaStream_t st, char *err, size_t errlen);
 
-// Workspace bytes of tkc_quality_raw for ns sampled queries, and the size
-// of its host buffer (doubles).
-size_t tkc_quality_ws(const tk_call *call, int ns, int num_sms);
-size_t tkc_quality_host_doubles(const tk_call *call, int ns);
-// quality_raw (SPEC 5) of the output `out` ([B,H,Nq,Dv] in the call's dtype,
-// device) on the sampled query rows[0..ns) (host, every batch and head):
-// exact softmax of those rows (unmodified q, k with s0, key mask) and the
-// per-row comparison sums on the device, summarized on the host as
-// kernels/stats.c does. ws: tkc_quality_ws bytes of device memory;
-// host_sums: tkc_quality_host_doubles doubles (pinned). Synchronizes st.
-// Returns 0, 1 (CUDA error), 2 (host allocation), 3 (shape).
-int tkc_quality_raw(const tk_call *call, const void *out, const int *rows, int ns, int num_sms,
-                    void *ws, double *host_sums, cudaStream_t st, tk_quality *qo, char *err, size_t errlen);
+// The sampled statistics of one finished call (SPEC 5, kernels/stats.c's
+// definitions), on the device: quality_raw and quality_eff of the sampled
+// query rows (every head), window mass (hybrid), norms of every q and kept k
+// row (raw and modified), the sampled scaled q.k; distributions by exact
+// order statistics on the device, one copy back. Fills out's quality_raw,
+// quality_eff, window_mass, q/k norms and qk with their TK_HAVE_* bits (not
+// den or the time). Where a figure cannot be had on this path its n stays 0
+// (kernels/cuda/stats.cu says which).
+struct tkc_stats_job {
+    const tk_call *call;
+    const void *out;            // the call's output [B,H,Nq,Dv] in its dtype (device)
+    int mode;                   // tk_mode
+    const int *qrows;           // quality rows (host), ns of them
+    int ns;
+    const int *qk_q, *qk_k;     // q.k sample rows and keys (host)
+    int nqk_q, nqk_k;
+    int modify;                 // q/k modification in force: 0 none, 1 normalize, 2 power/clip
+    float power, clip, eps;
+    int blocks;                 // Taylor sub-head blocks
+    double s_taylor;            // Taylor scale d^-1/2 scale_mul
+    tki_window win;             // hybrid window in force
+    double w;                   // hybrid far weight
+    int combine;                // tk_combine
+    const float *P;             // hybrid projection [BH][D][g] (device), NULL = no far field
+    int g;
+    double s_far;               // D^-1/2 global_scale_mul
+    const void *q0, *k0;        // far-field rows (device): the call's q0/k0, or q/k
+};
+// Device workspace bytes and pinned host bytes of tkc_stats_run.
+size_t tkc_stats_ws(const tkc_stats_job *j, int num_sms);
+size_t tkc_stats_host_bytes(const tkc_stats_job *j);
+// Queues everything on st, synchronizes st once. 0, 1 (CUDA error), 2 (host allocation).
+int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cudaStream_t st, tk_stats *out,
+                  char *err, size_t errlen);
 
 #endif

@@ -2,9 +2,10 @@
 //   * the NaN/Inf scan of the inputs (SPEC 6 bad_input): one pass of 16-byte
 //     loads over q, k, v (q0, k0), the first offending element of each tensor
 //     reduced with atomicMin, one small copy back;
-//   * quality_raw (SPEC 5): exact softmax output of the sampled query rows
-//     (all heads) in fp32, compared on the device with the call's output
-//     rows, summarized on the host as kernels/stats.c does.
+//   * the stats of SPEC 5 with kernels/stats.c's definitions (tkc_stats_run):
+//     quality_raw and quality_eff of the sampled query rows, the window mass
+//     (hybrid), norms of every q and kept k row (raw and modified), the
+//     sampled scaled q.k -- all on the device, one copy back.
 //
 // The sampled exact rows run on the tensor cores: a block of 4 warps takes one
 // (batch, head) and one key split, streams 64-key tiles of K and V through
@@ -13,13 +14,24 @@
 // online softmax in the log2 domain, O += P V with P split into a bf16/f16
 // high part and the residual (two products: P is carried to ~2^-17, so the
 // reference rows are accurate to fp32 accumulation, not to the 2^-9 of one
-// 16-bit P). K and V are read once per call (16 rows): the work is the memory
-// read, about 0.05 ms at Flux 2048^2. The key splits fill one wave of
-// resident blocks and leave (max, sum, acc[Dv]) per row; a finishing kernel
-// combines them, compares each exact row with the call's output row and
-// leaves six sums per row, so only those (18 KB at 16 rows x 24 heads) come
-// back to the host. f32 inputs and head dims other than 64 and 128 take a
-// scalar fp32 kernel.
+// 16-bit P). A second softmax stream in the same pass gives the effective
+// reference: Taylor -- per sub-head slice, s q~.k~ on the modified slices
+// (the slice products are the k-steps of the same S); hybrid -- window keys
+// s0 q.k, the others ln w + s_far q^.k^ (normalized), or the window alone and
+// the far softmax in a second launch (additive). The far logits of the
+// sampled rows (16 per key) are written by the norms pass, which projects
+// every q0/k0 row anyway for the modified norms. The window mass is the raw
+// stream's mass on window keys. K and V are read once per call; the key
+// splits fill one wave of resident blocks and leave (acc, max, sum) per row
+// and stream; a finishing kernel merges them and compares each exact row with
+// the call's output row (six sums per row and stream). f32 inputs and head
+// dims other than 64 and 128 take a scalar fp32 kernel (quality_raw only:
+// quality_eff and the window mass are not reported there).
+//
+// Distributions (norms of every row, q.k) are summarized on the device by
+// exact order statistics (a three-pass radix select), so only counts, sums
+// and eight order statistics per distribution come back with the per-row
+// sums.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,13 +131,80 @@ constexpr int RT_KT = 64; // keys per tile (16 per warp)
 constexpr int RT_WARPS = 4;
 constexpr int SCALAR_SPLIT = 16;
 constexpr int QS_MAX = 16;
+constexpr float LOG2E = 1.4426950408889634f;
 
-template <int D, int DV> struct RowsSmem {
+// What the second (effective) softmax stream of the rows kernel computes.
+enum { EFF_NONE = 0, EFF_TAYLOR = 1, EFF_HYBRID = 2 };
+// Hybrid effective logits (kernels/stats.c): normalized = window keys s0 q.k,
+// the others ln w + far; window = window keys only (additive, first part, and
+// w = 0); far = s_far q^.k^ over every kept key (additive, second part).
+enum { HYB_NORMALIZED = 0, HYB_WINDOW = 1, HYB_FAR = 2 };
+
+struct RowsArgs {
+    const void *q, *k, *v;
+    const uint8_t *mask;
+    const int *rows; // device [ns]
+    int ns, H, Nq, Nk, keys_per_split, recw;
+    float scale_log2; // s0 log2(e)
+    float *part, *part_e; // [row][bh][split][recw]: raw stream, effective stream
+    // Taylor: per-slice softmax of s q~.k~ (s_log2 = s log2(e))
+    float s_log2;
+    int modify; // 0 none, 1 normalize, 2 power/clip
+    float power, clip, eps;
+    // hybrid
+    int kind;
+    float lw2;        // log2(w)
+    const float *F;   // [BH][Nk][nsp] far logits s_far q^.k^ (natural units); NULL = no far field
+    int nsp;
+    int shape2d, radius, text, gw; // the window (kernels/plan.c tki_in_window)
+};
+
+// kernels/plan.c tki_in_window on the device, with the divisions done once
+// per query row (win_query) and once per key of a tile (win_key: -1 = a key
+// every query's window holds, else grid row << 16 | column; 1d: the token).
+struct win_q {
+    bool all;
+    int a, b; // 2d: grid row, column; 1d: the token
+};
+__device__ __forceinline__ win_q win_query(const RowsArgs &a, int i) {
+    win_q w;
+    w.all = a.radius <= 0 || i < a.text;
+    w.a = i, w.b = 0;
+    if (a.shape2d && a.gw > 0 && !w.all) w.a = (i - a.text) / a.gw, w.b = (i - a.text) % a.gw;
+    return w;
+}
+__device__ __forceinline__ int win_key(const RowsArgs &a, int j) {
+    if (!a.shape2d) return j;
+    if (j < a.text || a.gw <= 0) return -1;
+    return ((j - a.text) / a.gw) << 16 | ((j - a.text) % a.gw);
+}
+__device__ __forceinline__ bool in_window(const RowsArgs &a, const win_q &w, int code) {
+    if (w.all) return true;
+    if (!a.shape2d) return abs(w.a - code) <= a.radius;
+    if (code < 0) return true;
+    return abs(w.a - (code >> 16)) <= a.radius && abs(w.b - (code & 0xffff)) <= a.radius;
+}
+
+// kernels/plan.c tki_qkmod_factor in fp32.
+__device__ __forceinline__ float mod_factor(int modify, float power, float clip, float eps, float norm) {
+    if (!modify) return 1.f;
+    float n = norm + eps;
+    if (modify == 1) return 1.f / n;
+    float f = 1.f;
+    if (power > 0.f) f *= powf(n, -power);
+    if (clip > 0.f && clip / n < 1.f) f *= clip / n;
+    return f;
+}
+
+template <typename T, int D, int DV, int EFF, int NB> struct RowsSmem {
     static constexpr int LDK = D + 8, LDV = DV + 8; // padded rows: ldmatrix hits distinct banks
-    static constexpr size_t bytes(size_t esz) {
-        return (size_t)(16 * LDK + 2 * RT_KT * LDK + 2 * RT_KT * LDV) * esz +
-               (size_t)(2 * RT_KT + 2 * RT_WARPS * 16) * sizeof(float);
-    }
+    static constexpr size_t elems = (size_t)16 * LDK + 2 * RT_KT * LDK + 2 * RT_KT * LDV;
+    static constexpr size_t floats = 2 * RT_KT                                   // bias
+                                     + (EFF == EFF_HYBRID ? 2 * RT_KT * 17 : 0)    // far logits tile, key codes
+                                     + (EFF == EFF_TAYLOR ? 16 * NB + RT_KT * NB : 0) // q~, k~ factors
+                                     + 3 * RT_WARPS * 16                           // raw merge
+                                     + 2 * NB * RT_WARPS * 16;                     // effective merge
+    static constexpr size_t bytes = elems * sizeof(T) + floats * sizeof(float);
 };
 
 // d0/d1: one float pair split into a 16-bit high part and the 16-bit residual.
@@ -136,73 +215,258 @@ __device__ __forceinline__ void split_pack(float a, float b, uint32_t &hi, uint3
     lo = elem<T>::pack(a - ha, b - hb);
 }
 
-template <typename T, int D, int DV>
-__global__ void __launch_bounds__(RT_WARPS * 32)
-    rows_mma_kernel(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v,
-                    const uint8_t *__restrict__ mask, const int *__restrict__ rows, int ns, int H,
-                    int Nq, int Nk, float scale_log2, int keys_per_split, float *__restrict__ part) {
-    using S = RowsSmem<D, DV>;
+// One online-softmax step of a warp's 16 keys for the 16 rows: x = logits in
+// log2 units (-Inf = excluded) in the C layout of S; rescales and adds to the
+// accumulator columns [8 nt0, 8 (nt0 + NTN)) with P.V (nt0 a constant once
+// the caller's loops are unrolled) (P as a 16-bit high part plus
+// residual: two products). WIN: also the mass of the keys whose bit is set in
+// wbits (bit nt*4+e), rescaled as l.
+template <typename T, int NTN, int NACC, int LDV, bool WIN>
+__device__ __forceinline__ void stream_step(float (&x)[2][4], float &m_lo, float &m_hi, float &l_lo, float &l_hi,
+                                            float (&acc)[NACC][4], int nt0, const T *vt, int lane, unsigned wbits,
+                                            float &w_lo, float &w_hi) {
+    float mx_lo = fmaxf(fmaxf(x[0][0], x[0][1]), fmaxf(x[1][0], x[1][1]));
+    float mx_hi = fmaxf(fmaxf(x[0][2], x[0][3]), fmaxf(x[1][2], x[1][3]));
+    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
+    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
+    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
+    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
+    float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
+    float mu_lo = mn_lo == -INFINITY ? 0.f : mn_lo, mu_hi = mn_hi == -INFINITY ? 0.f : mn_hi;
+    float al_lo = ex2(m_lo - mu_lo), al_hi = ex2(m_hi - mu_hi);
+    m_lo = mn_lo;
+    m_hi = mn_hi;
+    uint32_t ph[4], pl[4];
+    float sum_lo = 0.f, sum_hi = 0.f, ws_lo = 0.f, ws_hi = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < 2; nt++) {
+        float p0 = ex2(x[nt][0] - mu_lo), p1 = ex2(x[nt][1] - mu_lo);
+        float p2 = ex2(x[nt][2] - mu_hi), p3 = ex2(x[nt][3] - mu_hi);
+        sum_lo += p0 + p1;
+        sum_hi += p2 + p3;
+        if (WIN) {
+            ws_lo += ((wbits >> (nt * 4)) & 1u ? p0 : 0.f) + ((wbits >> (nt * 4 + 1)) & 1u ? p1 : 0.f);
+            ws_hi += ((wbits >> (nt * 4 + 2)) & 1u ? p2 : 0.f) + ((wbits >> (nt * 4 + 3)) & 1u ? p3 : 0.f);
+        }
+        split_pack<T>(p0, p1, ph[nt * 2], pl[nt * 2]);
+        split_pack<T>(p2, p3, ph[nt * 2 + 1], pl[nt * 2 + 1]);
+    }
+    l_lo = l_lo * al_lo + sum_lo;
+    l_hi = l_hi * al_hi + sum_hi;
+    if (WIN) {
+        w_lo = w_lo * al_lo + ws_lo;
+        w_hi = w_hi * al_hi + ws_hi;
+    }
+#pragma unroll
+    for (int i = nt0; i < nt0 + NTN; i++) {
+        acc[i][0] *= al_lo;
+        acc[i][1] *= al_lo;
+        acc[i][2] *= al_hi;
+        acc[i][3] *= al_hi;
+    }
+#pragma unroll
+    for (int dp = nt0 / 2; dp < (nt0 + NTN) / 2; dp++) {
+        uint32_t r[4];
+        ldsm_x4_t(r, vt + ((lane & 7) + 8 * ((lane >> 3) & 1)) * LDV + dp * 16 + 8 * (lane >> 4));
+        mma16816<T>(acc[2 * dp], ph, r[0], r[1]);
+        mma16816<T>(acc[2 * dp], pl, r[0], r[1]);
+        mma16816<T>(acc[2 * dp + 1], ph, r[2], r[3]);
+        mma16816<T>(acc[2 * dp + 1], pl, r[2], r[3]);
+    }
+}
+
+// Merges the four warps' partial softmax of one stream (NBS slices of DV/NBS
+// columns each) and writes a record per row: acc[DV], (M, L) per slice in log2
+// units, zeros, and in the last slot the window mass (WIN) or 0.
+template <int DV, int NBS, bool WIN>
+__device__ __forceinline__ void merge_out(float (&acc)[DV / 8][4], float (&m_lo)[NBS], float (&m_hi)[NBS],
+                                          float (&l_lo)[NBS], float (&l_hi)[NBS], float w_lo, float w_hi,
+                                          float *wacc, float *wm, float *wl, float *ww, int gn, float *out,
+                                          size_t row_stride, int recw) {
+    constexpr int NTHR = RT_WARPS * 32;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+#pragma unroll
+    for (int c = 0; c < NBS; c++) {
+        l_lo[c] += __shfl_xor_sync(0xffffffffu, l_lo[c], 1);
+        l_lo[c] += __shfl_xor_sync(0xffffffffu, l_lo[c], 2);
+        l_hi[c] += __shfl_xor_sync(0xffffffffu, l_hi[c], 1);
+        l_hi[c] += __shfl_xor_sync(0xffffffffu, l_hi[c], 2);
+    }
+    if (WIN) {
+        w_lo += __shfl_xor_sync(0xffffffffu, w_lo, 1);
+        w_lo += __shfl_xor_sync(0xffffffffu, w_lo, 2);
+        w_hi += __shfl_xor_sync(0xffffffffu, w_hi, 1);
+        w_hi += __shfl_xor_sync(0xffffffffu, w_hi, 2);
+    }
+    __syncthreads(); // the key loop (or the previous stream) is done with wacc's memory
+    for (int e = tid; e < 16 * DV; e += NTHR) wacc[e] = 0.f;
+    if (t4 == 0) {
+#pragma unroll
+        for (int c = 0; c < NBS; c++) {
+            wm[(c * RT_WARPS + warp) * 16 + g] = m_lo[c], wm[(c * RT_WARPS + warp) * 16 + g + 8] = m_hi[c];
+            wl[(c * RT_WARPS + warp) * 16 + g] = l_lo[c], wl[(c * RT_WARPS + warp) * 16 + g + 8] = l_hi[c];
+        }
+        if (WIN) ww[warp * 16 + g] = w_lo, ww[warp * 16 + g + 8] = w_hi;
+    }
+    __syncthreads();
+    float f_lo[NBS], f_hi[NBS];
+#pragma unroll
+    for (int c = 0; c < NBS; c++) {
+        float M_lo = -INFINITY, M_hi = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < RT_WARPS; w++)
+            M_lo = fmaxf(M_lo, wm[(c * RT_WARPS + w) * 16 + g]), M_hi = fmaxf(M_hi, wm[(c * RT_WARPS + w) * 16 + g + 8]);
+        f_lo[c] = m_lo[c] == -INFINITY ? 0.f : ex2(m_lo[c] - M_lo);
+        f_hi[c] = m_hi[c] == -INFINITY ? 0.f : ex2(m_hi[c] - M_hi);
+    }
+#pragma unroll
+    for (int nt = 0; nt < DV / 8; nt++) {
+        const int c = (nt * 8) / (DV / NBS), col = nt * 8 + 2 * t4;
+        atomicAdd(&wacc[g * DV + col], acc[nt][0] * f_lo[c]);
+        atomicAdd(&wacc[g * DV + col + 1], acc[nt][1] * f_lo[c]);
+        atomicAdd(&wacc[(g + 8) * DV + col], acc[nt][2] * f_hi[c]);
+        atomicAdd(&wacc[(g + 8) * DV + col + 1], acc[nt][3] * f_hi[c]);
+    }
+    __syncthreads();
+    for (int e = tid; e < gn * recw; e += NTHR) {
+        const int sr = e / recw, col = e % recw;
+        float *pb = out + (size_t)sr * row_stride;
+        if (col < DV) {
+            pb[col] = wacc[sr * DV + col];
+            continue;
+        }
+        float v = 0.f;
+        if (col < DV + 2 * NBS || (WIN && col == recw - 1)) {
+            const int c = col < DV + 2 * NBS ? (col - DV) / 2 : 0;
+            float M = -INFINITY;
+            for (int w = 0; w < RT_WARPS; w++) M = fmaxf(M, wm[(c * RT_WARPS + w) * 16 + sr]);
+            if (col < DV + 2 * NBS && (col - DV) % 2 == 0) {
+                v = M;
+            } else {
+                const float *src = col == recw - 1 ? ww : wl + c * RT_WARPS * 16;
+                for (int w = 0; w < RT_WARPS; w++) {
+                    float mw = wm[(c * RT_WARPS + w) * 16 + sr];
+                    v += mw == -INFINITY ? 0.f : src[w * 16 + sr] * ex2(mw - M);
+                }
+            }
+        }
+        pb[col] = v;
+    }
+}
+
+// The sampled rows on the tensor cores. Grid (B*H, key splits), 4 warps;
+// each warp owns 16 keys of a 64-key tile. Stream 1 (raw): softmax of s0 q.k
+// over the kept keys (+ the window mass for hybrid). Stream 2 (effective),
+// in the same pass over K and V: EFF_TAYLOR -- per slice c of NB, softmax of
+// s q~_c.k~_c into the slice's value columns; EFF_HYBRID -- the logits of
+// RowsArgs.kind. The slices of S come from the same mma products as the raw
+// S (a slice is D/NB/16 of the k-steps), so stream 2 adds only its softmax
+// and P.V.
+template <typename T, int D, int DV, int EFF, int NB>
+__global__ void __launch_bounds__(RT_WARPS * 32) rows_mma_kernel(RowsArgs a) {
+    using S = RowsSmem<T, D, DV, EFF, NB>;
     constexpr int LDK = S::LDK, LDV = S::LDV, KT = RT_KT, NTHR = RT_WARPS * 32;
     constexpr int CHK = D / 8, CHV = DV / 8;
+    constexpr int KPS = D / 16 / NB;     // k-steps per slice
+    constexpr int NTS = DV / NB / 8;     // accumulator column blocks per slice
+    constexpr int DS = D / NB;           // slice width
+    constexpr bool HYB = EFF == EFF_HYBRID, TAY = EFF == EFF_TAYLOR, TWO = EFF != EFF_NONE;
+    constexpr int NBE = TAY ? NB : 1;    // slices of stream 2
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T *Qs = reinterpret_cast<T *>(smem_raw);  // [16][LDK]
     T *Ks = Qs + 16 * LDK;                    // [2][KT][LDK]
     T *Vs = Ks + 2 * KT * LDK;                // [2][KT][LDV]
     float *bias = reinterpret_cast<float *>(Vs + 2 * KT * LDV); // [2][KT]
-    float *wm = bias + 2 * KT;                // [4][16] row max per warp (log2 units)
-    float *wl = wm + RT_WARPS * 16;           // [4][16] row sum per warp
+    float *Fs = bias + 2 * KT;                                 // [2][KT][16] (hybrid)
+    int *kcode = reinterpret_cast<int *>(Fs + (HYB ? 2 * KT * 16 : 0)); // [2][KT] window codes (hybrid)
+    float *fq = reinterpret_cast<float *>(kcode + (HYB ? 2 * KT : 0));  // [16][NB] (taylor)
+    float *fk = fq + (TAY ? 16 * NB : 0);                       // [KT][NB] (taylor)
+    float *wm = fk + (TAY ? KT * NB : 0);                       // raw merge [4][16] x3
+    float *wl = wm + RT_WARPS * 16, *ww = wl + RT_WARPS * 16;
+    float *wme = ww + RT_WARPS * 16, *wle = wme + NB * RT_WARPS * 16; // effective merge
     float *wacc = reinterpret_cast<float *>(Ks); // [16][DV], after the key loop
 
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int bh = blockIdx.x, split = blockIdx.y, b = bh / H, BH = gridDim.x, nsplit = gridDim.y;
-    const int k0 = split * keys_per_split, k1 = min(Nk, k0 + keys_per_split);
+    const T *q = reinterpret_cast<const T *>(a.q), *k = reinterpret_cast<const T *>(a.k);
+    const T *v = reinterpret_cast<const T *>(a.v);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    const int bh = blockIdx.x, split = blockIdx.y, b = bh / a.H, BH = gridDim.x, nsplit = gridDim.y;
+    const int k0 = split * a.keys_per_split, k1 = min(a.Nk, k0 + a.keys_per_split);
     const int ntiles = k1 > k0 ? (k1 - k0 + KT - 1) / KT : 0;
-    const T *qb = q + (size_t)bh * Nq * D;
-    const T *kb = k + (size_t)bh * Nk * D;
-    const T *vb = v + (size_t)bh * Nk * DV;
-    const uint8_t *mb = mask ? mask + (size_t)b * Nk : nullptr;
+    const T *qb = q + (size_t)bh * a.Nq * D;
+    const T *kb = k + (size_t)bh * a.Nk * D;
+    const T *vb = v + (size_t)bh * a.Nk * DV;
+    const uint8_t *mb = a.mask ? a.mask + (size_t)b * a.Nk : nullptr;
+    const bool far = HYB && a.F != nullptr;
+    const size_t row_stride = (size_t)BH * nsplit * a.recw;
 
-    auto issue_kv = [&](int j) {
-        int buf = j & 1;
-        T *kd = Ks + buf * KT * LDK, *vd = Vs + buf * KT * LDV;
-        for (int c = tid; c < KT * CHK; c += NTHR) {
-            int r = c / CHK, cc = c % CHK, gr = k0 + j * KT + r;
-            bool ok = gr < k1;
-            cp_async16(kd + r * LDK + cc * 8, kb + (size_t)(ok ? gr : 0) * D + cc * 8, ok ? 16 : 0);
-        }
-        for (int c = tid; c < KT * CHV; c += NTHR) {
-            int r = c / CHV, cc = c % CHV, gr = k0 + j * KT + r;
-            bool ok = gr < k1;
-            cp_async16(vd + r * LDV + cc * 8, vb + (size_t)(ok ? gr : 0) * DV + cc * 8, ok ? 16 : 0);
-        }
-        for (int r = tid; r < KT; r += NTHR) {
-            int gr = k0 + j * KT + r;
-            bias[buf * KT + r] = (gr < k1 && (!mb || mb[gr])) ? 0.f : -INFINITY;
-        }
-    };
-
-    for (int g0 = 0; g0 < ns; g0 += QS_MAX) {
-        const int gn = min(QS_MAX, ns - g0);
+    for (int g0 = 0; g0 < a.ns; g0 += QS_MAX) {
+        const int gn = min(QS_MAX, a.ns - g0);
+        auto issue_kv = [&](int j) {
+            int buf = j & 1;
+            T *kd = Ks + buf * KT * LDK, *vd = Vs + buf * KT * LDV;
+            for (int c = tid; c < KT * CHK; c += NTHR) {
+                int r = c / CHK, cc = c % CHK, gr = k0 + j * KT + r;
+                bool ok = gr < k1;
+                cp_async16(kd + r * LDK + cc * 8, kb + (size_t)(ok ? gr : 0) * D + cc * 8, ok ? 16 : 0);
+            }
+            for (int c = tid; c < KT * CHV; c += NTHR) {
+                int r = c / CHV, cc = c % CHV, gr = k0 + j * KT + r;
+                bool ok = gr < k1;
+                cp_async16(vd + r * LDV + cc * 8, vb + (size_t)(ok ? gr : 0) * DV + cc * 8, ok ? 16 : 0);
+            }
+            if (far)
+                for (int c = tid; c < KT * 4; c += NTHR) {
+                    int r = c / 4, cc = c % 4, gr = k0 + j * KT + r;
+                    bool ok = gr < k1;
+                    cp_async16(Fs + (buf * KT + r) * 16 + cc * 4,
+                               a.F + ((size_t)bh * a.Nk + (ok ? gr : 0)) * a.nsp + g0 + cc * 4, ok ? 16 : 0);
+                }
+            for (int r = tid; r < KT; r += NTHR) {
+                int gr = k0 + j * KT + r;
+                bias[buf * KT + r] = (gr < k1 && (!mb || mb[gr])) ? 0.f : -INFINITY;
+                if (HYB) kcode[buf * KT + r] = win_key(a, gr);
+            }
+        };
         __syncthreads(); // the previous group is done with shared memory
         for (int c = tid; c < 16 * CHK; c += NTHR) {
             int r = c / CHK, cc = c % CHK;
             bool ok = r < gn;
-            cp_async16(Qs + r * LDK + cc * 8, qb + (size_t)(ok ? rows[g0 + r] : 0) * D + cc * 8, ok ? 16 : 0);
+            cp_async16(Qs + r * LDK + cc * 8, qb + (size_t)(ok ? a.rows[g0 + r] : 0) * D + cc * 8, ok ? 16 : 0);
         }
         if (ntiles > 0) issue_kv(0);
         cp_async_commit();
         cp_async_wait<0>();
         __syncthreads();
+        if (TAY && a.modify)
+            for (int p = tid; p < 16 * NB; p += NTHR) {
+                int r = p / NB, c = p % NB;
+                float ss = 0.f;
+                for (int e = 0; e < DS; e++) {
+                    float x = elem<T>::to_f(Qs[r * LDK + c * DS + e]);
+                    ss += x * x;
+                }
+                fq[p] = mod_factor(a.modify, a.power, a.clip, a.eps, sqrtf(ss));
+            }
         uint32_t qf[D / 16][4];
         {
             int r = (lane & 7) + 8 * ((lane >> 3) & 1);
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++) ldsm_x4(qf[kk], Qs + r * LDK + kk * 16 + 8 * (lane >> 4));
         }
+        // token index of this lane's two rows (window test)
+        const win_q wq_lo = win_query(a, g < gn ? a.rows[g0 + g] : 0);
+        const win_q wq_hi = win_query(a, g + 8 < gn ? a.rows[g0 + g + 8] : 0);
         float acc[DV / 8][4];
+        float acce[TWO ? DV / 8 : 1][4];
 #pragma unroll
         for (int i = 0; i < DV / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-        float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
+#pragma unroll
+        for (int i = 0; i < (TWO ? DV / 8 : 1); i++) acce[i][0] = acce[i][1] = acce[i][2] = acce[i][3] = 0.f;
+        float m_lo[1] = {-INFINITY}, m_hi[1] = {-INFINITY}, l_lo[1] = {0.f}, l_hi[1] = {0.f};
+        float w_lo = 0.f, w_hi = 0.f;
+        float me_lo[NBE], me_hi[NBE], le_lo[NBE], le_hi[NBE];
+#pragma unroll
+        for (int c = 0; c < NBE; c++) me_lo[c] = me_hi[c] = -INFINITY, le_lo[c] = le_hi[c] = 0.f;
 
         for (int j = 0; j < ntiles; j++) {
             if (j + 1 < ntiles) issue_kv(j + 1);
@@ -212,106 +476,93 @@ __global__ void __launch_bounds__(RT_WARPS * 32)
             const T *kt = Ks + (j & 1) * KT * LDK + warp * 16 * LDK;
             const T *vt = Vs + (j & 1) * KT * LDV + warp * 16 * LDV;
             const float *bt = bias + (j & 1) * KT + warp * 16;
+            if (TAY && a.modify) {
+                const T *kall = Ks + (j & 1) * KT * LDK;
+                for (int p = tid; p < KT * NB; p += NTHR) {
+                    int r = p / NB, c = p % NB;
+                    float ss = 0.f;
+                    for (int e = 0; e < DS; e++) {
+                        float x = elem<T>::to_f(kall[r * LDK + c * DS + e]);
+                        ss += x * x;
+                    }
+                    fk[p] = mod_factor(a.modify, a.power, a.clip, a.eps, sqrtf(ss));
+                }
+                __syncthreads();
+            }
             float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+            float dummy0 = 0.f, dummy1 = 0.f;
+            if constexpr (TAY) {
 #pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) {
-                uint32_t r[4];
-                ldsm_x4(r, kt + ((lane & 7) + 8 * (lane >> 4)) * LDK + kk * 16 + 8 * ((lane >> 3) & 1));
-                mma16816<T>(s[0], qf[kk], r[0], r[1]);
-                mma16816<T>(s[1], qf[kk], r[2], r[3]);
-            }
-            float mx_lo = -INFINITY, mx_hi = -INFINITY;
+                for (int c = 0; c < NB; c++) {
+                    float sc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
-            for (int nt = 0; nt < 2; nt++) {
-                int c = nt * 8 + 2 * (lane & 3);
-                float b0 = bt[c], b1 = bt[c + 1];
-                s[nt][0] = s[nt][0] * scale_log2 + b0;
-                s[nt][1] = s[nt][1] * scale_log2 + b1;
-                s[nt][2] = s[nt][2] * scale_log2 + b0;
-                s[nt][3] = s[nt][3] * scale_log2 + b1;
-                mx_lo = fmaxf(mx_lo, fmaxf(s[nt][0], s[nt][1]));
-                mx_hi = fmaxf(mx_hi, fmaxf(s[nt][2], s[nt][3]));
-            }
-            mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 1));
-            mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
-            mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
-            mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-            float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
-            float mu_lo = mn_lo == -INFINITY ? 0.f : mn_lo, mu_hi = mn_hi == -INFINITY ? 0.f : mn_hi;
-            float al_lo = ex2(m_lo - mu_lo), al_hi = ex2(m_hi - mu_hi);
-            m_lo = mn_lo;
-            m_hi = mn_hi;
-            uint32_t ph[4], pl[4];
-            float sum_lo = 0.f, sum_hi = 0.f;
+                    for (int kk = c * KPS; kk < (c + 1) * KPS; kk++) {
+                        uint32_t r[4];
+                        ldsm_x4(r, kt + ((lane & 7) + 8 * (lane >> 4)) * LDK + kk * 16 + 8 * ((lane >> 3) & 1));
+                        mma16816<T>(sc[0], qf[kk], r[0], r[1]);
+                        mma16816<T>(sc[1], qf[kk], r[2], r[3]);
+                    }
+                    float x[2][4];
 #pragma unroll
-            for (int nt = 0; nt < 2; nt++) {
-                float p0 = ex2(s[nt][0] - mu_lo), p1 = ex2(s[nt][1] - mu_lo);
-                float p2 = ex2(s[nt][2] - mu_hi), p3 = ex2(s[nt][3] - mu_hi);
-                sum_lo += p0 + p1;
-                sum_hi += p2 + p3;
-                split_pack<T>(p0, p1, ph[nt * 2], pl[nt * 2]);
-                split_pack<T>(p2, p3, ph[nt * 2 + 1], pl[nt * 2 + 1]);
-            }
-            l_lo = l_lo * al_lo + sum_lo;
-            l_hi = l_hi * al_hi + sum_hi;
+                    for (int nt = 0; nt < 2; nt++)
 #pragma unroll
-            for (int i = 0; i < DV / 8; i++) {
-                acc[i][0] *= al_lo;
-                acc[i][1] *= al_lo;
-                acc[i][2] *= al_hi;
-                acc[i][3] *= al_hi;
-            }
+                        for (int e = 0; e < 4; e++) {
+                            const int col = nt * 8 + 2 * t4 + (e & 1), row = e < 2 ? g : g + 8;
+                            s[nt][e] += sc[nt][e];
+                            float f = a.modify ? fq[row * NB + c] * fk[(warp * 16 + col) * NB + c] : 1.f;
+                            x[nt][e] = sc[nt][e] * a.s_log2 * f + bt[col];
+                        }
+                    stream_step<T, NTS, DV / 8, LDV, false>(x, me_lo[c], me_hi[c], le_lo[c], le_hi[c], acce,
+                                                           c * NTS, vt, lane, 0u, dummy0, dummy1);
+                }
+            } else {
 #pragma unroll
-            for (int dp = 0; dp < DV / 16; dp++) {
-                uint32_t r[4];
-                ldsm_x4_t(r, vt + ((lane & 7) + 8 * ((lane >> 3) & 1)) * LDV + dp * 16 + 8 * (lane >> 4));
-                mma16816<T>(acc[2 * dp], ph, r[0], r[1]);
-                mma16816<T>(acc[2 * dp], pl, r[0], r[1]);
-                mma16816<T>(acc[2 * dp + 1], ph, r[2], r[3]);
-                mma16816<T>(acc[2 * dp + 1], pl, r[2], r[3]);
+                for (int kk = 0; kk < D / 16; kk++) {
+                    uint32_t r[4];
+                    ldsm_x4(r, kt + ((lane & 7) + 8 * (lane >> 4)) * LDK + kk * 16 + 8 * ((lane >> 3) & 1));
+                    mma16816<T>(s[0], qf[kk], r[0], r[1]);
+                    mma16816<T>(s[1], qf[kk], r[2], r[3]);
+                }
             }
+            float x[2][4];
+            unsigned wbits = 0;
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int col = nt * 8 + 2 * t4 + (e & 1);
+                    x[nt][e] = s[nt][e] * a.scale_log2 + bt[col];
+                    if (HYB && in_window(a, e < 2 ? wq_lo : wq_hi, kcode[(j & 1) * KT + warp * 16 + col]))
+                        wbits |= 1u << (nt * 4 + e);
+                }
+            if constexpr (HYB) {
+                const float *ft = Fs + ((j & 1) * KT + warp * 16) * 16;
+                float y[2][4];
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int col = nt * 8 + 2 * t4 + (e & 1), row = e < 2 ? g : g + 8;
+                        const bool inw = (wbits >> (nt * 4 + e)) & 1u;
+                        const float fl = far ? ft[col * 16 + row] * LOG2E + bt[col] : -INFINITY;
+                        y[nt][e] = a.kind == HYB_FAR ? fl
+                                   : inw            ? x[nt][e]
+                                   : a.kind == HYB_NORMALIZED ? fl + a.lw2
+                                                              : -INFINITY;
+                    }
+                stream_step<T, DV / 8, DV / 8, LDV, false>(y, me_lo[0], me_hi[0], le_lo[0], le_hi[0], acce, 0, vt,
+                                                          lane, 0u, dummy0, dummy1);
+            }
+            stream_step<T, DV / 8, DV / 8, LDV, HYB>(x, m_lo[0], m_hi[0], l_lo[0], l_hi[0], acc, 0, vt, lane, wbits,
+                                                    w_lo, w_hi);
             __syncthreads();
         }
-        l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
-        l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
-        l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
-        l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
-        // merge the warps: rescale each warp's acc to the block's row max, add in shared memory
-        const int g = lane >> 2, t4 = lane & 3;
-        for (int e = tid; e < 16 * DV; e += NTHR) wacc[e] = 0.f;
-        if (t4 == 0) {
-            wm[warp * 16 + g] = m_lo, wm[warp * 16 + g + 8] = m_hi;
-            wl[warp * 16 + g] = l_lo, wl[warp * 16 + g + 8] = l_hi;
-        }
-        __syncthreads();
-        float M_lo = -INFINITY, M_hi = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < RT_WARPS; w++) M_lo = fmaxf(M_lo, wm[w * 16 + g]), M_hi = fmaxf(M_hi, wm[w * 16 + g + 8]);
-        float f_lo = m_lo == -INFINITY ? 0.f : ex2(m_lo - M_lo);
-        float f_hi = m_hi == -INFINITY ? 0.f : ex2(m_hi - M_hi);
-#pragma unroll
-        for (int nt = 0; nt < DV / 8; nt++) {
-            int c = nt * 8 + 2 * t4;
-            atomicAdd(&wacc[g * DV + c], acc[nt][0] * f_lo);
-            atomicAdd(&wacc[g * DV + c + 1], acc[nt][1] * f_lo);
-            atomicAdd(&wacc[(g + 8) * DV + c], acc[nt][2] * f_hi);
-            atomicAdd(&wacc[(g + 8) * DV + c + 1], acc[nt][3] * f_hi);
-        }
-        __syncthreads();
-        for (int e = tid; e < gn * (DV + 2); e += NTHR) {
-            int sr = e / (DV + 2), c = e % (DV + 2);
-            float *pb = part + (((size_t)(g0 + sr) * BH + bh) * nsplit + split) * (DV + 2);
-            if (c < DV) {
-                pb[c] = wacc[sr * DV + c];
-                continue;
-            }
-            float M = -INFINITY, L = 0.f;
-            for (int w = 0; w < RT_WARPS; w++) M = fmaxf(M, wm[w * 16 + sr]);
-            for (int w = 0; w < RT_WARPS; w++)
-                L += wm[w * 16 + sr] == -INFINITY ? 0.f : wl[w * 16 + sr] * ex2(wm[w * 16 + sr] - M);
-            // the merge works in natural units
-            pb[c] = c == DV ? (M == -INFINITY ? M : M * 0.6931471805599453f) : L;
-        }
+        const size_t base = (((size_t)g0 * BH + bh) * nsplit + split) * a.recw;
+        merge_out<DV, 1, HYB>(acc, m_lo, m_hi, l_lo, l_hi, w_lo, w_hi, wacc, wm, wl, ww, gn, a.part + base,
+                              row_stride, a.recw);
+        if constexpr (TWO)
+            merge_out<DV, NBE, false>(acce, me_lo, me_hi, le_lo, le_hi, 0.f, 0.f, wacc, wme, wle, ww, gn,
+                                      a.part_e + base, row_stride, a.recw);
     }
 }
 
@@ -324,7 +575,7 @@ __global__ void __launch_bounds__(RT_WARPS * 32)
 template <typename TI>
 __global__ void __launch_bounds__(256)
     rows_scalar_kernel(const TI *q, const TI *k, const TI *v, const uint8_t *mask, const int *rows,
-                       int ns, int H, int Nq, int Nk, int D, int Dv, float scale, float *part) {
+                       int ns, int H, int Nq, int Nk, int D, int Dv, float scale, float *part, int recw) {
     __shared__ __align__(16) float qs[QS_MAX * 256];
     __shared__ float wm[8][QS_MAX], wl[8][QS_MAX];
     __shared__ float wacc[QS_MAX][128];
@@ -422,163 +673,465 @@ __global__ void __launch_bounds__(256)
                 if (lane + 32 * c < 128) atomicAdd(&wacc[s][lane + 32 * c], acc[s][c] * f);
         }
         __syncthreads();
-        for (int e = tid; e < gn * (Dv + 2); e += 256) {
-            int sr = e / (Dv + 2), c = e % (Dv + 2);
-            float *pb = part + ((((size_t)(g0 + sr)) * gridDim.x + bh) * gridDim.y + ks) * (Dv + 2);
+        for (int e = tid; e < gn * recw; e += 256) {
+            int sr = e / recw, c = e % recw;
+            float *pb = part + ((((size_t)(g0 + sr)) * gridDim.x + bh) * gridDim.y + ks) * recw;
             if (c < Dv) {
                 pb[c] = wacc[sr][c];
+                continue;
+            }
+            if (c > Dv + 1) { // the record's other slots (no window mass here)
+                pb[c] = 0.f;
                 continue;
             }
             float M = -INFINITY, L = 0.f;
             for (int w = 0; w < 8; w++) M = fmaxf(M, wm[w][sr]);
             for (int w = 0; w < 8; w++) L += wm[w][sr] == -INFINITY ? 0.f : wl[w][sr] * expf(wm[w][sr] - M);
-            pb[c] = c == Dv ? M : L;
+            pb[c] = c == Dv ? M * LOG2E : L; // records keep M in log2 units
         }
     }
 }
 
-// One block per sampled (row, head), grid (ns, BH): the splits of part
-// combined into the exact row e, compared with the output row o of the call;
-// st[(smp*BH + bh)*QSTATS + ..] = sum (o-e)^2, sum e^2, sum o^2, sum o.e,
-// sum |o-e|, max |o-e| (NaN kept), fp64. Dv <= 128, 128 threads.
-constexpr int QSTATS = 6;
-template <typename T>
-__global__ void __launch_bounds__(128)
-    rows_finish_kernel(const float *part, int nsplit, int Dv, const T *o, const int *rows, int Nq, double *st) {
-    __shared__ double red[4][QSTATS];
-    const int smp = blockIdx.x, bh = blockIdx.y, BH = gridDim.y, tid = threadIdx.x;
-    const float *pb = part + ((size_t)smp * BH + bh) * nsplit * (Dv + 2);
+// ---- finishing the rows ----------------------------------------------------
+
+// Per sampled (row, head): raw sums [0..6), effective sums [6..12) (each: sum
+// (o-e)^2, sum e^2, sum o^2, sum o.e, sum |o-e|, max |o-e| with NaN kept),
+// window mass [12].
+constexpr int QREC = 13;
+
+struct FinishArgs {
+    const float *part, *part_e, *part_e2; // raw, effective, additive far stream
+    int nsplit, Dv, recw, nbe;            // nbe: slices of the effective stream
+    int eff;                              // 0 none, 1 part_e, 2 part_e + w part_e2
+    float w;
+    const void *o;
+    const int *rows;
+    int Nq;
+    double *st; // [row][QREC]
+};
+
+// The softmax-merged exact value of column c (slice sl) of one stream's
+// records for one (row, head).
+__device__ __forceinline__ float merged(const float *pb, int nsplit, int recw, int Dv, int c, int sl) {
     float M = -INFINITY;
-    for (int s = 0; s < nsplit; s++) M = fmaxf(M, pb[s * (Dv + 2) + Dv]);
-    double v[QSTATS] = {0, 0, 0, 0, 0, 0};
-    for (int c = tid; c < Dv; c += blockDim.x) {
-        float L = 0.f, A = 0.f;
-        for (int s = 0; s < nsplit; s++) {
-            float m = pb[s * (Dv + 2) + Dv];
-            float f = m == -INFINITY ? 0.f : expf(m - M);
-            L += pb[s * (Dv + 2) + Dv + 1] * f;
-            A += pb[s * (Dv + 2) + c] * f;
+    for (int s = 0; s < nsplit; s++) M = fmaxf(M, pb[s * recw + Dv + 2 * sl]);
+    float L = 0.f, A = 0.f;
+    for (int s = 0; s < nsplit; s++) {
+        float m = pb[s * recw + Dv + 2 * sl];
+        float f = m == -INFINITY ? 0.f : exp2f(m - M);
+        L += pb[s * recw + Dv + 2 * sl + 1] * f;
+        A += pb[s * recw + c] * f;
+    }
+    return L > 0.f ? A / L : 0.f;
+}
+
+__device__ __forceinline__ void add_cmp(double *v, double a, double e) {
+    double d = a - e, ad = fabs(d);
+    v[0] += d * d, v[1] += e * e, v[2] += a * a, v[3] += a * e, v[4] += ad;
+    if (ad > v[5] || isnan(ad)) v[5] = ad;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(128) rows_finish_kernel(FinishArgs f) {
+    __shared__ double red[4][12];
+    const int smp = blockIdx.x, bh = blockIdx.y, BH = gridDim.y, tid = threadIdx.x;
+    const size_t roff = ((size_t)smp * BH + bh) * f.nsplit * f.recw;
+    const T *o = reinterpret_cast<const T *>(f.o);
+    double v[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    for (int c = tid; c < f.Dv; c += blockDim.x) {
+        double a = elem<T>::to_f(o[((size_t)bh * f.Nq + f.rows[smp]) * f.Dv + c]);
+        add_cmp(v, a, merged(f.part + roff, f.nsplit, f.recw, f.Dv, c, 0));
+        if (f.eff) {
+            double e = merged(f.part_e + roff, f.nsplit, f.recw, f.Dv, c, c / (f.Dv / f.nbe));
+            if (f.eff == 2) e += (double)f.w * merged(f.part_e2 + roff, f.nsplit, f.recw, f.Dv, c, 0);
+            add_cmp(v + 6, a, e);
         }
-        double e = L > 0.f ? (double)(A / L) : 0.0;
-        double a = elem<T>::to_f(o[((size_t)bh * Nq + rows[smp]) * Dv + c]), d = a - e, ad = fabs(d);
-        v[0] += d * d, v[1] += e * e, v[2] += a * a, v[3] += a * e, v[4] += ad;
-        if (ad > v[5] || isnan(ad)) v[5] = ad;
     }
     const int lane = tid & 31, warp = tid >> 5;
 #pragma unroll
-    for (int k = 0; k < QSTATS; k++)
+    for (int k = 0; k < 12; k++)
 #pragma unroll
         for (int off = 16; off > 0; off >>= 1) {
             double u = __shfl_xor_sync(0xffffffffu, v[k], off);
-            if (k < 5) v[k] += u;
+            if (k % 6 < 5) v[k] += u;
             else if (u > v[k] || isnan(u)) v[k] = u;
         }
     if (lane == 0)
 #pragma unroll
-        for (int k = 0; k < QSTATS; k++) red[warp][k] = v[k];
+        for (int k = 0; k < 12; k++) red[warp][k] = v[k];
     __syncthreads();
-    if (tid < QSTATS) {
+    double *out = f.st + ((size_t)smp * BH + bh) * QREC;
+    if (tid < 12) {
         double r = red[0][tid];
         for (int w = 1; w < (int)(blockDim.x / 32); w++) {
             double u = red[w][tid];
-            if (tid < 5) r += u;
+            if (tid % 6 < 5) r += u;
             else if (u > r || isnan(u)) r = u;
         }
-        st[((size_t)smp * BH + bh) * QSTATS + tid] = r;
+        out[tid] = r;
     }
-}
-
-bool mma_shape(const tk_call *c) {
-    return c->dtype != TK_DTYPE_F32 && (c->D == 64 || c->D == 128) && (c->Dv == 64 || c->Dv == 128);
-}
-
-// Blocks of the mma kernel resident per multiprocessor (asked once per
-// instance; the shared-memory opt-in is set on the way). 0 on a CUDA error.
-template <typename T, int D, int DV> int rows_blocks_per_sm() {
-    static int occ = 0;
-    if (occ == 0) {
-        size_t smem = RowsSmem<D, DV>::bytes(sizeof(T));
-        auto kern = rows_mma_kernel<T, D, DV>;
-        int n = 0;
-        if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess ||
-            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, RT_WARPS * 32, smem) != cudaSuccess) {
-            (void)cudaGetLastError();
-            return 0;
+    if (tid == 12) { // window mass: share of the raw softmax mass on window keys (0/0 = NaN, as stats.c)
+        const float *pb = f.part + roff;
+        float M = -INFINITY;
+        for (int s = 0; s < f.nsplit; s++) M = fmaxf(M, pb[s * f.recw + f.Dv]);
+        double L = 0, W = 0;
+        for (int s = 0; s < f.nsplit; s++) {
+            float m = pb[s * f.recw + f.Dv];
+            double fc = m == -INFINITY ? 0.0 : (double)exp2f(m - M);
+            L += pb[s * f.recw + f.Dv + 1] * fc;
+            W += pb[s * f.recw + f.recw - 1] * fc;
         }
-        occ = n > 0 ? n : 1;
+        out[12] = W / L;
     }
-    return occ;
 }
 
-template <typename T> int blocks_per_sm_t(const tk_call *c) {
-    if (c->D == 128 && c->Dv == 128) return rows_blocks_per_sm<T, 128, 128>();
-    if (c->D == 64 && c->Dv == 64) return rows_blocks_per_sm<T, 64, 64>();
-    if (c->D == 128 && c->Dv == 64) return rows_blocks_per_sm<T, 128, 64>();
-    return rows_blocks_per_sm<T, 64, 128>();
+// ---- norms, far-field rows, q.k sample ---------------------------------------
+
+// A value left out of a distribution (masked key): a NaN bit pattern that no
+// arithmetic produces (CUDA's own NaN is 0x7fffffff).
+constexpr unsigned SKIP_BITS = 0xffffffffu;
+
+struct NormArgs {
+    const void *x, *x0; // rows of the raw norm; rows of the modified norm (taylor: x; hybrid: q0 or k0)
+    int N, D, H;
+    const uint8_t *mask; // [B][N] for key rows, NULL = every row kept
+    float *raw, *mod;    // [BH*N]; mod NULL = not computed here
+    int kind;            // 0 raw only, 1 taylor slices, 2 hybrid far vectors
+    int blocks;
+    int modify;
+    float power, clip, eps;
+    const float *P;      // [BH][D][G]
+    const float *qhat;   // [BH][nsp][G]: s_far q^ of the sampled queries (hybrid key rows)
+    int nsp;
+    float *F;            // [BH][N][nsp]: s_far q^_r . k^_j; NULL = none
+};
+
+// Grid (row blocks, BH), 128 threads: RB rows staged in shared memory as
+// fp32 (16-byte loads), TPR threads per row. Raw norm; Taylor: the norm of
+// the concatenated modified slices; hybrid (G > 0): y = P^T x0, the norm of
+// mod(y), and the far logits F of the sampled queries. Masked key rows get
+// SKIP_BITS.
+template <typename T, int G>
+__global__ void __launch_bounds__(128) norms_kernel(NormArgs a) {
+    extern __shared__ float nsm[];
+    const int D = a.D, LD = D + 1, RB = D <= 128 ? 64 : 32, TPR = 128 / RB;
+    float *Xs = nsm;                       // [RB][LD]
+    float *Ps = Xs + RB * LD;              // [D][G]
+    float *Ys = Ps + D * G;                // [RB][G]
+    float *Qh = Ys + RB * G;               // [nsp][G]
+    const int bh = blockIdx.y, n0 = blockIdx.x * RB, tid = threadIdx.x;
+    const int r = tid / TPR, t = tid % TPR, n = n0 + r, rows = min(RB, a.N - n0);
+    const bool kept = n < a.N && !(a.mask && !a.mask[(size_t)(bh / a.H) * a.N + n]);
+    auto stage = [&](const void *src) {
+        const T *x = reinterpret_cast<const T *>(src) + ((size_t)bh * a.N + n0) * D;
+        // 4-byte words, consecutive lanes on consecutive words: the fp32 stores
+        // into rows of D+1 floats then hit distinct banks (16-byte loads put 8
+        // consecutive floats per lane and serialize the stores 8 ways)
+        constexpr int PER = 4 / sizeof(T);
+        if (D % PER == 0 && ((uintptr_t)x & 3) == 0) {
+            const uint32_t *xv = reinterpret_cast<const uint32_t *>(x);
+            for (int e = tid; e < rows * D / PER; e += 128) {
+                uint32_t u = __ldcs(xv + e);
+                const T *h = reinterpret_cast<const T *>(&u);
+                int base = e * PER, rr = base / D, cc = base % D;
+#pragma unroll
+                for (int i = 0; i < PER; i++) Xs[rr * LD + cc + i] = elem<T>::to_f(h[i]);
+            }
+        } else {
+            for (int e = tid; e < rows * D; e += 128) Xs[(e / D) * LD + e % D] = elem<T>::to_f(x[e]);
+        }
+    };
+    if (G > 0) {
+        for (int i = tid; i < D * G; i += 128) Ps[i] = a.P[(size_t)bh * D * G + i];
+        if (a.F)
+            for (int i = tid; i < a.nsp * G; i += 128) Qh[i] = a.qhat[(size_t)bh * a.nsp * G + i];
+    }
+    stage(a.x);
+    __syncthreads();
+    float ss = 0.f, sm = 0.f;
+    for (int i = t; i < D; i += TPR) ss += Xs[r * LD + i] * Xs[r * LD + i];
+    if (a.kind == 1) {
+        const int ds = D / a.blocks;
+        for (int c = t; c < a.blocks; c += TPR) {
+            float s2 = 0.f;
+            for (int i = 0; i < ds; i++) s2 += Xs[r * LD + c * ds + i] * Xs[r * LD + c * ds + i];
+            float f = mod_factor(a.modify, a.power, a.clip, a.eps, sqrtf(s2));
+            sm += f * f * s2;
+        }
+    }
+    for (int off = 1; off < TPR; off <<= 1) {
+        ss += __shfl_xor_sync(0xffffffffu, ss, off);
+        sm += __shfl_xor_sync(0xffffffffu, sm, off);
+    }
+    if (t == 0 && n < a.N) {
+        a.raw[(size_t)bh * a.N + n] = kept ? sqrtf(ss) : __uint_as_float(SKIP_BITS);
+        if (a.kind == 1) a.mod[(size_t)bh * a.N + n] = kept ? sqrtf(sm) : __uint_as_float(SKIP_BITS);
+    }
+    if (G > 0 && a.kind == 2) {
+        constexpr int GT = G > 0 ? G / 2 : 1; // hybrid: D <= 128, so TPR = 2
+        if (a.x0 != a.x) {
+            __syncthreads();
+            stage(a.x0);
+            __syncthreads();
+        }
+        float y[GT];
+#pragma unroll
+        for (int j = 0; j < GT; j++) y[j] = 0.f;
+        for (int i = 0; i < D; i++) {
+            float xi = Xs[r * LD + i];
+#pragma unroll
+            for (int j = 0; j < GT; j++) y[j] += xi * Ps[i * G + t * GT + j];
+        }
+        float s2 = 0.f;
+#pragma unroll
+        for (int j = 0; j < GT; j++) s2 += y[j] * y[j];
+        s2 += __shfl_xor_sync(0xffffffffu, s2, 1);
+        float nrm = sqrtf(s2), f = mod_factor(a.modify, a.power, a.clip, a.eps, nrm);
+        if (t == 0 && n < a.N) a.mod[(size_t)bh * a.N + n] = kept ? f * nrm : __uint_as_float(SKIP_BITS);
+        if (a.F) {
+#pragma unroll
+            for (int j = 0; j < GT; j++) Ys[r * G + t * GT + j] = f * y[j];
+            __syncthreads();
+            const int per = a.nsp / 2;
+            for (int rr = t * per; rr < (t + 1) * per; rr++) {
+                float d = 0.f;
+#pragma unroll
+                for (int c = 0; c < G; c++) d += Ys[r * G + c] * Qh[rr * G + c];
+                if (n < a.N) a.F[((size_t)bh * a.N + n) * a.nsp + rr] = d;
+            }
+        }
+    }
 }
 
-// Key splits of the mma kernel: as many blocks as are resident at once over
-// all heads (one wave: no tail wave a third full), at least one 64-key tile each.
-void mma_splits(const tk_call *c, int num_sms, int *nsplit, int *keys_per_split) {
-    int BH = c->B * c->H, tiles = (c->Nk + RT_KT - 1) / RT_KT;
-    int occ = c->dtype == TK_DTYPE_BF16 ? blocks_per_sm_t<__nv_bfloat16>(c) : blocks_per_sm_t<__half>(c);
-    if (occ < 1) occ = 2;
-    int want = occ * (num_sms > 0 ? num_sms : 132) / BH;
-    const char *force = getenv("TKC_ROWS_SPLIT"); // benchmarking: key splits per head
-    if (force && atoi(force) > 0) want = atoi(force);
-    if (want > tiles) want = tiles;
-    if (want > 256) want = 256;
-    if (want < 1) want = 1;
-    int tps = (tiles + want - 1) / want;
-    *keys_per_split = tps * RT_KT;
-    *nsplit = (c->Nk + *keys_per_split - 1) / *keys_per_split;
-}
-
-int splits_of(const tk_call *c, int num_sms) {
-    if (!mma_shape(c)) return SCALAR_SPLIT;
-    int ns, kps;
-    mma_splits(c, num_sms, &ns, &kps);
-    return ns;
-}
-
-template <typename T, int D, int DV>
-int launch_rows_mma(const tk_call *c, const int *rows_d, int ns, int num_sms, float scale, float *part,
-                    cudaStream_t st, char *err, size_t errlen) {
-    int nsplit, kps;
-    mma_splits(c, num_sms, &nsplit, &kps);
-    size_t smem = RowsSmem<D, DV>::bytes(sizeof(T));
-    auto kern = rows_mma_kernel<T, D, DV>;
-    if (rows_blocks_per_sm<T, D, DV>() == 0) // sets the shared-memory opt-in
-        TKC_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), err, errlen);
-    dim3 grid(c->B * c->H, nsplit);
-    kern<<<grid, RT_WARPS * 32, smem, st>>>((const T *)c->q, (const T *)c->k, (const T *)c->v, c->key_mask,
-                                            rows_d, ns, c->H, c->Nq, c->Nk,
-                                            (float)(scale * 1.4426950408889634), kps, part);
-    TKC_LAUNCHED("rows_mma_kernel", err, errlen);
-    return 0;
-}
-
+// s_far q^ = s_far mod(P^T q0) of the sampled queries, [BH][nsp][g] (rows past ns: 0). Grid BH.
 template <typename T>
-int launch_rows_t(const tk_call *c, const int *rows_d, int ns, int num_sms, float scale, float *part,
-                  cudaStream_t st, char *err, size_t errlen) {
-    if (c->D == 128 && c->Dv == 128) return launch_rows_mma<T, 128, 128>(c, rows_d, ns, num_sms, scale, part, st, err, errlen);
-    if (c->D == 64 && c->Dv == 64) return launch_rows_mma<T, 64, 64>(c, rows_d, ns, num_sms, scale, part, st, err, errlen);
-    if (c->D == 128 && c->Dv == 64) return launch_rows_mma<T, 128, 64>(c, rows_d, ns, num_sms, scale, part, st, err, errlen);
-    return launch_rows_mma<T, 64, 128>(c, rows_d, ns, num_sms, scale, part, st, err, errlen);
+__global__ void __launch_bounds__(256) qhat_kernel(const T *q0, const int *rows, int ns, int nsp, int N, int D,
+                                                   int g, const float *P, int modify, float power, float clip,
+                                                   float eps, float s_far, float *qhat) {
+    __shared__ float ys[64 * 32];
+    const int bh = blockIdx.x;
+    for (int p = threadIdx.x; p < nsp * g; p += blockDim.x) {
+        int r = p / g, c = p % g;
+        float y = 0.f;
+        if (r < ns) {
+            const T *x = q0 + ((size_t)bh * N + rows[r]) * D;
+            const float *Pb = P + (size_t)bh * D * g;
+            for (int i = 0; i < D; i++) y += elem<T>::to_f(x[i]) * Pb[i * g + c];
+        }
+        ys[p] = y;
+    }
+    __syncthreads();
+    for (int p = threadIdx.x; p < nsp * g; p += blockDim.x) {
+        int r = p / g;
+        float s2 = 0.f;
+        for (int c = 0; c < g; c++) s2 += ys[r * g + c] * ys[r * g + c];
+        float f = mod_factor(modify, power, clip, eps, sqrtf(s2));
+        qhat[(size_t)bh * nsp * g + p] = r < ns ? s_far * f * ys[p] : 0.f;
+    }
 }
 
-// quality_raw from the per-row sums of rows_finish_kernel, with the
+// s0 q_a.k_c for the sampled (a, c) pairs of every head, [BH][nq][nk]; masked keys SKIP_BITS.
+// Grid (BH, ceil(nq/8)), 64 threads: 8 q rows in shared memory, a key per thread.
+template <typename T>
+__global__ void __launch_bounds__(64) qk_kernel(const T *q, const T *k, const uint8_t *mask, const int *qi, int nq,
+                                                const int *kj, int nk, int H, int Nq, int Nk, int D, float s0,
+                                                float *out) {
+    __shared__ float qs[8][256];
+    const int bh = blockIdx.x, a0 = blockIdx.y * 8, na = min(8, nq - a0), tid = threadIdx.x;
+    for (int e = tid; e < 8 * D; e += 64)
+        qs[e / D][e % D] = e / D < na ? elem<T>::to_f(q[((size_t)bh * Nq + qi[a0 + e / D]) * D + e % D]) : 0.f;
+    __syncthreads();
+    for (int c = tid; c < nk; c += 64) {
+        const int j = kj[c];
+        const bool skip = mask && !mask[(size_t)(bh / H) * Nk + j];
+        float d[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        const T *kr = k + ((size_t)bh * Nk + j) * D;
+        for (int e = 0; e < D; e++) {
+            float kv = elem<T>::to_f(kr[e]);
+#pragma unroll
+            for (int aa = 0; aa < 8; aa++) d[aa] += qs[aa][e] * kv;
+        }
+        for (int aa = 0; aa < na; aa++)
+            out[((size_t)bh * nq + a0 + aa) * nk + c] = skip ? __uint_as_float(SKIP_BITS) : s0 * d[aa];
+    }
+}
+
+// ---- exact order statistics on the device (radix select) -------------------
+//
+// For each of up to SEL_ARR float arrays: count and sum of the values (SKIP
+// left out), and the values of rank 0, n-1 and the floor/ceil ranks of p50,
+// p90, p99 at position p(n-1) (kernels/stats.c percentile_of). Keys are the
+// order-preserving uint32 image of the floats (any NaN = 0xffffffff: NaN
+// orders above +Inf, as stats.c). Three passes of 11, 11, 10 bits: a
+// histogram of the digit among the values that share a target's prefix, then
+// a scan that fixes the target's next digit. Targets with the same prefix
+// share a histogram (at most one histogram bin per value and pass).
+
+constexpr int SEL_ARR = 5, SEL_T = 8, SEL_BINS = 2048;
+
+struct sel_state {
+    unsigned long long n[SEL_ARR];
+    double sum[SEL_ARR];
+    float val[SEL_ARR][SEL_T];
+    // working state
+    unsigned prefix[SEL_ARR][SEL_T];
+    unsigned long long rank[SEL_ARR][SEL_T];
+    int owner[SEL_ARR][SEL_T];
+};
+
+struct SelArgs {
+    const float *x[SEL_ARR];
+    long long len[SEL_ARR];
+    sel_state *st;
+    unsigned *hist; // [3][SEL_ARR][SEL_T][SEL_BINS]
+};
+
+__device__ __forceinline__ unsigned sel_key(float v) {
+    unsigned u = __float_as_uint(v);
+    if (isnan(v)) return 0xffffffffu;
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ float sel_value(unsigned key) {
+    if (key == 0xffffffffu) return __uint_as_float(0x7fffffffu);
+    return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+}
+
+template <int PASS>
+__global__ void __launch_bounds__(256) sel_hist_kernel(SelArgs a) {
+    constexpr int SHIFT = PASS == 0 ? 21 : PASS == 1 ? 10 : 0, MASK = PASS == 2 ? 0x3ff : 0x7ff;
+    constexpr int PREV = PASS == 1 ? 21 : 10;
+    const int arr = blockIdx.y, tid = threadIdx.x, lane = tid & 31;
+    const float *x = a.x[arr];
+    if (!x) return;
+    __shared__ int s_owner[SEL_T];
+    __shared__ unsigned s_prefix[SEL_T];
+    __shared__ double s_sum[8];
+    __shared__ unsigned long long s_cnt[8];
+    if (tid < SEL_T) {
+        s_owner[tid] = PASS == 0 ? 0 : a.st->owner[arr][tid];
+        s_prefix[tid] = PASS == 0 ? 0u : a.st->prefix[arr][tid];
+    }
+    __syncthreads();
+    unsigned *h = a.hist + ((size_t)PASS * SEL_ARR + arr) * SEL_T * SEL_BINS;
+    const long long len = a.len[arr], stride = (long long)gridDim.x * blockDim.x;
+    double lsum = 0;
+    unsigned long long lcnt = 0;
+    for (long long i0 = (long long)blockIdx.x * blockDim.x + (tid & ~31); i0 < len; i0 += stride) {
+        const long long i = i0 + lane;
+        int bin = -1;
+        if (i < len) {
+            float v = x[i];
+            if (__float_as_uint(v) != SKIP_BITS) {
+                unsigned key = sel_key(v);
+                if (PASS == 0) {
+                    lcnt++;
+                    lsum += (double)v;
+                    bin = (key >> SHIFT) & MASK;
+                } else {
+#pragma unroll
+                    for (int t = 0; t < SEL_T; t++)
+                        if (bin < 0 && s_owner[t] == t && (key >> PREV) == s_prefix[t]) bin = t * SEL_BINS + ((key >> SHIFT) & MASK);
+                }
+            }
+        }
+        unsigned m = __match_any_sync(0xffffffffu, bin);
+        if (bin >= 0 && lane == __ffs(m) - 1) atomicAdd(&h[bin], (unsigned)__popc(m));
+    }
+    if (PASS == 0) {
+        for (int off = 16; off > 0; off >>= 1) {
+            lsum += __shfl_xor_sync(0xffffffffu, lsum, off);
+            lcnt += __shfl_xor_sync(0xffffffffu, lcnt, off);
+        }
+        if (lane == 0) s_sum[tid >> 5] = lsum, s_cnt[tid >> 5] = lcnt;
+        __syncthreads();
+        if (tid == 0) {
+            double s = 0;
+            unsigned long long c = 0;
+            for (int w = 0; w < (int)(blockDim.x / 32); w++) s += s_sum[w], c += s_cnt[w];
+            if (c) {
+                atomicAdd(&a.st->sum[arr], s);
+                atomicAdd(&a.st->n[arr], c);
+            }
+        }
+    }
+}
+
+// Grid SEL_ARR, 256 threads: warp t fixes the next digit of target t.
+template <int PASS>
+__global__ void __launch_bounds__(256) sel_find_kernel(SelArgs a) {
+    constexpr int BITS = PASS == 2 ? 10 : 11, NB = 1 << BITS;
+    const int arr = blockIdx.x, tid = threadIdx.x, lane = tid & 31, t = tid >> 5;
+    sel_state *st = a.st;
+    if (!a.x[arr]) return;
+    const unsigned long long n = st->n[arr];
+    if (n == 0) return;
+    unsigned long long rank;
+    unsigned prefix;
+    int owner;
+    if (PASS == 0) {
+        const double pct[SEL_T] = {0, 100, 50, 50, 90, 90, 99, 99};
+        double pos = pct[t] / 100.0 * (double)(n - 1);
+        rank = (unsigned long long)((t >= 2 && (t & 1)) ? ceil(pos) : floor(pos));
+        if (rank > n - 1) rank = n - 1;
+        prefix = 0;
+        owner = 0;
+    } else {
+        rank = st->rank[arr][t];
+        prefix = st->prefix[arr][t];
+        owner = st->owner[arr][t];
+    }
+    const unsigned *h = a.hist + (((size_t)PASS * SEL_ARR + arr) * SEL_T + owner) * SEL_BINS;
+    unsigned long long cum = 0;
+    int digit = NB - 1;
+    for (int base = 0; base < NB; base += 32) {
+        unsigned long long c = h[base + lane], incl = c;
+        for (int off = 1; off < 32; off <<= 1) {
+            unsigned long long y = __shfl_up_sync(0xffffffffu, incl, off);
+            if (lane >= off) incl += y;
+        }
+        unsigned long long tot = __shfl_sync(0xffffffffu, incl, 31);
+        if (cum + tot > rank) {
+            unsigned ball = __ballot_sync(0xffffffffu, cum + incl > rank);
+            int L = __ffs(ball) - 1;
+            unsigned long long before = cum + __shfl_sync(0xffffffffu, incl - c, L);
+            digit = base + L;
+            rank -= before;
+            break;
+        }
+        cum += tot;
+    }
+    prefix = (prefix << BITS) | (unsigned)digit;
+    if (lane == 0) {
+        st->prefix[arr][t] = prefix;
+        st->rank[arr][t] = rank;
+        if (PASS == 2) st->val[arr][t] = sel_value(prefix);
+    }
+    __syncthreads();
+    if (tid < SEL_T) {
+        int o = tid;
+        for (int u = 0; u < tid; u++)
+            if (st->prefix[arr][u] == st->prefix[arr][tid]) {
+                o = u;
+                break;
+            }
+        st->owner[arr][tid] = o;
+    }
+}
+
+// ---- host side ---------------------------------------------------------------
+
+// quality from the per-row sums (offset 0: raw, 6: effective), with the
 // definitions of kernels/stats.c (quality_add / quality_finish): rel-L2 =
 // ||o-e||/||e|| (0/0 = 0, x/0 = Inf), cosine (both zero = 1), p95 and max by
 // tki_percentile. Returns 2 when the host allocation failed.
-int quality_of(const double *st, int n, int w, tk_quality *qo) {
+int quality_of(const double *st, int n, int off, int w, tk_quality *qo) {
     memset(qo, 0, sizeof *qo);
     if (n <= 0) return 0;
     double *rel = (double *)malloc(sizeof(double) * n);
     if (!rel) return 2;
     double rel_sum = 0, cs_sum = 0, cs_min = INFINITY, abs_sum = 0, abs_max = 0;
     for (int r = 0; r < n; r++) {
-        const double *v = st + (size_t)r * QSTATS;
+        const double *v = st + (size_t)r * QREC + off;
         double de = v[0], ee = v[1], oo = v[2], oe = v[3];
         rel[r] = ee > 0 ? sqrt(de) / sqrt(ee) : (de == 0 ? 0 : INFINITY);
         double cs = (oo > 0 && ee > 0) ? oe / (sqrt(oo) * sqrt(ee)) : (oo == 0 && ee == 0 ? 1 : 0);
@@ -598,6 +1151,222 @@ int quality_of(const double *st, int n, int w, tk_quality *qo) {
     qo->rel_l2_max = tki_percentile(rel, n, 100);
     free(rel);
     return 0;
+}
+
+// kernels/stats.c percentile_of from the two order statistics around p(n-1).
+double interp(double a, double b, int64_t n, double p) {
+    double pos = p / 100.0 * (double)(n - 1), frac = pos - floor(pos);
+    if (floor(pos) == ceil(pos) || frac == 0 || a == b) return a;
+    return a + (b - a) * frac;
+}
+
+void dist_of(const sel_state *s, int a, tk_dist *d) {
+    memset(d, 0, sizeof *d);
+    int64_t n = (int64_t)s->n[a];
+    if (n <= 0) return;
+    d->n = n;
+    d->mean = s->sum[a] / (double)n;
+    d->min = s->val[a][0];
+    d->max = s->val[a][1];
+    d->p50 = interp(s->val[a][2], s->val[a][3], n, 50);
+    d->p90 = interp(s->val[a][4], s->val[a][5], n, 90);
+    d->p99 = interp(s->val[a][6], s->val[a][7], n, 99);
+}
+
+bool mma_shape(const tk_call *c) {
+    return c->dtype != TK_DTYPE_F32 && (c->D == 64 || c->D == 128) && (c->Dv == 64 || c->Dv == 128);
+}
+
+// One instance of rows_mma_kernel: its function, shared memory, and blocks
+// resident per multiprocessor (asked once; the shared-memory opt-in is set on
+// the way; 0 on a CUDA error).
+struct rows_inst {
+    const void *fn;
+    size_t smem;
+    int occ;
+};
+
+template <typename T, int D, int DV, int EFF, int NB> rows_inst *inst() {
+    static rows_inst ri = {nullptr, 0, 0};
+    if (!ri.fn) {
+        ri.fn = reinterpret_cast<const void *>(rows_mma_kernel<T, D, DV, EFF, NB>);
+        ri.smem = RowsSmem<T, D, DV, EFF, NB>::bytes;
+    }
+    if (ri.occ == 0) {
+        int n = 0;
+        if (cudaFuncSetAttribute(ri.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ri.smem) != cudaSuccess ||
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, ri.fn, RT_WARPS * 32, ri.smem) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return &ri;
+        }
+        ri.occ = n > 0 ? n : 1;
+    }
+    return &ri;
+}
+
+// The effective stream a job's rows kernel computes, and how.
+struct eff_plan {
+    int eff;       // EFF_NONE / EFF_TAYLOR / EFF_HYBRID
+    int nb;        // slices (Taylor), 1 otherwise
+    int kind;      // hybrid logits of the (first) launch
+    int additive;  // hybrid additive with a far field: a second launch (HYB_FAR)
+    int far;       // F is computed (hybrid far field on the sampled rows)
+    int have_eff;  // quality_eff can be reported (exact: copied from raw)
+    int scalar;    // the scalar fp32 kernel (raw only)
+};
+
+eff_plan plan_eff(const tkc_stats_job *j) {
+    eff_plan p;
+    memset(&p, 0, sizeof p);
+    const tk_call *c = j->call;
+    p.nb = 1;
+    p.scalar = !mma_shape(c);
+    if (j->mode == TK_MODE_EXACT) {
+        p.have_eff = 1;
+        return p;
+    }
+    if (p.scalar) return p;
+    if (j->mode == TK_MODE_TAYLOR) {
+        int nb = j->blocks;
+        bool ok = c->D == c->Dv && nb >= 1 && c->D % nb == 0 && (c->D / nb) % 16 == 0 &&
+                  (nb == 1 || nb == 2 || nb == 4 || (nb == 8 && c->D == 128));
+        if (ok) p.eff = EFF_TAYLOR, p.nb = nb, p.have_eff = 1;
+        return p;
+    }
+    if (c->D != c->Dv) return p;
+    p.eff = EFF_HYBRID;
+    const bool far_ok = j->P && j->ns <= 64 && (j->g == 16 || j->g == 32);
+    const bool whole = j->win.radius <= 0; // every key in the window
+    if (j->combine == TK_COMBINE_NORMALIZED) {
+        if (j->w > 0 && !whole) {
+            p.kind = HYB_NORMALIZED, p.far = far_ok, p.have_eff = far_ok;
+        } else {
+            p.kind = HYB_WINDOW, p.have_eff = 1; // no far term: the window's softmax
+        }
+    } else {
+        p.kind = HYB_WINDOW;
+        if (j->w > 0) p.additive = p.far = far_ok, p.have_eff = far_ok;
+        else p.have_eff = 1;
+    }
+    return p;
+}
+
+rows_inst *pick(const tk_call *c, const eff_plan &p) {
+#define TKC_PICK(T)                                                                                    \
+    if (c->D == 128 && c->Dv == 128) {                                                                  \
+        if (p.eff == EFF_HYBRID) return inst<T, 128, 128, EFF_HYBRID, 1>();                             \
+        if (p.eff == EFF_TAYLOR)                                                                        \
+            return p.nb == 1   ? inst<T, 128, 128, EFF_TAYLOR, 1>()                                     \
+                   : p.nb == 2 ? inst<T, 128, 128, EFF_TAYLOR, 2>()                                     \
+                   : p.nb == 4 ? inst<T, 128, 128, EFF_TAYLOR, 4>()                                     \
+                               : inst<T, 128, 128, EFF_TAYLOR, 8>();                                    \
+        return inst<T, 128, 128, EFF_NONE, 1>();                                                        \
+    }                                                                                                   \
+    if (c->D == 64 && c->Dv == 64) {                                                                    \
+        if (p.eff == EFF_HYBRID) return inst<T, 64, 64, EFF_HYBRID, 1>();                               \
+        if (p.eff == EFF_TAYLOR)                                                                        \
+            return p.nb == 1 ? inst<T, 64, 64, EFF_TAYLOR, 1>()                                         \
+                   : p.nb == 2 ? inst<T, 64, 64, EFF_TAYLOR, 2>()                                       \
+                               : inst<T, 64, 64, EFF_TAYLOR, 4>();                                      \
+        return inst<T, 64, 64, EFF_NONE, 1>();                                                          \
+    }                                                                                                   \
+    if (c->D == 128) return inst<T, 128, 64, EFF_NONE, 1>();                                            \
+    return inst<T, 64, 128, EFF_NONE, 1>();
+    if (c->dtype == TK_DTYPE_BF16) {
+        TKC_PICK(__nv_bfloat16)
+    }
+    TKC_PICK(__half)
+#undef TKC_PICK
+}
+
+// Key splits of the rows kernel: as many blocks as are resident at once over
+// all heads (one wave), at least one 64-key tile each; the scalar kernel has
+// SCALAR_SPLIT.
+void rows_splits(const tk_call *c, const eff_plan &p, int num_sms, int *nsplit, int *keys_per_split) {
+    if (p.scalar) {
+        *nsplit = SCALAR_SPLIT;
+        *keys_per_split = 0;
+        return;
+    }
+    int BH = c->B * c->H, tiles = (c->Nk + RT_KT - 1) / RT_KT;
+    int occ = pick(c, p)->occ;
+    if (occ < 1) occ = 2;
+    int want = occ * (num_sms > 0 ? num_sms : 132) / BH;
+    const char *force = getenv("TKC_ROWS_SPLIT"); // benchmarking: key splits per head
+    if (force && atoi(force) > 0) want = atoi(force);
+    if (want > tiles) want = tiles;
+    if (want > 256) want = 256;
+    if (want < 1) want = 1;
+    int tps = (tiles + want - 1) / want;
+    *keys_per_split = tps * RT_KT;
+    *nsplit = (c->Nk + *keys_per_split - 1) / *keys_per_split;
+}
+
+// Where everything of a job lives in its workspace and host buffer.
+struct layout {
+    eff_plan p;
+    int nsplit, kps, recw, nsp, streams;
+    bool mod_q, mod_k; // modified norms computed on the device (else copied from raw, or not reported)
+    size_t o_rows, o_part, o_qhat, o_F, o_norm[4], o_qk, o_hist, o_out, total;
+    size_t out_bytes; // sums + sel_state, copied back
+};
+
+layout layout_of(const tkc_stats_job *j, int num_sms) {
+    layout L;
+    memset(&L, 0, sizeof L);
+    const tk_call *c = j->call;
+    const size_t BH = (size_t)c->B * c->H, nrow = (size_t)j->ns * BH;
+    L.p = plan_eff(j);
+    if (j->ns > 0) rows_splits(c, L.p, num_sms, &L.nsplit, &L.kps);
+    L.recw = c->Dv + 2 * L.p.nb + 1;
+    L.nsp = (j->ns + 15) / 16 * 16;
+    L.streams = 1 + (L.p.eff != EFF_NONE) + L.p.additive;
+    L.mod_q = L.mod_k = (j->mode == TK_MODE_TAYLOR && j->modify) || (j->mode == TK_MODE_HYBRID && j->P);
+    size_t off = 0;
+    L.o_rows = off;
+    off += al256(sizeof(int) * (j->ns + j->nqk_q + j->nqk_k + 1));
+    L.o_part = off;
+    off += al256(sizeof(float) * nrow * L.nsplit * L.recw) * L.streams;
+    L.o_qhat = off;
+    if (L.p.far && j->ns > 0) off += al256(sizeof(float) * BH * L.nsp * j->g);
+    L.o_F = off;
+    if (L.p.far && j->ns > 0) off += al256(sizeof(float) * BH * c->Nk * L.nsp);
+    const size_t len[4] = {BH * c->Nq, BH * c->Nk, BH * c->Nq, BH * c->Nk};
+    for (int a = 0; a < 4; a++) {
+        L.o_norm[a] = off;
+        if (a < 2 || (a == 2 && L.mod_q) || (a == 3 && L.mod_k)) off += al256(sizeof(float) * len[a]);
+    }
+    L.o_qk = off;
+    off += al256(sizeof(float) * BH * j->nqk_q * j->nqk_k);
+    L.o_hist = off;
+    off += al256(sizeof(unsigned) * 3 * SEL_ARR * SEL_T * SEL_BINS);
+    L.o_out = off;
+    L.out_bytes = al256(sizeof(double) * nrow * QREC) + sizeof(sel_state);
+    off += al256(L.out_bytes);
+    L.total = off;
+    return L;
+}
+
+template <typename T>
+int launch_norms(const NormArgs &na, int G, int BH, cudaStream_t st, char *err, size_t errlen) {
+    const int RB = na.D <= 128 ? 64 : 32;
+    size_t smem = sizeof(float) * ((size_t)RB * (na.D + 1) + (size_t)na.D * G + (size_t)RB * G + (size_t)na.nsp * G);
+    dim3 grid((na.N + RB - 1) / RB, BH);
+    if (grid.x == 0) return 0;
+    const void *fn = G == 32   ? reinterpret_cast<const void *>(norms_kernel<T, 32>)
+                     : G == 16 ? reinterpret_cast<const void *>(norms_kernel<T, 16>)
+                               : reinterpret_cast<const void *>(norms_kernel<T, 0>);
+    TKC_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), err, errlen);
+    NormArgs a = na;
+    void *args[] = {&a};
+    TKC_TRY(cudaLaunchKernel(fn, grid, dim3(128), args, smem, st), err, errlen);
+    return 0;
+}
+
+int norms_dt(const NormArgs &na, int G, int BH, int dtype, cudaStream_t st, char *err, size_t errlen) {
+    if (dtype == TK_DTYPE_BF16) return launch_norms<__nv_bfloat16>(na, G, BH, st, err, errlen);
+    if (dtype == TK_DTYPE_F16) return launch_norms<__half>(na, G, BH, st, err, errlen);
+    return launch_norms<float>(na, G, BH, st, err, errlen);
 }
 
 } // namespace
@@ -628,65 +1397,288 @@ int tkc_scan_nonfinite(const void *const *ptrs, const size_t *counts, int count,
     return 0;
 }
 
-size_t tkc_quality_ws(const tk_call *call, int ns, int num_sms) {
-    size_t nrow = (size_t)ns * call->B * call->H;
-    return al256(sizeof(int) * ns) + al256(sizeof(double) * nrow * QSTATS) +
-           al256(sizeof(float) * nrow * splits_of(call, num_sms) * (call->Dv + 2));
+// TKC_STATS_PROFILE=1 (benchmarking): device time of each phase of
+// tkc_stats_run on stderr, from events between the phases.
+namespace {
+struct phase_clock {
+    bool on;
+    int n;
+    cudaEvent_t ev[8];
+    const char *name[8];
+    void mark(const char *what, cudaStream_t st) {
+        if (!on || n >= 8) return;
+        if (cudaEventRecord(ev[n], st) != cudaSuccess) {
+            (void)cudaGetLastError();
+            on = false;
+            return;
+        }
+        name[n++] = what;
+    }
+};
+phase_clock clock_start(cudaStream_t st) {
+    phase_clock c;
+    memset(&c, 0, sizeof c);
+    static int want = -1;
+    static cudaEvent_t evs[8];
+    if (want < 0) {
+        want = getenv("TKC_STATS_PROFILE") && atoi(getenv("TKC_STATS_PROFILE")) > 0;
+        for (int i = 0; want && i < 8; i++)
+            if (cudaEventCreate(&evs[i]) != cudaSuccess) want = 0;
+    }
+    c.on = want > 0;
+    for (int i = 0; i < 8; i++) c.ev[i] = evs[i];
+    c.mark("start", st);
+    return c;
+}
+void clock_print(phase_clock *c) {
+    if (!c->on || c->n < 2) return;
+    fprintf(stderr, "stats profile (ms):");
+    for (int i = 1; i < c->n; i++) {
+        float ms = 0.f;
+        if (cudaEventElapsedTime(&ms, c->ev[i - 1], c->ev[i]) != cudaSuccess) (void)cudaGetLastError();
+        fprintf(stderr, " %s %.4f", c->name[i], ms);
+    }
+    fprintf(stderr, "\n");
+}
+} // namespace
+
+size_t tkc_stats_ws(const tkc_stats_job *j, int num_sms) { return layout_of(j, num_sms).total; }
+
+size_t tkc_stats_host_bytes(const tkc_stats_job *j) {
+    return al256(sizeof(double) * (size_t)j->ns * j->call->B * j->call->H * QREC) + sizeof(sel_state);
 }
 
-size_t tkc_quality_host_doubles(const tk_call *call, int ns) { return (size_t)ns * call->B * call->H * QSTATS; }
-
-int tkc_quality_raw(const tk_call *call, const void *out, const int *rows, int ns, int num_sms,
-                    void *ws, double *host_sums, cudaStream_t st, tk_quality *qo, char *err, size_t errlen) {
-    const int BH = call->B * call->H, Dv = call->Dv;
+int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cudaStream_t st, tk_stats *out,
+                  char *err, size_t errlen) {
+    const tk_call *c = j->call;
+    const int BH = c->B * c->H, dt = c->dtype, ns = j->ns;
     const size_t nrow = (size_t)ns * BH;
-    int *rows_d = (int *)ws;
-    double *sums_d = (double *)((char *)ws + al256(sizeof(int) * ns));
-    float *part_d = (float *)((char *)sums_d + al256(sizeof(double) * nrow * QSTATS));
-    const float scale = (float)(call->scale > 0 ? call->scale : 1.0 / sqrt((double)call->D));
-    TKC_TRY(cudaMemcpyAsync(rows_d, rows, sizeof(int) * ns, cudaMemcpyHostToDevice, st), err, errlen);
-    int nsplit = splits_of(call, num_sms), rc = 0;
-    if (mma_shape(call))
-        rc = call->dtype == TK_DTYPE_BF16
-                 ? launch_rows_t<__nv_bfloat16>(call, rows_d, ns, num_sms, scale, part_d, st, err, errlen)
-                 : launch_rows_t<__half>(call, rows_d, ns, num_sms, scale, part_d, st, err, errlen);
-    else if (call->Dv > 128 || call->D > 256 || call->D % 8) {
-        snprintf(err, errlen, "quality stats: D %d / Dv %d not supported", call->D, call->Dv);
-        return 3;
-    } else {
-        dim3 gridk(BH, SCALAR_SPLIT);
-        if (call->dtype == TK_DTYPE_BF16)
-            rows_scalar_kernel<__nv_bfloat16><<<gridk, 256, 0, st>>>(
-                (const __nv_bfloat16 *)call->q, (const __nv_bfloat16 *)call->k, (const __nv_bfloat16 *)call->v,
-                call->key_mask, rows_d, ns, call->H, call->Nq, call->Nk, call->D, Dv, scale, part_d);
-        else if (call->dtype == TK_DTYPE_F16)
-            rows_scalar_kernel<__half><<<gridk, 256, 0, st>>>(
-                (const __half *)call->q, (const __half *)call->k, (const __half *)call->v, call->key_mask,
-                rows_d, ns, call->H, call->Nq, call->Nk, call->D, Dv, scale, part_d);
-        else
-            rows_scalar_kernel<float><<<gridk, 256, 0, st>>>(
-                (const float *)call->q, (const float *)call->k, (const float *)call->v, call->key_mask,
-                rows_d, ns, call->H, call->Nq, call->Nk, call->D, Dv, scale, part_d);
-        TKC_LAUNCHED("rows_scalar_kernel", err, errlen);
+    const layout L = layout_of(j, num_sms);
+    char *w = (char *)ws;
+    int *rows_d = (int *)(w + L.o_rows), *qkq_d = rows_d + ns, *qkk_d = qkq_d + j->nqk_q;
+    float *part = (float *)(w + L.o_part);
+    const size_t part_stride = al256(sizeof(float) * nrow * L.nsplit * L.recw) / sizeof(float);
+    float *qhat = (float *)(w + L.o_qhat), *F = (float *)(w + L.o_F);
+    float *norm[4];
+    for (int a = 0; a < 4; a++) norm[a] = (float *)(w + L.o_norm[a]);
+    float *qk = (float *)(w + L.o_qk);
+    unsigned *hist = (unsigned *)(w + L.o_hist);
+    double *sums = (double *)(w + L.o_out);
+    sel_state *sel = (sel_state *)(w + L.o_out + al256(sizeof(double) * nrow * QREC));
+    const bool far_rows = L.p.far && ns > 0;
+    phase_clock clk = clock_start(st);
+    const float s0 = (float)(c->scale > 0 ? c->scale : 1.0 / sqrt((double)c->D));
+
+    // the sampled indices, one upload
+    {
+        int n = ns + j->nqk_q + j->nqk_k;
+        if (n > 0) {
+            int *tmp = (int *)malloc(sizeof(int) * n);
+            if (!tmp) {
+                snprintf(err, errlen, "host buffer of the sampled rows");
+                return 2;
+            }
+            if (ns) memcpy(tmp, j->qrows, sizeof(int) * ns);
+            if (j->nqk_q) memcpy(tmp + ns, j->qk_q, sizeof(int) * j->nqk_q);
+            if (j->nqk_k) memcpy(tmp + ns + j->nqk_q, j->qk_k, sizeof(int) * j->nqk_k);
+            // pageable source: staged by the driver before the call returns, so tmp can go
+            cudaError_t e = cudaMemcpyAsync(rows_d, tmp, sizeof(int) * n, cudaMemcpyHostToDevice, st);
+            free(tmp);
+            if (e != cudaSuccess) {
+                snprintf(err, errlen, "sampled rows upload: %s", cudaGetErrorString(e));
+                return 1;
+            }
+        }
     }
-    if (rc) return rc;
-    dim3 grid(ns, BH);
-    if (call->dtype == TK_DTYPE_BF16)
-        rows_finish_kernel<__nv_bfloat16><<<grid, 128, 0, st>>>(part_d, nsplit, Dv, (const __nv_bfloat16 *)out,
-                                                                rows_d, call->Nq, sums_d);
-    else if (call->dtype == TK_DTYPE_F16)
-        rows_finish_kernel<__half><<<grid, 128, 0, st>>>(part_d, nsplit, Dv, (const __half *)out, rows_d,
-                                                         call->Nq, sums_d);
-    else
-        rows_finish_kernel<float><<<grid, 128, 0, st>>>(part_d, nsplit, Dv, (const float *)out, rows_d,
-                                                        call->Nq, sums_d);
-    TKC_LAUNCHED("rows_finish_kernel", err, errlen);
-    TKC_TRY(cudaMemcpyAsync(host_sums, sums_d, sizeof(double) * nrow * QSTATS, cudaMemcpyDeviceToHost, st), err,
-            errlen);
+    const void *q0 = j->q0 ? j->q0 : c->q, *k0 = j->k0 ? j->k0 : c->k;
+    const float pw = j->power, cl = j->clip, ep = j->eps;
+
+    // far rows of the sampled queries (hybrid)
+    if (far_rows) {
+        if (dt == TK_DTYPE_BF16)
+            qhat_kernel<__nv_bfloat16><<<BH, 256, 0, st>>>((const __nv_bfloat16 *)q0, rows_d, ns, L.nsp, c->Nq, c->D,
+                                                          j->g, j->P, j->modify, pw, cl, ep, (float)j->s_far, qhat);
+        else if (dt == TK_DTYPE_F16)
+            qhat_kernel<__half><<<BH, 256, 0, st>>>((const __half *)q0, rows_d, ns, L.nsp, c->Nq, c->D, j->g, j->P,
+                                                   j->modify, pw, cl, ep, (float)j->s_far, qhat);
+        else
+            qhat_kernel<float><<<BH, 256, 0, st>>>((const float *)q0, rows_d, ns, L.nsp, c->Nq, c->D, j->g, j->P,
+                                                  j->modify, pw, cl, ep, (float)j->s_far, qhat);
+        TKC_LAUNCHED("qhat_kernel", err, errlen);
+    }
+
+    clk.mark("upload+qhat", st);
+    // norms of every row (and the far logits of the sampled queries on the key side)
+    for (int side = 0; side < 2; side++) {
+        NormArgs na;
+        memset(&na, 0, sizeof na);
+        na.x = side ? c->k : c->q;
+        na.x0 = side ? k0 : q0;
+        na.N = side ? c->Nk : c->Nq;
+        na.D = c->D;
+        na.H = c->H;
+        na.mask = side ? c->key_mask : nullptr;
+        na.raw = norm[side];
+        na.mod = (side ? L.mod_k : L.mod_q) ? norm[2 + side] : nullptr;
+        na.kind = !na.mod ? 0 : j->mode == TK_MODE_TAYLOR ? 1 : 2;
+        na.blocks = j->blocks > 0 ? j->blocks : 1;
+        na.modify = j->modify, na.power = pw, na.clip = cl, na.eps = ep;
+        int G = 0;
+        if (na.kind == 2) {
+            G = j->g;
+            na.P = j->P;
+            if (side == 1 && far_rows) na.qhat = qhat, na.nsp = L.nsp, na.F = F;
+        }
+        if (na.kind == 1) na.x0 = na.x;
+        int rc = norms_dt(na, G, BH, dt, st, err, errlen);
+        if (rc) return rc;
+    }
+
+    clk.mark("norms", st);
+    // sampled exact rows: raw and effective streams, then the comparison with o
+    if (ns > 0) {
+        if (L.p.scalar) {
+            dim3 gridk(BH, SCALAR_SPLIT);
+            if (dt == TK_DTYPE_BF16)
+                rows_scalar_kernel<__nv_bfloat16><<<gridk, 256, 0, st>>>(
+                    (const __nv_bfloat16 *)c->q, (const __nv_bfloat16 *)c->k, (const __nv_bfloat16 *)c->v, c->key_mask,
+                    rows_d, ns, c->H, c->Nq, c->Nk, c->D, c->Dv, s0, part, L.recw);
+            else if (dt == TK_DTYPE_F16)
+                rows_scalar_kernel<__half><<<gridk, 256, 0, st>>>((const __half *)c->q, (const __half *)c->k,
+                                                                  (const __half *)c->v, c->key_mask, rows_d, ns, c->H,
+                                                                  c->Nq, c->Nk, c->D, c->Dv, s0, part, L.recw);
+            else
+                rows_scalar_kernel<float><<<gridk, 256, 0, st>>>((const float *)c->q, (const float *)c->k,
+                                                                 (const float *)c->v, c->key_mask, rows_d, ns, c->H,
+                                                                 c->Nq, c->Nk, c->D, c->Dv, s0, part, L.recw);
+            TKC_LAUNCHED("rows_scalar_kernel", err, errlen);
+        } else {
+            rows_inst *ri = pick(c, L.p);
+            if (ri->occ == 0) // sets the shared-memory opt-in
+                TKC_TRY(cudaFuncSetAttribute(ri->fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ri->smem), err,
+                        errlen);
+            RowsArgs ra;
+            memset(&ra, 0, sizeof ra);
+            ra.q = c->q, ra.k = c->k, ra.v = c->v, ra.mask = c->key_mask, ra.rows = rows_d;
+            ra.ns = ns, ra.H = c->H, ra.Nq = c->Nq, ra.Nk = c->Nk, ra.keys_per_split = L.kps, ra.recw = L.recw;
+            ra.scale_log2 = s0 * LOG2E;
+            ra.part = part;
+            ra.part_e = part + part_stride;
+            ra.s_log2 = (float)(j->s_taylor * 1.4426950408889634);
+            ra.modify = j->modify, ra.power = pw, ra.clip = cl, ra.eps = ep;
+            ra.kind = L.p.kind;
+            ra.lw2 = j->w > 0 ? (float)log2(j->w) : -INFINITY;
+            ra.F = far_rows ? F : nullptr;
+            ra.nsp = L.nsp;
+            ra.shape2d = j->win.shape == TK_WINDOW_2D, ra.radius = j->win.radius, ra.text = j->win.text_tokens;
+            ra.gw = j->win.grid_w;
+            dim3 grid(BH, L.nsplit);
+            void *args[] = {&ra};
+            TKC_TRY(cudaLaunchKernel(ri->fn, grid, dim3(RT_WARPS * 32), args, ri->smem, st), err, errlen);
+            if (L.p.additive) { // the far softmax over every kept key, into the third stream
+                RowsArgs rb = ra;
+                rb.kind = HYB_FAR;
+                rb.part_e = part + 2 * part_stride;
+                void *args2[] = {&rb};
+                TKC_TRY(cudaLaunchKernel(ri->fn, grid, dim3(RT_WARPS * 32), args2, ri->smem, st), err, errlen);
+            }
+        }
+        clk.mark("rows", st);
+        FinishArgs fa;
+        memset(&fa, 0, sizeof fa);
+        fa.part = part, fa.part_e = part + part_stride, fa.part_e2 = part + 2 * part_stride;
+        fa.nsplit = L.nsplit, fa.Dv = c->Dv, fa.recw = L.recw, fa.nbe = L.p.nb;
+        fa.eff = L.p.eff == EFF_NONE ? 0 : L.p.additive ? 2 : 1;
+        fa.w = (float)j->w;
+        fa.o = j->out, fa.rows = rows_d, fa.Nq = c->Nq, fa.st = sums;
+        dim3 grid(ns, BH);
+        if (dt == TK_DTYPE_BF16) rows_finish_kernel<__nv_bfloat16><<<grid, 128, 0, st>>>(fa);
+        else if (dt == TK_DTYPE_F16) rows_finish_kernel<__half><<<grid, 128, 0, st>>>(fa);
+        else rows_finish_kernel<float><<<grid, 128, 0, st>>>(fa);
+        TKC_LAUNCHED("rows_finish_kernel", err, errlen);
+    }
+
+    clk.mark("finish", st);
+    // the q.k sample
+    if (j->nqk_q > 0 && j->nqk_k > 0) {
+        dim3 grid(BH, (j->nqk_q + 7) / 8);
+        if (dt == TK_DTYPE_BF16)
+            qk_kernel<__nv_bfloat16><<<grid, 64, 0, st>>>((const __nv_bfloat16 *)c->q, (const __nv_bfloat16 *)c->k,
+                                                         c->key_mask, qkq_d, j->nqk_q, qkk_d, j->nqk_k, c->H, c->Nq,
+                                                         c->Nk, c->D, s0, qk);
+        else if (dt == TK_DTYPE_F16)
+            qk_kernel<__half><<<grid, 64, 0, st>>>((const __half *)c->q, (const __half *)c->k, c->key_mask, qkq_d,
+                                                  j->nqk_q, qkk_d, j->nqk_k, c->H, c->Nq, c->Nk, c->D, s0, qk);
+        else
+            qk_kernel<float><<<grid, 64, 0, st>>>((const float *)c->q, (const float *)c->k, c->key_mask, qkq_d,
+                                                 j->nqk_q, qkk_d, j->nqk_k, c->H, c->Nq, c->Nk, c->D, s0, qk);
+        TKC_LAUNCHED("qk_kernel", err, errlen);
+    }
+
+    clk.mark("qk", st);
+    // order statistics of the norms and q.k
+    SelArgs sa;
+    memset(&sa, 0, sizeof sa);
+    const long long lens[SEL_ARR] = {(long long)BH * c->Nq, (long long)BH * c->Nk, (long long)BH * c->Nq,
+                                     (long long)BH * c->Nk, (long long)BH * j->nqk_q * j->nqk_k};
+    for (int a = 0; a < SEL_ARR; a++) sa.len[a] = lens[a];
+    sa.x[0] = norm[0], sa.x[1] = norm[1];
+    sa.x[2] = L.mod_q ? norm[2] : nullptr, sa.x[3] = L.mod_k ? norm[3] : nullptr;
+    sa.x[4] = lens[4] > 0 ? qk : nullptr;
+    sa.st = sel, sa.hist = hist;
+    TKC_TRY(cudaMemsetAsync(hist, 0, sizeof(unsigned) * 3 * SEL_ARR * SEL_T * SEL_BINS, st), err, errlen);
+    TKC_TRY(cudaMemsetAsync(sel, 0, sizeof(sel_state), st), err, errlen);
+    long long most = 0;
+    for (int a = 0; a < SEL_ARR; a++) most = sa.x[a] && lens[a] > most ? lens[a] : most;
+    int hb = (int)((most + 255) / 256);
+    int cap = 4 * (num_sms > 0 ? num_sms : 132);
+    if (hb > cap) hb = cap;
+    if (hb < 1) hb = 1;
+    dim3 hgrid(hb, SEL_ARR);
+    sel_hist_kernel<0><<<hgrid, 256, 0, st>>>(sa);
+    sel_find_kernel<0><<<SEL_ARR, 256, 0, st>>>(sa);
+    sel_hist_kernel<1><<<hgrid, 256, 0, st>>>(sa);
+    sel_find_kernel<1><<<SEL_ARR, 256, 0, st>>>(sa);
+    sel_hist_kernel<2><<<hgrid, 256, 0, st>>>(sa);
+    sel_find_kernel<2><<<SEL_ARR, 256, 0, st>>>(sa);
+    TKC_LAUNCHED("sel kernels", err, errlen);
+
+    clk.mark("select", st);
+    // one copy back
+    TKC_TRY(cudaMemcpyAsync(host, sums, L.out_bytes, cudaMemcpyDeviceToHost, st), err, errlen);
+    clk.mark("copy", st);
     TKC_TRY(cudaStreamSynchronize(st), err, errlen);
-    if (quality_of(host_sums, (int)nrow, Dv, qo)) {
-        snprintf(err, errlen, "host allocation for quality stats");
-        return 2;
+    clock_print(&clk);
+    const double *hs = (const double *)host;
+    const sel_state *hsel = (const sel_state *)((const char *)host + al256(sizeof(double) * nrow * QREC));
+
+    if (ns > 0) {
+        if (quality_of(hs, (int)nrow, 0, c->Dv, &out->quality_raw)) goto nomem;
+        if (j->mode == TK_MODE_EXACT) out->quality_eff = out->quality_raw;
+        else if (L.p.have_eff && quality_of(hs, (int)nrow, 6, c->Dv, &out->quality_eff)) goto nomem;
+        out->have |= TK_HAVE_QUALITY;
+        if (j->mode == TK_MODE_HYBRID && L.p.eff == EFF_HYBRID) {
+            double *wm = (double *)malloc(sizeof(double) * nrow);
+            if (!wm) goto nomem;
+            for (size_t r = 0; r < nrow; r++) wm[r] = hs[r * QREC + 12];
+            tki_dist_summarize(wm, (int64_t)nrow, &out->window_mass);
+            free(wm);
+            out->have |= TK_HAVE_WINDOW_MASS;
+        }
+    }
+    dist_of(hsel, 0, &out->q_norm_raw);
+    dist_of(hsel, 1, &out->k_norm_raw);
+    if (L.mod_q) dist_of(hsel, 2, &out->q_norm_mod);
+    else if (j->mode != TK_MODE_HYBRID) out->q_norm_mod = out->q_norm_raw; // unmodified: the same rows
+    if (L.mod_k) dist_of(hsel, 3, &out->k_norm_mod);
+    else if (j->mode != TK_MODE_HYBRID) out->k_norm_mod = out->k_norm_raw;
+    out->have |= TK_HAVE_NORMS;
+    if (hsel->n[4] > 0) {
+        dist_of(hsel, 4, &out->qk);
+        out->have |= TK_HAVE_QK;
     }
     return 0;
+nomem:
+    snprintf(err, errlen, "host allocation for the stats summaries");
+    return 2;
 }
