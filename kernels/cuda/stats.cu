@@ -903,22 +903,191 @@ __global__ void __launch_bounds__(128) norms_kernel(NormArgs a) {
     }
 }
 
-// s_far q^ = s_far mod(P^T q0) of the sampled queries, [BH][nsp][g] (rows past ns: 0). Grid BH.
+// The hybrid norms of bf16 rows on the tensor cores (kind 2, D 64 or 128, G 16
+// or 32): one warp per 16 rows, read straight from global memory into A
+// fragments (16-byte loads; the k order inside a k-step is permuted, the same
+// permutation on P's B fragments), y = P^T x0 as three products with P split
+// into bf16 high, middle and low parts (P is carried to ~2^-27, so y is as
+// accurate as the fp32 loop of norms_kernel), raw norms in fp32 from the same
+// registers, and the far logits F of the sampled queries in fp32 (per quad:
+// partial dots over the quad's columns, then a reduce-scatter so each lane
+// stores four of them). Grid (blocks per head, BH, sides), 128 threads.
+struct NormPair {
+    NormArgs s[2];
+};
+constexpr int NM_WARPS = 4;
+
+// v[16] summed over the four lanes of a quad; lane t4 keeps the sums of
+// v[4 t4 .. 4 t4 + 3].
+__device__ __forceinline__ float4 quad_reduce_scatter16(const float (&v)[16], int t4) {
+    const bool b1 = (t4 & 2) != 0, b0 = (t4 & 1) != 0;
+    float h[8], r[4];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const float send = b1 ? v[i] : v[i + 8], keep = b1 ? v[i + 8] : v[i];
+        h[i] = keep + __shfl_xor_sync(0xffffffffu, send, 2);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float send = b0 ? h[i] : h[i + 4], keep = b0 ? h[i + 4] : h[i];
+        r[i] = keep + __shfl_xor_sync(0xffffffffu, send, 1);
+    }
+    return make_float4(r[0], r[1], r[2], r[3]);
+}
+
+__device__ __forceinline__ float bf16_sq_sum(uint4 u) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float lo = __uint_as_float(w[i] << 16), hi = __uint_as_float(w[i] & 0xffff0000u);
+        s += lo * lo + hi * hi;
+    }
+    return s;
+}
+
+__device__ __forceinline__ uint32_t u4_word(const uint4 &u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
+
+template <int D, int G, bool SAME>
+__global__ void __launch_bounds__(NM_WARPS * 32) norms_mma_kernel(NormPair np) {
+    constexpr int KK = D / 16, NT = G / 8, PD = D / 32; // k-steps, n-tiles, 16-byte words per lane and row
+    extern __shared__ __align__(16) unsigned char nm_raw[];
+    uint2 *Bf = reinterpret_cast<uint2 *>(nm_raw);                  // [KK][NT][3][32]
+    float *Qh = reinterpret_cast<float *>(Bf + KK * NT * 3 * 32);    // [nsp][G]
+    const NormArgs a = blockIdx.z ? np.s[1] : np.s[0];
+    const int bh = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    const float *Pb = a.P + (size_t)bh * D * G;
+    for (int e = tid; e < KK * NT * 32; e += NM_WARPS * 32) {
+        const int l = e & 31, nt = (e >> 5) % NT, kk = (e >> 5) / NT;
+        const int n = nt * 8 + (l >> 2), d0 = 32 * (kk >> 1) + 8 * (l & 3) + 4 * (kk & 1);
+        float v[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) v[i] = Pb[(size_t)(d0 + i) * G + n];
+        uint32_t w[3][2];
+#pragma unroll
+        for (int t = 0; t < 3; t++) {
+            float p[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                p[i] = __bfloat162float(__float2bfloat16(v[i]));
+                v[i] -= p[i];
+            }
+            w[t][0] = elem<__nv_bfloat16>::pack(p[0], p[1]);
+            w[t][1] = elem<__nv_bfloat16>::pack(p[2], p[3]);
+        }
+#pragma unroll
+        for (int t = 0; t < 3; t++) Bf[((kk * NT + nt) * 3 + t) * 32 + l] = make_uint2(w[t][0], w[t][1]);
+    }
+    if (a.F)
+        for (int i = tid; i < a.nsp * G; i += NM_WARPS * 32) Qh[i] = a.qhat[(size_t)bh * a.nsp * G + i];
+    __syncthreads();
+    const int N = a.N, ngroups = (N + 15) / 16;
+    const uint4 *xb = reinterpret_cast<const uint4 *>(a.x) + (size_t)bh * N * (D / 8);
+    const uint4 *x0b = reinterpret_cast<const uint4 *>(a.x0) + (size_t)bh * N * (D / 8);
+    const uint8_t *mb = a.mask ? a.mask + (size_t)(bh / a.H) * N : nullptr;
+    for (int gi = blockIdx.x * NM_WARPS + warp; gi < ngroups; gi += gridDim.x * NM_WARPS) {
+        int r[2] = {gi * 16 + g, gi * 16 + g + 8};
+        uint4 ux[2][PD], u0[2][PD];
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int p = 0; p < PD; p++) {
+                const bool ok = r[h] < N;
+                ux[h][p] = ok ? __ldcs(xb + (size_t)r[h] * (D / 8) + 4 * p + t4) : make_uint4(0, 0, 0, 0);
+                if (!SAME) u0[h][p] = ok ? __ldcs(x0b + (size_t)r[h] * (D / 8) + 4 * p + t4) : make_uint4(0, 0, 0, 0);
+            }
+        float acc[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KK; kk++) {
+            const int p = kk >> 1, hw = 2 * (kk & 1);
+            const uint4 &w0 = SAME ? ux[0][p] : u0[0][p], &w1 = SAME ? ux[1][p] : u0[1][p];
+            const uint32_t af[4] = {u4_word(w0, hw), u4_word(w1, hw), u4_word(w0, hw + 1), u4_word(w1, hw + 1)};
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int t = 0; t < 3; t++) {
+                    const uint2 b = Bf[((kk * NT + nt) * 3 + t) * 32 + lane];
+                    mma16816<__nv_bfloat16>(acc[nt], af, b.x, b.y);
+                }
+        }
+        float ss[2] = {0.f, 0.f}, s2[2] = {0.f, 0.f};
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+#pragma unroll
+            for (int p = 0; p < PD; p++) ss[h] += bf16_sq_sum(ux[h][p]);
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) s2[h] += acc[nt][2 * h] * acc[nt][2 * h] + acc[nt][2 * h + 1] * acc[nt][2 * h + 1];
+        }
+        float f[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            ss[h] += __shfl_xor_sync(0xffffffffu, ss[h], 1);
+            ss[h] += __shfl_xor_sync(0xffffffffu, ss[h], 2);
+            s2[h] += __shfl_xor_sync(0xffffffffu, s2[h], 1);
+            s2[h] += __shfl_xor_sync(0xffffffffu, s2[h], 2);
+            const float nrm = sqrtf(s2[h]);
+            f[h] = mod_factor(a.modify, a.power, a.clip, a.eps, nrm);
+            if (t4 == h && r[h] < N) {
+                const bool kept = !(mb && !mb[r[h]]);
+                a.raw[(size_t)bh * N + r[h]] = kept ? sqrtf(ss[h]) : __uint_as_float(SKIP_BITS);
+                a.mod[(size_t)bh * N + r[h]] = kept ? f[h] * nrm : __uint_as_float(SKIP_BITS);
+            }
+        }
+        if (a.F) {
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[nt][e] *= f[e >> 1];
+            for (int c16 = 0; c16 < a.nsp; c16 += 16) {
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    float v[16];
+#pragma unroll
+                    for (int rr = 0; rr < 16; rr++) {
+                        float d = 0.f;
+#pragma unroll
+                        for (int nt = 0; nt < NT; nt++) {
+                            const float2 qv = *reinterpret_cast<const float2 *>(Qh + (c16 + rr) * G + nt * 8 + 2 * t4);
+                            d += acc[nt][2 * h] * qv.x + acc[nt][2 * h + 1] * qv.y;
+                        }
+                        v[rr] = d;
+                    }
+                    const float4 o = quad_reduce_scatter16(v, t4);
+                    if (r[h] < N)
+                        *reinterpret_cast<float4 *>(a.F + ((size_t)bh * N + r[h]) * a.nsp + c16 + 4 * t4) = o;
+                }
+            }
+        }
+    }
+}
+
+// s_far q^ = s_far mod(P^T q0) of the sampled queries, [BH][nsp][g] (rows past ns: 0). Grid BH;
+// P and 16 rows at a time staged in shared memory (D <= 128, g <= 32, nsp <= 64: the far field's
+// limits, plan_eff).
 template <typename T>
 __global__ void __launch_bounds__(256) qhat_kernel(const T *q0, const int *rows, int ns, int nsp, int N, int D,
                                                    int g, const float *P, int modify, float power, float clip,
                                                    float eps, float s_far, float *qhat) {
     __shared__ float ys[64 * 32];
-    const int bh = blockIdx.x;
-    for (int p = threadIdx.x; p < nsp * g; p += blockDim.x) {
-        int r = p / g, c = p % g;
-        float y = 0.f;
-        if (r < ns) {
-            const T *x = q0 + ((size_t)bh * N + rows[r]) * D;
-            const float *Pb = P + (size_t)bh * D * g;
-            for (int i = 0; i < D; i++) y += elem<T>::to_f(x[i]) * Pb[i * g + c];
+    __shared__ float ps[128 * 32];
+    __shared__ float xs[16 * 128];
+    const int bh = blockIdx.x, tid = threadIdx.x;
+    for (int i = tid; i < D * g; i += blockDim.x) ps[i] = P[(size_t)bh * D * g + i];
+    for (int r0 = 0; r0 < nsp; r0 += 16) {
+        __syncthreads(); // ps staged; the previous rows consumed
+        for (int e = tid; e < 16 * D; e += blockDim.x) {
+            const int r = r0 + e / D, i = e % D;
+            xs[e] = r < ns ? elem<T>::to_f(q0[((size_t)bh * N + rows[r]) * D + i]) : 0.f;
         }
-        ys[p] = y;
+        __syncthreads();
+        for (int p = tid; p < 16 * g; p += blockDim.x) {
+            const int r = p / g, c = p % g;
+            float y = 0.f;
+            for (int i = 0; i < D; i++) y += xs[r * D + i] * ps[i * g + c];
+            ys[(r0 + r) * g + c] = y;
+        }
     }
     __syncthreads();
     for (int p = threadIdx.x; p < nsp * g; p += blockDim.x) {
@@ -965,7 +1134,12 @@ __global__ void __launch_bounds__(64) qk_kernel(const T *q, const T *k, const ui
 // orders above +Inf, as stats.c). Three passes of 11, 11, 10 bits: a
 // histogram of the digit among the values that share a target's prefix, then
 // a scan that fixes the target's next digit. Targets with the same prefix
-// share a histogram (at most one histogram bin per value and pass).
+// share a histogram (at most one histogram bin per value and pass). The first
+// pass (every value: its 11 bits are sign, exponent and 2 mantissa bits, so
+// the values of one distribution fall into a handful of bins) counts into a
+// shared-memory histogram per block, flushed once; the later passes bin by
+// mantissa bits and use global atomics. The last block of each array to finish
+// a pass (a ticket counter) does the scan, so a pass is one launch.
 
 constexpr int SEL_ARR = 5, SEL_T = 8, SEL_BINS = 2048;
 
@@ -983,8 +1157,9 @@ struct SelArgs {
     const float *x[SEL_ARR];
     long long len[SEL_ARR];
     sel_state *st;
-    unsigned *hist; // [3][SEL_ARR][SEL_T][SEL_BINS]
+    unsigned *hist; // [3][SEL_ARR][SEL_T][SEL_BINS], then the ticket counters [3][SEL_ARR]
 };
+constexpr size_t SEL_HIST_WORDS = (size_t)3 * SEL_ARR * SEL_T * SEL_BINS + 3 * SEL_ARR;
 
 __device__ __forceinline__ unsigned sel_key(float v) {
     unsigned u = __float_as_uint(v);
@@ -996,74 +1171,16 @@ __device__ __forceinline__ float sel_value(unsigned key) {
     return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
 }
 
+// The scan of one pass for array arr (the last block of sel_hist_kernel; 256
+// threads): warp t fixes the next digit of target t. Histograms and counts
+// were written by other blocks' atomics: read through L2.
 template <int PASS>
-__global__ void __launch_bounds__(256) sel_hist_kernel(SelArgs a) {
-    constexpr int SHIFT = PASS == 0 ? 21 : PASS == 1 ? 10 : 0, MASK = PASS == 2 ? 0x3ff : 0x7ff;
-    constexpr int PREV = PASS == 1 ? 21 : 10;
-    const int arr = blockIdx.y, tid = threadIdx.x, lane = tid & 31;
-    const float *x = a.x[arr];
-    if (!x) return;
-    __shared__ int s_owner[SEL_T];
-    __shared__ unsigned s_prefix[SEL_T];
-    __shared__ double s_sum[8];
-    __shared__ unsigned long long s_cnt[8];
-    if (tid < SEL_T) {
-        s_owner[tid] = PASS == 0 ? 0 : a.st->owner[arr][tid];
-        s_prefix[tid] = PASS == 0 ? 0u : a.st->prefix[arr][tid];
-    }
-    __syncthreads();
-    unsigned *h = a.hist + ((size_t)PASS * SEL_ARR + arr) * SEL_T * SEL_BINS;
-    const long long len = a.len[arr], stride = (long long)gridDim.x * blockDim.x;
-    double lsum = 0;
-    unsigned long long lcnt = 0;
-    for (long long i0 = (long long)blockIdx.x * blockDim.x + (tid & ~31); i0 < len; i0 += stride) {
-        const long long i = i0 + lane;
-        int bin = -1;
-        if (i < len) {
-            float v = x[i];
-            if (__float_as_uint(v) != SKIP_BITS) {
-                unsigned key = sel_key(v);
-                if (PASS == 0) {
-                    lcnt++;
-                    lsum += (double)v;
-                    bin = (key >> SHIFT) & MASK;
-                } else {
-#pragma unroll
-                    for (int t = 0; t < SEL_T; t++)
-                        if (bin < 0 && s_owner[t] == t && (key >> PREV) == s_prefix[t]) bin = t * SEL_BINS + ((key >> SHIFT) & MASK);
-                }
-            }
-        }
-        unsigned m = __match_any_sync(0xffffffffu, bin);
-        if (bin >= 0 && lane == __ffs(m) - 1) atomicAdd(&h[bin], (unsigned)__popc(m));
-    }
-    if (PASS == 0) {
-        for (int off = 16; off > 0; off >>= 1) {
-            lsum += __shfl_xor_sync(0xffffffffu, lsum, off);
-            lcnt += __shfl_xor_sync(0xffffffffu, lcnt, off);
-        }
-        if (lane == 0) s_sum[tid >> 5] = lsum, s_cnt[tid >> 5] = lcnt;
-        __syncthreads();
-        if (tid == 0) {
-            double s = 0;
-            unsigned long long c = 0;
-            for (int w = 0; w < (int)(blockDim.x / 32); w++) s += s_sum[w], c += s_cnt[w];
-            if (c) {
-                atomicAdd(&a.st->sum[arr], s);
-                atomicAdd(&a.st->n[arr], c);
-            }
-        }
-    }
-}
-
-// Grid SEL_ARR, 256 threads: warp t fixes the next digit of target t.
-template <int PASS>
-__global__ void __launch_bounds__(256) sel_find_kernel(SelArgs a) {
+__device__ __forceinline__ void sel_find(const SelArgs &a, int arr) {
     constexpr int BITS = PASS == 2 ? 10 : 11, NB = 1 << BITS;
-    const int arr = blockIdx.x, tid = threadIdx.x, lane = tid & 31, t = tid >> 5;
+    const int tid = threadIdx.x, lane = tid & 31, t = tid >> 5;
     sel_state *st = a.st;
     if (!a.x[arr]) return;
-    const unsigned long long n = st->n[arr];
+    const unsigned long long n = __ldcg(&st->n[arr]);
     if (n == 0) return;
     unsigned long long rank;
     unsigned prefix;
@@ -1084,7 +1201,7 @@ __global__ void __launch_bounds__(256) sel_find_kernel(SelArgs a) {
     unsigned long long cum = 0;
     int digit = NB - 1;
     for (int base = 0; base < NB; base += 32) {
-        unsigned long long c = h[base + lane], incl = c;
+        unsigned long long c = __ldcg(h + base + lane), incl = c;
         for (int off = 1; off < 32; off <<= 1) {
             unsigned long long y = __shfl_up_sync(0xffffffffu, incl, off);
             if (lane >= off) incl += y;
@@ -1116,6 +1233,89 @@ __global__ void __launch_bounds__(256) sel_find_kernel(SelArgs a) {
             }
         st->owner[arr][tid] = o;
     }
+}
+
+template <int PASS>
+__global__ void __launch_bounds__(256) sel_hist_kernel(SelArgs a) {
+    constexpr int SHIFT = PASS == 0 ? 21 : PASS == 1 ? 10 : 0, MASK = PASS == 2 ? 0x3ff : 0x7ff;
+    constexpr int PREV = PASS == 1 ? 21 : 10;
+    const int arr = blockIdx.y, tid = threadIdx.x, lane = tid & 31;
+    const float *x = a.x[arr];
+    if (!x) return;
+    __shared__ int s_owner[SEL_T];
+    __shared__ unsigned s_prefix[SEL_T];
+    __shared__ double s_sum[8];
+    __shared__ unsigned long long s_cnt[8];
+    __shared__ unsigned s_hist[PASS == 0 ? SEL_BINS : 1];
+    __shared__ bool s_last;
+    if (tid < SEL_T) {
+        s_owner[tid] = PASS == 0 ? 0 : a.st->owner[arr][tid];
+        s_prefix[tid] = PASS == 0 ? 0u : a.st->prefix[arr][tid];
+    }
+    if (PASS == 0)
+        for (int b = tid; b < SEL_BINS; b += blockDim.x) s_hist[b] = 0u;
+    __syncthreads();
+    unsigned *h = a.hist + ((size_t)PASS * SEL_ARR + arr) * SEL_T * SEL_BINS;
+    const long long len = a.len[arr], stride = (long long)gridDim.x * blockDim.x;
+    double lsum = 0;
+    unsigned long long lcnt = 0;
+    for (long long i0 = (long long)blockIdx.x * blockDim.x + (tid & ~31); i0 < len; i0 += stride) {
+        const long long i = i0 + lane;
+        int bin = -1;
+        if (i < len) {
+            float v = x[i];
+            if (__float_as_uint(v) != SKIP_BITS) {
+                unsigned key = sel_key(v);
+                if (PASS == 0) {
+                    lcnt++;
+                    lsum += (double)v;
+                    bin = (key >> SHIFT) & MASK;
+                } else {
+#pragma unroll
+                    for (int t = 0; t < SEL_T; t++)
+                        if (bin < 0 && s_owner[t] == t && (key >> PREV) == s_prefix[t]) bin = t * SEL_BINS + ((key >> SHIFT) & MASK);
+                }
+            }
+        }
+        unsigned m = __match_any_sync(0xffffffffu, bin);
+        if (bin >= 0 && lane == __ffs(m) - 1) {
+            if constexpr (PASS == 0) atomicAdd(&s_hist[bin], (unsigned)__popc(m));
+            else atomicAdd(&h[bin], (unsigned)__popc(m));
+        }
+    }
+    if (PASS == 0) {
+        __syncthreads();
+        for (int b = tid; b < SEL_BINS; b += blockDim.x)
+            if (s_hist[b]) atomicAdd(&h[b], s_hist[b]);
+    }
+    if (PASS == 0) {
+        for (int off = 16; off > 0; off >>= 1) {
+            lsum += __shfl_xor_sync(0xffffffffu, lsum, off);
+            lcnt += __shfl_xor_sync(0xffffffffu, lcnt, off);
+        }
+        if (lane == 0) s_sum[tid >> 5] = lsum, s_cnt[tid >> 5] = lcnt;
+        __syncthreads();
+        if (tid == 0) {
+            double s = 0;
+            unsigned long long c = 0;
+            for (int w = 0; w < (int)(blockDim.x / 32); w++) s += s_sum[w], c += s_cnt[w];
+            if (c) {
+                atomicAdd(&a.st->sum[arr], s);
+                atomicAdd(&a.st->n[arr], c);
+            }
+        }
+    }
+    // the last block of this array to get here scans the histogram
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        unsigned *done = a.hist + (size_t)3 * SEL_ARR * SEL_T * SEL_BINS + PASS * SEL_ARR + arr;
+        s_last = atomicAdd(done, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    sel_find<PASS>(a, arr);
 }
 
 // ---- host side ---------------------------------------------------------------
@@ -1339,7 +1539,7 @@ layout layout_of(const tkc_stats_job *j, int num_sms) {
     L.o_qk = off;
     off += al256(sizeof(float) * BH * j->nqk_q * j->nqk_k);
     L.o_hist = off;
-    off += al256(sizeof(unsigned) * 3 * SEL_ARR * SEL_T * SEL_BINS);
+    off += al256(sizeof(unsigned) * SEL_HIST_WORDS);
     L.o_out = off;
     L.out_bytes = al256(sizeof(double) * nrow * QREC) + sizeof(sel_state);
     off += al256(L.out_bytes);
@@ -1444,8 +1644,14 @@ void clock_print(phase_clock *c) {
 
 size_t tkc_stats_ws(const tkc_stats_job *j, int num_sms) { return layout_of(j, num_sms).total; }
 
+// The pinned host buffer: what comes back (sums, sel_state), then the sampled
+// indices going up (a pinned source: the upload never waits on the stream).
+static size_t host_rows_off(const tkc_stats_job *j) {
+    return al256(al256(sizeof(double) * (size_t)j->ns * j->call->B * j->call->H * QREC) + sizeof(sel_state));
+}
+
 size_t tkc_stats_host_bytes(const tkc_stats_job *j) {
-    return al256(sizeof(double) * (size_t)j->ns * j->call->B * j->call->H * QREC) + sizeof(sel_state);
+    return host_rows_off(j) + sizeof(int) * ((size_t)j->ns + j->nqk_q + j->nqk_k + 1);
 }
 
 int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cudaStream_t st, tk_stats *out,
@@ -1469,21 +1675,15 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
     phase_clock clk = clock_start(st);
     const float s0 = (float)(c->scale > 0 ? c->scale : 1.0 / sqrt((double)c->D));
 
-    // the sampled indices, one upload
+    // the sampled indices, one upload (the host buffer is free: the previous call synchronized)
     {
         int n = ns + j->nqk_q + j->nqk_k;
         if (n > 0) {
-            int *tmp = (int *)malloc(sizeof(int) * n);
-            if (!tmp) {
-                snprintf(err, errlen, "host buffer of the sampled rows");
-                return 2;
-            }
+            int *tmp = (int *)((char *)host + host_rows_off(j));
             if (ns) memcpy(tmp, j->qrows, sizeof(int) * ns);
             if (j->nqk_q) memcpy(tmp + ns, j->qk_q, sizeof(int) * j->nqk_q);
             if (j->nqk_k) memcpy(tmp + ns + j->nqk_q, j->qk_k, sizeof(int) * j->nqk_k);
-            // pageable source: staged by the driver before the call returns, so tmp can go
             cudaError_t e = cudaMemcpyAsync(rows_d, tmp, sizeof(int) * n, cudaMemcpyHostToDevice, st);
-            free(tmp);
             if (e != cudaSuccess) {
                 snprintf(err, errlen, "sampled rows upload: %s", cudaGetErrorString(e));
                 return 1;
@@ -1509,29 +1709,54 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
 
     clk.mark("upload+qhat", st);
     // norms of every row (and the far logits of the sampled queries on the key side)
-    for (int side = 0; side < 2; side++) {
-        NormArgs na;
-        memset(&na, 0, sizeof na);
-        na.x = side ? c->k : c->q;
-        na.x0 = side ? k0 : q0;
-        na.N = side ? c->Nk : c->Nq;
-        na.D = c->D;
-        na.H = c->H;
-        na.mask = side ? c->key_mask : nullptr;
-        na.raw = norm[side];
-        na.mod = (side ? L.mod_k : L.mod_q) ? norm[2 + side] : nullptr;
-        na.kind = !na.mod ? 0 : j->mode == TK_MODE_TAYLOR ? 1 : 2;
-        na.blocks = j->blocks > 0 ? j->blocks : 1;
-        na.modify = j->modify, na.power = pw, na.clip = cl, na.eps = ep;
-        int G = 0;
-        if (na.kind == 2) {
-            G = j->g;
-            na.P = j->P;
-            if (side == 1 && far_rows) na.qhat = qhat, na.nsp = L.nsp, na.F = F;
+    {
+        NormPair np;
+        memset(&np, 0, sizeof np);
+        for (int side = 0; side < 2; side++) {
+            NormArgs &na = np.s[side];
+            na.x = side ? c->k : c->q;
+            na.x0 = side ? k0 : q0;
+            na.N = side ? c->Nk : c->Nq;
+            na.D = c->D;
+            na.H = c->H;
+            na.mask = side ? c->key_mask : nullptr;
+            na.raw = norm[side];
+            na.mod = (side ? L.mod_k : L.mod_q) ? norm[2 + side] : nullptr;
+            na.kind = !na.mod ? 0 : j->mode == TK_MODE_TAYLOR ? 1 : 2;
+            na.blocks = j->blocks > 0 ? j->blocks : 1;
+            na.modify = j->modify, na.power = pw, na.clip = cl, na.eps = ep;
+            if (na.kind == 2) {
+                na.P = j->P;
+                if (side == 1 && far_rows) na.qhat = qhat, na.nsp = L.nsp, na.F = F;
+            }
+            if (na.kind == 1) na.x0 = na.x;
         }
-        if (na.kind == 1) na.x0 = na.x;
-        int rc = norms_dt(na, G, BH, dt, st, err, errlen);
-        if (rc) return rc;
+        const int G = np.s[0].kind == 2 ? j->g : 0;
+        // the tensor-core kernel: hybrid projections of bf16 rows on both sides, 16-byte aligned rows
+        uintptr_t align = (uintptr_t)c->q | (uintptr_t)c->k | (uintptr_t)q0 | (uintptr_t)k0;
+        const bool mma = dt == TK_DTYPE_BF16 && np.s[0].kind == 2 && np.s[1].kind == 2 && (G == 16 || G == 32) &&
+                         (c->D == 64 || c->D == 128) && (align & 15) == 0 && L.nsp % 16 == 0 &&
+                         !getenv("TKC_STATS_NORMS_SCALAR");
+        if (mma) {
+            const bool same = q0 == c->q && k0 == c->k;
+            const int most = c->Nq > c->Nk ? c->Nq : c->Nk, groups = (most + 15) / 16;
+            dim3 grid((groups + NM_WARPS * 8 - 1) / (NM_WARPS * 8), BH, 2); // 8 groups of 16 rows a warp
+            const void *fn = nullptr;
+#define TKC_NM(DD, GG)                                                                                   \
+    if (c->D == DD && G == GG)                                                                          \
+        fn = same ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, true>)                      \
+                  : reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, false>);
+            TKC_NM(128, 16) TKC_NM(128, 32) TKC_NM(64, 16) TKC_NM(64, 32)
+#undef TKC_NM
+            const size_t smem = sizeof(uint2) * (c->D / 16) * (G / 8) * 3 * 32 + sizeof(float) * L.nsp * G;
+            void *args[] = {&np};
+            TKC_TRY(cudaLaunchKernel(fn, grid, dim3(NM_WARPS * 32), args, smem, st), err, errlen);
+        } else {
+            for (int side = 0; side < 2; side++) {
+                int rc = norms_dt(np.s[side], np.s[side].kind == 2 ? G : 0, BH, dt, st, err, errlen);
+                if (rc) return rc;
+            }
+        }
     }
 
     clk.mark("norms", st);
@@ -1626,21 +1851,18 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
     sa.x[2] = L.mod_q ? norm[2] : nullptr, sa.x[3] = L.mod_k ? norm[3] : nullptr;
     sa.x[4] = lens[4] > 0 ? qk : nullptr;
     sa.st = sel, sa.hist = hist;
-    TKC_TRY(cudaMemsetAsync(hist, 0, sizeof(unsigned) * 3 * SEL_ARR * SEL_T * SEL_BINS, st), err, errlen);
+    TKC_TRY(cudaMemsetAsync(hist, 0, sizeof(unsigned) * SEL_HIST_WORDS, st), err, errlen);
     TKC_TRY(cudaMemsetAsync(sel, 0, sizeof(sel_state), st), err, errlen);
     long long most = 0;
     for (int a = 0; a < SEL_ARR; a++) most = sa.x[a] && lens[a] > most ? lens[a] : most;
-    int hb = (int)((most + 255) / 256);
-    int cap = 4 * (num_sms > 0 ? num_sms : 132);
+    int hb = (int)((most + 2047) / 2048); // about 8 values a thread
+    int cap = 2 * (num_sms > 0 ? num_sms : 132);
     if (hb > cap) hb = cap;
     if (hb < 1) hb = 1;
     dim3 hgrid(hb, SEL_ARR);
     sel_hist_kernel<0><<<hgrid, 256, 0, st>>>(sa);
-    sel_find_kernel<0><<<SEL_ARR, 256, 0, st>>>(sa);
     sel_hist_kernel<1><<<hgrid, 256, 0, st>>>(sa);
-    sel_find_kernel<1><<<SEL_ARR, 256, 0, st>>>(sa);
     sel_hist_kernel<2><<<hgrid, 256, 0, st>>>(sa);
-    sel_find_kernel<2><<<SEL_ARR, 256, 0, st>>>(sa);
     TKC_LAUNCHED("sel kernels", err, errlen);
 
     clk.mark("select", st);
