@@ -28,6 +28,11 @@
 // dims other than 64 and 128 take a scalar fp32 kernel (quality_raw only:
 // quality_eff and the window mass are not reported there).
 //
+// Norms of every row: hybrid with bf16 rows takes norms_mma_kernel (rows read
+// once from global memory into mma fragments, the projection on the tensor
+// cores with P split in three bf16 parts, the far logits in fp32); the other
+// cases the scalar norms_kernel.
+//
 // Distributions (norms of every row, q.k) are summarized on the device by
 // exact order statistics (a three-pass radix select), so only counts, sums
 // and eight order statistics per distribution come back with the per-row
@@ -123,6 +128,19 @@ __global__ void __launch_bounds__(256) scan_kernel(scan_args a) {
         for (size_t e = nvec * per + gid; e < a.n[t]; e += stride)
             if (bad_elem(p, e, a.esz, a.f16)) atomicMin(a.first + t, (unsigned long long)e);
     }
+}
+
+// ---- the sampled indices ----------------------------------------------------
+
+// Up to ROWS_PARAM indices go up as a kernel parameter (one launch, no copy
+// engine round trip on an idle device); more take a copy from pinned memory.
+constexpr int ROWS_PARAM = 960;
+struct RowsParam {
+    int n;
+    int v[ROWS_PARAM];
+};
+__global__ void __launch_bounds__(256) rows_param_kernel(RowsParam p, int *out) {
+    for (int i = threadIdx.x; i < p.n; i += blockDim.x) out[i] = p.v[i];
 }
 
 // ---- sampled exact rows -----------------------------------------------------
@@ -264,14 +282,21 @@ __device__ __forceinline__ void stream_step(float (&x)[2][4], float &m_lo, float
         acc[i][2] *= al_hi;
         acc[i][3] *= al_hi;
     }
+    // V fragments loaded one step ahead, and the high products of a step's two
+    // column blocks issued before the residual ones (each accumulator still
+    // takes high then residual: the same sums), so no mma waits on the load or
+    // product just before it
+    const T *vl = vt + ((lane & 7) + 8 * ((lane >> 3) & 1)) * LDV + 8 * (lane >> 4);
+    uint32_t r[2][4];
+    ldsm_x4_t(r[0], vl + (nt0 / 2) * 16);
 #pragma unroll
     for (int dp = nt0 / 2; dp < (nt0 + NTN) / 2; dp++) {
-        uint32_t r[4];
-        ldsm_x4_t(r, vt + ((lane & 7) + 8 * ((lane >> 3) & 1)) * LDV + dp * 16 + 8 * (lane >> 4));
-        mma16816<T>(acc[2 * dp], ph, r[0], r[1]);
-        mma16816<T>(acc[2 * dp], pl, r[0], r[1]);
-        mma16816<T>(acc[2 * dp + 1], ph, r[2], r[3]);
-        mma16816<T>(acc[2 * dp + 1], pl, r[2], r[3]);
+        const int cur = (dp - nt0 / 2) & 1;
+        if (dp + 1 < (nt0 + NTN) / 2) ldsm_x4_t(r[cur ^ 1], vl + (dp + 1) * 16);
+        mma16816<T>(acc[2 * dp], ph, r[cur][0], r[cur][1]);
+        mma16816<T>(acc[2 * dp + 1], ph, r[cur][2], r[cur][3]);
+        mma16816<T>(acc[2 * dp], pl, r[cur][0], r[cur][1]);
+        mma16816<T>(acc[2 * dp + 1], pl, r[cur][2], r[cur][3]);
     }
 }
 
@@ -516,12 +541,14 @@ __global__ void __launch_bounds__(RT_WARPS * 32) rows_mma_kernel(RowsArgs a) {
                                                            c * NTS, vt, lane, 0u, dummy0, dummy1);
                 }
             } else {
+                const T *kl = kt + ((lane & 7) + 8 * (lane >> 4)) * LDK + 8 * ((lane >> 3) & 1);
+                uint32_t r[2][4];
+                ldsm_x4(r[0], kl);
 #pragma unroll
-                for (int kk = 0; kk < D / 16; kk++) {
-                    uint32_t r[4];
-                    ldsm_x4(r, kt + ((lane & 7) + 8 * (lane >> 4)) * LDK + kk * 16 + 8 * ((lane >> 3) & 1));
-                    mma16816<T>(s[0], qf[kk], r[0], r[1]);
-                    mma16816<T>(s[1], qf[kk], r[2], r[3]);
+                for (int kk = 0; kk < D / 16; kk++) { // K fragments one step ahead
+                    if (kk + 1 < D / 16) ldsm_x4(r[(kk + 1) & 1], kl + (kk + 1) * 16);
+                    mma16816<T>(s[0], qf[kk], r[kk & 1][0], r[kk & 1][1]);
+                    mma16816<T>(s[1], qf[kk], r[kk & 1][2], r[kk & 1][3]);
                 }
             }
             float x[2][4];
@@ -1198,24 +1225,51 @@ __device__ __forceinline__ void sel_find(const SelArgs &a, int arr) {
         owner = st->owner[arr][t];
     }
     const unsigned *h = a.hist + (((size_t)PASS * SEL_ARR + arr) * SEL_T + owner) * SEL_BINS;
-    unsigned long long cum = 0;
+    // two levels of a warp scan, every load issued at once: lane L sums bins
+    // [L PER, (L+1) PER) (16-byte loads), the lane whose range holds the rank is
+    // found, then its PER bins are spread SUB to a lane and scanned again
+    constexpr int PER = NB / 32, SUB = PER / 32;
+    unsigned long long tot = 0;
+#pragma unroll
+    for (int i = 0; i < PER / 4; i++) {
+        const uint4 u = __ldcg(reinterpret_cast<const uint4 *>(h + lane * PER) + i);
+        tot += (unsigned long long)u.x + u.y + u.z + u.w;
+    }
+    unsigned long long incl = tot;
+    for (int off = 1; off < 32; off <<= 1) {
+        unsigned long long y = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += y;
+    }
+    unsigned ball = __ballot_sync(0xffffffffu, incl > rank);
     int digit = NB - 1;
-    for (int base = 0; base < NB; base += 32) {
-        unsigned long long c = __ldcg(h + base + lane), incl = c;
+    if (ball) {
+        const int L = __ffs(ball) - 1;
+        rank -= __shfl_sync(0xffffffffu, incl - tot, L);
+        unsigned c[SUB];
+        unsigned long long cs = 0;
+#pragma unroll
+        for (int k = 0; k < SUB; k++) cs += c[k] = __ldcg(h + L * PER + lane * SUB + k);
+        unsigned long long incl2 = cs;
         for (int off = 1; off < 32; off <<= 1) {
-            unsigned long long y = __shfl_up_sync(0xffffffffu, incl, off);
-            if (lane >= off) incl += y;
+            unsigned long long y = __shfl_up_sync(0xffffffffu, incl2, off);
+            if (lane >= off) incl2 += y;
         }
-        unsigned long long tot = __shfl_sync(0xffffffffu, incl, 31);
-        if (cum + tot > rank) {
-            unsigned ball = __ballot_sync(0xffffffffu, cum + incl > rank);
-            int L = __ffs(ball) - 1;
-            unsigned long long before = cum + __shfl_sync(0xffffffffu, incl - c, L);
-            digit = base + L;
-            rank -= before;
-            break;
+        const unsigned ball2 = __ballot_sync(0xffffffffu, incl2 > rank);
+        const int M = ball2 ? __ffs(ball2) - 1 : 31;
+        unsigned long long r = rank - (incl2 - cs);
+        // in lane M's bins: the first whose running count passes r
+        int d = L * PER + lane * SUB + SUB - 1;
+        bool found = false;
+#pragma unroll
+        for (int k = 0; k < SUB; k++) {
+            if (!found && r < c[k]) {
+                d = L * PER + lane * SUB + k;
+                found = true;
+            }
+            if (!found) r -= c[k];
         }
-        cum += tot;
+        digit = __shfl_sync(0xffffffffu, d, M);
+        rank = __shfl_sync(0xffffffffu, r, M);
     }
     prefix = (prefix << BITS) | (unsigned)digit;
     if (lane == 0) {
@@ -1679,14 +1733,21 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
     {
         int n = ns + j->nqk_q + j->nqk_k;
         if (n > 0) {
-            int *tmp = (int *)((char *)host + host_rows_off(j));
+            RowsParam rp; // the launch parameter (3.8 KB)
+            int *tmp = n <= ROWS_PARAM ? rp.v : (int *)((char *)host + host_rows_off(j));
             if (ns) memcpy(tmp, j->qrows, sizeof(int) * ns);
             if (j->nqk_q) memcpy(tmp + ns, j->qk_q, sizeof(int) * j->nqk_q);
             if (j->nqk_k) memcpy(tmp + ns + j->nqk_q, j->qk_k, sizeof(int) * j->nqk_k);
-            cudaError_t e = cudaMemcpyAsync(rows_d, tmp, sizeof(int) * n, cudaMemcpyHostToDevice, st);
-            if (e != cudaSuccess) {
-                snprintf(err, errlen, "sampled rows upload: %s", cudaGetErrorString(e));
-                return 1;
+            if (n <= ROWS_PARAM) {
+                rp.n = n;
+                rows_param_kernel<<<1, 256, 0, st>>>(rp, rows_d);
+                TKC_LAUNCHED("rows_param_kernel", err, errlen);
+            } else {
+                cudaError_t e = cudaMemcpyAsync(rows_d, tmp, sizeof(int) * n, cudaMemcpyHostToDevice, st);
+                if (e != cudaSuccess) {
+                    snprintf(err, errlen, "sampled rows upload: %s", cudaGetErrorString(e));
+                    return 1;
+                }
             }
         }
     }
