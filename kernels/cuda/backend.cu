@@ -41,7 +41,8 @@ struct cuda_state {
     // cache (tkc_hybrid_projection): kept while head 0's matrix is unchanged.
     float *proj_d;              // owned device [BH][D][g]
     float *proj_h;              // owned host copy, same layout
-    float *proj_h0;             // owned host scratch: head 0 of the current call
+    float *proj_h0;             // owned pinned host scratch: head 0 of the current call (a pinned
+                                // destination: its read-back, on every stats call, is one direct copy)
     size_t proj_cap;            // floats of proj_d / proj_h
     int proj_valid, proj_layer, proj_BH, proj_D, proj_g;
     void *ws;        // owned device workspace
@@ -289,13 +290,13 @@ const float *hybrid_projection(cuda_state *s, const tk_call *call, int g, cudaSt
     if ((size_t)BH * n > s->proj_cap) {
         if (s->proj_d) cudaFree(s->proj_d);
         free(s->proj_h);
-        free(s->proj_h0);
+        if (s->proj_h0) cudaFreeHost(s->proj_h0);
         s->proj_d = nullptr;
         s->proj_h = s->proj_h0 = nullptr;
         s->proj_cap = 0;
         s->proj_valid = 0;
         s->proj_h = (float *)malloc(sizeof(float) * BH * n);
-        s->proj_h0 = (float *)malloc(sizeof(float) * n);
+        if (cudaMallocHost(&s->proj_h0, sizeof(float) * n) != cudaSuccess) s->proj_h0 = nullptr;
         if (!s->proj_h || !s->proj_h0 || cudaMalloc(&s->proj_d, sizeof(float) * BH * n) != cudaSuccess) {
             (void)cudaGetLastError();
             s->proj_d = nullptr;
@@ -605,7 +606,7 @@ extern "C" void tkcuda_close(tk_context *ctx) {
     if (s->shost) cudaFreeHost(s->shost);
     if (s->proj_d) cudaFree(s->proj_d);
     free(s->proj_h);
-    free(s->proj_h0);
+    if (s->proj_h0) cudaFreeHost(s->proj_h0);
     free_rows(&s->qk_q);
     free_rows(&s->qk_k);
     cudaEventDestroy(s->scan_done);

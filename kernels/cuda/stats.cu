@@ -28,6 +28,11 @@
 // dims other than 64 and 128 take a scalar fp32 kernel (quality_raw only:
 // quality_eff and the window mass are not reported there).
 //
+// Norms of every row: hybrid with bf16 rows takes norms_mma_kernel (rows read
+// once from global memory into mma fragments, the projection on the tensor
+// cores with P split in three bf16 parts, the far logits in fp32); the other
+// cases the scalar norms_kernel.
+//
 // Distributions (norms of every row, q.k) are summarized on the device by
 // exact order statistics (a three-pass radix select), so only counts, sums
 // and eight order statistics per distribution come back with the per-row
@@ -123,6 +128,19 @@ __global__ void __launch_bounds__(256) scan_kernel(scan_args a) {
         for (size_t e = nvec * per + gid; e < a.n[t]; e += stride)
             if (bad_elem(p, e, a.esz, a.f16)) atomicMin(a.first + t, (unsigned long long)e);
     }
+}
+
+// ---- the sampled indices ----------------------------------------------------
+
+// Up to ROWS_PARAM indices go up as a kernel parameter (one launch, no copy
+// engine round trip on an idle device); more take a copy from pinned memory.
+constexpr int ROWS_PARAM = 960;
+struct RowsParam {
+    int n;
+    int v[ROWS_PARAM];
+};
+__global__ void __launch_bounds__(256) rows_param_kernel(RowsParam p, int *out) {
+    for (int i = threadIdx.x; i < p.n; i += blockDim.x) out[i] = p.v[i];
 }
 
 // ---- sampled exact rows -----------------------------------------------------
@@ -264,14 +282,21 @@ __device__ __forceinline__ void stream_step(float (&x)[2][4], float &m_lo, float
         acc[i][2] *= al_hi;
         acc[i][3] *= al_hi;
     }
+    // V fragments loaded one step ahead, and the high products of a step's two
+    // column blocks issued before the residual ones (each accumulator still
+    // takes high then residual: the same sums), so no mma waits on the load or
+    // product just before it
+    const T *vl = vt + ((lane & 7) + 8 * ((lane >> 3) & 1)) * LDV + 8 * (lane >> 4);
+    uint32_t r[2][4];
+    ldsm_x4_t(r[0], vl + (nt0 / 2) * 16);
 #pragma unroll
     for (int dp = nt0 / 2; dp < (nt0 + NTN) / 2; dp++) {
-        uint32_t r[4];
-        ldsm_x4_t(r, vt + ((lane & 7) + 8 * ((lane >> 3) & 1)) * LDV + dp * 16 + 8 * (lane >> 4));
-        mma16816<T>(acc[2 * dp], ph, r[0], r[1]);
-        mma16816<T>(acc[2 * dp], pl, r[0], r[1]);
-        mma16816<T>(acc[2 * dp + 1], ph, r[2], r[3]);
-        mma16816<T>(acc[2 * dp + 1], pl, r[2], r[3]);
+        const int cur = (dp - nt0 / 2) & 1;
+        if (dp + 1 < (nt0 + NTN) / 2) ldsm_x4_t(r[cur ^ 1], vl + (dp + 1) * 16);
+        mma16816<T>(acc[2 * dp], ph, r[cur][0], r[cur][1]);
+        mma16816<T>(acc[2 * dp + 1], ph, r[cur][2], r[cur][3]);
+        mma16816<T>(acc[2 * dp], pl, r[cur][0], r[cur][1]);
+        mma16816<T>(acc[2 * dp + 1], pl, r[cur][2], r[cur][3]);
     }
 }
 
@@ -516,12 +541,14 @@ __global__ void __launch_bounds__(RT_WARPS * 32) rows_mma_kernel(RowsArgs a) {
                                                            c * NTS, vt, lane, 0u, dummy0, dummy1);
                 }
             } else {
+                const T *kl = kt + ((lane & 7) + 8 * (lane >> 4)) * LDK + 8 * ((lane >> 3) & 1);
+                uint32_t r[2][4];
+                ldsm_x4(r[0], kl);
 #pragma unroll
-                for (int kk = 0; kk < D / 16; kk++) {
-                    uint32_t r[4];
-                    ldsm_x4(r, kt + ((lane & 7) + 8 * (lane >> 4)) * LDK + kk * 16 + 8 * ((lane >> 3) & 1));
-                    mma16816<T>(s[0], qf[kk], r[0], r[1]);
-                    mma16816<T>(s[1], qf[kk], r[2], r[3]);
+                for (int kk = 0; kk < D / 16; kk++) { // K fragments one step ahead
+                    if (kk + 1 < D / 16) ldsm_x4(r[(kk + 1) & 1], kl + (kk + 1) * 16);
+                    mma16816<T>(s[0], qf[kk], r[kk & 1][0], r[kk & 1][1]);
+                    mma16816<T>(s[1], qf[kk], r[kk & 1][2], r[kk & 1][3]);
                 }
             }
             float x[2][4];
@@ -903,22 +930,191 @@ __global__ void __launch_bounds__(128) norms_kernel(NormArgs a) {
     }
 }
 
-// s_far q^ = s_far mod(P^T q0) of the sampled queries, [BH][nsp][g] (rows past ns: 0). Grid BH.
+// The hybrid norms of bf16 rows on the tensor cores (kind 2, D 64 or 128, G 16
+// or 32): one warp per 16 rows, read straight from global memory into A
+// fragments (16-byte loads; the k order inside a k-step is permuted, the same
+// permutation on P's B fragments), y = P^T x0 as three products with P split
+// into bf16 high, middle and low parts (P is carried to ~2^-27, so y is as
+// accurate as the fp32 loop of norms_kernel), raw norms in fp32 from the same
+// registers, and the far logits F of the sampled queries in fp32 (per quad:
+// partial dots over the quad's columns, then a reduce-scatter so each lane
+// stores four of them). Grid (blocks per head, BH, sides), 128 threads.
+struct NormPair {
+    NormArgs s[2];
+};
+constexpr int NM_WARPS = 4;
+
+// v[16] summed over the four lanes of a quad; lane t4 keeps the sums of
+// v[4 t4 .. 4 t4 + 3].
+__device__ __forceinline__ float4 quad_reduce_scatter16(const float (&v)[16], int t4) {
+    const bool b1 = (t4 & 2) != 0, b0 = (t4 & 1) != 0;
+    float h[8], r[4];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const float send = b1 ? v[i] : v[i + 8], keep = b1 ? v[i + 8] : v[i];
+        h[i] = keep + __shfl_xor_sync(0xffffffffu, send, 2);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float send = b0 ? h[i] : h[i + 4], keep = b0 ? h[i + 4] : h[i];
+        r[i] = keep + __shfl_xor_sync(0xffffffffu, send, 1);
+    }
+    return make_float4(r[0], r[1], r[2], r[3]);
+}
+
+__device__ __forceinline__ float bf16_sq_sum(uint4 u) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float lo = __uint_as_float(w[i] << 16), hi = __uint_as_float(w[i] & 0xffff0000u);
+        s += lo * lo + hi * hi;
+    }
+    return s;
+}
+
+__device__ __forceinline__ uint32_t u4_word(const uint4 &u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
+
+template <int D, int G, bool SAME>
+__global__ void __launch_bounds__(NM_WARPS * 32) norms_mma_kernel(NormPair np) {
+    constexpr int KK = D / 16, NT = G / 8, PD = D / 32; // k-steps, n-tiles, 16-byte words per lane and row
+    extern __shared__ __align__(16) unsigned char nm_raw[];
+    uint2 *Bf = reinterpret_cast<uint2 *>(nm_raw);                  // [KK][NT][3][32]
+    float *Qh = reinterpret_cast<float *>(Bf + KK * NT * 3 * 32);    // [nsp][G]
+    const NormArgs a = blockIdx.z ? np.s[1] : np.s[0];
+    const int bh = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    const float *Pb = a.P + (size_t)bh * D * G;
+    for (int e = tid; e < KK * NT * 32; e += NM_WARPS * 32) {
+        const int l = e & 31, nt = (e >> 5) % NT, kk = (e >> 5) / NT;
+        const int n = nt * 8 + (l >> 2), d0 = 32 * (kk >> 1) + 8 * (l & 3) + 4 * (kk & 1);
+        float v[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) v[i] = Pb[(size_t)(d0 + i) * G + n];
+        uint32_t w[3][2];
+#pragma unroll
+        for (int t = 0; t < 3; t++) {
+            float p[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                p[i] = __bfloat162float(__float2bfloat16(v[i]));
+                v[i] -= p[i];
+            }
+            w[t][0] = elem<__nv_bfloat16>::pack(p[0], p[1]);
+            w[t][1] = elem<__nv_bfloat16>::pack(p[2], p[3]);
+        }
+#pragma unroll
+        for (int t = 0; t < 3; t++) Bf[((kk * NT + nt) * 3 + t) * 32 + l] = make_uint2(w[t][0], w[t][1]);
+    }
+    if (a.F)
+        for (int i = tid; i < a.nsp * G; i += NM_WARPS * 32) Qh[i] = a.qhat[(size_t)bh * a.nsp * G + i];
+    __syncthreads();
+    const int N = a.N, ngroups = (N + 15) / 16;
+    const uint4 *xb = reinterpret_cast<const uint4 *>(a.x) + (size_t)bh * N * (D / 8);
+    const uint4 *x0b = reinterpret_cast<const uint4 *>(a.x0) + (size_t)bh * N * (D / 8);
+    const uint8_t *mb = a.mask ? a.mask + (size_t)(bh / a.H) * N : nullptr;
+    for (int gi = blockIdx.x * NM_WARPS + warp; gi < ngroups; gi += gridDim.x * NM_WARPS) {
+        int r[2] = {gi * 16 + g, gi * 16 + g + 8};
+        uint4 ux[2][PD], u0[2][PD];
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int p = 0; p < PD; p++) {
+                const bool ok = r[h] < N;
+                ux[h][p] = ok ? __ldcs(xb + (size_t)r[h] * (D / 8) + 4 * p + t4) : make_uint4(0, 0, 0, 0);
+                if (!SAME) u0[h][p] = ok ? __ldcs(x0b + (size_t)r[h] * (D / 8) + 4 * p + t4) : make_uint4(0, 0, 0, 0);
+            }
+        float acc[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KK; kk++) {
+            const int p = kk >> 1, hw = 2 * (kk & 1);
+            const uint4 &w0 = SAME ? ux[0][p] : u0[0][p], &w1 = SAME ? ux[1][p] : u0[1][p];
+            const uint32_t af[4] = {u4_word(w0, hw), u4_word(w1, hw), u4_word(w0, hw + 1), u4_word(w1, hw + 1)};
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int t = 0; t < 3; t++) {
+                    const uint2 b = Bf[((kk * NT + nt) * 3 + t) * 32 + lane];
+                    mma16816<__nv_bfloat16>(acc[nt], af, b.x, b.y);
+                }
+        }
+        float ss[2] = {0.f, 0.f}, s2[2] = {0.f, 0.f};
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+#pragma unroll
+            for (int p = 0; p < PD; p++) ss[h] += bf16_sq_sum(ux[h][p]);
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) s2[h] += acc[nt][2 * h] * acc[nt][2 * h] + acc[nt][2 * h + 1] * acc[nt][2 * h + 1];
+        }
+        float f[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            ss[h] += __shfl_xor_sync(0xffffffffu, ss[h], 1);
+            ss[h] += __shfl_xor_sync(0xffffffffu, ss[h], 2);
+            s2[h] += __shfl_xor_sync(0xffffffffu, s2[h], 1);
+            s2[h] += __shfl_xor_sync(0xffffffffu, s2[h], 2);
+            const float nrm = sqrtf(s2[h]);
+            f[h] = mod_factor(a.modify, a.power, a.clip, a.eps, nrm);
+            if (t4 == h && r[h] < N) {
+                const bool kept = !(mb && !mb[r[h]]);
+                a.raw[(size_t)bh * N + r[h]] = kept ? sqrtf(ss[h]) : __uint_as_float(SKIP_BITS);
+                a.mod[(size_t)bh * N + r[h]] = kept ? f[h] * nrm : __uint_as_float(SKIP_BITS);
+            }
+        }
+        if (a.F) {
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[nt][e] *= f[e >> 1];
+            for (int c16 = 0; c16 < a.nsp; c16 += 16) {
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    float v[16];
+#pragma unroll
+                    for (int rr = 0; rr < 16; rr++) {
+                        float d = 0.f;
+#pragma unroll
+                        for (int nt = 0; nt < NT; nt++) {
+                            const float2 qv = *reinterpret_cast<const float2 *>(Qh + (c16 + rr) * G + nt * 8 + 2 * t4);
+                            d += acc[nt][2 * h] * qv.x + acc[nt][2 * h + 1] * qv.y;
+                        }
+                        v[rr] = d;
+                    }
+                    const float4 o = quad_reduce_scatter16(v, t4);
+                    if (r[h] < N)
+                        *reinterpret_cast<float4 *>(a.F + ((size_t)bh * N + r[h]) * a.nsp + c16 + 4 * t4) = o;
+                }
+            }
+        }
+    }
+}
+
+// s_far q^ = s_far mod(P^T q0) of the sampled queries, [BH][nsp][g] (rows past ns: 0). Grid BH;
+// P and 16 rows at a time staged in shared memory (D <= 128, g <= 32, nsp <= 64: the far field's
+// limits, plan_eff).
 template <typename T>
 __global__ void __launch_bounds__(256) qhat_kernel(const T *q0, const int *rows, int ns, int nsp, int N, int D,
                                                    int g, const float *P, int modify, float power, float clip,
                                                    float eps, float s_far, float *qhat) {
     __shared__ float ys[64 * 32];
-    const int bh = blockIdx.x;
-    for (int p = threadIdx.x; p < nsp * g; p += blockDim.x) {
-        int r = p / g, c = p % g;
-        float y = 0.f;
-        if (r < ns) {
-            const T *x = q0 + ((size_t)bh * N + rows[r]) * D;
-            const float *Pb = P + (size_t)bh * D * g;
-            for (int i = 0; i < D; i++) y += elem<T>::to_f(x[i]) * Pb[i * g + c];
+    __shared__ float ps[128 * 32];
+    __shared__ float xs[16 * 128];
+    const int bh = blockIdx.x, tid = threadIdx.x;
+    for (int i = tid; i < D * g; i += blockDim.x) ps[i] = P[(size_t)bh * D * g + i];
+    for (int r0 = 0; r0 < nsp; r0 += 16) {
+        __syncthreads(); // ps staged; the previous rows consumed
+        for (int e = tid; e < 16 * D; e += blockDim.x) {
+            const int r = r0 + e / D, i = e % D;
+            xs[e] = r < ns ? elem<T>::to_f(q0[((size_t)bh * N + rows[r]) * D + i]) : 0.f;
         }
-        ys[p] = y;
+        __syncthreads();
+        for (int p = tid; p < 16 * g; p += blockDim.x) {
+            const int r = p / g, c = p % g;
+            float y = 0.f;
+            for (int i = 0; i < D; i++) y += xs[r * D + i] * ps[i * g + c];
+            ys[(r0 + r) * g + c] = y;
+        }
     }
     __syncthreads();
     for (int p = threadIdx.x; p < nsp * g; p += blockDim.x) {
@@ -965,7 +1161,12 @@ __global__ void __launch_bounds__(64) qk_kernel(const T *q, const T *k, const ui
 // orders above +Inf, as stats.c). Three passes of 11, 11, 10 bits: a
 // histogram of the digit among the values that share a target's prefix, then
 // a scan that fixes the target's next digit. Targets with the same prefix
-// share a histogram (at most one histogram bin per value and pass).
+// share a histogram (at most one histogram bin per value and pass). The first
+// pass (every value: its 11 bits are sign, exponent and 2 mantissa bits, so
+// the values of one distribution fall into a handful of bins) counts into a
+// shared-memory histogram per block, flushed once; the later passes bin by
+// mantissa bits and use global atomics. The last block of each array to finish
+// a pass (a ticket counter) does the scan, so a pass is one launch.
 
 constexpr int SEL_ARR = 5, SEL_T = 8, SEL_BINS = 2048;
 
@@ -983,8 +1184,9 @@ struct SelArgs {
     const float *x[SEL_ARR];
     long long len[SEL_ARR];
     sel_state *st;
-    unsigned *hist; // [3][SEL_ARR][SEL_T][SEL_BINS]
+    unsigned *hist; // [3][SEL_ARR][SEL_T][SEL_BINS], then the ticket counters [3][SEL_ARR]
 };
+constexpr size_t SEL_HIST_WORDS = (size_t)3 * SEL_ARR * SEL_T * SEL_BINS + 3 * SEL_ARR;
 
 __device__ __forceinline__ unsigned sel_key(float v) {
     unsigned u = __float_as_uint(v);
@@ -994,6 +1196,97 @@ __device__ __forceinline__ unsigned sel_key(float v) {
 __device__ __forceinline__ float sel_value(unsigned key) {
     if (key == 0xffffffffu) return __uint_as_float(0x7fffffffu);
     return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+}
+
+// The scan of one pass for array arr (the last block of sel_hist_kernel; 256
+// threads): warp t fixes the next digit of target t. Histograms and counts
+// were written by other blocks' atomics: read through L2.
+template <int PASS>
+__device__ __forceinline__ void sel_find(const SelArgs &a, int arr) {
+    constexpr int BITS = PASS == 2 ? 10 : 11, NB = 1 << BITS;
+    const int tid = threadIdx.x, lane = tid & 31, t = tid >> 5;
+    sel_state *st = a.st;
+    if (!a.x[arr]) return;
+    const unsigned long long n = __ldcg(&st->n[arr]);
+    if (n == 0) return;
+    unsigned long long rank;
+    unsigned prefix;
+    int owner;
+    if (PASS == 0) {
+        const double pct[SEL_T] = {0, 100, 50, 50, 90, 90, 99, 99};
+        double pos = pct[t] / 100.0 * (double)(n - 1);
+        rank = (unsigned long long)((t >= 2 && (t & 1)) ? ceil(pos) : floor(pos));
+        if (rank > n - 1) rank = n - 1;
+        prefix = 0;
+        owner = 0;
+    } else {
+        rank = st->rank[arr][t];
+        prefix = st->prefix[arr][t];
+        owner = st->owner[arr][t];
+    }
+    const unsigned *h = a.hist + (((size_t)PASS * SEL_ARR + arr) * SEL_T + owner) * SEL_BINS;
+    // two levels of a warp scan, every load issued at once: lane L sums bins
+    // [L PER, (L+1) PER) (16-byte loads), the lane whose range holds the rank is
+    // found, then its PER bins are spread SUB to a lane and scanned again
+    constexpr int PER = NB / 32, SUB = PER / 32;
+    unsigned long long tot = 0;
+#pragma unroll
+    for (int i = 0; i < PER / 4; i++) {
+        const uint4 u = __ldcg(reinterpret_cast<const uint4 *>(h + lane * PER) + i);
+        tot += (unsigned long long)u.x + u.y + u.z + u.w;
+    }
+    unsigned long long incl = tot;
+    for (int off = 1; off < 32; off <<= 1) {
+        unsigned long long y = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += y;
+    }
+    unsigned ball = __ballot_sync(0xffffffffu, incl > rank);
+    int digit = NB - 1;
+    if (ball) {
+        const int L = __ffs(ball) - 1;
+        rank -= __shfl_sync(0xffffffffu, incl - tot, L);
+        unsigned c[SUB];
+        unsigned long long cs = 0;
+#pragma unroll
+        for (int k = 0; k < SUB; k++) cs += c[k] = __ldcg(h + L * PER + lane * SUB + k);
+        unsigned long long incl2 = cs;
+        for (int off = 1; off < 32; off <<= 1) {
+            unsigned long long y = __shfl_up_sync(0xffffffffu, incl2, off);
+            if (lane >= off) incl2 += y;
+        }
+        const unsigned ball2 = __ballot_sync(0xffffffffu, incl2 > rank);
+        const int M = ball2 ? __ffs(ball2) - 1 : 31;
+        unsigned long long r = rank - (incl2 - cs);
+        // in lane M's bins: the first whose running count passes r
+        int d = L * PER + lane * SUB + SUB - 1;
+        bool found = false;
+#pragma unroll
+        for (int k = 0; k < SUB; k++) {
+            if (!found && r < c[k]) {
+                d = L * PER + lane * SUB + k;
+                found = true;
+            }
+            if (!found) r -= c[k];
+        }
+        digit = __shfl_sync(0xffffffffu, d, M);
+        rank = __shfl_sync(0xffffffffu, r, M);
+    }
+    prefix = (prefix << BITS) | (unsigned)digit;
+    if (lane == 0) {
+        st->prefix[arr][t] = prefix;
+        st->rank[arr][t] = rank;
+        if (PASS == 2) st->val[arr][t] = sel_value(prefix);
+    }
+    __syncthreads();
+    if (tid < SEL_T) {
+        int o = tid;
+        for (int u = 0; u < tid; u++)
+            if (st->prefix[arr][u] == st->prefix[arr][tid]) {
+                o = u;
+                break;
+            }
+        st->owner[arr][tid] = o;
+    }
 }
 
 template <int PASS>
@@ -1007,10 +1300,14 @@ __global__ void __launch_bounds__(256) sel_hist_kernel(SelArgs a) {
     __shared__ unsigned s_prefix[SEL_T];
     __shared__ double s_sum[8];
     __shared__ unsigned long long s_cnt[8];
+    __shared__ unsigned s_hist[PASS == 0 ? SEL_BINS : 1];
+    __shared__ bool s_last;
     if (tid < SEL_T) {
         s_owner[tid] = PASS == 0 ? 0 : a.st->owner[arr][tid];
         s_prefix[tid] = PASS == 0 ? 0u : a.st->prefix[arr][tid];
     }
+    if (PASS == 0)
+        for (int b = tid; b < SEL_BINS; b += blockDim.x) s_hist[b] = 0u;
     __syncthreads();
     unsigned *h = a.hist + ((size_t)PASS * SEL_ARR + arr) * SEL_T * SEL_BINS;
     const long long len = a.len[arr], stride = (long long)gridDim.x * blockDim.x;
@@ -1035,7 +1332,15 @@ __global__ void __launch_bounds__(256) sel_hist_kernel(SelArgs a) {
             }
         }
         unsigned m = __match_any_sync(0xffffffffu, bin);
-        if (bin >= 0 && lane == __ffs(m) - 1) atomicAdd(&h[bin], (unsigned)__popc(m));
+        if (bin >= 0 && lane == __ffs(m) - 1) {
+            if constexpr (PASS == 0) atomicAdd(&s_hist[bin], (unsigned)__popc(m));
+            else atomicAdd(&h[bin], (unsigned)__popc(m));
+        }
+    }
+    if (PASS == 0) {
+        __syncthreads();
+        for (int b = tid; b < SEL_BINS; b += blockDim.x)
+            if (s_hist[b]) atomicAdd(&h[b], s_hist[b]);
     }
     if (PASS == 0) {
         for (int off = 16; off > 0; off >>= 1) {
@@ -1054,68 +1359,17 @@ __global__ void __launch_bounds__(256) sel_hist_kernel(SelArgs a) {
             }
         }
     }
-}
-
-// Grid SEL_ARR, 256 threads: warp t fixes the next digit of target t.
-template <int PASS>
-__global__ void __launch_bounds__(256) sel_find_kernel(SelArgs a) {
-    constexpr int BITS = PASS == 2 ? 10 : 11, NB = 1 << BITS;
-    const int arr = blockIdx.x, tid = threadIdx.x, lane = tid & 31, t = tid >> 5;
-    sel_state *st = a.st;
-    if (!a.x[arr]) return;
-    const unsigned long long n = st->n[arr];
-    if (n == 0) return;
-    unsigned long long rank;
-    unsigned prefix;
-    int owner;
-    if (PASS == 0) {
-        const double pct[SEL_T] = {0, 100, 50, 50, 90, 90, 99, 99};
-        double pos = pct[t] / 100.0 * (double)(n - 1);
-        rank = (unsigned long long)((t >= 2 && (t & 1)) ? ceil(pos) : floor(pos));
-        if (rank > n - 1) rank = n - 1;
-        prefix = 0;
-        owner = 0;
-    } else {
-        rank = st->rank[arr][t];
-        prefix = st->prefix[arr][t];
-        owner = st->owner[arr][t];
-    }
-    const unsigned *h = a.hist + (((size_t)PASS * SEL_ARR + arr) * SEL_T + owner) * SEL_BINS;
-    unsigned long long cum = 0;
-    int digit = NB - 1;
-    for (int base = 0; base < NB; base += 32) {
-        unsigned long long c = h[base + lane], incl = c;
-        for (int off = 1; off < 32; off <<= 1) {
-            unsigned long long y = __shfl_up_sync(0xffffffffu, incl, off);
-            if (lane >= off) incl += y;
-        }
-        unsigned long long tot = __shfl_sync(0xffffffffu, incl, 31);
-        if (cum + tot > rank) {
-            unsigned ball = __ballot_sync(0xffffffffu, cum + incl > rank);
-            int L = __ffs(ball) - 1;
-            unsigned long long before = cum + __shfl_sync(0xffffffffu, incl - c, L);
-            digit = base + L;
-            rank -= before;
-            break;
-        }
-        cum += tot;
-    }
-    prefix = (prefix << BITS) | (unsigned)digit;
-    if (lane == 0) {
-        st->prefix[arr][t] = prefix;
-        st->rank[arr][t] = rank;
-        if (PASS == 2) st->val[arr][t] = sel_value(prefix);
+    // the last block of this array to get here scans the histogram
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        unsigned *done = a.hist + (size_t)3 * SEL_ARR * SEL_T * SEL_BINS + PASS * SEL_ARR + arr;
+        s_last = atomicAdd(done, 1u) == gridDim.x - 1;
     }
     __syncthreads();
-    if (tid < SEL_T) {
-        int o = tid;
-        for (int u = 0; u < tid; u++)
-            if (st->prefix[arr][u] == st->prefix[arr][tid]) {
-                o = u;
-                break;
-            }
-        st->owner[arr][tid] = o;
-    }
+    if (!s_last) return;
+    __threadfence();
+    sel_find<PASS>(a, arr);
 }
 
 // ---- host side ---------------------------------------------------------------
@@ -1339,7 +1593,7 @@ layout layout_of(const tkc_stats_job *j, int num_sms) {
     L.o_qk = off;
     off += al256(sizeof(float) * BH * j->nqk_q * j->nqk_k);
     L.o_hist = off;
-    off += al256(sizeof(unsigned) * 3 * SEL_ARR * SEL_T * SEL_BINS);
+    off += al256(sizeof(unsigned) * SEL_HIST_WORDS);
     L.o_out = off;
     L.out_bytes = al256(sizeof(double) * nrow * QREC) + sizeof(sel_state);
     off += al256(L.out_bytes);
@@ -1444,8 +1698,14 @@ void clock_print(phase_clock *c) {
 
 size_t tkc_stats_ws(const tkc_stats_job *j, int num_sms) { return layout_of(j, num_sms).total; }
 
+// The pinned host buffer: what comes back (sums, sel_state), then the sampled
+// indices going up (a pinned source: the upload never waits on the stream).
+static size_t host_rows_off(const tkc_stats_job *j) {
+    return al256(al256(sizeof(double) * (size_t)j->ns * j->call->B * j->call->H * QREC) + sizeof(sel_state));
+}
+
 size_t tkc_stats_host_bytes(const tkc_stats_job *j) {
-    return al256(sizeof(double) * (size_t)j->ns * j->call->B * j->call->H * QREC) + sizeof(sel_state);
+    return host_rows_off(j) + sizeof(int) * ((size_t)j->ns + j->nqk_q + j->nqk_k + 1);
 }
 
 int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cudaStream_t st, tk_stats *out,
@@ -1469,24 +1729,25 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
     phase_clock clk = clock_start(st);
     const float s0 = (float)(c->scale > 0 ? c->scale : 1.0 / sqrt((double)c->D));
 
-    // the sampled indices, one upload
+    // the sampled indices, one upload (the host buffer is free: the previous call synchronized)
     {
         int n = ns + j->nqk_q + j->nqk_k;
         if (n > 0) {
-            int *tmp = (int *)malloc(sizeof(int) * n);
-            if (!tmp) {
-                snprintf(err, errlen, "host buffer of the sampled rows");
-                return 2;
-            }
+            RowsParam rp; // the launch parameter (3.8 KB)
+            int *tmp = n <= ROWS_PARAM ? rp.v : (int *)((char *)host + host_rows_off(j));
             if (ns) memcpy(tmp, j->qrows, sizeof(int) * ns);
             if (j->nqk_q) memcpy(tmp + ns, j->qk_q, sizeof(int) * j->nqk_q);
             if (j->nqk_k) memcpy(tmp + ns + j->nqk_q, j->qk_k, sizeof(int) * j->nqk_k);
-            // pageable source: staged by the driver before the call returns, so tmp can go
-            cudaError_t e = cudaMemcpyAsync(rows_d, tmp, sizeof(int) * n, cudaMemcpyHostToDevice, st);
-            free(tmp);
-            if (e != cudaSuccess) {
-                snprintf(err, errlen, "sampled rows upload: %s", cudaGetErrorString(e));
-                return 1;
+            if (n <= ROWS_PARAM) {
+                rp.n = n;
+                rows_param_kernel<<<1, 256, 0, st>>>(rp, rows_d);
+                TKC_LAUNCHED("rows_param_kernel", err, errlen);
+            } else {
+                cudaError_t e = cudaMemcpyAsync(rows_d, tmp, sizeof(int) * n, cudaMemcpyHostToDevice, st);
+                if (e != cudaSuccess) {
+                    snprintf(err, errlen, "sampled rows upload: %s", cudaGetErrorString(e));
+                    return 1;
+                }
             }
         }
     }
@@ -1509,29 +1770,54 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
 
     clk.mark("upload+qhat", st);
     // norms of every row (and the far logits of the sampled queries on the key side)
-    for (int side = 0; side < 2; side++) {
-        NormArgs na;
-        memset(&na, 0, sizeof na);
-        na.x = side ? c->k : c->q;
-        na.x0 = side ? k0 : q0;
-        na.N = side ? c->Nk : c->Nq;
-        na.D = c->D;
-        na.H = c->H;
-        na.mask = side ? c->key_mask : nullptr;
-        na.raw = norm[side];
-        na.mod = (side ? L.mod_k : L.mod_q) ? norm[2 + side] : nullptr;
-        na.kind = !na.mod ? 0 : j->mode == TK_MODE_TAYLOR ? 1 : 2;
-        na.blocks = j->blocks > 0 ? j->blocks : 1;
-        na.modify = j->modify, na.power = pw, na.clip = cl, na.eps = ep;
-        int G = 0;
-        if (na.kind == 2) {
-            G = j->g;
-            na.P = j->P;
-            if (side == 1 && far_rows) na.qhat = qhat, na.nsp = L.nsp, na.F = F;
+    {
+        NormPair np;
+        memset(&np, 0, sizeof np);
+        for (int side = 0; side < 2; side++) {
+            NormArgs &na = np.s[side];
+            na.x = side ? c->k : c->q;
+            na.x0 = side ? k0 : q0;
+            na.N = side ? c->Nk : c->Nq;
+            na.D = c->D;
+            na.H = c->H;
+            na.mask = side ? c->key_mask : nullptr;
+            na.raw = norm[side];
+            na.mod = (side ? L.mod_k : L.mod_q) ? norm[2 + side] : nullptr;
+            na.kind = !na.mod ? 0 : j->mode == TK_MODE_TAYLOR ? 1 : 2;
+            na.blocks = j->blocks > 0 ? j->blocks : 1;
+            na.modify = j->modify, na.power = pw, na.clip = cl, na.eps = ep;
+            if (na.kind == 2) {
+                na.P = j->P;
+                if (side == 1 && far_rows) na.qhat = qhat, na.nsp = L.nsp, na.F = F;
+            }
+            if (na.kind == 1) na.x0 = na.x;
         }
-        if (na.kind == 1) na.x0 = na.x;
-        int rc = norms_dt(na, G, BH, dt, st, err, errlen);
-        if (rc) return rc;
+        const int G = np.s[0].kind == 2 ? j->g : 0;
+        // the tensor-core kernel: hybrid projections of bf16 rows on both sides, 16-byte aligned rows
+        uintptr_t align = (uintptr_t)c->q | (uintptr_t)c->k | (uintptr_t)q0 | (uintptr_t)k0;
+        const bool mma = dt == TK_DTYPE_BF16 && np.s[0].kind == 2 && np.s[1].kind == 2 && (G == 16 || G == 32) &&
+                         (c->D == 64 || c->D == 128) && (align & 15) == 0 && L.nsp % 16 == 0 &&
+                         !getenv("TKC_STATS_NORMS_SCALAR");
+        if (mma) {
+            const bool same = q0 == c->q && k0 == c->k;
+            const int most = c->Nq > c->Nk ? c->Nq : c->Nk, groups = (most + 15) / 16;
+            dim3 grid((groups + NM_WARPS * 8 - 1) / (NM_WARPS * 8), BH, 2); // 8 groups of 16 rows a warp
+            const void *fn = nullptr;
+#define TKC_NM(DD, GG)                                                                                   \
+    if (c->D == DD && G == GG)                                                                          \
+        fn = same ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, true>)                      \
+                  : reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, false>);
+            TKC_NM(128, 16) TKC_NM(128, 32) TKC_NM(64, 16) TKC_NM(64, 32)
+#undef TKC_NM
+            const size_t smem = sizeof(uint2) * (c->D / 16) * (G / 8) * 3 * 32 + sizeof(float) * L.nsp * G;
+            void *args[] = {&np};
+            TKC_TRY(cudaLaunchKernel(fn, grid, dim3(NM_WARPS * 32), args, smem, st), err, errlen);
+        } else {
+            for (int side = 0; side < 2; side++) {
+                int rc = norms_dt(np.s[side], np.s[side].kind == 2 ? G : 0, BH, dt, st, err, errlen);
+                if (rc) return rc;
+            }
+        }
     }
 
     clk.mark("norms", st);
@@ -1626,21 +1912,18 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
     sa.x[2] = L.mod_q ? norm[2] : nullptr, sa.x[3] = L.mod_k ? norm[3] : nullptr;
     sa.x[4] = lens[4] > 0 ? qk : nullptr;
     sa.st = sel, sa.hist = hist;
-    TKC_TRY(cudaMemsetAsync(hist, 0, sizeof(unsigned) * 3 * SEL_ARR * SEL_T * SEL_BINS, st), err, errlen);
+    TKC_TRY(cudaMemsetAsync(hist, 0, sizeof(unsigned) * SEL_HIST_WORDS, st), err, errlen);
     TKC_TRY(cudaMemsetAsync(sel, 0, sizeof(sel_state), st), err, errlen);
     long long most = 0;
     for (int a = 0; a < SEL_ARR; a++) most = sa.x[a] && lens[a] > most ? lens[a] : most;
-    int hb = (int)((most + 255) / 256);
-    int cap = 4 * (num_sms > 0 ? num_sms : 132);
+    int hb = (int)((most + 2047) / 2048); // about 8 values a thread
+    int cap = 2 * (num_sms > 0 ? num_sms : 132);
     if (hb > cap) hb = cap;
     if (hb < 1) hb = 1;
     dim3 hgrid(hb, SEL_ARR);
     sel_hist_kernel<0><<<hgrid, 256, 0, st>>>(sa);
-    sel_find_kernel<0><<<SEL_ARR, 256, 0, st>>>(sa);
     sel_hist_kernel<1><<<hgrid, 256, 0, st>>>(sa);
-    sel_find_kernel<1><<<SEL_ARR, 256, 0, st>>>(sa);
     sel_hist_kernel<2><<<hgrid, 256, 0, st>>>(sa);
-    sel_find_kernel<2><<<SEL_ARR, 256, 0, st>>>(sa);
     TKC_LAUNCHED("sel kernels", err, errlen);
 
     clk.mark("select", st);
