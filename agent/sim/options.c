@@ -30,7 +30,7 @@ void tsim_usage(FILE *f) {
             "  --steps N             sampling steps (default 20)\n"
             "  --seed N              seed of the synthetic tensors (default 1)\n"
             "  --mode exact|taylor|hybrid   the `mode` knob\n"
-            "  --backend ref|cpu|cuda     kernel backend (default cpu)\n"
+            "  --backend ref|cpu|cuda     kernel backend (default cpu; cuda draws the tensors on the GPU, bf16)\n"
             "  --knob NAME=VALUE     set a knob before the run (repeatable; see docs/KNOBS.md)\n"
             "  --listen URL          telemetry PUB endpoint (default: a per-user ipc socket;\n"
             "                        tcp://:PORT binds 127.0.0.1; `none` = no telemetry)\n"
