@@ -431,8 +431,8 @@ static void test_a_subscriber_sees_header_steps_knob_events_and_run_end_in_order
     TH_EQ_INT(applied, 1);
     TH_EQ_INT(rejected, 1);
     TH_EQ_INT(end, 1);
+    ta_close(a); /* the publisher first: nng 1.5.2 can hang closing a SUB whose peer still sends */
     sub_close(&s);
-    ta_close(a);
 }
 
 static void test_the_header_is_resent_with_the_config_in_force(void) {
@@ -479,8 +479,8 @@ static void test_the_header_is_resent_with_the_config_in_force(void) {
     (void)t_end;
     TH_CHECK(headers >= 3);
     TH_CHECK(beats >= 1);
+    ta_close(a); /* the publisher first: nng 1.5.2 can hang closing a SUB whose peer still sends */
     sub_close(&s);
-    ta_close(a);
 }
 
 static void test_a_replay_request_returns_the_missing_messages(void) {
@@ -856,8 +856,8 @@ static void test_step_counts_fallbacks_by_reason(void) {
         tp_msg_free(&m);
     }
     TH_CHECK(found);
+    ta_close(a); /* the publisher first: nng 1.5.2 can hang closing a SUB whose peer still sends */
     sub_close(&s);
-    ta_close(a);
 }
 
 /* The kernel-side reasons, through the agent and the ref backend. */
@@ -1048,8 +1048,8 @@ static void test_a_hybrid_step_reports_window_weight_and_window_mass(void) {
         tp_msg_free(&m);
     }
     TH_CHECK(found);
+    ta_close(a); /* the publisher first: nng 1.5.2 can hang closing a SUB whose peer still sends */
     sub_close(&s);
-    ta_close(a);
 }
 
 static void test_autotune_locks_its_best_candidate_with_origin_autotune(void) {
@@ -1093,8 +1093,8 @@ static void test_autotune_locks_its_best_candidate_with_origin_autotune(void) {
     }
     TH_EQ_INT(found, 1);
     TH_EQ_INT(ta_config_version(a), v0 + 1);
+    ta_close(a); /* the publisher first: nng 1.5.2 can hang closing a SUB whose peer still sends */
     sub_close(&s);
-    ta_close(a);
 }
 
 /* ------------------------------------------------------------------ */

@@ -45,5 +45,11 @@ struct tc_store;
 int tc_open_history(const char *cmd, const char *db_given, int mode, struct tc_store **out);
 /* Unix time now, ns. */
 int64_t tc_now_ns(void);
+/* Called by a command that is about to close its nng sockets and return
+ * exit_code: if the closing has not finished after seconds, the process
+ * says so on stderr and exits with exit_code anyway. nng 1.5.2 (Debian's)
+ * can hang for good in nng_close of a SUB socket whose peer is still
+ * sending; everything worth keeping is already in the database by then. */
+void tc_exit_if_close_hangs(int exit_code, unsigned seconds);
 
 #endif

@@ -414,6 +414,7 @@ int tc_cmd_live(int argc, char **argv) {
     }
 
     endwin();
+    tc_exit_if_close_hangs(0, 3);
     tc_link_close(&s.link);
     tc_live_source_close(src);
     tc_history_free(&s.hist);

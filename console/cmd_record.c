@@ -101,7 +101,8 @@ int tc_cmd_record(int argc, char **argv) {
             "recorded %llu messages (%llu replayed), %llu gaps, %llu messages lost, %d runs ended\n",
             (unsigned long long)st.messages, (unsigned long long)st.replayed, (unsigned long long)st.gaps,
             (unsigned long long)st.lost_messages, st.runs_ended);
+    tc_store_close(s); /* the database first: closing the sockets can hang in nng 1.5.2 */
+    tc_exit_if_close_hangs(rc, 3);
     tc_recorder_close(rec);
-    tc_store_close(s);
     return rc;
 }

@@ -98,6 +98,7 @@ int tc_cmd_tap(int argc, char **argv) {
         printed++;
     }
     tp_buf_free(&line);
+    tc_exit_if_close_hangs(rc, 3);
     nng_close(sub);
     return rc;
 }

@@ -70,8 +70,9 @@ int tc_live_source_open(tc_live_source **out, const char *pub_url, const char *d
 
 void tc_live_source_close(tc_live_source *s) {
     if (!s) return;
-    if (s->rec) tc_recorder_close(s->rec);
+    /* the database first: closing the sockets can hang in nng 1.5.2 */
     if (s->store) tc_store_close(s->store);
+    if (s->rec) tc_recorder_close(s->rec);
     free(s);
 }
 
