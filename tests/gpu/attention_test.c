@@ -19,22 +19,9 @@
 
 #ifdef TK_HAVE_CUDA
 #include "cuda/tkcuda_util.h"
+#include "gpu_test.h"
 #include "internal.h"
 #include "plan.h"
-
-static void need_device(void) {
-    if (!tkcuda_available()) th_skip("no CUDA device");
-}
-
-static uint64_t rng_state;
-static double urand(void) {
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return ((z >> 11) + 0.5) / 9007199254740992.0;
-}
-static double nrand(void) { return sqrt(-2 * log(urand())) * cos(6.283185307179586 * urand()); }
 
 typedef struct {
     int B, H, Nq, Nk, D, Dv;
@@ -44,12 +31,6 @@ typedef struct {
     void *dq, *dk, *dv, *dout;
     uint8_t *dmask;
 } problem;
-
-static void *xmalloc(size_t n) {
-    void *p = malloc(n);
-    if (!p) th_fail(__FILE__, __LINE__, "host allocation of %zu bytes", n);
-    return p;
-}
 
 static void fill_rounded(float *h, void *d, size_t n, tk_dtype dt, double sd) {
     char err[256] = "";
@@ -63,7 +44,7 @@ static problem make_problem(int B, int H, int Nq, int Nk, int D, int Dv, tk_dtyp
     problem p;
     memset(&p, 0, sizeof p);
     p.B = B, p.H = H, p.Nq = Nq, p.Nk = Nk, p.D = D, p.Dv = Dv, p.dt = dt;
-    rng_state = seed;
+    gt_seed(seed);
     size_t nq = (size_t)B * H * Nq * D, nk = (size_t)B * H * Nk * D, nv = (size_t)B * H * Nk * Dv,
            no = (size_t)B * H * Nq * Dv, es = tk_dtype_size(dt);
     char err[256] = "";

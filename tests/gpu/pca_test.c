@@ -19,17 +19,8 @@
 
 #ifdef TK_HAVE_CUDA
 #include "cuda/tkcuda_util.h"
+#include "gpu_test.h"
 #include "internal.h"
-
-static uint64_t rng;
-static double urand(void) {
-    uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return ((z >> 11) + 0.5) / 9007199254740992.0;
-}
-static double nrand(void) { return sqrt(-2 * log(urand())) * cos(6.283185307179586 * urand()); }
 
 /* D x g orthonormal columns (row-major [D][g]) by Gram-Schmidt of normals. */
 static void random_basis(double *A, int D, int g) {
@@ -47,14 +38,14 @@ static void random_basis(double *A, int D, int g) {
 }
 
 static void check_planted(int D, int g, int H) {
-    if (!tkcuda_available()) th_skip("no CUDA device");
+    need_device();
     int T = 16, gh = 16, gw = 16, N = T + gh * gw;
     size_t n = (size_t)H * N * D;
     char err[256] = "";
     double *A = malloc(sizeof(double) * H * D * g);
     float *x = malloc(sizeof(float) * n), *Pm = malloc(sizeof(float) * D * g);
     TH_CHECK(A && x && Pm);
-    rng = 4242 + D + g;
+    gt_seed(4242 + D + g);
     for (int h = 0; h < H; h++) {
         double *Ah = A + (size_t)h * D * g;
         random_basis(Ah, D, g);

@@ -24,11 +24,8 @@
 
 #ifdef TK_HAVE_CUDA
 #include "cuda/tkcuda_util.h"
+#include "gpu_test.h"
 #include "internal.h"
-
-static void need_device(void) {
-    if (!tkcuda_available()) th_skip("no CUDA device");
-}
 
 /* Max |a - b| / max |b| over n floats; a NaN anywhere counts as infinite. */
 static double rel_max_diff(const float *a, const float *b, size_t n) {

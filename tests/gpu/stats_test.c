@@ -35,28 +35,9 @@
 
 #ifdef TK_HAVE_CUDA
 #include "cuda/tkcuda_util.h"
+#include "gpu_test.h"
 #include "internal.h"
 #include "plan.h"
-
-static void need_device(void) {
-    if (!tkcuda_available()) th_skip("no CUDA device");
-}
-
-static uint64_t rng_state;
-static double urand(void) {
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return ((z >> 11) + 0.5) / 9007199254740992.0;
-}
-static double nrand(void) { return sqrt(-2 * log(urand())) * cos(6.283185307179586 * urand()); }
-
-static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    if (!p) th_fail(__FILE__, __LINE__, "host allocation of %zu bytes", n);
-    return p;
-}
 
 typedef struct {
     int B, H, N, D;
@@ -95,7 +76,7 @@ static problem make_problem(int B, int H, int N, int D, double keep, int lowrank
     problem p;
     memset(&p, 0, sizeof p);
     p.B = B, p.H = H, p.N = N, p.D = D;
-    rng_state = seed;
+    gt_seed(seed);
     size_t n = (size_t)B * H * N * D;
     double A[256 * 16];
     for (int i = 0; i < D * 16; i++) A[i] = nrand() / sqrt((double)D);

@@ -19,21 +19,8 @@
 
 #ifdef TK_HAVE_CUDA
 #include "cuda/tkcuda_util.h"
+#include "gpu_test.h"
 #include "internal.h"
-
-static void need_device(void) {
-    if (!tkcuda_available()) th_skip("no CUDA device");
-}
-
-static uint64_t rng;
-static double urand(void) {
-    uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return ((z >> 11) + 0.5) / 9007199254740992.0;
-}
-static double nrand(void) { return sqrt(-2 * log(urand())) * cos(6.283185307179586 * urand()); }
 
 typedef struct {
     int B, H, Nq, Nk, D;
@@ -43,12 +30,6 @@ typedef struct {
     void *dq, *dk, *dv, *dout;
     uint8_t *dmask;
 } problem;
-
-static void *xmalloc(size_t n) {
-    void *p = malloc(n);
-    if (!p) th_fail(__FILE__, __LINE__, "host allocation of %zu bytes", n);
-    return p;
-}
 
 static void round_trip(float *h, void *d, size_t n, tk_dtype dt) {
     char err[256] = "";
@@ -64,7 +45,7 @@ static problem make(int B, int H, int Nq, int Nk, int D, tk_dtype dt, double sd,
     problem p;
     memset(&p, 0, sizeof p);
     p.B = B, p.H = H, p.Nq = Nq, p.Nk = Nk, p.D = D, p.dt = dt;
-    rng = seed;
+    gt_seed(seed);
     size_t nq = (size_t)B * H * Nq * D, nk = (size_t)B * H * Nk * D, es = tk_dtype_size(dt);
     char err[256] = "";
     p.q = xmalloc(nq * 4), p.k = xmalloc(nk * 4), p.v = xmalloc(nk * 4);
