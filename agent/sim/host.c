@@ -126,15 +126,15 @@ static int stage_call(buffers *b, tk_backend backend, int have_q0k0, int on_devi
 #endif
 }
 
-/* Adds the call's output to the run's checksums. A device output is summed
- * on the device when the device generator is there (nothing copied back),
- * else copied back and summed here. */
-static int checksum_output(buffers *b, tk_backend backend, tsim_workload_cuda *gwork, int bf16,
+/* Adds the call's output to the run's checksums. With the device generator
+ * the output (bf16, as its inputs) is summed on the device, nothing copied
+ * back; otherwise it is copied back if need be and summed here. */
+static int checksum_output(buffers *b, tk_backend backend, tsim_workload_cuda *gwork,
                            tsim_run_stats *st, char *err, size_t errlen) {
     double s = 0, sa = 0;
 #ifdef TK_HAVE_CUDA
     if (backend == TK_BACKEND_CUDA && gwork) {
-        if (tsim_workload_cuda_sums(gwork, b->dout, b->n, bf16, &s, &sa, err, errlen)) return 1;
+        if (tsim_workload_cuda_sums(gwork, b->dout, b->n, 1, &s, &sa, err, errlen)) return 1;
         st->output_sum += s, st->output_abs_sum += sa;
         return 0;
     }
@@ -144,7 +144,7 @@ static int checksum_output(buffers *b, tk_backend backend, tsim_workload_cuda *g
         return 1;
     }
 #else
-    (void)backend, (void)gwork, (void)bf16, (void)err, (void)errlen;
+    (void)backend, (void)gwork, (void)err, (void)errlen;
 #endif
     for (size_t i = 0; i < b->n; i++) s += b->o[i], sa += fabs(b->o[i]);
     st->output_sum += s, st->output_abs_sum += sa;
@@ -328,7 +328,7 @@ int tsim_run(const tsim_options *o, tsim_run_stats *st, char *err, size_t errlen
                 attn_ms += a2 - a1;
             }
             if ((int)res.path >= 0 && res.path < 4) st->by_path[res.path]++;
-            if (checksum_output(&buf, o->backend, gwork, gwork != NULL, st, err, errlen)) goto done;
+            if (checksum_output(&buf, o->backend, gwork, st, err, errlen)) goto done;
         }
         ta_step_end(agent);
         if (si == 0) {

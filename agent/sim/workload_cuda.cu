@@ -24,7 +24,6 @@ enum { TSIM_CUDA_CHANNELS = 32, LAYER_TOKENS = 64, SUMS_BLOCKS = 264 };
 constexpr int WROW = TSIM_CUDA_CHANNELS + 8; /* padded row of a transposed weight slice: no bank conflicts */
 
 typedef struct {
-    float *wq, *wk, *wv;   /* [C, H*D] */
     float *u, *a, *gain;   /* [H*D] */
     float *pos_weight, *text_weight; /* [H] */
     __nv_bfloat16 *wsplit; /* [H][3][2][D][WROW]: per head, q k v slices transposed, hi and lo */
@@ -85,18 +84,13 @@ __global__ void hidden_kernel(const float *text, const float *structure, const f
 }
 
 typedef struct {
-    const float *hidden, *wq, *wk, *wv, *u, *a, *gain, *pos_weight, *text_weight;
+    const float *hidden, *u, *a, *gain, *pos_weight, *text_weight;
     const __nv_bfloat16 *wsplit; /* device_layer.wsplit */
     const float *cos_row, *sin_row, *cos_col, *sin_col;
     void *q, *k, *v, *q0, *k0; /* float or __nv_bfloat16, [H,N,D] */
     int heads, head_dim, tokens, text_tokens, grid_w, a0, a1, a2;
     float pw, sharp;
 } layer_args;
-
-__device__ __forceinline__ void put(float *dst, size_t at, float x) { dst[at] = x; }
-__device__ __forceinline__ void put(__nv_bfloat16 *dst, size_t at, float x) {
-    dst[at] = __float2bfloat16_rn(x);
-}
 
 /* Sum over the warp in a fixed butterfly order (every lane gets it). */
 template <typename V> __device__ __forceinline__ V warp_sum(V v) {
@@ -316,8 +310,8 @@ extern "C" void tsim_workload_cuda_free(tsim_workload_cuda *g) {
     if (g->layers)
         for (int l = 0; l < g->f.layers; l++) {
             device_layer *dl = &g->layers[l];
-            float *ptrs[8] = {dl->wq, dl->wk, dl->wv, dl->u, dl->a, dl->gain, dl->pos_weight, dl->text_weight};
-            for (int i = 0; i < 8; i++) cudaFree(ptrs[i]);
+            float *ptrs[5] = {dl->u, dl->a, dl->gain, dl->pos_weight, dl->text_weight};
+            for (int i = 0; i < 5; i++) cudaFree(ptrs[i]);
             cudaFree(dl->wsplit);
         }
     float *ptrs[8] = {g->structure, g->noise, g->text, g->cos_row, g->sin_row, g->cos_col, g->sin_col, g->hidden};
@@ -327,7 +321,6 @@ extern "C" void tsim_workload_cuda_free(tsim_workload_cuda *g) {
     free(g);
 }
 
-/* Uploads a layer's projections and head weights (once; open does every layer). */
 /* wsplit[h][m][half][d][c] = hi or lo bf16 half of w_m[c][h D + d] (layer_kernel's layout). */
 __global__ void split_weights_kernel(const float *wq, const float *wk, const float *wv, int H, int D,
                                      __nv_bfloat16 *out) {
@@ -344,9 +337,10 @@ __global__ void split_weights_kernel(const float *wq, const float *wk, const flo
     }
 }
 
-static int ensure_layer(tsim_workload_cuda *g, int layer, char *err, size_t errlen) {
+/* Draws a layer's weights on the CPU (the CPU workload's draws) and uploads
+ * them: the projections as layer_kernel's split bf16 slices, the rest as is. */
+static int upload_layer(tsim_workload_cuda *g, int layer, char *err, size_t errlen) {
     device_layer *dl = &g->layers[layer];
-    if (dl->wq) return 0;
     tsim_layer_fields lf;
     if (tsim_workload_layer_fields(g->w, layer, &lf, g->host_pos, g->host_text)) {
         snprintf(err, errlen, "cuda generator: layer %d: out of memory drawing its weights", layer);
@@ -355,8 +349,9 @@ static int ensure_layer(tsim_workload_cuda *g, int layer, char *err, size_t errl
     size_t HD = (size_t)g->f.heads * g->f.head_dim, CW = TSIM_CUDA_CHANNELS * HD;
     device_layer tmp;
     memset(&tmp, 0, sizeof tmp);
-    int bad = upload(&tmp.wq, lf.wq, CW, err, errlen) || upload(&tmp.wk, lf.wk, CW, err, errlen) ||
-              upload(&tmp.wv, lf.wv, CW, err, errlen) || upload(&tmp.u, lf.u, HD, err, errlen) ||
+    float *wq = NULL, *wk = NULL, *wv = NULL; /* f32 [C, H*D], only until split */
+    int bad = upload(&wq, lf.wq, CW, err, errlen) || upload(&wk, lf.wk, CW, err, errlen) ||
+              upload(&wv, lf.wv, CW, err, errlen) || upload(&tmp.u, lf.u, HD, err, errlen) ||
               upload(&tmp.a, lf.a, HD, err, errlen) || upload(&tmp.gain, lf.gain, HD, err, errlen) ||
               upload(&tmp.pos_weight, g->host_pos, (size_t)g->f.heads, err, errlen) ||
               upload(&tmp.text_weight, g->host_text, (size_t)g->f.heads, err, errlen);
@@ -367,12 +362,14 @@ static int ensure_layer(tsim_workload_cuda *g, int layer, char *err, size_t errl
     }
     if (!bad) bad = cuda_ok(cudaMemset(tmp.wsplit, 0, nsplit * sizeof(__nv_bfloat16)), "clearing", err, errlen);
     if (!bad) {
-        split_weights_kernel<<<256, 256>>>(tmp.wq, tmp.wk, tmp.wv, g->f.heads, g->f.head_dim, tmp.wsplit);
-        bad = cuda_ok(cudaGetLastError(), "weight split kernel", err, errlen);
+        split_weights_kernel<<<256, 256>>>(wq, wk, wv, g->f.heads, g->f.head_dim, tmp.wsplit);
+        bad = cuda_ok(cudaGetLastError(), "weight split kernel", err, errlen) ||
+              cuda_ok(cudaDeviceSynchronize(), "weight split kernel", err, errlen);
     }
+    cudaFree(wq), cudaFree(wk), cudaFree(wv);
     if (bad) {
-        float *ptrs[8] = {tmp.wq, tmp.wk, tmp.wv, tmp.u, tmp.a, tmp.gain, tmp.pos_weight, tmp.text_weight};
-        for (int i = 0; i < 8; i++) cudaFree(ptrs[i]);
+        float *ptrs[5] = {tmp.u, tmp.a, tmp.gain, tmp.pos_weight, tmp.text_weight};
+        for (int i = 0; i < 5; i++) cudaFree(ptrs[i]);
         cudaFree(tmp.wsplit);
         return 1;
     }
@@ -432,7 +429,7 @@ extern "C" int tsim_workload_cuda_open(struct tsim_workload *w, tsim_workload_cu
     }
     /* Every layer's weights now, so that no step pays for drawing them. */
     for (int l = 0; l < f->layers; l++)
-        if (ensure_layer(g, l, err, errlen)) {
+        if (upload_layer(g, l, err, errlen)) {
             tsim_workload_cuda_free(g);
             return 1;
         }
@@ -457,7 +454,7 @@ extern "C" int tsim_workload_cuda_layer(tsim_workload_cuda *g, int layer, double
     }
     const device_layer *dl = &g->layers[layer];
     layer_args p;
-    p.hidden = g->hidden, p.wq = dl->wq, p.wk = dl->wk, p.wv = dl->wv, p.wsplit = dl->wsplit;
+    p.hidden = g->hidden, p.wsplit = dl->wsplit;
     p.u = dl->u, p.a = dl->a, p.gain = dl->gain;
     p.pos_weight = dl->pos_weight, p.text_weight = dl->text_weight;
     p.cos_row = g->cos_row, p.sin_row = g->sin_row, p.cos_col = g->cos_col, p.sin_col = g->sin_col;

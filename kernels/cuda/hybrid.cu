@@ -933,32 +933,28 @@ void *eig_worker(void *arg) {
     const int D = j->D, g = j->g;
     const int il = D - g + 1, iu = D;
     const double vl = 0, vu = 0, abstol = 0;
+    // one workspace per worker, sized by a query (it depends on D only)
+    int nn = D, m = 0, info = 0, lwork = -1, liwork = -1, iwq = 0;
+    double wq = 0;
+    double *eval = (double *)malloc(sizeof(double) * D), *z = (double *)malloc(sizeof(double) * D * g);
+    int *isuppz = (int *)malloc(sizeof(int) * 2 * D);
+    if (eval && z && isuppz)
+        dsyevr_("V", "I", "L", &nn, j->Ch, &nn, &vl, &vu, &il, &iu, &abstol, &m, eval, z, &nn, isuppz, &wq, &lwork,
+                &iwq, &liwork, &info, 1, 1, 1);
+    lwork = info == 0 && wq >= 1 ? (int)wq : 26 * D;
+    liwork = info == 0 && iwq >= 1 ? iwq : 10 * D;
+    double *work = (double *)malloc(sizeof(double) * lwork);
+    int *iwork = (int *)malloc(sizeof(int) * liwork);
+    if (!eval || !z || !isuppz || !work || !iwork) __atomic_store_n(&j->nomem, 1, __ATOMIC_RELAXED);
     for (;;) {
+        if (__atomic_load_n(&j->nomem, __ATOMIC_RELAXED)) break;
         int hh = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
         if (hh >= j->H) break;
         double *a = j->Ch + (size_t)hh * D * D; // symmetric: row- and column-major alike
-        int nn = D, lda = D, m = 0, info = 0, lwork = -1, liwork = -1, iwq = 0;
-        double wq = 0;
-        double *eval = (double *)malloc(sizeof(double) * D), *z = (double *)malloc(sizeof(double) * D * g);
-        int *isuppz = (int *)malloc(sizeof(int) * 2 * D);
-        if (eval && z && isuppz)
-            dsyevr_("V", "I", "L", &nn, a, &lda, &vl, &vu, &il, &iu, &abstol, &m, eval, z, &nn, isuppz, &wq,
-                    &lwork, &iwq, &liwork, &info, 1, 1, 1);
-        lwork = info == 0 && wq >= 1 ? (int)wq : 26 * D;
-        liwork = info == 0 && iwq >= 1 ? iwq : 10 * D;
-        double *work = (double *)malloc(sizeof(double) * lwork);
-        int *iwork = (int *)malloc(sizeof(int) * liwork);
-        if (!eval || !z || !isuppz || !work || !iwork) {
-            free(eval), free(z), free(isuppz), free(work), free(iwork);
-            __atomic_store_n(&j->nomem, 1, __ATOMIC_RELAXED);
-            continue;
-        }
         info = 0;
-        dsyevr_("V", "I", "L", &nn, a, &lda, &vl, &vu, &il, &iu, &abstol, &m, eval, z, &nn, isuppz, work, &lwork,
+        dsyevr_("V", "I", "L", &nn, a, &nn, &vl, &vu, &il, &iu, &abstol, &m, eval, z, &nn, isuppz, work, &lwork,
                 iwork, &liwork, &info, 1, 1, 1);
-        free(work), free(iwork), free(isuppz), free(eval);
         if (info != 0 || m != g) {
-            free(z);
             __atomic_store_n(&j->info, info != 0 ? info : -1000 - m, __ATOMIC_RELAXED);
             continue;
         }
@@ -971,8 +967,8 @@ void *eig_worker(void *arg) {
             for (int b = 0; b < j->B; b++)
                 for (int i = 0; i < D; i++) j->host[((size_t)(b * j->H + hh) * D + i) * g + r] = (float)(sign * vec[i]);
         }
-        free(z);
     }
+    free(eval), free(z), free(isuppz), free(work), free(iwork);
     return nullptr;
 }
 
@@ -1021,12 +1017,11 @@ int pca_for(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, cons
     const int count = cfg->pca_samples > 0 ? cfg->pca_samples : 0;
     float *host = (float *)malloc(sizeof(float) * BH * D * g);
     double *Ch = (double *)malloc(sizeof(double) * (size_t)H * D * D);
-    double *eval = (double *)malloc(sizeof(double) * D);
     tki_pca_row *sel = (tki_pca_row *)malloc(sizeof(tki_pca_row) * (count > 0 ? count : 1));
     int *sel3 = (int *)malloc(sizeof(int) * 3 * (count > 0 ? count : 1));
     uint8_t *hmask = call->key_mask ? (uint8_t *)malloc((size_t)B * call->Nk) : nullptr;
     int rc = 0;
-    if (!host || !Ch || !eval || !sel || !sel3 || (call->key_mask && !hmask)) {
+    if (!host || !Ch || !sel || !sel3 || (call->key_mask && !hmask)) {
         snprintf(err, errlen, "PCA: host allocation");
         rc = 2;
     }
@@ -1126,7 +1121,7 @@ int pca_for(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, cons
             rc = 1;
         }
     }
-    free(host), free(Ch), free(eval), free(sel), free(sel3), free(hmask);
+    free(host), free(Ch), free(sel), free(sel3), free(hmask);
     if (rc) {
         e->step_fit = -1000000000; // refit next time
         return rc;
