@@ -4,14 +4,19 @@
 //
 // Errors: every CUDA call is checked; a failure is the backend_error reason
 // with the CUDA text in res->detail, a failed allocation is out_of_memory.
-// The output o is written only when the call succeeds: Taylor writes into a
-// workspace copy first and copies it to o once the denominator rule passed.
+// The output o is written only when the call succeeds. Taylor on the small
+// path (slice dim 16, P <= 3) takes the verdict on the device: its apply
+// kernel writes o only when the denominator rule passed and nothing was
+// non-finite (run_taylor_small); the other Taylor calls (and the small path
+// with TKC_SMALL_OLD set) write into a workspace copy first and copy it to o
+// once the rule passed.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "cuda_internal.h"
+#include "taylor_small.h"
 
 namespace {
 
@@ -51,6 +56,13 @@ struct cuda_state {
     cudaEvent_t ev0, ev1;
     int ev1_recorded; // this call's ev1 is queued (before its stats: kernel_ms leaves them out)
     tkc_hybrid_state *hybrid; // owned: PCA cache and hybrid workspace
+    tkc_small_record *rec_h;  // owned pinned: the record of a small-path Taylor call
+    // The probe rows on the device for the small-path Taylor call, uploaded
+    // when the draw changes (seed, pool, count).
+    int *prow_d;              // owned device [prow_cap]
+    int prow_cap, prow_valid;
+    uint64_t prow_seed;
+    int64_t prow_pool, prow_count;
 };
 
 // Grows the workspace to at least bytes. 0 ok, 2 allocation failed, 1 other error.
@@ -145,8 +157,7 @@ struct sampled {
 // +2.1% / +6.1% at P=3 b=8 with / without the probe, against +4.2% / +4.9%
 // on the call's stream; docs/GPU-NOTES.md.) Both return 0, or nonzero with
 // res failed.
-int inputs_begin(cuda_state *s, const tk_call *call, const tk_config *cfg, tk_mode mode,
-                 const tk_stats_request *sreq, cudaStream_t st, sampled *sm, tk_result *res) {
+int inputs_scan(cuda_state *s, const tk_call *call, tk_mode mode, cudaStream_t st, tk_result *res) {
     char err[192] = "";
     const size_t BH = (size_t)call->B * call->H;
     const void *p[TKC_SCAN_MAX] = {call->q, call->k, call->v, call->q0, call->k0};
@@ -163,6 +174,12 @@ int inputs_begin(cuda_state *s, const tk_call *call, const tk_config *cfg, tk_mo
         tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
         return 1;
     }
+    return 0;
+}
+
+// The sampled rows of a call (quality, probe) into sm; 0, or 1 with res failed.
+int inputs_rows(cuda_state *s, const tk_call *call, const tk_config *cfg, tk_mode mode,
+                const tk_stats_request *sreq, sampled *sm, tk_result *res) {
     memset(sm, 0, sizeof *sm);
     int want = quality_count(call, sreq);
     if (want) sm->qrows = sampled_rows(&s->quality, sreq->seed, TKI_SALT_QUALITY, call->Nq, want, &sm->ns);
@@ -173,6 +190,11 @@ int inputs_begin(cuda_state *s, const tk_call *call, const tk_config *cfg, tk_mo
         return 1;
     }
     return 0;
+}
+
+int inputs_begin(cuda_state *s, const tk_call *call, const tk_config *cfg, tk_mode mode,
+                 const tk_stats_request *sreq, cudaStream_t st, sampled *sm, tk_result *res) {
+    return inputs_scan(s, call, mode, st, res) || inputs_rows(s, call, cfg, mode, sreq, sm, res);
 }
 
 int inputs_verdict(cuda_state *s, tk_result *res) {
@@ -404,6 +426,136 @@ int run_stats(cuda_state *s, const tk_call *call, const tk_config *cfg, tk_mode 
     return 0;
 }
 
+// Taylor on the small path (taylor_small.h), one pass: phase A, sum, den
+// pass and apply are queued at once; the apply kernel writes the caller's o
+// only when the device found nothing non-finite and the rule passed (probe
+// rows and all den). One synchronization at the end brings the record back
+// (pinned); the host then names the reason with the priority of the
+// probe/run path: bad_input (the input scan runs only when the record saw a
+// NaN/Inf: sums of k and v, a den -- or up front when a key mask hides rows
+// from phase A), the probe's den, then every den. Returns TK_OK with res set.
+int run_taylor_small(cuda_state *s, const tk_call *call, const tk_config *cfg, const tk_stats_request *sreq,
+                     cudaStream_t st, tk_result *res, tkc_taylor_args *a, int pn) {
+    char err[192] = "";
+    const bool stats_on = sreq != nullptr;
+    size_t ws_t = tkc_taylor_workspace(a, s->num_sms);
+    if (ws_t == 0) {
+        snprintf(err, sizeof err, "taylor on cuda: slice dims d=%d dv=%d, P=%d not supported", call->D / a->blocks,
+                 call->Dv / a->blocks, a->terms);
+        tkc_fail(res, TK_REASON_UNSUPPORTED_SHAPE, err);
+        return TK_OK;
+    }
+    int rc = ensure_ws(s, align256(ws_t), err, sizeof err);
+    if (rc) {
+        fail_rc(res, rc, err);
+        return TK_OK;
+    }
+    const bool pre_scan = call->key_mask != nullptr; // phase A never reads masked key rows
+    if (pre_scan && inputs_scan(s, call, TK_MODE_TAYLOR, st, res)) return TK_OK;
+    sampled sm;
+    if (inputs_rows(s, call, cfg, TK_MODE_TAYLOR, sreq, &sm, res)) return TK_OK;
+    if (pn > 0) {
+        if (!(s->prow_valid && s->prow_seed == (uint64_t)cfg->seed && s->prow_pool == call->Nq &&
+              s->prow_count == cfg->probe_samples)) {
+            s->prow_valid = 0;
+            if (pn > s->prow_cap) {
+                if (s->prow_d) cudaFree(s->prow_d);
+                s->prow_d = nullptr;
+                s->prow_cap = 0;
+                if (cudaMalloc(&s->prow_d, sizeof(int) * pn) != cudaSuccess) {
+                    (void)cudaGetLastError();
+                    s->prow_d = nullptr;
+                    tkc_fail(res, TK_REASON_OUT_OF_MEMORY, "device buffer of the probe rows");
+                    return TK_OK;
+                }
+                s->prow_cap = pn;
+            }
+            cudaError_t e = cudaMemcpyAsync(s->prow_d, sm.prows, sizeof(int) * pn, cudaMemcpyHostToDevice, st);
+            if (e != cudaSuccess) {
+                snprintf(err, sizeof err, "probe rows: %s", cudaGetErrorString(e));
+                tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
+                return TK_OK;
+            }
+            s->prow_seed = (uint64_t)cfg->seed, s->prow_pool = call->Nq, s->prow_count = cfg->probe_samples;
+            s->prow_valid = 1;
+        }
+        a->probe_rows = s->prow_d;
+    }
+    tkc_small_rule rule;
+    memset(&rule, 0, sizeof rule);
+    rule.fallback_on_negative = cfg->fallback_on_negative;
+    rule.frac_limit = cfg->denom_fallback_frac_limit;
+    rule.scan_d = pre_scan ? s->scan_d : nullptr;
+    rule.scan_n = 3;
+    rc = tkc_taylor_small_call(a, &rule, s->ws, ws_t, s->num_sms, st, s->rec_h, err, sizeof err);
+    if (rc) {
+        fail_rc(res, rc, err);
+        return TK_OK;
+    }
+    cudaError_t e = cudaStreamSynchronize(st);
+    if (e != cudaSuccess) {
+        snprintf(err, sizeof err, "taylor: %s", cudaGetErrorString(e));
+        tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
+        return TK_OK;
+    }
+    tkc_small_record rec = *s->rec_h;
+    tkc_small_decode(&rec.den);
+    if (pre_scan) {
+        if (inputs_verdict(s, res)) return TK_OK;
+    } else if (rec.suspicious || rec.probe_nf || rec.den.n_nonfinite) { // NaN/Inf inputs make NaN sums or den
+        if (inputs_scan(s, call, TK_MODE_TAYLOR, st, res) || inputs_verdict(s, res)) return TK_OK;
+    }
+    if (pn > 0) {
+        if (rec.probe_nf) {
+            snprintf(err, sizeof err, "probe: %llu of %llu denominators are NaN or Inf", rec.probe_nf, rec.probe_n);
+            tkc_fail(res, TK_REASON_DENOMINATOR_INVALID, err);
+            res->stage = TK_STAGE_PROBE;
+            return TK_OK;
+        }
+        if (too_small(cfg, rec.probe_le, rec.probe_n)) {
+            snprintf(err, sizeof err, "probe: %llu of %llu denominators <= eps %g", rec.probe_le, rec.probe_n,
+                     cfg->eps);
+            tkc_fail(res, TK_REASON_DENOMINATOR_TOO_SMALL, err);
+            res->stage = TK_STAGE_PROBE;
+            return TK_OK;
+        }
+    }
+    const tkc_den_stats &den = rec.den;
+    if (stats_on) {
+        res->stats.den.n = (int64_t)den.n;
+        res->stats.den.n_le_eps = (int64_t)den.n_le_eps;
+        res->stats.den.n_nonfinite = (int64_t)den.n_nonfinite;
+        unsigned long long nfin = den.n - den.n_nonfinite;
+        res->stats.den.min = nfin ? den.min : NAN;
+        res->stats.den.max = nfin ? den.max : NAN;
+        res->stats.den.mean = nfin ? den.sum / (double)nfin : NAN;
+        res->stats.have |= TK_HAVE_DENOMS;
+    }
+    if (den.n_nonfinite) {
+        snprintf(err, sizeof err, "%llu of %llu denominators are NaN or Inf", den.n_nonfinite, den.n);
+        tkc_fail(res, TK_REASON_DENOMINATOR_INVALID, err);
+        res->stage = TK_STAGE_FULL;
+        return TK_OK;
+    }
+    if (too_small(cfg, den.n_le_eps, den.n)) {
+        snprintf(err, sizeof err, "%llu of %llu denominators <= eps %g", den.n_le_eps, den.n, cfg->eps);
+        tkc_fail(res, TK_REASON_DENOMINATOR_TOO_SMALL, err);
+        res->stage = TK_STAGE_FULL;
+        return TK_OK;
+    }
+    if (!rec.applied) { // the device guard stopped a call the host finds good (a sum overflowed, say)
+        rc = tkc_taylor_small_apply(a, s->ws, ws_t, s->num_sms, st, err, sizeof err);
+        if (rc) {
+            fail_rc(res, rc, err);
+            return TK_OK;
+        }
+    }
+    if (stats_on && run_stats(s, call, cfg, TK_MODE_TAYLOR, sreq, call->o, &sm, st, res)) return TK_OK;
+    res->reason = TK_REASON_NONE;
+    res->path = TK_PATH_TAYLOR;
+    return TK_OK;
+}
+
 int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg, const tk_stats_request *sreq,
                cudaStream_t st, tk_result *res) {
     char err[192] = "";
@@ -441,6 +593,9 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg, const t
     a.split = sp ? atoi(sp) : 0;
     a.probe_n = pn;
     res->R = tkc_feature_count(d, a.terms);
+    a.o = call->o; // the small path writes the caller's o itself (TKC_SMALL_OLD: the probe/run path, as before)
+    if (!getenv("TKC_SMALL_OLD") && tkc_small_handles(&a)) return run_taylor_small(s, call, cfg, sreq, st, res, &a, pn);
+    a.o = nullptr;
 
     size_t ws_t = tkc_taylor_workspace(&a, s->num_sms);
     if (ws_t == 0) {
@@ -581,12 +736,14 @@ extern "C" int tkcuda_open(tk_context *ctx, char *err, size_t errlen) {
     if (e == cudaSuccess && (e = cudaEventCreate(&s->ev1)) == cudaSuccess) made = 2;
     if (e == cudaSuccess) e = cudaMalloc(&s->scan_d, sizeof(unsigned long long) * TKC_SCAN_MAX);
     if (e == cudaSuccess) e = cudaMallocHost(&s->scan_h, sizeof(unsigned long long) * TKC_SCAN_MAX);
+    if (e == cudaSuccess) e = cudaMallocHost(&s->rec_h, sizeof(tkc_small_record));
     if (e == cudaSuccess && (e = cudaEventCreateWithFlags(&s->scan_done, cudaEventDisableTiming)) == cudaSuccess)
         made = 3;
     if (e != cudaSuccess) {
         snprintf(err, errlen, "cuda backend: %s", cudaGetErrorString(e));
         if (s->scan_d) cudaFree(s->scan_d);
         if (s->scan_h) cudaFreeHost(s->scan_h);
+        if (s->rec_h) cudaFreeHost(s->rec_h);
         if (made > 0) cudaEventDestroy(s->ev0);
         if (made > 1) cudaEventDestroy(s->ev1);
         free(s);
@@ -602,6 +759,8 @@ extern "C" void tkcuda_close(tk_context *ctx) {
     if (s->ws) cudaFree(s->ws);
     cudaFree(s->scan_d);
     cudaFreeHost(s->scan_h);
+    cudaFreeHost(s->rec_h);
+    if (s->prow_d) cudaFree(s->prow_d);
     if (s->sws) cudaFree(s->sws);
     if (s->shost) cudaFreeHost(s->shost);
     if (s->proj_d) cudaFree(s->proj_d);

@@ -796,6 +796,28 @@ int tkc_taylor_probe(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int nu
     return 0;
 }
 
+int tkc_taylor_small_call(const tkc_taylor_args *a, const tkc_small_rule *rule, void *ws, size_t ws_bytes,
+                          int num_sms, cudaStream_t st, tkc_small_record *host_rec, char *err, size_t errlen) {
+    Layout L;
+    if (!tkc_small_handles(a) || !layout_of(a, num_sms, &L) || ws_bytes < L.off_part) {
+        snprintf(err, errlen, "taylor (small) call: bad layout");
+        return 3;
+    }
+    return tkc_small_call(a, rule, (unsigned char *)ws + L.off_part, ws_bytes - L.off_part, num_sms, st, host_rec,
+                          err, errlen);
+}
+
+int tkc_taylor_small_apply(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_sms, cudaStream_t st,
+                           char *err, size_t errlen) {
+    Layout L;
+    if (!tkc_small_handles(a) || !layout_of(a, num_sms, &L) || ws_bytes < L.off_part) {
+        snprintf(err, errlen, "taylor (small) apply: bad layout");
+        return 3;
+    }
+    return tkc_small_apply_ungated(a, (unsigned char *)ws + L.off_part, ws_bytes - L.off_part, num_sms, st, err,
+                                   errlen);
+}
+
 int tkc_taylor_run(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_sms,
                    cudaStream_t st, tkc_den_stats *den, char *err, size_t errlen) {
     Layout L;

@@ -47,7 +47,9 @@ constexpr int SUM_WARPS = 16; // warps of the sum kernel       // apply k-steps:
 constexpr int KTA = 64;       // keys per phase-A stage
 constexpr int QTB = 64;       // queries per apply stage
 constexpr int LDC = 24;       // converted rows in halves (48 B: conflict-free ldmatrix)
-constexpr int NCONST = 64 + 256; // per slice: scale[16] sumv[16] mu[16] N' gscale .. G[16][16]
+constexpr int NCONST = 64 + 256; // per slice: scale[16] sumv[16] mu[16] N' gscale .. G''[136] ..
+constexpr int OFF_TRI = 64;      // G'' (upper triangle of G + G^T, diagonal G_mm) in consts
+constexpr int NTRI = 136;
 
 size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
 
@@ -143,7 +145,7 @@ template <typename TI, int NB> constexpr size_t smem_b() {
 // converted to f16 k' (modified, scaled) and v in shared memory.
 template <typename TI, int NB, bool FAST>
 __global__ void __launch_bounds__(64 * NB, 1)
-    small_reduce_kernel(SArgs a, float4 *__restrict__ part, int *__restrict__ cnt) {
+    small_reduce_kernel(SArgs a, float4 *__restrict__ part, int *__restrict__ cnt, tkc_small_record *rec) {
     using MT = typename std::conditional<FAST, TI, __half>::type; // mma input type
     constexpr int D = 16 * NB, NTH = 64 * NB, RLD = raw_ld<TI, NB>(), ST = a_stages<TI, FAST>();
     constexpr int EPC = 16 / (int)sizeof(TI), CPR = D / EPC; // elements per 16 B, chunks per row
@@ -178,6 +180,11 @@ __global__ void __launch_bounds__(64 * NB, 1)
     };
 
     if (tid == 0) s_cnt = 0;
+    if (tid == 0 && sp == 0 && bh == 0) { // the sum kernel counts the probe rows, the den pass the rest
+        rec->probe_n = rec->probe_le = rec->probe_nf = 0ull;
+        rec->suspicious = 0u;
+        rec->applied = 0u;
+    }
     __syncthreads();
     float acc[16][4];
 #pragma unroll
@@ -296,8 +303,9 @@ __global__ void __launch_bounds__(64 * NB, 1)
 template <typename TI>
 __global__ void __launch_bounds__(32 * SUM_WARPS)
     small_sum_kernel(SArgs a, const float4 *__restrict__ part, const int *__restrict__ cnt, int NB, int P,
-                     float fs2, float fs1, uint2 *sfrag, uint2 *gfrag, float *consts, tkc_den_stats *den,
+                     float fs2, float fs1, uint2 *sfrag, uint2 *gfrag, float *consts, tkc_small_record *rec,
                      const int *rows, int pn, float *probe_out) {
+    tkc_den_stats *den = &rec->den;
     __shared__ float4 S[NTILE][32];
     __shared__ unsigned colmax[16], gmax;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
@@ -331,6 +339,10 @@ __global__ void __launch_bounds__(32 * SUM_WARPS)
         }
         float4 s = make_float4((r[0].x + r[1].x) + (r[2].x + r[3].x), (r[0].y + r[1].y) + (r[2].y + r[3].y),
                                (r[0].z + r[1].z) + (r[2].z + r[3].z), (r[0].w + r[1].w) + (r[2].w + r[3].w));
+        // sum v and sum k' take every element of v and k (unmasked keys): a
+        // NaN/Inf there is NaN/Inf here; the host then runs the input scan
+        if ((tau == 26 || tau == 29) && !(isfinite(s.x) && isfinite(s.y) && isfinite(s.z) && isfinite(s.w)))
+            atomicOr(&rec->suspicious, 1u);
         if (tau < 24) { // degree 2: weight of pair (m, b)
             const int m = tau < 8 ? tau : tau - 8, b0 = 2 * t + (tau < 8 ? 0 : 8), b1 = b0 + 1;
             const float w0 = P < 3 ? 0.f : b0 > m ? fs2 : b0 == m ? 0.5f * fs2 : 0.f;
@@ -393,10 +405,17 @@ __global__ void __launch_bounds__(32 * SUM_WARPS)
         C[48] = Ns = (float)n;
         C[49] = gs;
     }
-    if (pn <= 0) return;
     __syncthreads();
+    if (tid < NTRI) { // G'' for the den pass: the upper triangle row by row, G_mm and G_mb + G_bm
+        int m = 0, idx = tid;
+        while (idx >= 16 - m) idx -= 16 - m, m++;
+        const int b = m + idx;
+        C[OFF_TRI + tid] = b == m ? Gs[m][m] : Gs[m][b] + Gs[b][m];
+    }
+    if (pn <= 0) return;
     // probe: den = N' + q'.mu + q'^T G q' / 2 for the sampled rows (SPEC 3.4)
     const int D = 16 * NB, c = bhc % NB;
+    unsigned long long p_nf = 0, p_le = 0;
     for (int p = tid; p < pn; p += 32 * SUM_WARPS) {
         const TI *qr = reinterpret_cast<const TI *>(a.q) + ((size_t)bh * a.Nq + rows[p]) * D + c * 16;
         float x[16], ss = 0.f;
@@ -418,7 +437,169 @@ __global__ void __launch_bounds__(32 * SUM_WARPS)
             for (int b = 0; b < 16; b++) r += Gs[m][b] * x[b];
             quad += xm * r;
         }
-        probe_out[(size_t)bhc * pn + p] = Ns + lin + 0.5f * quad;
+        const float dp = Ns + lin + 0.5f * quad;
+        probe_out[(size_t)bhc * pn + p] = dp;
+        if (!isfinite(dp)) p_nf++;
+        else if (dp <= a.eps) p_le++;
+    }
+    if (p_nf) atomicAdd(&rec->probe_nf, p_nf);
+    if (p_le) atomicAdd(&rec->probe_le, p_le);
+    if (tid == 0) atomicAdd(&rec->probe_n, (unsigned long long)pn);
+}
+
+// ---- the one-pass call: den of every query before anything reaches o ----
+
+constexpr int DEN_TH = 256; // threads of the den pass
+constexpr int DEN_RPT = 4;  // rows per thread (one load of G'' serves them)
+constexpr int GST = 156;    // floats per slice in shared memory: G''[136] mu[16] N' (156 = 28 mod 32:
+                            // LDS.128 of 8 slices hit 8 disjoint groups of 4 banks)
+
+// The device's version of the rule (SPEC 3.1) and of the input verdict; the
+// host (backend.cu) applies the same rule to the same counters.
+__device__ __forceinline__ bool rule_small(unsigned long long le, unsigned long long n, const tkc_small_rule &r) {
+    if (!r.fallback_on_negative || le == 0) return false;
+    if (r.frac_limit <= 0) return true;
+    return (double)le / (double)n > r.frac_limit;
+}
+__device__ bool record_passes(const tkc_small_record *rec, const tkc_small_rule &r) {
+    if (rec->suspicious || rec->probe_nf || rec->den.n_nonfinite) return false;
+    if (rule_small(rec->probe_le, rec->probe_n, r) || rule_small(rec->den.n_le_eps, rec->den.n, r)) return false;
+    if (r.scan_d)
+        for (int i = 0; i < r.scan_n; i++)
+            if (r.scan_d[i] != ~0ull) return false;
+    return true;
+}
+
+// Den pass: den = N' + x.mu + x^T G x / 2, x = q * the row's factor (SPEC
+// 3.3 and sqrt(s); the probe's formula, fp32), for every (query, slice),
+// written to den_out [B*H*NB][Nq] and counted into rec->den. Units: (head,
+// ROWS rows); thread = (slice, row group) with DEN_RPT rows, so a warp reads
+// whole rows. A NaN/Inf element of q makes its den NaN/Inf (counted: the
+// host then runs the input scan).
+template <typename TI, int NB>
+__global__ void __launch_bounds__(DEN_TH)
+    small_den_kernel(SArgs a, const float *__restrict__ consts, float *__restrict__ den_out, tkc_small_record *rec,
+                     int units, int tiles) {
+    constexpr int D = 16 * NB, GROUPS = DEN_TH / NB, ROWS = GROUPS * DEN_RPT;
+    __shared__ __align__(16) float sg[NB * GST];
+    __shared__ unsigned long long s_n, s_le, s_nf;
+    __shared__ unsigned s_min, s_max;
+    __shared__ double s_sum;
+    const int tid = threadIdx.x, c = tid % NB, grp = tid / NB, lane = tid & 31;
+    const int u0 = (int)((long long)blockIdx.x * units / gridDim.x);
+    const int nu = (int)((long long)(blockIdx.x + 1) * units / gridDim.x) - u0;
+    if (tid == 0) s_n = s_le = s_nf = 0ull, s_min = 0xffffffffu, s_max = 0u, s_sum = 0.0;
+    unsigned n_all = 0, n_le = 0, n_nf = 0, emin = 0xffffffffu, emax = 0u;
+    double dsum = 0.0;
+    int cur_bh = -1;
+    for (int i = 0; i < nu; i++) {
+        const int u = u0 + i, bh = u / tiles, r0 = (u - bh * tiles) * ROWS;
+        if (bh != cur_bh) {
+            __syncthreads(); // everyone is done with the previous head's constants
+            for (int e = tid; e < NB * (GST - 3); e += DEN_TH) {
+                const int sl = e / (GST - 3), j = e - sl * (GST - 3);
+                const float *src = consts + (size_t)(bh * NB + sl) * NCONST;
+                sg[sl * GST + j] = j < NTRI ? src[OFF_TRI + j] : j < NTRI + 16 ? src[32 + j - NTRI] : src[48];
+            }
+            __syncthreads();
+            cur_bh = bh;
+        }
+        const TI *qb = reinterpret_cast<const TI *>(a.q) + (size_t)bh * a.Nq * D + c * 16;
+        float x[DEN_RPT][16];
+#pragma unroll
+        for (int j = 0; j < DEN_RPT; j++) {
+            const int row = r0 + j * GROUPS + grp;
+            if (row < a.Nq) {
+                load16(qb + (size_t)row * D, x[j]);
+            } else {
+#pragma unroll
+                for (int m = 0; m < 16; m++) x[j][m] = 0.f;
+            }
+        }
+        const float *G = sg + c * GST;
+        float lin[DEN_RPT], quad[DEN_RPT], t[DEN_RPT];
+#pragma unroll
+        for (int j = 0; j < DEN_RPT; j++) {
+            float f = a.sqrt_s;
+            if (a.modify) {
+                float ss = 0.f;
+#pragma unroll
+                for (int m = 0; m < 16; m++) ss += x[j][m] * x[j][m];
+                f = row_fac(ss, a);
+            }
+#pragma unroll
+            for (int m = 0; m < 16; m++) x[j][m] *= f;
+            lin[j] = quad[j] = t[j] = 0.f;
+        }
+#pragma unroll
+        for (int m4 = 0; m4 < 4; m4++) {
+            const float4 mu = reinterpret_cast<const float4 *>(G + NTRI)[m4];
+#pragma unroll
+            for (int j = 0; j < DEN_RPT; j++)
+                lin[j] += x[j][4 * m4] * mu.x + x[j][4 * m4 + 1] * mu.y + x[j][4 * m4 + 2] * mu.z +
+                          x[j][4 * m4 + 3] * mu.w;
+        }
+        {
+            float4 g4 = make_float4(0.f, 0.f, 0.f, 0.f);
+            int idx = 0;
+#pragma unroll
+            for (int m = 0; m < 16; m++) {
+#pragma unroll
+                for (int b = m; b < 16; b++, idx++) {
+                    if ((idx & 3) == 0) g4 = reinterpret_cast<const float4 *>(G)[idx >> 2];
+                    const float gv = (idx & 3) == 0 ? g4.x : (idx & 3) == 1 ? g4.y : (idx & 3) == 2 ? g4.z : g4.w;
+#pragma unroll
+                    for (int j = 0; j < DEN_RPT; j++) t[j] = b == m ? gv * x[j][b] : t[j] + gv * x[j][b];
+                }
+#pragma unroll
+                for (int j = 0; j < DEN_RPT; j++) quad[j] += x[j][m] * t[j];
+            }
+        }
+        const float Ns = G[NTRI + 16];
+        float *dout = den_out + (size_t)(bh * NB + c) * a.Nq;
+#pragma unroll
+        for (int j = 0; j < DEN_RPT; j++) {
+            const int row = r0 + j * GROUPS + grp;
+            if (row >= a.Nq) continue;
+            const float d = Ns + lin[j] + 0.5f * quad[j];
+            dout[row] = d;
+            n_all++;
+            if (!isfinite(d)) {
+                n_nf++;
+                continue;
+            }
+            if (d <= a.eps) n_le++;
+            emin = min(emin, ord_enc(d));
+            emax = max(emax, ord_enc(d));
+            dsum += (double)d;
+        }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        n_all += __shfl_xor_sync(0xffffffffu, n_all, off);
+        n_le += __shfl_xor_sync(0xffffffffu, n_le, off);
+        n_nf += __shfl_xor_sync(0xffffffffu, n_nf, off);
+        emin = min(emin, __shfl_xor_sync(0xffffffffu, emin, off));
+        emax = max(emax, __shfl_xor_sync(0xffffffffu, emax, off));
+        dsum += __shfl_xor_sync(0xffffffffu, dsum, off);
+    }
+    __syncthreads(); // s_* initialized (also when nu == 0)
+    if (lane == 0 && n_all) {
+        atomicAdd(&s_n, (unsigned long long)n_all);
+        if (n_le) atomicAdd(&s_le, (unsigned long long)n_le);
+        if (n_nf) atomicAdd(&s_nf, (unsigned long long)n_nf);
+        atomicMin(&s_min, emin);
+        atomicMax(&s_max, emax);
+        atomicAdd(&s_sum, dsum);
+    }
+    __syncthreads();
+    if (tid == 0 && s_n) {
+        atomicAdd(&rec->den.n, s_n);
+        if (s_le) atomicAdd(&rec->den.n_le_eps, s_le);
+        if (s_nf) atomicAdd(&rec->den.n_nonfinite, s_nf);
+        atomicMin(reinterpret_cast<unsigned *>(&rec->den.min), s_min);
+        atomicMax(reinterpret_cast<unsigned *>(&rec->den.max), s_max);
+        atomicAdd(&rec->den.sum, s_sum);
     }
 }
 
@@ -426,16 +607,29 @@ __global__ void __launch_bounds__(32 * SUM_WARPS)
 // Per 16 queries the features are built from the unscaled q rows (f16
 // pairs): out = sum v + f acc1 + f^2 acc2 and den = N' + f q.mu + f^2 q^T G q
 // / 2, f = the row's factor (SPEC 3.3 and sqrt(s)).
-template <typename TI, int NB>
+// ONE (the one-pass call): den comes from the den pass (den_in), nothing is
+// counted here, and with gated set no block writes o unless the record
+// passes (record_passes); block 0 then marks the record applied.
+template <typename TI, int NB, bool ONE>
 __global__ void __launch_bounds__(32 * NB, 2)
     small_apply_kernel(SArgs a, const uint2 *__restrict__ sfrag, const uint2 *__restrict__ gfrag,
                        const float *__restrict__ consts, TI *__restrict__ o, tkc_den_stats *den,
-                       int units, int tiles_q) {
+                       int units, int tiles_q, const float *__restrict__ den_in, tkc_small_record *rec,
+                       tkc_small_rule rule, int gated) {
     constexpr int D = 16 * NB, NTH = 32 * NB, RLD = raw_ld<TI, NB>(), ST = b_stages<TI>();
     constexpr int EPC = 16 / (int)sizeof(TI), CPR = D / EPC;
     extern __shared__ __align__(16) unsigned char sm[];
     TI *raw = reinterpret_cast<TI *>(sm); // [ST][QTB][RLD]
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, t = lane & 3, g = lane >> 2;
+    if constexpr (ONE) {
+        __shared__ int s_ok;
+        if (tid == 0) {
+            s_ok = !gated || record_passes(rec, rule);
+            if (s_ok && blockIdx.x == 0) rec->applied = 1u;
+        }
+        __syncthreads();
+        if (!s_ok) return;
+    }
     const int u0 = (int)((long long)blockIdx.x * units / gridDim.x);
     const int nu = (int)((long long)(blockIdx.x + 1) * units / gridDim.x) - u0;
 
@@ -544,6 +738,13 @@ __global__ void __launch_bounds__(32 * NB, 2)
             const uint32_t AQ[4] = {QL0, QL1, QH0, QH1};
             mma16816<__half>(acc1[0], AQ, SF[12][0].x, SF[12][0].y);
             mma16816<__half>(acc1[1], AQ, SF[12][1].x, SF[12][1].y);
+            const int qa = q0 + r0, qb = qa + 8;
+            float d0, d1;
+            if constexpr (ONE) {
+                const float *dr = den_in + (size_t)(bh * NB + warp) * a.Nq;
+                d0 = qa < a.Nq ? dr[qa] : 1.f;
+                d1 = qb < a.Nq ? dr[qb] : 1.f;
+            } else {
             float y[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
             mma16816<__half>(y[0], AQ, GF[0].x, GF[0].y);
             mma16816<__half>(y[1], AQ, GF[1].x, GF[1].y);
@@ -555,15 +756,15 @@ __global__ void __launch_bounds__(32 * NB, 2)
             float l1 = a1.x * cmu[0][0] + a1.y * cmu[0][1] + b1.x * cmu[1][0] + b1.y * cmu[1][1];
             const float g0 = a0.x * y[0][0] + a0.y * y[0][1] + b0.x * y[1][0] + b0.y * y[1][1];
             const float g1 = a1.x * y[0][2] + a1.y * y[0][3] + b1.x * y[1][2] + b1.y * y[1][3];
-            float d0 = f0 * (l0 + f0 * hgs * g0), d1 = f1 * (l1 + f1 * hgs * g1);
+            d0 = f0 * (l0 + f0 * hgs * g0), d1 = f1 * (l1 + f1 * hgs * g1);
             d0 += __shfl_xor_sync(0xffffffffu, d0, 1);
             d1 += __shfl_xor_sync(0xffffffffu, d1, 1);
             d0 += __shfl_xor_sync(0xffffffffu, d0, 2);
             d1 += __shfl_xor_sync(0xffffffffu, d1, 2);
             d0 += Nn, d1 += Nn;
+            }
             const float inv0 = 1.f / (d0 <= a.eps ? a.eps : d0), inv1 = 1.f / (d1 <= a.eps ? a.eps : d1);
             const float f0s = f0 * f0, f1s = f1 * f1;
-            const int qa = q0 + r0, qb = qa + 8;
 #pragma unroll
             for (int nt = 0; nt < 2; nt++) {
                 const int col = nt * 8 + 2 * t;
@@ -577,7 +778,7 @@ __global__ void __launch_bounds__(32 * NB, 2)
                 if (qb < a.Nq)
                     store2(ob + (size_t)qb * D + col, v[2] * csc[nt][0] * inv1, v[3] * csc[nt][1] * inv1);
             }
-            if (t == 0) {
+            if (!ONE && t == 0) {
                 const float dd[2] = {d0, d1};
                 const int rr[2] = {qa, qb};
 #pragma unroll
@@ -597,6 +798,7 @@ __global__ void __launch_bounds__(32 * NB, 2)
         }
     }
     cp_async_wait<0>();
+    if constexpr (!ONE) {
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) {
         n_all += __shfl_xor_sync(0xffffffffu, n_all, off);
@@ -614,63 +816,70 @@ __global__ void __launch_bounds__(32 * NB, 2)
         atomicMax(reinterpret_cast<unsigned *>(&den->max), emax);
         atomicAdd(&den->sum, dsum);
     }
+    }
 }
 
 // ---- host side ----
 
 struct Plan {
     int NB, BH, BHC, split, tiles_q, units, gridB;
-    size_t off_part, off_cnt, off_sfrag, off_gfrag, off_consts, off_den, off_probe, total;
+    int gridB1, den_tiles, den_units, gridD; // the one-pass call's apply and den pass
+    size_t off_part, off_cnt, off_sfrag, off_gfrag, off_consts, off_den, off_probe, off_dens, total;
 };
 
 // Phase A without the conversion step: 16-bit input and no q/k modification.
 bool fast_of(const tkc_taylor_args *a) { return a->dtype != TK_DTYPE_F32 && a->modify == 0; }
 
-template <typename TI, int NB, bool FAST> struct Occ {
-    int a = -1, b = -1;
+// Blocks per SM of the kernels: phase A, apply, apply of the one-pass call, den pass.
+struct Occ {
+    int a = -1, b = -1, b1 = -1, d = -1;
 };
 
-// Blocks per SM of both big kernels (shared memory attribute set once).
-template <typename TI, int NB, bool FAST> int occupancy(int *occ_a, int *occ_b) {
-    static Occ<TI, NB, FAST> cache;
+// Blocks per SM of the big kernels (shared memory attributes set once).
+template <typename TI, int NB, bool FAST> int occupancy(Occ *out) {
+    static Occ cache;
     if (cache.a < 0) {
         auto ka = small_reduce_kernel<TI, NB, FAST>;
-        auto kb = small_apply_kernel<TI, NB>;
+        auto kb = small_apply_kernel<TI, NB, false>;
+        auto kb1 = small_apply_kernel<TI, NB, true>;
+        auto kd = small_den_kernel<TI, NB>;
         constexpr size_t sa = smem_a<TI, NB, FAST>(), sb = smem_b<TI, NB>();
-        int oa = 0, ob = 0;
+        Occ o;
         if (cudaFuncSetAttribute(ka, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sa) != cudaSuccess ||
             cudaFuncSetAttribute(kb, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb) != cudaSuccess ||
-            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&oa, ka, 64 * NB, sa) != cudaSuccess ||
-            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ob, kb, 32 * NB, sb) != cudaSuccess || oa < 1 || ob < 1)
+            cudaFuncSetAttribute(kb1, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb) != cudaSuccess ||
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o.a, ka, 64 * NB, sa) != cudaSuccess ||
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o.b, kb, 32 * NB, sb) != cudaSuccess ||
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o.b1, kb1, 32 * NB, sb) != cudaSuccess ||
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o.d, kd, DEN_TH, 0) != cudaSuccess || o.a < 1 ||
+            o.b < 1 || o.b1 < 1 || o.d < 1)
             return 1;
-        cache.b = ob;
-        cache.a = oa;
+        cache = o;
     }
-    *occ_a = cache.a;
-    *occ_b = cache.b;
+    *out = cache;
     return 0;
 }
 
-template <typename TI, int NB> int occupancy_f(bool fast, int *oa, int *ob) {
+template <typename TI, int NB> int occupancy_f(bool fast, Occ *o) {
     if constexpr (sizeof(TI) == 2) {
-        if (fast) return occupancy<TI, NB, true>(oa, ob);
+        if (fast) return occupancy<TI, NB, true>(o);
     }
-    return occupancy<TI, NB, false>(oa, ob);
+    return occupancy<TI, NB, false>(o);
 }
 
-template <typename TI> int occupancy_nb(int NB, bool fast, int *oa, int *ob) {
+template <typename TI> int occupancy_nb(int NB, bool fast, Occ *o) {
     switch (NB) {
-    case 1: return occupancy_f<TI, 1>(fast, oa, ob);
-    case 2: return occupancy_f<TI, 2>(fast, oa, ob);
-    case 4: return occupancy_f<TI, 4>(fast, oa, ob);
-    default: return occupancy_f<TI, 8>(fast, oa, ob);
+    case 1: return occupancy_f<TI, 1>(fast, o);
+    case 2: return occupancy_f<TI, 2>(fast, o);
+    case 4: return occupancy_f<TI, 4>(fast, o);
+    default: return occupancy_f<TI, 8>(fast, o);
     }
 }
 
-int occupancy_of(const tkc_taylor_args *a, int NB, int *oa, int *ob) {
-    if (a->dtype == TK_DTYPE_BF16) return occupancy_nb<__nv_bfloat16>(NB, fast_of(a), oa, ob);
-    if (a->dtype == TK_DTYPE_F16) return occupancy_nb<__half>(NB, fast_of(a), oa, ob);
-    return occupancy_nb<float>(NB, false, oa, ob);
+int occupancy_of(const tkc_taylor_args *a, int NB, Occ *o) {
+    if (a->dtype == TK_DTYPE_BF16) return occupancy_nb<__nv_bfloat16>(NB, fast_of(a), o);
+    if (a->dtype == TK_DTYPE_F16) return occupancy_nb<__half>(NB, fast_of(a), o);
+    return occupancy_nb<float>(NB, false, o);
 }
 
 // Key split: the fewest tiles per block times waves of blocks, ties to fewer splits.
@@ -678,8 +887,9 @@ bool plan_of(const tkc_taylor_args *a, int num_sms, Plan *p) {
     p->NB = a->blocks;
     p->BH = a->B * a->H;
     p->BHC = p->BH * p->NB;
-    int oa, ob;
-    if (occupancy_of(a, p->NB, &oa, &ob)) return false;
+    Occ occ;
+    if (occupancy_of(a, p->NB, &occ)) return false;
+    const int oa = occ.a, ob = occ.b;
     const int tiles = (a->Nk + KTA - 1) / KTA;
     int best = 1;
     long best_cost = -1;
@@ -700,6 +910,13 @@ bool plan_of(const tkc_taylor_args *a, int num_sms, Plan *p) {
     p->units = p->BH * p->tiles_q;
     long gb = (long)num_sms * ob;
     p->gridB = (int)(p->units < gb ? p->units : gb);
+    gb = (long)num_sms * occ.b1;
+    p->gridB1 = (int)(p->units < gb ? p->units : gb);
+    const int den_rows = DEN_TH / p->NB * DEN_RPT;
+    p->den_tiles = (a->Nq + den_rows - 1) / den_rows;
+    p->den_units = p->BH * p->den_tiles;
+    gb = (long)num_sms * occ.d;
+    p->gridD = (int)(p->den_units < gb ? p->den_units : gb);
     size_t off = 0;
     p->off_part = off;
     off += align256((size_t)p->split * p->BHC * NTILE * 32 * sizeof(float4));
@@ -712,9 +929,11 @@ bool plan_of(const tkc_taylor_args *a, int num_sms, Plan *p) {
     p->off_consts = off;
     off += align256((size_t)p->BHC * NCONST * sizeof(float));
     p->off_den = off;
-    off += align256(sizeof(tkc_den_stats));
+    off += align256(sizeof(tkc_small_record));
     p->off_probe = off;
     off += align256((size_t)p->BHC * (a->probe_n > 0 ? a->probe_n : 1) * sizeof(float));
+    p->off_dens = off;
+    off += align256((size_t)p->BHC * (a->Nq > 0 ? a->Nq : 1) * sizeof(float));
     p->total = off;
     return true;
 }
@@ -738,54 +957,83 @@ int phase_a(const tkc_taylor_args *a, const Plan &p, void *ws, cudaStream_t st, 
     if (fast) {
         if constexpr (sizeof(TI) == 2)
             small_reduce_kernel<TI, NB, true><<<dim3(p.split, p.BH), 64 * NB, smem_a<TI, NB, true>(), st>>>(
-                s, at<float4>(ws, p.off_part), at<int>(ws, p.off_cnt));
+                s, at<float4>(ws, p.off_part), at<int>(ws, p.off_cnt), at<tkc_small_record>(ws, p.off_den));
     } else {
         small_reduce_kernel<TI, NB, false><<<dim3(p.split, p.BH), 64 * NB, smem_a<TI, NB, false>(), st>>>(
-            s, at<float4>(ws, p.off_part), at<int>(ws, p.off_cnt));
+            s, at<float4>(ws, p.off_part), at<int>(ws, p.off_cnt), at<tkc_small_record>(ws, p.off_den));
     }
     TKC_LAUNCHED("small_reduce_kernel", err, errlen);
     const int pn = a->probe_n > 0 && a->probe_rows ? a->probe_n : 0;
     small_sum_kernel<TI><<<p.BHC, 32 * SUM_WARPS, 0, st>>>(s, at<float4>(ws, p.off_part), at<int>(ws, p.off_cnt), NB, a->terms,
                                                 fast ? a->s : 1.f, fast ? s.sqrt_s : 1.f, at<uint2>(ws, p.off_sfrag),
                                                 at<uint2>(ws, p.off_gfrag), at<float>(ws, p.off_consts),
-                                                at<tkc_den_stats>(ws, p.off_den), a->probe_rows, pn,
+                                                at<tkc_small_record>(ws, p.off_den), a->probe_rows, pn,
                                                 at<float>(ws, p.off_probe));
     TKC_LAUNCHED("small_sum_kernel", err, errlen);
     return 0;
 }
 
+// rule: NULL = the probe/run path (apply counts den itself, writes the
+// workspace o); else the one-pass call (den from the den pass; gated: the
+// device verdict decides whether o is written).
 template <typename TI, int NB>
-int apply_t(const tkc_taylor_args *a, const Plan &p, void *ws, cudaStream_t st, char *err, size_t errlen) {
+int apply_t(const tkc_taylor_args *a, const Plan &p, void *ws, cudaStream_t st, const tkc_small_rule *rule,
+            int gated, char *err, size_t errlen) {
     if (p.units == 0) return 0;
     SArgs s = sargs_of(a, p);
-    small_apply_kernel<TI, NB><<<p.gridB, 32 * NB, smem_b<TI, NB>(), st>>>(
-        s, at<uint2>(ws, p.off_sfrag), at<uint2>(ws, p.off_gfrag), at<float>(ws, p.off_consts), (TI *)a->o,
-        at<tkc_den_stats>(ws, p.off_den), p.units, p.tiles_q);
+    if (!rule) {
+        tkc_small_rule none;
+        memset(&none, 0, sizeof none);
+        small_apply_kernel<TI, NB, false><<<p.gridB, 32 * NB, smem_b<TI, NB>(), st>>>(
+            s, at<uint2>(ws, p.off_sfrag), at<uint2>(ws, p.off_gfrag), at<float>(ws, p.off_consts), (TI *)a->o,
+            at<tkc_den_stats>(ws, p.off_den), p.units, p.tiles_q, nullptr, nullptr, none, 0);
+    } else {
+        small_apply_kernel<TI, NB, true><<<p.gridB1, 32 * NB, smem_b<TI, NB>(), st>>>(
+            s, at<uint2>(ws, p.off_sfrag), at<uint2>(ws, p.off_gfrag), at<float>(ws, p.off_consts), (TI *)a->o,
+            nullptr, p.units, p.tiles_q, at<float>(ws, p.off_dens), at<tkc_small_record>(ws, p.off_den), *rule,
+            gated);
+    }
     TKC_LAUNCHED("small_apply_kernel", err, errlen);
     return 0;
 }
 
-enum Step { STEP_A, STEP_APPLY };
+template <typename TI, int NB>
+int den_t(const tkc_taylor_args *a, const Plan &p, void *ws, cudaStream_t st, char *err, size_t errlen) {
+    if (p.den_units == 0) return 0;
+    SArgs s = sargs_of(a, p);
+    small_den_kernel<TI, NB><<<p.gridD, DEN_TH, 0, st>>>(s, at<float>(ws, p.off_consts), at<float>(ws, p.off_dens),
+                                                          at<tkc_small_record>(ws, p.off_den), p.den_units,
+                                                          p.den_tiles);
+    TKC_LAUNCHED("small_den_kernel", err, errlen);
+    return 0;
+}
+
+enum Step { STEP_A, STEP_APPLY, STEP_DEN };
 
 template <typename TI, int NB>
-int step_t(Step k, const tkc_taylor_args *a, const Plan &p, void *ws, cudaStream_t st, char *err, size_t errlen) {
-    return k == STEP_A ? phase_a<TI, NB>(a, p, ws, st, err, errlen) : apply_t<TI, NB>(a, p, ws, st, err, errlen);
+int step_t(Step k, const tkc_taylor_args *a, const Plan &p, void *ws, cudaStream_t st, const tkc_small_rule *rule,
+           int gated, char *err, size_t errlen) {
+    return k == STEP_A     ? phase_a<TI, NB>(a, p, ws, st, err, errlen)
+           : k == STEP_DEN ? den_t<TI, NB>(a, p, ws, st, err, errlen)
+                           : apply_t<TI, NB>(a, p, ws, st, rule, gated, err, errlen);
 }
 
 template <typename TI>
-int step_nb(Step k, const tkc_taylor_args *a, const Plan &p, void *ws, cudaStream_t st, char *err, size_t errlen) {
+int step_nb(Step k, const tkc_taylor_args *a, const Plan &p, void *ws, cudaStream_t st, const tkc_small_rule *rule,
+            int gated, char *err, size_t errlen) {
     switch (p.NB) {
-    case 1: return step_t<TI, 1>(k, a, p, ws, st, err, errlen);
-    case 2: return step_t<TI, 2>(k, a, p, ws, st, err, errlen);
-    case 4: return step_t<TI, 4>(k, a, p, ws, st, err, errlen);
-    default: return step_t<TI, 8>(k, a, p, ws, st, err, errlen);
+    case 1: return step_t<TI, 1>(k, a, p, ws, st, rule, gated, err, errlen);
+    case 2: return step_t<TI, 2>(k, a, p, ws, st, rule, gated, err, errlen);
+    case 4: return step_t<TI, 4>(k, a, p, ws, st, rule, gated, err, errlen);
+    default: return step_t<TI, 8>(k, a, p, ws, st, rule, gated, err, errlen);
     }
 }
 
-int step(Step k, const tkc_taylor_args *a, const Plan &p, void *ws, cudaStream_t st, char *err, size_t errlen) {
-    if (a->dtype == TK_DTYPE_BF16) return step_nb<__nv_bfloat16>(k, a, p, ws, st, err, errlen);
-    if (a->dtype == TK_DTYPE_F16) return step_nb<__half>(k, a, p, ws, st, err, errlen);
-    return step_nb<float>(k, a, p, ws, st, err, errlen);
+int step(Step k, const tkc_taylor_args *a, const Plan &p, void *ws, cudaStream_t st, char *err, size_t errlen,
+         const tkc_small_rule *rule = nullptr, int gated = 0) {
+    if (a->dtype == TK_DTYPE_BF16) return step_nb<__nv_bfloat16>(k, a, p, ws, st, rule, gated, err, errlen);
+    if (a->dtype == TK_DTYPE_F16) return step_nb<__half>(k, a, p, ws, st, rule, gated, err, errlen);
+    return step_nb<float>(k, a, p, ws, st, rule, gated, err, errlen);
 }
 
 // The probe of a call leaves the whole result (phase A, o in the workspace,
@@ -866,6 +1114,11 @@ int tkc_small_run(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_s
     TKC_TRY(cudaMemcpyAsync(den, at<tkc_den_stats>(ws, p.off_den), sizeof *den, cudaMemcpyDeviceToHost, st), err,
             errlen);
     TKC_TRY(cudaStreamSynchronize(st), err, errlen);
+    tkc_small_decode(den);
+    return 0;
+}
+
+void tkc_small_decode(tkc_den_stats *den) {
     unsigned u; // decode the ordered-int min/max
     memcpy(&u, &den->min, 4);
     u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
@@ -873,5 +1126,34 @@ int tkc_small_run(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_s
     memcpy(&u, &den->max, 4);
     u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
     memcpy(&den->max, &u, 4);
+}
+
+int tkc_small_call(const tkc_taylor_args *a, const tkc_small_rule *rule, void *ws, size_t ws_bytes, int num_sms,
+                   cudaStream_t st, tkc_small_record *host_rec, char *err, size_t errlen) {
+    g_ticket.valid = 0;
+    Plan p;
+    if (!plan_of(a, num_sms, &p) || ws_bytes < p.total) {
+        snprintf(err, errlen, "taylor (small): bad layout");
+        return 3;
+    }
+    int rc = step(STEP_A, a, p, ws, st, err, errlen); // phase A, sum, the probe rows counted
+    if (!rc) rc = step(STEP_DEN, a, p, ws, st, err, errlen);
+    if (!rc) rc = step(STEP_APPLY, a, p, ws, st, err, errlen, rule, 1);
+    if (rc) return rc;
+    TKC_TRY(cudaMemcpyAsync(host_rec, at<tkc_small_record>(ws, p.off_den), sizeof *host_rec, cudaMemcpyDeviceToHost,
+                            st),
+            err, errlen);
     return 0;
+}
+
+int tkc_small_apply_ungated(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_sms, cudaStream_t st,
+                            char *err, size_t errlen) {
+    Plan p;
+    if (!plan_of(a, num_sms, &p) || ws_bytes < p.total) {
+        snprintf(err, errlen, "taylor (small): bad layout");
+        return 3;
+    }
+    tkc_small_rule none;
+    memset(&none, 0, sizeof none);
+    return step(STEP_APPLY, a, p, ws, st, err, errlen, &none, 0);
 }

@@ -23,4 +23,42 @@ int tkc_small_probe(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num
 int tkc_small_run(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_sms, cudaStream_t st,
                   tkc_den_stats *den, char *err, size_t errlen);
 
+// ---- the one-pass call: the verdict is taken on the device ----
+// What the device leaves of a call (copied to the host at its end).
+struct tkc_small_record {
+    tkc_den_stats den;        // every (query, slice) den (min/max ordered-int encoded; tkc_small_decode)
+    unsigned long long probe_n, probe_le, probe_nf; // the probe rows' den: count, <= eps, NaN/Inf
+    unsigned suspicious;      // the sum of v or of k' of a slice is NaN/Inf (NaN/Inf in k or v, or overflow)
+    unsigned applied;         // the apply kernel wrote o
+};
+// The denominator rule (SPEC 3.1) as the device applies it before writing o,
+// and the input scan it must also find clean (when the host ran one first).
+struct tkc_small_rule {
+    int fallback_on_negative;
+    double frac_limit;                 // denom_fallback_frac_limit
+    const unsigned long long *scan_d;  // device [scan_n]: first bad element per tensor (~0 = none), or NULL
+    int scan_n;
+};
+// Queues phase A, the sum (probe rows' den counted on the device), the den
+// pass (every den, from q, N', mu and G; counted), and the apply kernel,
+// which writes a->o (the caller's o) only when the record shows nothing
+// non-finite and the rule passes (rule applied to the probe rows and to all
+// den); then an async copy of the record into host_rec (pinned). No host
+// synchronization. Launcher codes as cuda_internal.h.
+int tkc_small_call(const tkc_taylor_args *a, const tkc_small_rule *rule, void *ws, size_t ws_bytes, int num_sms,
+                   cudaStream_t st, tkc_small_record *host_rec, char *err, size_t errlen);
+// The apply kernel of the call just made, without the device verdict (the
+// host found the call good although the record's guard stopped it).
+int tkc_small_apply_ungated(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_sms, cudaStream_t st,
+                            char *err, size_t errlen);
+// Decodes the ordered-int min/max of den counters copied from the device.
+void tkc_small_decode(tkc_den_stats *den);
+
+// taylor.cu: the same two entry points on the Taylor workspace (the small
+// path's part starts after the generic path's table region).
+int tkc_taylor_small_call(const tkc_taylor_args *a, const tkc_small_rule *rule, void *ws, size_t ws_bytes,
+                          int num_sms, cudaStream_t st, tkc_small_record *host_rec, char *err, size_t errlen);
+int tkc_taylor_small_apply(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_sms, cudaStream_t st,
+                           char *err, size_t errlen);
+
 #endif

@@ -314,6 +314,173 @@ static void test_negative_denominators_fall_back_and_leave_o_untouched(void) {
     drop(&p);
 }
 
+/* ---- the one-pass call: the device decides whether o is written ----------
+ * The small path takes the verdict on the device (kernels/cuda/backend.cu
+ * run_taylor_small): NaN/Inf inputs show up as NaN sums of k or v or NaN den,
+ * then the input scan names the element as ref does; the rule is applied to
+ * the device's counters before the apply kernel may write o. */
+
+static int still_poisoned(const problem *p) {
+    char err[256] = "";
+    size_t n = out_n(p);
+    float *o = xmalloc(n * 4);
+    if (tkcu_download(o, p->dout, n, p->dt, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
+    int all = 1;
+    for (size_t i = 0; i < n; i++) all &= isnan(o[i]);
+    free(o);
+    return all;
+}
+
+/* cuda and ref on p with cfg: both bad_input with the same detail, which
+ * names tensor; o still poisoned. */
+static void expect_bad_input(problem *p, const tk_config *cfg, const char *tensor) {
+    tk_result rc, rr;
+    float *o = run_cuda(p, cfg, &rc);
+    free(o);
+    TH_CHECK(still_poisoned(p));
+    float *ref = run_ref(p, cfg, &rr);
+    free(ref);
+    TH_EQ_STR(tk_reason_name(rr.reason), "bad_input");
+    TH_EQ_STR(tk_reason_name(rc.reason), "bad_input");
+    TH_EQ_INT(rc.path, TK_PATH_FALLBACK);
+    TH_EQ_STR(rc.detail, rr.detail);
+    TH_CHECKF(strncmp(rc.detail, tensor, strlen(tensor)) == 0 && rc.detail[strlen(tensor)] == ' ',
+              "detail \"%s\" does not name %s", rc.detail, tensor);
+}
+
+static void set_value(problem *p, float *host, void *dev, size_t at, float value) {
+    size_t n = host == p->q ? out_n(p) : (size_t)p->B * p->H * p->Nk * p->D;
+    host[at] = value;
+    round_trip(host, dev, n, p->dt);
+}
+
+static void test_nan_or_inf_in_q_k_or_v_is_bad_input_like_ref_and_leaves_o_untouched(void) {
+    need_device();
+    problem p = make(1, 2, 500, 500, 128, TK_DTYPE_BF16, 1.0, 1.0, 0, 110);
+    tk_config cfg = cfg_of(3, 8);
+    struct {
+        float *host;
+        void *dev;
+        size_t at;
+        float value;
+        const char *name;
+        int probe;
+    } cases[] = {
+        {p.k, p.dk, ((size_t)1 * 500 + 321) * 128 + 77, NAN, "k", 1}, /* head 1, key 321, slice 4 */
+        {p.k, p.dk, 5, -INFINITY, "k", 0},
+        {p.v, p.dv, (size_t)2 * 500 * 128 - 1, INFINITY, "v", 1}, /* the last element */
+        {p.q, p.dq, ((size_t)0 * 500 + 499) * 128 + 127, NAN, "q", 1},
+        {p.q, p.dq, ((size_t)1 * 500 + 13) * 128 + 3, INFINITY, "q", 0},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        float keep = cases[c].host[cases[c].at];
+        set_value(&p, cases[c].host, cases[c].dev, cases[c].at, cases[c].value);
+        cfg.early_probe = cases[c].probe;
+        expect_bad_input(&p, &cfg, cases[c].name);
+        /* a NaN in q and in k: ref names q (scanned first), so does cuda */
+        if (c == 0) {
+            size_t qa = ((size_t)1 * 500 + 400) * 128 + 9;
+            float kq = p.q[qa];
+            set_value(&p, p.q, p.dq, qa, NAN);
+            expect_bad_input(&p, &cfg, "q");
+            set_value(&p, p.q, p.dq, qa, kq);
+        }
+        set_value(&p, cases[c].host, cases[c].dev, cases[c].at, keep);
+    }
+    cfg.early_probe = 1;
+    check(&p, &cfg); /* clean again: runs and matches ref */
+    drop(&p);
+}
+
+/* With a key mask, a NaN in a dropped key row never reaches phase A: the
+ * scan runs first and the device guard reads its verdict. */
+static void test_nan_in_a_masked_key_row_is_bad_input_and_leaves_o_untouched(void) {
+    need_device();
+    problem p = make(1, 2, 300, 300, 128, TK_DTYPE_BF16, 1.0, 0.7, 0, 111);
+    tk_config cfg = cfg_of(3, 8);
+    int j = 0;
+    while (j < 300 && p.mask[j]) j++;
+    TH_CHECKF(j < 300, "the mask keeps every key");
+    size_t at = ((size_t)1 * 300 + j) * 128 + 40;
+    float keep = p.v[at];
+    set_value(&p, p.v, p.dv, at, NAN);
+    expect_bad_input(&p, &cfg, "v");
+    set_value(&p, p.v, p.dv, at, keep);
+    check(&p, &cfg);
+    drop(&p);
+}
+
+/* Half the queries have negative den (kappa_2 = -8), half positive: with
+ * denom_fallback_frac_limit 0.3 the call falls back (at the probe, or at
+ * the full stage without it) and o stays poisoned; with 0.7 it runs, the
+ * negative den clamped, as ref decides. */
+static void test_the_fraction_limit_is_applied_on_the_device_like_ref(void) {
+    need_device();
+    problem p = make(1, 2, 200, 200, 128, TK_DTYPE_BF16, 1.0, 1.0, 0, 112);
+    size_t n = out_n(&p);
+    for (size_t i = 0; i < n; i++) {
+        size_t row = i / 128;
+        p.q[i] = i % 16 == 0 ? (row % 2 ? 6.f : -6.f) : 0.f;
+        p.k[i] = i % 16 == 0 ? -6.f : 0.f;
+    }
+    round_trip(p.q, p.dq, n, p.dt);
+    round_trip(p.k, p.dk, n, p.dt);
+    const double limits[2] = {0.3, 0.7};
+    for (int probe = 1; probe >= 0; probe--)
+        for (int l = 0; l < 2; l++) {
+            tk_config cfg = cfg_of(2, 8);
+            cfg.denom_fallback_frac_limit = limits[l];
+            cfg.early_probe = probe;
+            tk_result rc, rr;
+            float *o = run_cuda(&p, &cfg, &rc);
+            float *ref = run_ref(&p, &cfg, &rr);
+            TH_EQ_STR(tk_reason_name(rc.reason), tk_reason_name(rr.reason));
+            TH_EQ_INT(rc.stage, rr.stage);
+            if (l == 0) {
+                TH_EQ_STR(tk_reason_name(rc.reason), "denominator_too_small");
+                TH_EQ_INT(rc.stage, probe ? TK_STAGE_PROBE : TK_STAGE_FULL);
+                TH_CHECK(still_poisoned(&p));
+            } else {
+                TH_EQ_STR(tk_reason_name(rc.reason), "none");
+                TH_EQ_INT(rc.stats.den.n_le_eps, (int64_t)100 * 2 * 8);
+                double e = nmse(o, ref, n);
+                TH_CHECKF(e <= 5e-4, "normalized MSE against ref %.3g > 5e-4", e);
+            }
+            free(o), free(ref);
+        }
+    drop(&p);
+}
+
+/* The one-pass call and the probe/run path (TKC_SMALL_OLD) give the same
+ * output within rounding (den from the den pass in fp32 against the apply
+ * kernel's f16 tensor-core den) and the same counters; the one-pass call is
+ * bitwise repeatable with and without the probe. */
+static void test_the_one_pass_call_agrees_with_the_probe_run_path(void) {
+    need_device();
+    problem p = make(2, 3, 450, 450, 128, TK_DTYPE_BF16, 1.0, 1.0, 1, 113);
+    tk_config cfg = cfg_of(3, 8);
+    tk_result rn, rn2, ro;
+    float *on = run_cuda(&p, &cfg, &rn);
+    cfg.early_probe = 0;
+    float *on2 = run_cuda(&p, &cfg, &rn2);
+    cfg.early_probe = 1;
+    setenv("TKC_SMALL_OLD", "1", 1);
+    float *oo = run_cuda(&p, &cfg, &ro);
+    unsetenv("TKC_SMALL_OLD");
+    TH_EQ_STR(tk_reason_name(rn.reason), "none");
+    TH_EQ_STR(tk_reason_name(ro.reason), "none");
+    TH_CHECK(memcmp(on, on2, out_n(&p) * 4) == 0);
+    double e = nmse(on, oo, out_n(&p));
+    TH_CHECKF(e < 1e-6, "one pass vs probe/run: normalized MSE %.3g", e);
+    TH_EQ_INT(rn.stats.den.n, ro.stats.den.n);
+    TH_EQ_INT(rn.stats.den.n_le_eps, ro.stats.den.n_le_eps);
+    TH_NEAR(rn.stats.den.min, ro.stats.den.min, 2e-3 * fabs(ro.stats.den.min));
+    TH_NEAR(rn.stats.den.max, ro.stats.den.max, 2e-3 * fabs(ro.stats.den.max));
+    TH_NEAR(rn.stats.den.mean, ro.stats.den.mean, 1e-3 * fabs(ro.stats.den.mean));
+    free(on), free(on2), free(oo);
+    drop(&p);
+}
+
 #define T(name) TH_TEST(name)
 #else
 static void test_cuda_backend_is_not_built(void) { th_skip("built without nvcc"); }
@@ -331,6 +498,10 @@ static const th_test tests[] = {
     T(test_outputs_are_deterministic_with_and_without_probe),
     T(test_small_path_agrees_with_the_generic_path_and_d8_falls_back),
     T(test_negative_denominators_fall_back_and_leave_o_untouched),
+    T(test_nan_or_inf_in_q_k_or_v_is_bad_input_like_ref_and_leaves_o_untouched),
+    T(test_nan_in_a_masked_key_row_is_bad_input_and_leaves_o_untouched),
+    T(test_the_fraction_limit_is_applied_on_the_device_like_ref),
+    T(test_the_one_pass_call_agrees_with_the_probe_run_path),
 #else
     T(x),
 #endif
