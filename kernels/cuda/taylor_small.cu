@@ -386,12 +386,9 @@ __global__ void __launch_bounds__(32 * SUM_WARPS)
     __shared__ float Gs[16][17], mus[16], Ns;
     if (warp == 0) {
         const float4 GL = S[27][lane], GH = S[28][lane];
-        uint2 *gd = gfrag + (size_t)bhc * 4 * 32 + lane; // [hi nt0, hi nt1, lo nt0, lo nt1]
+        uint2 *gd = gfrag + (size_t)bhc * 2 * 32 + lane;
         gd[0] = make_uint2(packh(GL.x / gs, GL.y / gs), packh(GH.x / gs, GH.y / gs));
         gd[32] = make_uint2(packh(GL.z / gs, GL.w / gs), packh(GH.z / gs, GH.w / gs));
-        auto lo = [](float x) { return x - __half2float(__float2half_rn(x)); };
-        gd[64] = make_uint2(packh(lo(GL.x / gs), lo(GL.y / gs)), packh(lo(GH.x / gs), lo(GH.y / gs)));
-        gd[96] = make_uint2(packh(lo(GL.z / gs), lo(GL.w / gs)), packh(lo(GH.z / gs), lo(GH.w / gs)));
         Gs[g][2 * t] = GL.x, Gs[g][2 * t + 1] = GL.y;
         Gs[g + 8][2 * t] = GL.z, Gs[g + 8][2 * t + 1] = GL.w;
         Gs[g][8 + 2 * t] = GH.x, Gs[g][9 + 2 * t] = GH.y;
@@ -453,8 +450,8 @@ __global__ void __launch_bounds__(32 * SUM_WARPS)
 // ---- the one-pass call: den of every query before anything reaches o ----
 
 constexpr int DEN_TH = 256; // threads of the den pass
-constexpr int DEN_RPT = 4;  // rows per thread (one load of G'' serves them)
-constexpr int GST = 156;    // floats per slice in shared memory: G''[136] mu[16] N' (156 = 28 mod 32:
+constexpr int DEN_RPT = 3;  // rows per thread (one load of G'' serves them; 3 keeps 3 blocks per SM)
+constexpr int GST = 156;    // floats per slice in shared memory: G''[136] 2mu[16] N' (156 = 28 mod 32:
                             // LDS.128 of 8 slices hit 8 disjoint groups of 4 banks)
 
 // The device's version of the rule (SPEC 3.1) and of the input verdict; the
@@ -475,12 +472,15 @@ __device__ bool record_passes(const tkc_small_record *rec, const tkc_small_rule 
 
 // Den pass: den = N' + x.mu + x^T G x / 2, x = q * the row's factor (SPEC
 // 3.3 and sqrt(s); the probe's formula, fp32), for every (query, slice),
-// written to den_out [B*H*NB][Nq] and counted into rec->den. Units: (head,
-// ROWS rows); thread = (slice, row group) with DEN_RPT rows, so a warp reads
-// whole rows. A NaN/Inf element of q makes its den NaN/Inf (counted: the
-// host then runs the input scan).
+// written to den_out [B*H*NB][Nq] and counted into rec->den. As computed:
+// den = N' + (sum_m x_m t_m) / 2 with t_m = 2 mu_m + sum_{b>=m} G''_mb x_b
+// (G'' the upper triangle of G + G^T, diagonal G_mm); without q/k
+// modification x is the raw row and sqrt(s) is folded into G'' and mu in
+// shared memory. Units: (head, ROWS rows); thread = (slice, row group) with
+// DEN_RPT rows, so a warp reads whole rows. A NaN/Inf element of q makes its
+// den NaN/Inf (counted: the host then runs the input scan).
 template <typename TI, int NB>
-__global__ void __launch_bounds__(DEN_TH)
+__global__ void __launch_bounds__(DEN_TH, 3)
     small_den_kernel(SArgs a, const float *__restrict__ consts, float *__restrict__ den_out, tkc_small_record *rec,
                      int units, int tiles) {
     constexpr int D = 16 * NB, GROUPS = DEN_TH / NB, ROWS = GROUPS * DEN_RPT;
@@ -499,10 +499,11 @@ __global__ void __launch_bounds__(DEN_TH)
         const int u = u0 + i, bh = u / tiles, r0 = (u - bh * tiles) * ROWS;
         if (bh != cur_bh) {
             __syncthreads(); // everyone is done with the previous head's constants
+            const float fg = a.modify ? 1.f : a.sqrt_s * a.sqrt_s, fm = a.modify ? 2.f : 2.f * a.sqrt_s;
             for (int e = tid; e < NB * (GST - 3); e += DEN_TH) {
                 const int sl = e / (GST - 3), j = e - sl * (GST - 3);
                 const float *src = consts + (size_t)(bh * NB + sl) * NCONST;
-                sg[sl * GST + j] = j < NTRI ? src[OFF_TRI + j] : j < NTRI + 16 ? src[32 + j - NTRI] : src[48];
+                sg[sl * GST + j] = j < NTRI ? fg * src[OFF_TRI + j] : j < NTRI + 16 ? fm * src[32 + j - NTRI] : src[48];
             }
             __syncthreads();
             cur_bh = bh;
@@ -520,39 +521,32 @@ __global__ void __launch_bounds__(DEN_TH)
             }
         }
         const float *G = sg + c * GST;
-        float lin[DEN_RPT], quad[DEN_RPT], t[DEN_RPT];
+        float quad[DEN_RPT], t[DEN_RPT];
 #pragma unroll
         for (int j = 0; j < DEN_RPT; j++) {
-            float f = a.sqrt_s;
             if (a.modify) {
                 float ss = 0.f;
 #pragma unroll
                 for (int m = 0; m < 16; m++) ss += x[j][m] * x[j][m];
-                f = row_fac(ss, a);
+                const float f = row_fac(ss, a);
+#pragma unroll
+                for (int m = 0; m < 16; m++) x[j][m] *= f;
             }
-#pragma unroll
-            for (int m = 0; m < 16; m++) x[j][m] *= f;
-            lin[j] = quad[j] = t[j] = 0.f;
-        }
-#pragma unroll
-        for (int m4 = 0; m4 < 4; m4++) {
-            const float4 mu = reinterpret_cast<const float4 *>(G + NTRI)[m4];
-#pragma unroll
-            for (int j = 0; j < DEN_RPT; j++)
-                lin[j] += x[j][4 * m4] * mu.x + x[j][4 * m4 + 1] * mu.y + x[j][4 * m4 + 2] * mu.z +
-                          x[j][4 * m4 + 3] * mu.w;
+            quad[j] = t[j] = 0.f;
         }
         {
-            float4 g4 = make_float4(0.f, 0.f, 0.f, 0.f);
+            float4 g4 = make_float4(0.f, 0.f, 0.f, 0.f), mu4 = g4;
             int idx = 0;
 #pragma unroll
             for (int m = 0; m < 16; m++) {
+                if ((m & 3) == 0) mu4 = reinterpret_cast<const float4 *>(G + NTRI)[m >> 2];
+                const float mu2 = (m & 3) == 0 ? mu4.x : (m & 3) == 1 ? mu4.y : (m & 3) == 2 ? mu4.z : mu4.w;
 #pragma unroll
                 for (int b = m; b < 16; b++, idx++) {
                     if ((idx & 3) == 0) g4 = reinterpret_cast<const float4 *>(G)[idx >> 2];
                     const float gv = (idx & 3) == 0 ? g4.x : (idx & 3) == 1 ? g4.y : (idx & 3) == 2 ? g4.z : g4.w;
 #pragma unroll
-                    for (int j = 0; j < DEN_RPT; j++) t[j] = b == m ? gv * x[j][b] : t[j] + gv * x[j][b];
+                    for (int j = 0; j < DEN_RPT; j++) t[j] = b == m ? mu2 + gv * x[j][b] : t[j] + gv * x[j][b];
                 }
 #pragma unroll
                 for (int j = 0; j < DEN_RPT; j++) quad[j] += x[j][m] * t[j];
@@ -564,7 +558,7 @@ __global__ void __launch_bounds__(DEN_TH)
         for (int j = 0; j < DEN_RPT; j++) {
             const int row = r0 + j * GROUPS + grp;
             if (row >= a.Nq) continue;
-            const float d = Ns + lin[j] + 0.5f * quad[j];
+            const float d = Ns + 0.5f * quad[j];
             dout[row] = d;
             n_all++;
             if (!isfinite(d)) {
@@ -610,20 +604,15 @@ __global__ void __launch_bounds__(DEN_TH)
 // Per 16 queries the features are built from the unscaled q rows (f16
 // pairs): out = sum v + f acc1 + f^2 acc2 and den = N' + f q.mu + f^2 q^T G q
 // / 2, f = the row's factor (SPEC 3.3 and sqrt(s)).
-// MODE_RUN: the probe/run path (den computed and counted here, o is the
-// workspace copy). MODE_ONE (the one-pass call): den comes from the den pass
-// (den_buf), nothing is counted here, and with gated set no block writes o
-// unless the record passes (record_passes); block 0 then marks the record
-// applied. MODE_DEN: the one-pass call's den pass -- no S, no o: den (G as
-// f16 high and low parts: fp32-grade q^T G q) into den_buf, counted.
-enum { MODE_RUN = 0, MODE_ONE = 1, MODE_DEN = 2 };
-template <typename TI, int NB, int MODE>
+// ONE (the one-pass call): den comes from the den pass (den_in), nothing is
+// counted here, and with gated set no block writes o unless the record
+// passes (record_passes); block 0 then marks the record applied.
+template <typename TI, int NB, bool ONE>
 __global__ void __launch_bounds__(32 * NB, 2)
     small_apply_kernel(SArgs a, const uint2 *__restrict__ sfrag, const uint2 *__restrict__ gfrag,
                        const float *__restrict__ consts, TI *__restrict__ o, tkc_den_stats *den,
-                       int units, int tiles_q, float *__restrict__ den_buf, tkc_small_record *rec,
+                       int units, int tiles_q, const float *__restrict__ den_in, tkc_small_record *rec,
                        tkc_small_rule rule, int gated) {
-    constexpr bool ONE = MODE == MODE_ONE, DEN = MODE == MODE_DEN;
     constexpr int D = 16 * NB, NTH = 32 * NB, RLD = raw_ld<TI, NB>(), ST = b_stages<TI>();
     constexpr int EPC = 16 / (int)sizeof(TI), CPR = D / EPC;
     extern __shared__ __align__(16) unsigned char sm[];
@@ -657,7 +646,7 @@ __global__ void __launch_bounds__(32 * NB, 2)
         cp_async_commit();
     }
     int cur_bh = -1;
-    uint2 SF[NKS][2], GF[2], GL[2];
+    uint2 SF[NKS][2], GF[2];
     float csc[2][2], cin[2][2], cmu[2][2], Nn = 0.f, hgs = 0.f;
     unsigned n_all = 0, n_le = 0, n_nf = 0, emin = 0xffffffffu, emax = 0u;
     double dsum = 0.0;
@@ -671,12 +660,9 @@ __global__ void __launch_bounds__(32 * NB, 2)
             cur_bh = bh;
             const int bhc = bh * NB + warp;
             const uint2 *sf = sfrag + (size_t)bhc * NKS * 2 * 32 + lane;
-            if constexpr (!DEN) {
 #pragma unroll
-                for (int s = 0; s < NKS; s++) SF[s][0] = sf[(2 * s) * 32], SF[s][1] = sf[(2 * s + 1) * 32];
-            }
-            GF[0] = gfrag[(size_t)bhc * 128 + lane], GF[1] = gfrag[(size_t)bhc * 128 + 32 + lane];
-            if constexpr (DEN) GL[0] = gfrag[(size_t)bhc * 128 + 64 + lane], GL[1] = gfrag[(size_t)bhc * 128 + 96 + lane];
+            for (int s = 0; s < NKS; s++) SF[s][0] = sf[(2 * s) * 32], SF[s][1] = sf[(2 * s + 1) * 32];
+            GF[0] = gfrag[(size_t)bhc * 64 + lane], GF[1] = gfrag[(size_t)bhc * 64 + 32 + lane];
             const float *C = consts + (size_t)bhc * NCONST;
 #pragma unroll
             for (int nt = 0; nt < 2; nt++)
@@ -691,7 +677,7 @@ __global__ void __launch_bounds__(32 * NB, 2)
             hgs = 0.5f * C[49];
         }
         const TI *stile = raw + (i % ST) * QTB * RLD + warp * 16;
-        TI *ob = DEN ? nullptr : o + (size_t)bh * a.Nq * D + warp * 16;
+        TI *ob = o + (size_t)bh * a.Nq * D + warp * 16;
 #pragma unroll 1
         for (int j = 0; j < QTB / 16; j++) {
             const int r0 = j * 16 + g;
@@ -730,8 +716,6 @@ __global__ void __launch_bounds__(32 * NB, 2)
             for (int nt = 0; nt < 2; nt++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) acc2[0][nt][e] = acc2[1][nt][e] = acc1[nt][e] = 0.f;
-            const uint32_t AQ[4] = {QL0, QL1, QH0, QH1};
-            if constexpr (!DEN) {
 #pragma unroll
             for (int s = 0; s < 12; s++) {
                 const int ta = 2 * s, tb = 2 * s + 1;
@@ -748,23 +732,19 @@ __global__ void __launch_bounds__(32 * NB, 2)
                 mma16816<__half>(acc2[s & 1][0], A, SF[s][0].x, SF[s][0].y);
                 mma16816<__half>(acc2[s & 1][1], A, SF[s][1].x, SF[s][1].y);
             }
+            const uint32_t AQ[4] = {QL0, QL1, QH0, QH1};
             mma16816<__half>(acc1[0], AQ, SF[12][0].x, SF[12][0].y);
             mma16816<__half>(acc1[1], AQ, SF[12][1].x, SF[12][1].y);
-            }
             const int qa = q0 + r0, qb = qa + 8;
             float d0, d1;
-            float *dr = MODE == MODE_RUN ? nullptr : den_buf + (size_t)(bh * NB + warp) * a.Nq;
             if constexpr (ONE) {
+                const float *dr = den_in + (size_t)(bh * NB + warp) * a.Nq;
                 d0 = qa < a.Nq ? dr[qa] : 1.f;
                 d1 = qb < a.Nq ? dr[qb] : 1.f;
             } else {
             float y[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
             mma16816<__half>(y[0], AQ, GF[0].x, GF[0].y);
             mma16816<__half>(y[1], AQ, GF[1].x, GF[1].y);
-            if constexpr (DEN) { // the low parts of G
-                mma16816<__half>(y[0], AQ, GL[0].x, GL[0].y);
-                mma16816<__half>(y[1], AQ, GL[1].x, GL[1].y);
-            }
             const float2 a0 = __half22float2(*reinterpret_cast<const __half2 *>(&QL0));
             const float2 b0 = __half22float2(*reinterpret_cast<const __half2 *>(&QH0));
             const float2 a1 = __half22float2(*reinterpret_cast<const __half2 *>(&QL1));
@@ -780,12 +760,6 @@ __global__ void __launch_bounds__(32 * NB, 2)
             d1 += __shfl_xor_sync(0xffffffffu, d1, 2);
             d0 += Nn, d1 += Nn;
             }
-            if constexpr (DEN) {
-                if (t == 0) {
-                    if (qa < a.Nq) dr[qa] = d0;
-                    if (qb < a.Nq) dr[qb] = d1;
-                }
-            } else {
             // __frcp_rn: the correctly rounded 1/x, the same bits as 1.f / x, without the division's slow path
             const float inv0 = __frcp_rn(d0 <= a.eps ? a.eps : d0), inv1 = __frcp_rn(d1 <= a.eps ? a.eps : d1);
             const float f0s = f0 * f0, f1s = f1 * f1;
@@ -801,7 +775,6 @@ __global__ void __launch_bounds__(32 * NB, 2)
                     store2(ob + (size_t)qa * D + col, v[0] * csc[nt][0] * inv0, v[1] * csc[nt][1] * inv0);
                 if (qb < a.Nq)
                     store2(ob + (size_t)qb * D + col, v[2] * csc[nt][0] * inv1, v[3] * csc[nt][1] * inv1);
-            }
             }
             if (!ONE && t == 0) {
                 const float dd[2] = {d0, d1};
@@ -848,7 +821,7 @@ __global__ void __launch_bounds__(32 * NB, 2)
 
 struct Plan {
     int NB, BH, BHC, split, tiles_q, units, gridB;
-    int gridB1, den_tiles, den_units, gridD, gridDM; // the one-pass call's apply and den passes (fp32, mma)
+    int gridB1, den_tiles, den_units, gridD; // the one-pass call's apply and den pass
     size_t off_part, off_cnt, off_sfrag, off_gfrag, off_consts, off_den, off_probe, off_dens, total;
 };
 
@@ -857,7 +830,7 @@ bool fast_of(const tkc_taylor_args *a) { return a->dtype != TK_DTYPE_F32 && a->m
 
 // Blocks per SM of the kernels: phase A, apply, apply of the one-pass call, den pass.
 struct Occ {
-    int a = -1, b = -1, b1 = -1, d = -1, dm = -1;
+    int a = -1, b = -1, b1 = -1, d = -1;
 };
 
 // Blocks per SM of the big kernels (shared memory attributes set once).
@@ -865,22 +838,19 @@ template <typename TI, int NB, bool FAST> int occupancy(Occ *out) {
     static Occ cache;
     if (cache.a < 0) {
         auto ka = small_reduce_kernel<TI, NB, FAST>;
-        auto kb = small_apply_kernel<TI, NB, MODE_RUN>;
-        auto kb1 = small_apply_kernel<TI, NB, MODE_ONE>;
-        auto kdm = small_apply_kernel<TI, NB, MODE_DEN>;
+        auto kb = small_apply_kernel<TI, NB, false>;
+        auto kb1 = small_apply_kernel<TI, NB, true>;
         auto kd = small_den_kernel<TI, NB>;
         constexpr size_t sa = smem_a<TI, NB, FAST>(), sb = smem_b<TI, NB>();
         Occ o;
         if (cudaFuncSetAttribute(ka, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sa) != cudaSuccess ||
             cudaFuncSetAttribute(kb, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb) != cudaSuccess ||
             cudaFuncSetAttribute(kb1, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb) != cudaSuccess ||
-            cudaFuncSetAttribute(kdm, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb) != cudaSuccess ||
-            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o.dm, kdm, 32 * NB, sb) != cudaSuccess ||
             cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o.a, ka, 64 * NB, sa) != cudaSuccess ||
             cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o.b, kb, 32 * NB, sb) != cudaSuccess ||
             cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o.b1, kb1, 32 * NB, sb) != cudaSuccess ||
             cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o.d, kd, DEN_TH, 0) != cudaSuccess || o.a < 1 ||
-            o.b < 1 || o.b1 < 1 || o.d < 1 || o.dm < 1)
+            o.b < 1 || o.b1 < 1 || o.d < 1)
             return 1;
         cache = o;
     }
@@ -945,8 +915,6 @@ bool plan_of(const tkc_taylor_args *a, int num_sms, Plan *p) {
     p->den_units = p->BH * p->den_tiles;
     gb = (long)num_sms * occ.d;
     p->gridD = (int)(p->den_units < gb ? p->den_units : gb);
-    gb = (long)num_sms * occ.dm;
-    p->gridDM = (int)(p->units < gb ? p->units : gb);
     size_t off = 0;
     p->off_part = off;
     off += align256((size_t)p->split * p->BHC * NTILE * 32 * sizeof(float4));
@@ -955,7 +923,7 @@ bool plan_of(const tkc_taylor_args *a, int num_sms, Plan *p) {
     p->off_sfrag = off;
     off += align256((size_t)p->BHC * NKS * 2 * 32 * sizeof(uint2));
     p->off_gfrag = off;
-    off += align256((size_t)p->BHC * 4 * 32 * sizeof(uint2));
+    off += align256((size_t)p->BHC * 2 * 32 * sizeof(uint2));
     p->off_consts = off;
     off += align256((size_t)p->BHC * NCONST * sizeof(float));
     p->off_den = off;
@@ -1014,11 +982,11 @@ int apply_t(const tkc_taylor_args *a, const Plan &p, void *ws, cudaStream_t st, 
     if (!rule) {
         tkc_small_rule none;
         memset(&none, 0, sizeof none);
-        small_apply_kernel<TI, NB, MODE_RUN><<<p.gridB, 32 * NB, smem_b<TI, NB>(), st>>>(
+        small_apply_kernel<TI, NB, false><<<p.gridB, 32 * NB, smem_b<TI, NB>(), st>>>(
             s, at<uint2>(ws, p.off_sfrag), at<uint2>(ws, p.off_gfrag), at<float>(ws, p.off_consts), (TI *)a->o,
             at<tkc_den_stats>(ws, p.off_den), p.units, p.tiles_q, nullptr, nullptr, none, 0);
     } else {
-        small_apply_kernel<TI, NB, MODE_ONE><<<p.gridB1, 32 * NB, smem_b<TI, NB>(), st>>>(
+        small_apply_kernel<TI, NB, true><<<p.gridB1, 32 * NB, smem_b<TI, NB>(), st>>>(
             s, at<uint2>(ws, p.off_sfrag), at<uint2>(ws, p.off_gfrag), at<float>(ws, p.off_consts), (TI *)a->o,
             nullptr, p.units, p.tiles_q, at<float>(ws, p.off_dens), at<tkc_small_record>(ws, p.off_den), *rule,
             gated);
@@ -1027,22 +995,10 @@ int apply_t(const tkc_taylor_args *a, const Plan &p, void *ws, cudaStream_t st, 
     return 0;
 }
 
-// The den pass of the one-pass call: by default the apply kernel's pipeline
-// with mma (MODE_DEN); TKC_SMALL_DEN_FP32=1: the fp32 scalar kernel.
 template <typename TI, int NB>
 int den_t(const tkc_taylor_args *a, const Plan &p, void *ws, cudaStream_t st, char *err, size_t errlen) {
     if (p.den_units == 0) return 0;
     SArgs s = sargs_of(a, p);
-    if (!getenv("TKC_SMALL_DEN_FP32")) {
-        tkc_small_rule none;
-        memset(&none, 0, sizeof none);
-        small_apply_kernel<TI, NB, MODE_DEN><<<p.gridDM, 32 * NB, smem_b<TI, NB>(), st>>>(
-            s, nullptr, at<uint2>(ws, p.off_gfrag), at<float>(ws, p.off_consts), nullptr,
-            &at<tkc_small_record>(ws, p.off_den)->den, p.units, p.tiles_q, at<float>(ws, p.off_dens), nullptr, none,
-            0);
-        TKC_LAUNCHED("small_apply_kernel (den)", err, errlen);
-        return 0;
-    }
     small_den_kernel<TI, NB><<<p.gridD, DEN_TH, 0, st>>>(s, at<float>(ws, p.off_consts), at<float>(ws, p.off_dens),
                                                           at<tkc_small_record>(ws, p.off_den), p.den_units,
                                                           p.den_tiles);
