@@ -50,6 +50,14 @@ using namespace tkc;
 
 size_t al256(size_t x) { return (x + 255) & ~(size_t)255; }
 
+// TKC_STATS_OLD=1 (benchmarking): the kernels of the stats before the
+// 2026-11-27 stx branch (sel_hist_kernel, rows_mma_kernel for hybrid), to
+// time both in one process. Same figures.
+bool stats_old_path() {
+    const char *e = getenv("TKC_STATS_OLD");
+    return e && atoi(e) > 0;
+}
+
 // ---- NaN/Inf scan ---------------------------------------------------------
 
 struct scan_args {
@@ -590,6 +598,235 @@ __global__ void __launch_bounds__(RT_WARPS * 32) rows_mma_kernel(RowsArgs a) {
         if constexpr (TWO)
             merge_out<DV, NBE, false>(acce, me_lo, me_hi, le_lo, le_hi, 0.f, 0.f, wacc, wme, wle, ww, gn,
                                       a.part_e + base, row_stride, a.recw);
+    }
+}
+
+// The hybrid rows, second form (the default for EFF_HYBRID; TKC_STATS_OLD=1
+// takes rows_mma_kernel): 8 warps, two groups of 4 over the same 64-key tiles
+// in shared memory -- group 0 the raw stream (and the window mass), group 1
+// the effective stream; each warp computes its 16 keys' S itself (the same
+// products in the same order as rows_mma_kernel, so both groups see the same
+// logits and window bits), with the Q fragments re-read from shared memory
+// each tile. One accumulator per thread instead of two (<= 128 registers): 2
+// blocks of 8 warps per SM, 4 warps per scheduler instead of 2 (the one-block
+// kernel issued 0.30 instructions per cycle per scheduler, latency-bound at
+// 255 registers). Records as rows_mma_kernel's.
+constexpr int R2_WARPS = 8;
+
+template <typename T, int D, int DV> struct Rows2Smem {
+    static constexpr int LDK = D + 8, LDV = DV + 8;
+    static constexpr size_t elems = (size_t)16 * LDK + 2 * RT_KT * LDK + 2 * RT_KT * LDV;
+    static constexpr size_t floats = 2 * RT_KT          // bias
+                                     + 2 * RT_KT * 16   // far logits tile
+                                     + 2 * RT_KT        // key codes
+                                     + 2 * 2 * RT_WARPS * 16 // (m, l) per group
+                                     + RT_WARPS * 16;   // window mass (group 0)
+    static constexpr size_t bytes = elems * sizeof(T) + floats * sizeof(float);
+    static_assert(2 * 16 * DV * sizeof(float) <= 2 * RT_KT * LDK * sizeof(T), "both merge buffers fit in Ks");
+};
+
+// merge_out for the two-group kernel: each group merges its own four warps'
+// stream (wacc, wm, wl: this group's) into out; the window mass (win: group 0)
+// in the record's last slot. Every thread of the block calls it.
+template <int DV>
+__device__ __forceinline__ void merge2_out(float (&acc)[DV / 8][4], float m_lo, float m_hi, float l_lo, float l_hi,
+                                           float w_lo, float w_hi, bool win, int wk, float *wacc, float *wm, float *wl,
+                                           float *ww, int gn, float *out, size_t row_stride, int recw) {
+    const int gtid = threadIdx.x & 127, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+    w_lo += __shfl_xor_sync(0xffffffffu, w_lo, 1);
+    w_lo += __shfl_xor_sync(0xffffffffu, w_lo, 2);
+    w_hi += __shfl_xor_sync(0xffffffffu, w_hi, 1);
+    w_hi += __shfl_xor_sync(0xffffffffu, w_hi, 2);
+    __syncthreads(); // the key loop is done with the memory of wacc
+    for (int e = gtid; e < 16 * DV; e += 128) wacc[e] = 0.f;
+    if (t4 == 0) {
+        wm[wk * 16 + g] = m_lo, wm[wk * 16 + g + 8] = m_hi;
+        wl[wk * 16 + g] = l_lo, wl[wk * 16 + g + 8] = l_hi;
+        if (win) ww[wk * 16 + g] = w_lo, ww[wk * 16 + g + 8] = w_hi;
+    }
+    __syncthreads();
+    float M_lo = -INFINITY, M_hi = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < RT_WARPS; w++) M_lo = fmaxf(M_lo, wm[w * 16 + g]), M_hi = fmaxf(M_hi, wm[w * 16 + g + 8]);
+    const float f_lo = m_lo == -INFINITY ? 0.f : ex2(m_lo - M_lo);
+    const float f_hi = m_hi == -INFINITY ? 0.f : ex2(m_hi - M_hi);
+#pragma unroll
+    for (int nt = 0; nt < DV / 8; nt++) {
+        const int col = nt * 8 + 2 * t4;
+        atomicAdd(&wacc[g * DV + col], acc[nt][0] * f_lo);
+        atomicAdd(&wacc[g * DV + col + 1], acc[nt][1] * f_lo);
+        atomicAdd(&wacc[(g + 8) * DV + col], acc[nt][2] * f_hi);
+        atomicAdd(&wacc[(g + 8) * DV + col + 1], acc[nt][3] * f_hi);
+    }
+    __syncthreads();
+    for (int e = gtid; e < gn * recw; e += 128) {
+        const int sr = e / recw, col = e % recw;
+        float *pb = out + (size_t)sr * row_stride;
+        if (col < DV) {
+            pb[col] = wacc[sr * DV + col];
+            continue;
+        }
+        float v = 0.f;
+        if (col < DV + 2 || (win && col == recw - 1)) {
+            float M = -INFINITY;
+            for (int w = 0; w < RT_WARPS; w++) M = fmaxf(M, wm[w * 16 + sr]);
+            if (col == DV) {
+                v = M;
+            } else {
+                const float *src = col == recw - 1 ? ww : wl;
+                for (int w = 0; w < RT_WARPS; w++) {
+                    const float mw = wm[w * 16 + sr];
+                    v += mw == -INFINITY ? 0.f : src[w * 16 + sr] * ex2(mw - M);
+                }
+            }
+        }
+        pb[col] = v;
+    }
+}
+
+template <typename T, int D, int DV>
+__global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a) {
+    using S = Rows2Smem<T, D, DV>;
+    constexpr int LDK = S::LDK, LDV = S::LDV, KT = RT_KT, NTHR = R2_WARPS * 32;
+    constexpr int CHK = D / 8, CHV = DV / 8;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T *Qs = reinterpret_cast<T *>(smem_raw);  // [16][LDK]
+    T *Ks = Qs + 16 * LDK;                    // [2][KT][LDK]
+    T *Vs = Ks + 2 * KT * LDK;                // [2][KT][LDV]
+    float *bias = reinterpret_cast<float *>(Vs + 2 * KT * LDV); // [2][KT]
+    float *Fs = bias + 2 * KT;                                 // [2][KT][16]
+    int *kcode = reinterpret_cast<int *>(Fs + 2 * KT * 16);    // [2][KT]
+    float *wm = reinterpret_cast<float *>(kcode + 2 * KT);     // [2 groups][4][16]
+    float *wl = wm + 2 * RT_WARPS * 16;                        // [2 groups][4][16]
+    float *ww = wl + 2 * RT_WARPS * 16;                        // [4][16]
+    float *wacc = reinterpret_cast<float *>(Ks);               // [2 groups][16][DV], after the key loop
+
+    const T *q = reinterpret_cast<const T *>(a.q), *k = reinterpret_cast<const T *>(a.k);
+    const T *v = reinterpret_cast<const T *>(a.v);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    const int grp = warp >> 2, wk = warp & 3; // stream (0 raw, 1 effective); the warp's 16 keys of a tile
+    const int bh = blockIdx.x, split = blockIdx.y, b = bh / a.H, BH = gridDim.x, nsplit = gridDim.y;
+    const int k0 = split * a.keys_per_split, k1 = min(a.Nk, k0 + a.keys_per_split);
+    const int ntiles = k1 > k0 ? (k1 - k0 + KT - 1) / KT : 0;
+    const T *qb = q + (size_t)bh * a.Nq * D;
+    const T *kb = k + (size_t)bh * a.Nk * D;
+    const T *vb = v + (size_t)bh * a.Nk * DV;
+    const uint8_t *mb = a.mask ? a.mask + (size_t)b * a.Nk : nullptr;
+    const bool far = a.F != nullptr;
+    const size_t row_stride = (size_t)BH * nsplit * a.recw;
+
+    for (int g0 = 0; g0 < a.ns; g0 += QS_MAX) {
+        const int gn = min(QS_MAX, a.ns - g0);
+        auto issue_kv = [&](int j) {
+            int buf = j & 1;
+            T *kd = Ks + buf * KT * LDK, *vd = Vs + buf * KT * LDV;
+            for (int c = tid; c < KT * CHK; c += NTHR) {
+                int r = c / CHK, cc = c % CHK, gr = k0 + j * KT + r;
+                bool ok = gr < k1;
+                cp_async16(kd + r * LDK + cc * 8, kb + (size_t)(ok ? gr : 0) * D + cc * 8, ok ? 16 : 0);
+            }
+            for (int c = tid; c < KT * CHV; c += NTHR) {
+                int r = c / CHV, cc = c % CHV, gr = k0 + j * KT + r;
+                bool ok = gr < k1;
+                cp_async16(vd + r * LDV + cc * 8, vb + (size_t)(ok ? gr : 0) * DV + cc * 8, ok ? 16 : 0);
+            }
+            if (far)
+                for (int c = tid; c < KT * 4; c += NTHR) {
+                    int r = c / 4, cc = c % 4, gr = k0 + j * KT + r;
+                    bool ok = gr < k1;
+                    cp_async16(Fs + (buf * KT + r) * 16 + cc * 4,
+                               a.F + ((size_t)bh * a.Nk + (ok ? gr : 0)) * a.nsp + g0 + cc * 4, ok ? 16 : 0);
+                }
+            for (int r = tid; r < KT; r += NTHR) {
+                int gr = k0 + j * KT + r;
+                bias[buf * KT + r] = (gr < k1 && (!mb || mb[gr])) ? 0.f : -INFINITY;
+                kcode[buf * KT + r] = win_key(a, gr);
+            }
+        };
+        __syncthreads(); // the previous group is done with shared memory
+        for (int c = tid; c < 16 * CHK; c += NTHR) {
+            int r = c / CHK, cc = c % CHK;
+            bool ok = r < gn;
+            cp_async16(Qs + r * LDK + cc * 8, qb + (size_t)(ok ? a.rows[g0 + r] : 0) * D + cc * 8, ok ? 16 : 0);
+        }
+        if (ntiles > 0) issue_kv(0);
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        const win_q wq_lo = win_query(a, g < gn ? a.rows[g0 + g] : 0);
+        const win_q wq_hi = win_query(a, g + 8 < gn ? a.rows[g0 + g + 8] : 0);
+        float acc[DV / 8][4];
+#pragma unroll
+        for (int i = 0; i < DV / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+        float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f, w_lo = 0.f, w_hi = 0.f;
+        const T *ql = Qs + ((lane & 7) + 8 * ((lane >> 3) & 1)) * LDK + 8 * (lane >> 4);
+
+        for (int j = 0; j < ntiles; j++) {
+            if (j + 1 < ntiles) issue_kv(j + 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+            __syncthreads();
+            const T *kt = Ks + (j & 1) * KT * LDK + wk * 16 * LDK;
+            const T *vt = Vs + (j & 1) * KT * LDV + wk * 16 * LDV;
+            const float *bt = bias + (j & 1) * KT + wk * 16;
+            float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+            {
+                const T *kl = kt + ((lane & 7) + 8 * (lane >> 4)) * LDK + 8 * ((lane >> 3) & 1);
+                uint32_t r[2][4], qf[2][4];
+                ldsm_x4(qf[0], ql);
+                ldsm_x4(r[0], kl);
+#pragma unroll
+                for (int kk = 0; kk < D / 16; kk++) { // Q and K fragments one step ahead
+                    if (kk + 1 < D / 16) {
+                        ldsm_x4(qf[(kk + 1) & 1], ql + (kk + 1) * 16);
+                        ldsm_x4(r[(kk + 1) & 1], kl + (kk + 1) * 16);
+                    }
+                    mma16816<T>(s[0], qf[kk & 1], r[kk & 1][0], r[kk & 1][1]);
+                    mma16816<T>(s[1], qf[kk & 1], r[kk & 1][2], r[kk & 1][3]);
+                }
+            }
+            float x[2][4];
+            unsigned wbits = 0;
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int col = nt * 8 + 2 * t4 + (e & 1);
+                    x[nt][e] = s[nt][e] * a.scale_log2 + bt[col];
+                    if (in_window(a, e < 2 ? wq_lo : wq_hi, kcode[(j & 1) * KT + wk * 16 + col]))
+                        wbits |= 1u << (nt * 4 + e);
+                }
+            if (grp == 0) {
+                stream_step<T, DV / 8, DV / 8, LDV, true>(x, m_lo, m_hi, l_lo, l_hi, acc, 0, vt, lane, wbits, w_lo,
+                                                         w_hi);
+            } else {
+                const float *ft = Fs + ((j & 1) * KT + wk * 16) * 16;
+                float y[2][4];
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int col = nt * 8 + 2 * t4 + (e & 1), row = e < 2 ? g : g + 8;
+                        const bool inw = (wbits >> (nt * 4 + e)) & 1u;
+                        const float fl = far ? ft[col * 16 + row] * LOG2E + bt[col] : -INFINITY;
+                        y[nt][e] = a.kind == HYB_FAR ? fl
+                                   : inw            ? x[nt][e]
+                                   : a.kind == HYB_NORMALIZED ? fl + a.lw2
+                                                              : -INFINITY;
+                    }
+                float d0 = 0.f, d1 = 0.f;
+                stream_step<T, DV / 8, DV / 8, LDV, false>(y, m_lo, m_hi, l_lo, l_hi, acc, 0, vt, lane, 0u, d0, d1);
+            }
+            __syncthreads();
+        }
+        const size_t base = (((size_t)g0 * BH + bh) * nsplit + split) * a.recw;
+        merge2_out<DV>(acc, m_lo, m_hi, l_lo, l_hi, w_lo, w_hi, grp == 0, wk, wacc + grp * 16 * DV,
+                       wm + grp * RT_WARPS * 16, wl + grp * RT_WARPS * 16, ww, gn, (grp ? a.part_e : a.part) + base,
+                       row_stride, a.recw);
     }
 }
 
@@ -1372,6 +1609,124 @@ __global__ void __launch_bounds__(256) sel_hist_kernel(SelArgs a) {
     sel_find<PASS>(a, arr);
 }
 
+// The select's passes, second form (the default; TKC_STATS_OLD=1 takes
+// sel_hist_kernel): every pass counts into shared-memory histograms -- pass 0
+// one of 2048 bins, passes 1 and 2 one per distinct target prefix (at most 8,
+// 64 KB of dynamic shared memory) -- flushed once per block, so values that
+// share a few bins (modified norms of normalized rows are all ~1: every
+// pass's digits coincide) no longer serialize global atomics on one address
+// (sel_hist_kernel<1>: 62 us of its 0.106 ms on the H200). A warp reads 4 x 32
+// float4 (16-byte loads, all issued before the first is used); the last
+// len % 4 values go to warp 0 of block 0. Same histograms, same scan
+// (sel_find), same ticket.
+constexpr int SEL2_U = 4;
+
+template <int PASS>
+__global__ void __launch_bounds__(256) sel2_hist_kernel(SelArgs a) {
+    constexpr int SHIFT = PASS == 0 ? 21 : PASS == 1 ? 10 : 0, MASK = PASS == 2 ? 0x3ff : 0x7ff;
+    constexpr int PREV = PASS == 1 ? 21 : 10;
+    extern __shared__ unsigned s2_hist[]; // [slots][SEL_BINS]
+    __shared__ int s_owner[SEL_T];        // the target whose histogram slot s counts
+    __shared__ unsigned s_prefix[SEL_T];  // its prefix
+    __shared__ int s_nslots;
+    __shared__ double s_sum[8];
+    __shared__ unsigned long long s_cnt[8];
+    __shared__ bool s_last;
+    const int arr = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const float *x = a.x[arr];
+    if (!x) return;
+    if (tid == 0) {
+        int ns = 0;
+        if (PASS == 0) {
+            s_owner[0] = 0, s_prefix[0] = 0u, ns = 1;
+        } else {
+            for (int t = 0; t < SEL_T; t++)
+                if (a.st->owner[arr][t] == t) s_owner[ns] = t, s_prefix[ns] = a.st->prefix[arr][t], ns++;
+        }
+        s_nslots = ns;
+    }
+    __syncthreads();
+    const int nslots = s_nslots;
+    for (int b = tid; b < nslots * SEL_BINS; b += blockDim.x) s2_hist[b] = 0u;
+    __syncthreads();
+    double lsum = 0;
+    unsigned long long lcnt = 0;
+    // every lane of the warp calls it (the match)
+    auto count = [&](float v) {
+        int bin = -1;
+        if (__float_as_uint(v) != SKIP_BITS) {
+            const unsigned key = sel_key(v);
+            if (PASS == 0) {
+                lcnt++;
+                lsum += (double)v;
+                bin = (key >> SHIFT) & MASK;
+            } else {
+                for (int s = 0; s < nslots; s++)
+                    if ((key >> PREV) == s_prefix[s]) {
+                        bin = s * SEL_BINS + ((key >> SHIFT) & MASK);
+                        break;
+                    }
+            }
+        }
+        const unsigned m = __match_any_sync(0xffffffffu, bin);
+        if (bin >= 0 && lane == __ffs(m) - 1) atomicAdd(&s2_hist[bin], (unsigned)__popc(m));
+    };
+    const long long len = a.len[arr], n4 = len / 4;
+    const float4 *x4 = reinterpret_cast<const float4 *>(x);
+    const float skip = __uint_as_float(SKIP_BITS);
+    const long long wstep = (long long)gridDim.x * (blockDim.x / 32) * 32 * SEL2_U;
+    for (long long c0 = ((long long)blockIdx.x * (blockDim.x / 32) + warp) * 32 * SEL2_U; c0 < n4; c0 += wstep) {
+        float4 v[SEL2_U];
+#pragma unroll
+        for (int u = 0; u < SEL2_U; u++) {
+            const long long i = c0 + u * 32 + lane;
+            v[u] = i < n4 ? __ldcg(x4 + i) : make_float4(skip, skip, skip, skip);
+        }
+#pragma unroll
+        for (int u = 0; u < SEL2_U; u++) {
+            count(v[u].x);
+            count(v[u].y);
+            count(v[u].z);
+            count(v[u].w);
+        }
+    }
+    if (blockIdx.x == 0 && warp == 0) count(lane < len - 4 * n4 ? __ldcg(x + 4 * n4 + lane) : skip);
+    __syncthreads();
+    unsigned *h = a.hist + ((size_t)PASS * SEL_ARR + arr) * SEL_T * SEL_BINS;
+    for (int b = tid; b < nslots * SEL_BINS; b += blockDim.x) {
+        const unsigned c = s2_hist[b];
+        if (c) atomicAdd(&h[s_owner[b / SEL_BINS] * SEL_BINS + b % SEL_BINS], c);
+    }
+    if (PASS == 0) {
+        for (int off = 16; off > 0; off >>= 1) {
+            lsum += __shfl_xor_sync(0xffffffffu, lsum, off);
+            lcnt += __shfl_xor_sync(0xffffffffu, lcnt, off);
+        }
+        if (lane == 0) s_sum[warp] = lsum, s_cnt[warp] = lcnt;
+        __syncthreads();
+        if (tid == 0) {
+            double s = 0;
+            unsigned long long c = 0;
+            for (int w = 0; w < (int)(blockDim.x / 32); w++) s += s_sum[w], c += s_cnt[w];
+            if (c) {
+                atomicAdd(&a.st->sum[arr], s);
+                atomicAdd(&a.st->n[arr], c);
+            }
+        }
+    }
+    // the last block of this array to get here scans the histogram
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        unsigned *done = a.hist + (size_t)3 * SEL_ARR * SEL_T * SEL_BINS + PASS * SEL_ARR + arr;
+        s_last = atomicAdd(done, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    sel_find<PASS>(a, arr);
+}
+
 // ---- host side ---------------------------------------------------------------
 
 // quality from the per-row sums (offset 0: raw, 6: effective), with the
@@ -1438,24 +1793,41 @@ struct rows_inst {
     const void *fn;
     size_t smem;
     int occ;
+    int threads;
 };
 
+rows_inst *inst_ready(rows_inst *ri) {
+    if (ri->occ == 0) {
+        int n = 0;
+        if (cudaFuncSetAttribute(ri->fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ri->smem) != cudaSuccess ||
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, ri->fn, ri->threads, ri->smem) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return ri;
+        }
+        ri->occ = n > 0 ? n : 1;
+    }
+    return ri;
+}
+
 template <typename T, int D, int DV, int EFF, int NB> rows_inst *inst() {
-    static rows_inst ri = {nullptr, 0, 0};
+    static rows_inst ri = {nullptr, 0, 0, 0};
     if (!ri.fn) {
         ri.fn = reinterpret_cast<const void *>(rows_mma_kernel<T, D, DV, EFF, NB>);
         ri.smem = RowsSmem<T, D, DV, EFF, NB>::bytes;
+        ri.threads = RT_WARPS * 32;
     }
-    if (ri.occ == 0) {
-        int n = 0;
-        if (cudaFuncSetAttribute(ri.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ri.smem) != cudaSuccess ||
-            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, ri.fn, RT_WARPS * 32, ri.smem) != cudaSuccess) {
-            (void)cudaGetLastError();
-            return &ri;
-        }
-        ri.occ = n > 0 ? n : 1;
+    return inst_ready(&ri);
+}
+
+// rows_hyb2_kernel (hybrid, unless TKC_STATS_OLD)
+template <typename T, int D, int DV> rows_inst *inst2() {
+    static rows_inst ri = {nullptr, 0, 0, 0};
+    if (!ri.fn) {
+        ri.fn = reinterpret_cast<const void *>(rows_hyb2_kernel<T, D, DV>);
+        ri.smem = Rows2Smem<T, D, DV>::bytes;
+        ri.threads = R2_WARPS * 32;
     }
-    return &ri;
+    return inst_ready(&ri);
 }
 
 // The effective stream a job's rows kernel computes, and how.
@@ -1506,9 +1878,10 @@ eff_plan plan_eff(const tkc_stats_job *j) {
 }
 
 rows_inst *pick(const tk_call *c, const eff_plan &p) {
+    const bool two = !stats_old_path();
 #define TKC_PICK(T)                                                                                    \
     if (c->D == 128 && c->Dv == 128) {                                                                  \
-        if (p.eff == EFF_HYBRID) return inst<T, 128, 128, EFF_HYBRID, 1>();                             \
+        if (p.eff == EFF_HYBRID) return two ? inst2<T, 128, 128>() : inst<T, 128, 128, EFF_HYBRID, 1>();  \
         if (p.eff == EFF_TAYLOR)                                                                        \
             return p.nb == 1   ? inst<T, 128, 128, EFF_TAYLOR, 1>()                                     \
                    : p.nb == 2 ? inst<T, 128, 128, EFF_TAYLOR, 2>()                                     \
@@ -1517,7 +1890,7 @@ rows_inst *pick(const tk_call *c, const eff_plan &p) {
         return inst<T, 128, 128, EFF_NONE, 1>();                                                        \
     }                                                                                                   \
     if (c->D == 64 && c->Dv == 64) {                                                                    \
-        if (p.eff == EFF_HYBRID) return inst<T, 64, 64, EFF_HYBRID, 1>();                               \
+        if (p.eff == EFF_HYBRID) return two ? inst2<T, 64, 64>() : inst<T, 64, 64, EFF_HYBRID, 1>();      \
         if (p.eff == EFF_TAYLOR)                                                                        \
             return p.nb == 1 ? inst<T, 64, 64, EFF_TAYLOR, 1>()                                         \
                    : p.nb == 2 ? inst<T, 64, 64, EFF_TAYLOR, 2>()                                       \
@@ -1727,6 +2100,7 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
     sel_state *sel = (sel_state *)(w + L.o_out + al256(sizeof(double) * nrow * QREC));
     const bool far_rows = L.p.far && ns > 0;
     phase_clock clk = clock_start(st);
+    const bool old_path = stats_old_path();
     const float s0 = (float)(c->scale > 0 ? c->scale : 1.0 / sqrt((double)c->D));
 
     // the sampled indices, one upload (the host buffer is free: the previous call synchronized)
@@ -1860,13 +2234,13 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
             ra.gw = j->win.grid_w;
             dim3 grid(BH, L.nsplit);
             void *args[] = {&ra};
-            TKC_TRY(cudaLaunchKernel(ri->fn, grid, dim3(RT_WARPS * 32), args, ri->smem, st), err, errlen);
+            TKC_TRY(cudaLaunchKernel(ri->fn, grid, dim3(ri->threads), args, ri->smem, st), err, errlen);
             if (L.p.additive) { // the far softmax over every kept key, into the third stream
                 RowsArgs rb = ra;
                 rb.kind = HYB_FAR;
                 rb.part_e = part + 2 * part_stride;
                 void *args2[] = {&rb};
-                TKC_TRY(cudaLaunchKernel(ri->fn, grid, dim3(RT_WARPS * 32), args2, ri->smem, st), err, errlen);
+                TKC_TRY(cudaLaunchKernel(ri->fn, grid, dim3(ri->threads), args2, ri->smem, st), err, errlen);
             }
         }
         clk.mark("rows", st);
@@ -1920,10 +2294,26 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
     int cap = 2 * (num_sms > 0 ? num_sms : 132);
     if (hb > cap) hb = cap;
     if (hb < 1) hb = 1;
-    dim3 hgrid(hb, SEL_ARR);
-    sel_hist_kernel<0><<<hgrid, 256, 0, st>>>(sa);
-    sel_hist_kernel<1><<<hgrid, 256, 0, st>>>(sa);
-    sel_hist_kernel<2><<<hgrid, 256, 0, st>>>(sa);
+    if (old_path) {
+        dim3 hgrid(hb, SEL_ARR);
+        sel_hist_kernel<0><<<hgrid, 256, 0, st>>>(sa);
+        sel_hist_kernel<1><<<hgrid, 256, 0, st>>>(sa);
+        sel_hist_kernel<2><<<hgrid, 256, 0, st>>>(sa);
+    } else {
+        // a warp per 4 x 32 float4 (one step each at N=16,896, H=24: 99 blocks an array)
+        constexpr long long per = 8 * 32 * SEL2_U;
+        long long nb = (most / 4 + per - 1) / per;
+        const long long cap2 = 4LL * (num_sms > 0 ? num_sms : 132);
+        if (nb > cap2) nb = cap2;
+        if (nb < 1) nb = 1;
+        dim3 hgrid((unsigned)nb, SEL_ARR);
+        const int big = (int)(sizeof(unsigned) * SEL_T * SEL_BINS);
+        TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, big), err, errlen);
+        TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, big), err, errlen);
+        sel2_hist_kernel<0><<<hgrid, 256, sizeof(unsigned) * SEL_BINS, st>>>(sa);
+        sel2_hist_kernel<1><<<hgrid, 256, big, st>>>(sa);
+        sel2_hist_kernel<2><<<hgrid, 256, big, st>>>(sa);
+    }
     TKC_LAUNCHED("sel kernels", err, errlen);
 
     clk.mark("select", st);
