@@ -247,7 +247,14 @@ __device__ __forceinline__ void split_pack(float a, float b, uint32_t &hi, uint3
 // the caller's loops are unrolled) (P as a 16-bit high part plus
 // residual: two products). WIN: also the mass of the keys whose bit is set in
 // wbits (bit nt*4+e), rescaled as l.
-template <typename T, int NTN, int NACC, int LDV, bool WIN>
+// LAZY (rows_hyb2_kernel): the running max m moves only when some row of
+// the warp meets a logit above m + LAZY_LOG2 (warp-uniform), so most steps
+// skip the rescale of l and the accumulators; p = 2^(x - m) then stays <=
+// 2^LAZY_LOG2, and every sum is still relative to the m that is stored (the
+// same softmax, other roundings).
+constexpr float LAZY_LOG2 = 8.f;
+
+template <typename T, int NTN, int NACC, int LDV, bool WIN, bool LAZY = false>
 __device__ __forceinline__ void stream_step(float (&x)[2][4], float &m_lo, float &m_hi, float &l_lo, float &l_hi,
                                             float (&acc)[NACC][4], int nt0, const T *vt, int lane, unsigned wbits,
                                             float &w_lo, float &w_hi) {
@@ -257,11 +264,18 @@ __device__ __forceinline__ void stream_step(float (&x)[2][4], float &m_lo, float
     mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
     mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
     mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-    float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
-    float mu_lo = mn_lo == -INFINITY ? 0.f : mn_lo, mu_hi = mn_hi == -INFINITY ? 0.f : mn_hi;
-    float al_lo = ex2(m_lo - mu_lo), al_hi = ex2(m_hi - mu_hi);
-    m_lo = mn_lo;
-    m_hi = mn_hi;
+    bool resc = true;
+    if (LAZY) resc = __any_sync(0xffffffffu, mx_lo > m_lo + LAZY_LOG2 || mx_hi > m_hi + LAZY_LOG2);
+    float mu_lo, mu_hi, al_lo = 1.f, al_hi = 1.f;
+    if (resc) {
+        float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
+        mu_lo = mn_lo == -INFINITY ? 0.f : mn_lo, mu_hi = mn_hi == -INFINITY ? 0.f : mn_hi;
+        al_lo = ex2(m_lo - mu_lo), al_hi = ex2(m_hi - mu_hi);
+        m_lo = mn_lo;
+        m_hi = mn_hi;
+    } else { // m stays; m = -Inf here only with every logit of the row -Inf so far (p = 0)
+        mu_lo = m_lo == -INFINITY ? 0.f : m_lo, mu_hi = m_hi == -INFINITY ? 0.f : m_hi;
+    }
     uint32_t ph[4], pl[4];
     float sum_lo = 0.f, sum_hi = 0.f, ws_lo = 0.f, ws_hi = 0.f;
 #pragma unroll
@@ -277,18 +291,27 @@ __device__ __forceinline__ void stream_step(float (&x)[2][4], float &m_lo, float
         split_pack<T>(p0, p1, ph[nt * 2], pl[nt * 2]);
         split_pack<T>(p2, p3, ph[nt * 2 + 1], pl[nt * 2 + 1]);
     }
-    l_lo = l_lo * al_lo + sum_lo;
-    l_hi = l_hi * al_hi + sum_hi;
-    if (WIN) {
-        w_lo = w_lo * al_lo + ws_lo;
-        w_hi = w_hi * al_hi + ws_hi;
-    }
+    if (resc) {
+        l_lo = l_lo * al_lo + sum_lo;
+        l_hi = l_hi * al_hi + sum_hi;
+        if (WIN) {
+            w_lo = w_lo * al_lo + ws_lo;
+            w_hi = w_hi * al_hi + ws_hi;
+        }
 #pragma unroll
-    for (int i = nt0; i < nt0 + NTN; i++) {
-        acc[i][0] *= al_lo;
-        acc[i][1] *= al_lo;
-        acc[i][2] *= al_hi;
-        acc[i][3] *= al_hi;
+        for (int i = nt0; i < nt0 + NTN; i++) {
+            acc[i][0] *= al_lo;
+            acc[i][1] *= al_lo;
+            acc[i][2] *= al_hi;
+            acc[i][3] *= al_hi;
+        }
+    } else {
+        l_lo += sum_lo;
+        l_hi += sum_hi;
+        if (WIN) {
+            w_lo += ws_lo;
+            w_hi += ws_hi;
+        }
     }
     // V fragments loaded one step ahead, and the high products of a step's two
     // column blocks issued before the residual ones (each accumulator still
@@ -801,8 +824,8 @@ __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a)
                         wbits |= 1u << (nt * 4 + e);
                 }
             if (grp == 0) {
-                stream_step<T, DV / 8, DV / 8, LDV, true>(x, m_lo, m_hi, l_lo, l_hi, acc, 0, vt, lane, wbits, w_lo,
-                                                         w_hi);
+                stream_step<T, DV / 8, DV / 8, LDV, true, true>(x, m_lo, m_hi, l_lo, l_hi, acc, 0, vt, lane, wbits,
+                                                               w_lo, w_hi);
             } else {
                 const float *ft = Fs + ((j & 1) * KT + wk * 16) * 16;
                 float y[2][4];
@@ -819,7 +842,8 @@ __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a)
                                                               : -INFINITY;
                     }
                 float d0 = 0.f, d1 = 0.f;
-                stream_step<T, DV / 8, DV / 8, LDV, false>(y, m_lo, m_hi, l_lo, l_hi, acc, 0, vt, lane, 0u, d0, d1);
+                stream_step<T, DV / 8, DV / 8, LDV, false, true>(y, m_lo, m_hi, l_lo, l_hi, acc, 0, vt, lane, 0u, d0,
+                                                                d1);
             }
             __syncthreads();
         }
@@ -1330,20 +1354,21 @@ __global__ void __launch_bounds__(NM_WARPS * 32) norms_mma_kernel(NormPair np) {
 // s_far q^ = s_far mod(P^T q0) of the sampled queries, [BH][nsp][g] (rows past ns: 0). Grid BH;
 // P and 16 rows at a time staged in shared memory (D <= 128, g <= 32, nsp <= 64: the far field's
 // limits, plan_eff).
-template <typename T>
-__global__ void __launch_bounds__(256) qhat_kernel(const T *q0, const int *rows, int ns, int nsp, int N, int D,
-                                                   int g, const float *P, int modify, float power, float clip,
-                                                   float eps, float s_far, float *qhat) {
+// The body of one head's block (bh); row_of(r) is the r-th sampled query row.
+template <typename T, typename RowOf>
+__device__ __forceinline__ void qhat_head(int bh, const T *q0, RowOf row_of, int ns, int nsp, int N, int D, int g,
+                                          const float *P, int modify, float power, float clip, float eps,
+                                          float s_far, float *qhat) {
     __shared__ float ys[64 * 32];
     __shared__ float ps[128 * 32];
     __shared__ float xs[16 * 128];
-    const int bh = blockIdx.x, tid = threadIdx.x;
+    const int tid = threadIdx.x;
     for (int i = tid; i < D * g; i += blockDim.x) ps[i] = P[(size_t)bh * D * g + i];
     for (int r0 = 0; r0 < nsp; r0 += 16) {
         __syncthreads(); // ps staged; the previous rows consumed
         for (int e = tid; e < 16 * D; e += blockDim.x) {
             const int r = r0 + e / D, i = e % D;
-            xs[e] = r < ns ? elem<T>::to_f(q0[((size_t)bh * N + rows[r]) * D + i]) : 0.f;
+            xs[e] = r < ns ? elem<T>::to_f(q0[((size_t)bh * N + row_of(r)) * D + i]) : 0.f;
         }
         __syncthreads();
         for (int p = tid; p < 16 * g; p += blockDim.x) {
@@ -1361,6 +1386,14 @@ __global__ void __launch_bounds__(256) qhat_kernel(const T *q0, const int *rows,
         float f = mod_factor(modify, power, clip, eps, sqrtf(s2));
         qhat[(size_t)bh * nsp * g + p] = r < ns ? s_far * f * ys[p] : 0.f;
     }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256) qhat_kernel(const T *q0, const int *rows, int ns, int nsp, int N, int D,
+                                                   int g, const float *P, int modify, float power, float clip,
+                                                   float eps, float s_far, float *qhat) {
+    qhat_head<T>(blockIdx.x, q0, [&](int r) { return rows[r]; }, ns, nsp, N, D, g, P, modify, power, clip, eps,
+                 s_far, qhat);
 }
 
 // s0 q_a.k_c for the sampled (a, c) pairs of every head, [BH][nq][nk]; masked keys SKIP_BITS.
@@ -1415,6 +1448,7 @@ struct sel_state {
     unsigned prefix[SEL_ARR][SEL_T];
     unsigned long long rank[SEL_ARR][SEL_T];
     int owner[SEL_ARR][SEL_T];
+    unsigned kmax[SEL_ARR], kmin_inv[SEL_ARR]; // sel2: the largest key and ~(the smallest), from pass 0
 };
 
 struct SelArgs {
@@ -1450,8 +1484,8 @@ __device__ __forceinline__ void sel_find(const SelArgs &a, int arr) {
     unsigned prefix;
     int owner;
     if (PASS == 0) {
-        const double pct[SEL_T] = {0, 100, 50, 50, 90, 90, 99, 99};
-        double pos = pct[t] / 100.0 * (double)(n - 1);
+        const double pct = t == 0 ? 0 : t == 1 ? 100 : t < 4 ? 50 : t < 6 ? 90 : 99; // {0, 100, 50, 50, 90, 90, 99, 99}
+        double pos = pct / 100.0 * (double)(n - 1);
         rank = (unsigned long long)((t >= 2 && (t & 1)) ? ceil(pos) : floor(pos));
         if (rank > n - 1) rank = n - 1;
         prefix = 0;
@@ -1611,13 +1645,17 @@ __global__ void __launch_bounds__(256) sel_hist_kernel(SelArgs a) {
 
 // The select's passes, second form (the default; TKC_STATS_OLD=1 takes
 // sel_hist_kernel): every pass counts into shared-memory histograms -- pass 0
-// one of 2048 bins, passes 1 and 2 one per distinct target prefix (at most 8,
-// 64 KB of dynamic shared memory) -- flushed once per block, so values that
-// share a few bins (modified norms of normalized rows are all ~1: every
-// pass's digits coincide) no longer serialize global atomics on one address
-// (sel_hist_kernel<1>: 62 us of its 0.106 ms on the H200). A warp reads 4 x 32
-// float4 (16-byte loads, all issued before the first is used); the last
-// len % 4 values go to warp 0 of block 0. Same histograms, same scan
+// one of 2048 bins, passes 1 and 2 one per distinct prefix of the percentile
+// targets (at most 6, 48 KB of dynamic shared memory) -- flushed once per
+// block, so values that share a few bins (modified norms of normalized rows
+// are all ~1: every pass's digits coincide) no longer serialize global
+// atomics on one address (sel_hist_kernel<1>: 62 us of its 0.106 ms on the
+// H200). The minimum and maximum (ranks 0 and n-1) come from pass 0 (the
+// extreme keys, reduced with atomicMax), so passes 1 and 2 histogram only the
+// values that share a percentile's prefix; the scan of targets 0 and 1 still
+// runs (on whatever histogram its prefix names) and is overwritten at the end.
+// A warp reads 4 x 32 float4 (16-byte loads, all issued before the first is
+// used); the last len % 4 values go to warp 0 of block 0. Same scan
 // (sel_find), same ticket.
 constexpr int SEL2_U = 4;
 
@@ -1640,17 +1678,27 @@ __global__ void __launch_bounds__(256) sel2_hist_kernel(SelArgs a) {
         if (PASS == 0) {
             s_owner[0] = 0, s_prefix[0] = 0u, ns = 1;
         } else {
-            for (int t = 0; t < SEL_T; t++)
-                if (a.st->owner[arr][t] == t) s_owner[ns] = t, s_prefix[ns] = a.st->prefix[arr][t], ns++;
+            // one slot per distinct prefix of targets 2..7, counted into its owner's histogram
+            for (int t = 2; t < SEL_T; t++) {
+                const int o = a.st->owner[arr][t];
+                bool have = false;
+                for (int u = 0; u < ns; u++) have |= s_owner[u] == o;
+                if (!have) s_owner[ns] = o, s_prefix[ns] = a.st->prefix[arr][t], ns++;
+            }
         }
         s_nslots = ns;
     }
     __syncthreads();
     const int nslots = s_nslots;
+    constexpr int NSL = PASS == 0 ? 1 : SEL_T - 2;
+    unsigned pre[NSL]; // no prefix of a pass is ~0u (11 or 22 bits)
+#pragma unroll
+    for (int u = 0; u < NSL; u++) pre[u] = u < nslots ? s_prefix[u] : ~0u;
     for (int b = tid; b < nslots * SEL_BINS; b += blockDim.x) s2_hist[b] = 0u;
     __syncthreads();
     double lsum = 0;
     unsigned long long lcnt = 0;
+    unsigned kmax = 0u, kmin_inv = 0u;
     // every lane of the warp calls it (the match)
     auto count = [&](float v) {
         int bin = -1;
@@ -1659,13 +1707,13 @@ __global__ void __launch_bounds__(256) sel2_hist_kernel(SelArgs a) {
             if (PASS == 0) {
                 lcnt++;
                 lsum += (double)v;
+                kmax = max(kmax, key);
+                kmin_inv = max(kmin_inv, ~key);
                 bin = (key >> SHIFT) & MASK;
             } else {
-                for (int s = 0; s < nslots; s++)
-                    if ((key >> PREV) == s_prefix[s]) {
-                        bin = s * SEL_BINS + ((key >> SHIFT) & MASK);
-                        break;
-                    }
+#pragma unroll
+                for (int u = 0; u < NSL; u++)
+                    if ((key >> PREV) == pre[u]) bin = u * SEL_BINS + ((key >> SHIFT) & MASK);
             }
         }
         const unsigned m = __match_any_sync(0xffffffffu, bin);
@@ -1698,19 +1746,26 @@ __global__ void __launch_bounds__(256) sel2_hist_kernel(SelArgs a) {
         if (c) atomicAdd(&h[s_owner[b / SEL_BINS] * SEL_BINS + b % SEL_BINS], c);
     }
     if (PASS == 0) {
+        __shared__ unsigned s_kmax[8], s_kmin[8];
         for (int off = 16; off > 0; off >>= 1) {
             lsum += __shfl_xor_sync(0xffffffffu, lsum, off);
             lcnt += __shfl_xor_sync(0xffffffffu, lcnt, off);
         }
-        if (lane == 0) s_sum[warp] = lsum, s_cnt[warp] = lcnt;
+        kmax = __reduce_max_sync(0xffffffffu, kmax);
+        kmin_inv = __reduce_max_sync(0xffffffffu, kmin_inv);
+        if (lane == 0) s_sum[warp] = lsum, s_cnt[warp] = lcnt, s_kmax[warp] = kmax, s_kmin[warp] = kmin_inv;
         __syncthreads();
         if (tid == 0) {
             double s = 0;
             unsigned long long c = 0;
-            for (int w = 0; w < (int)(blockDim.x / 32); w++) s += s_sum[w], c += s_cnt[w];
+            unsigned hi = 0u, lo = 0u;
+            for (int w = 0; w < (int)(blockDim.x / 32); w++)
+                s += s_sum[w], c += s_cnt[w], hi = max(hi, s_kmax[w]), lo = max(lo, s_kmin[w]);
             if (c) {
                 atomicAdd(&a.st->sum[arr], s);
                 atomicAdd(&a.st->n[arr], c);
+                atomicMax(&a.st->kmax[arr], hi);
+                atomicMax(&a.st->kmin_inv[arr], lo);
             }
         }
     }
@@ -1725,6 +1780,40 @@ __global__ void __launch_bounds__(256) sel2_hist_kernel(SelArgs a) {
     if (!s_last) return;
     __threadfence();
     sel_find<PASS>(a, arr);
+    if (PASS == 2 && tid == 0 && __ldcg(&a.st->n[arr]) > 0) { // ranks 0 and n-1: the extreme keys
+        a.st->val[arr][0] = sel_value(~__ldcg(&a.st->kmin_inv[arr]));
+        a.st->val[arr][1] = sel_value(__ldcg(&a.st->kmax[arr]));
+    }
+}
+
+// The first launch of the stats (unless TKC_STATS_OLD, or more than
+// ROWS_PARAM sampled indices): the indices from the launch parameter into
+// rows_d, the select's histograms, tickets and state zeroed (were two
+// memsets), and -- blocks below BH, when qhat is not NULL -- the far rows of
+// the sampled queries as qhat_kernel computes them (the indices read from the
+// parameter). Grid-stride over the zeroing.
+struct PrepArgs {
+    int *rows_d;
+    unsigned *zero_a; // SEL_HIST_WORDS
+    unsigned *zero_b; // sel_state
+    int nzero_b;      // words
+    // qhat (NULL = none)
+    const void *q0;
+    int ns, nsp, N, D, g, BH;
+    const float *P;
+    int modify;
+    float power, clip, eps, s_far;
+    float *qhat;
+};
+
+template <typename T> __global__ void __launch_bounds__(256) prep_kernel(RowsParam rp, PrepArgs a) {
+    const size_t gid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = gid; i < SEL_HIST_WORDS; i += stride) a.zero_a[i] = 0u;
+    for (size_t i = gid; i < (size_t)a.nzero_b; i += stride) a.zero_b[i] = 0u;
+    for (size_t i = gid; i < (size_t)rp.n; i += stride) a.rows_d[i] = rp.v[i];
+    if (a.qhat && (int)blockIdx.x < a.BH)
+        qhat_head<T>(blockIdx.x, reinterpret_cast<const T *>(a.q0), [&](int r) { return rp.v[r]; }, a.ns, a.nsp, a.N,
+                     a.D, a.g, a.P, a.modify, a.power, a.clip, a.eps, a.s_far, a.qhat);
 }
 
 // ---- host side ---------------------------------------------------------------
@@ -2103,33 +2192,51 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
     const bool old_path = stats_old_path();
     const float s0 = (float)(c->scale > 0 ? c->scale : 1.0 / sqrt((double)c->D));
 
-    // the sampled indices, one upload (the host buffer is free: the previous call synchronized)
+    const void *q0 = j->q0 ? j->q0 : c->q, *k0 = j->k0 ? j->k0 : c->k;
+    const float pw = j->power, cl = j->clip, ep = j->eps;
+    // the sampled indices, one upload (the host buffer is free: the previous call synchronized);
+    // the first form (prep_kernel) also zeroes the select's state and computes qhat
+    bool prepped = false; // the select's state zeroed, qhat computed
     {
         int n = ns + j->nqk_q + j->nqk_k;
-        if (n > 0) {
-            RowsParam rp; // the launch parameter (3.8 KB)
-            int *tmp = n <= ROWS_PARAM ? rp.v : (int *)((char *)host + host_rows_off(j));
-            if (ns) memcpy(tmp, j->qrows, sizeof(int) * ns);
-            if (j->nqk_q) memcpy(tmp + ns, j->qk_q, sizeof(int) * j->nqk_q);
-            if (j->nqk_k) memcpy(tmp + ns + j->nqk_q, j->qk_k, sizeof(int) * j->nqk_k);
-            if (n <= ROWS_PARAM) {
-                rp.n = n;
-                rows_param_kernel<<<1, 256, 0, st>>>(rp, rows_d);
-                TKC_LAUNCHED("rows_param_kernel", err, errlen);
-            } else {
-                cudaError_t e = cudaMemcpyAsync(rows_d, tmp, sizeof(int) * n, cudaMemcpyHostToDevice, st);
-                if (e != cudaSuccess) {
-                    snprintf(err, errlen, "sampled rows upload: %s", cudaGetErrorString(e));
-                    return 1;
-                }
+        RowsParam rp; // the launch parameter (3.8 KB)
+        rp.n = n;
+        int *tmp = n <= ROWS_PARAM ? rp.v : (int *)((char *)host + host_rows_off(j));
+        if (ns) memcpy(tmp, j->qrows, sizeof(int) * ns);
+        if (j->nqk_q) memcpy(tmp + ns, j->qk_q, sizeof(int) * j->nqk_q);
+        if (j->nqk_k) memcpy(tmp + ns + j->nqk_q, j->qk_k, sizeof(int) * j->nqk_k);
+        if (!old_path && n <= ROWS_PARAM) {
+            PrepArgs pa;
+            memset(&pa, 0, sizeof pa);
+            pa.rows_d = rows_d;
+            pa.zero_a = hist;
+            pa.zero_b = reinterpret_cast<unsigned *>(sel);
+            pa.nzero_b = (int)(sizeof(sel_state) / sizeof(unsigned));
+            if (far_rows) {
+                pa.q0 = q0, pa.ns = ns, pa.nsp = L.nsp, pa.N = c->Nq, pa.D = c->D, pa.g = j->g, pa.BH = BH;
+                pa.P = j->P, pa.modify = j->modify, pa.power = pw, pa.clip = cl, pa.eps = ep;
+                pa.s_far = (float)j->s_far, pa.qhat = qhat;
+            }
+            const int blocks = far_rows && BH > 64 ? BH : 64;
+            if (dt == TK_DTYPE_BF16) prep_kernel<__nv_bfloat16><<<blocks, 256, 0, st>>>(rp, pa);
+            else if (dt == TK_DTYPE_F16) prep_kernel<__half><<<blocks, 256, 0, st>>>(rp, pa);
+            else prep_kernel<float><<<blocks, 256, 0, st>>>(rp, pa);
+            TKC_LAUNCHED("prep_kernel", err, errlen);
+            prepped = true;
+        } else if (n > 0 && n <= ROWS_PARAM) {
+            rows_param_kernel<<<1, 256, 0, st>>>(rp, rows_d);
+            TKC_LAUNCHED("rows_param_kernel", err, errlen);
+        } else if (n > 0) {
+            cudaError_t e = cudaMemcpyAsync(rows_d, tmp, sizeof(int) * n, cudaMemcpyHostToDevice, st);
+            if (e != cudaSuccess) {
+                snprintf(err, errlen, "sampled rows upload: %s", cudaGetErrorString(e));
+                return 1;
             }
         }
     }
-    const void *q0 = j->q0 ? j->q0 : c->q, *k0 = j->k0 ? j->k0 : c->k;
-    const float pw = j->power, cl = j->clip, ep = j->eps;
 
     // far rows of the sampled queries (hybrid)
-    if (far_rows) {
+    if (far_rows && !prepped) {
         if (dt == TK_DTYPE_BF16)
             qhat_kernel<__nv_bfloat16><<<BH, 256, 0, st>>>((const __nv_bfloat16 *)q0, rows_d, ns, L.nsp, c->Nq, c->D,
                                                           j->g, j->P, j->modify, pw, cl, ep, (float)j->s_far, qhat);
@@ -2184,6 +2291,21 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
             TKC_NM(128, 16) TKC_NM(128, 32) TKC_NM(64, 16) TKC_NM(64, 32)
 #undef TKC_NM
             const size_t smem = sizeof(uint2) * (c->D / 16) * (G / 8) * 3 * 32 + sizeof(float) * L.nsp * G;
+            // one wave of resident blocks over both sides and every head (each block builds P's
+            // fragments once, then its warps take groups of 16 rows): at N=16,896, H=24 the
+            // 8-groups-a-warp grid was 1,584 blocks for 924 resident, 1.7 waves
+            int occ = 0;
+            if (!old_path) {
+                if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, NM_WARPS * 32, smem) != cudaSuccess) {
+                    (void)cudaGetLastError(); // keep the 8-groups-a-warp grid
+                    occ = 0;
+                }
+                if (occ > 0) {
+                    const int per_head = occ * (num_sms > 0 ? num_sms : 132) / (2 * BH);
+                    const int most_blocks = (groups + NM_WARPS - 1) / NM_WARPS;
+                    grid.x = per_head < 1 ? 1 : per_head > most_blocks ? most_blocks : per_head;
+                }
+            }
             void *args[] = {&np};
             TKC_TRY(cudaLaunchKernel(fn, grid, dim3(NM_WARPS * 32), args, smem, st), err, errlen);
         } else {
@@ -2286,8 +2408,10 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
     sa.x[2] = L.mod_q ? norm[2] : nullptr, sa.x[3] = L.mod_k ? norm[3] : nullptr;
     sa.x[4] = lens[4] > 0 ? qk : nullptr;
     sa.st = sel, sa.hist = hist;
-    TKC_TRY(cudaMemsetAsync(hist, 0, sizeof(unsigned) * SEL_HIST_WORDS, st), err, errlen);
-    TKC_TRY(cudaMemsetAsync(sel, 0, sizeof(sel_state), st), err, errlen);
+    if (!prepped) {
+        TKC_TRY(cudaMemsetAsync(hist, 0, sizeof(unsigned) * SEL_HIST_WORDS, st), err, errlen);
+        TKC_TRY(cudaMemsetAsync(sel, 0, sizeof(sel_state), st), err, errlen);
+    }
     long long most = 0;
     for (int a = 0; a < SEL_ARR; a++) most = sa.x[a] && lens[a] > most ? lens[a] : most;
     int hb = (int)((most + 2047) / 2048); // about 8 values a thread
@@ -2307,7 +2431,7 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
         if (nb > cap2) nb = cap2;
         if (nb < 1) nb = 1;
         dim3 hgrid((unsigned)nb, SEL_ARR);
-        const int big = (int)(sizeof(unsigned) * SEL_T * SEL_BINS);
+        const int big = (int)(sizeof(unsigned) * (SEL_T - 2) * SEL_BINS);
         TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, big), err, errlen);
         TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, big), err, errlen);
         sel2_hist_kernel<0><<<hgrid, 256, sizeof(unsigned) * SEL_BINS, st>>>(sa);
