@@ -1236,7 +1236,9 @@ __device__ __forceinline__ float bf16_sq_sum(uint4 u) {
 
 __device__ __forceinline__ uint32_t u4_word(const uint4 &u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
 
-template <int D, int G, bool SAME>
+// PF (TKC_STATS_NORMS_PF=1, benchmarking): each warp loads its next group's
+// rows before computing the current one (32 or 64 more registers).
+template <int D, int G, bool SAME, bool PF = false>
 __global__ void __launch_bounds__(NM_WARPS * 32) norms_mma_kernel(NormPair np) {
     constexpr int KK = D / 16, NT = G / 8, PD = D / 32; // k-steps, n-tiles, 16-byte words per lane and row
     extern __shared__ __align__(16) unsigned char nm_raw[];
@@ -1273,17 +1275,37 @@ __global__ void __launch_bounds__(NM_WARPS * 32) norms_mma_kernel(NormPair np) {
     const uint4 *xb = reinterpret_cast<const uint4 *>(a.x) + (size_t)bh * N * (D / 8);
     const uint4 *x0b = reinterpret_cast<const uint4 *>(a.x0) + (size_t)bh * N * (D / 8);
     const uint8_t *mb = a.mask ? a.mask + (size_t)(bh / a.H) * N : nullptr;
-    for (int gi = blockIdx.x * NM_WARPS + warp; gi < ngroups; gi += gridDim.x * NM_WARPS) {
-        int r[2] = {gi * 16 + g, gi * 16 + g + 8};
-        uint4 ux[2][PD], u0[2][PD];
+    auto load = [&](int gg, uint4 (&dx)[2][PD], uint4 (&d0)[2][PD]) {
 #pragma unroll
         for (int h = 0; h < 2; h++)
 #pragma unroll
             for (int p = 0; p < PD; p++) {
-                const bool ok = r[h] < N;
-                ux[h][p] = ok ? __ldcs(xb + (size_t)r[h] * (D / 8) + 4 * p + t4) : make_uint4(0, 0, 0, 0);
-                if (!SAME) u0[h][p] = ok ? __ldcs(x0b + (size_t)r[h] * (D / 8) + 4 * p + t4) : make_uint4(0, 0, 0, 0);
+                const int rr = gg * 16 + g + 8 * h;
+                const bool ok = rr < N;
+                dx[h][p] = ok ? __ldcs(xb + (size_t)rr * (D / 8) + 4 * p + t4) : make_uint4(0, 0, 0, 0);
+                if (!SAME) d0[h][p] = ok ? __ldcs(x0b + (size_t)rr * (D / 8) + 4 * p + t4) : make_uint4(0, 0, 0, 0);
             }
+    };
+    const int gstep = gridDim.x * NM_WARPS;
+    uint4 nx[PF ? 2 : 1][PF ? PD : 1], n0[PF ? 2 : 1][PF ? PD : 1];
+    if constexpr (PF) {
+        if (blockIdx.x * NM_WARPS + warp < ngroups) load(blockIdx.x * NM_WARPS + warp, nx, n0);
+    }
+    for (int gi = blockIdx.x * NM_WARPS + warp; gi < ngroups; gi += gstep) {
+        int r[2] = {gi * 16 + g, gi * 16 + g + 8};
+        uint4 ux[2][PD], u0[2][PD];
+        if constexpr (PF) {
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int p = 0; p < PD; p++) {
+                    ux[h][p] = nx[h][p];
+                    if (!SAME) u0[h][p] = n0[h][p];
+                }
+            if (gi + gstep < ngroups) load(gi + gstep, nx, n0);
+        } else {
+            load(gi, ux, u0);
+        }
         float acc[NT][4];
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
@@ -1659,7 +1681,7 @@ __global__ void __launch_bounds__(256) sel_hist_kernel(SelArgs a) {
 // (sel_find), same ticket.
 constexpr int SEL2_U = 4;
 
-template <int PASS>
+template <int PASS, bool MATCH>
 __global__ void __launch_bounds__(256) sel2_hist_kernel(SelArgs a) {
     constexpr int SHIFT = PASS == 0 ? 21 : PASS == 1 ? 10 : 0, MASK = PASS == 2 ? 0x3ff : 0x7ff;
     constexpr int PREV = PASS == 1 ? 21 : 10;
@@ -1716,8 +1738,14 @@ __global__ void __launch_bounds__(256) sel2_hist_kernel(SelArgs a) {
                     if ((key >> PREV) == pre[u]) bin = u * SEL_BINS + ((key >> SHIFT) & MASK);
             }
         }
-        const unsigned m = __match_any_sync(0xffffffffu, bin);
-        if (bin >= 0 && lane == __ffs(m) - 1) atomicAdd(&s2_hist[bin], (unsigned)__popc(m));
+        if (MATCH) {
+            const unsigned m = __match_any_sync(0xffffffffu, bin);
+            if (bin >= 0 && lane == __ffs(m) - 1) atomicAdd(&s2_hist[bin], (unsigned)__popc(m));
+        } else if (__all_sync(0xffffffffu, bin == __shfl_sync(0xffffffffu, bin, 0))) {
+            if (bin >= 0 && lane == 0) atomicAdd(&s2_hist[bin], 32u); // the whole warp in one bin
+        } else if (bin >= 0) {
+            atomicAdd(&s2_hist[bin], 1u);
+        }
     };
     const long long len = a.len[arr], n4 = len / 4;
     const float4 *x4 = reinterpret_cast<const float4 *>(x);
@@ -2284,10 +2312,13 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
             const int most = c->Nq > c->Nk ? c->Nq : c->Nk, groups = (most + 15) / 16;
             dim3 grid((groups + NM_WARPS * 8 - 1) / (NM_WARPS * 8), BH, 2); // 8 groups of 16 rows a warp
             const void *fn = nullptr;
+            const bool pf = !old_path && getenv("TKC_STATS_NORMS_PF");
 #define TKC_NM(DD, GG)                                                                                   \
     if (c->D == DD && G == GG)                                                                          \
-        fn = same ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, true>)                      \
-                  : reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, false>);
+        fn = pf ? (same ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, true, true>)          \
+                        : reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, false, true>))        \
+                : (same ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, true>)                \
+                        : reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, false>));
             TKC_NM(128, 16) TKC_NM(128, 32) TKC_NM(64, 16) TKC_NM(64, 32)
 #undef TKC_NM
             const size_t smem = sizeof(uint2) * (c->D / 16) * (G / 8) * 3 * 32 + sizeof(float) * L.nsp * G;
@@ -2432,11 +2463,23 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
         if (nb < 1) nb = 1;
         dim3 hgrid((unsigned)nb, SEL_ARR);
         const int big = (int)(sizeof(unsigned) * (SEL_T - 2) * SEL_BINS);
-        TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, big), err, errlen);
-        TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, big), err, errlen);
-        sel2_hist_kernel<0><<<hgrid, 256, sizeof(unsigned) * SEL_BINS, st>>>(sa);
-        sel2_hist_kernel<1><<<hgrid, 256, big, st>>>(sa);
-        sel2_hist_kernel<2><<<hgrid, 256, big, st>>>(sa);
+        if (getenv("TKC_STATS_SEL_MATCH")) { // benchmarking: warp-aggregated counts (__match_any_sync)
+            TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<1, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, big),
+                    err, errlen);
+            TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<2, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, big),
+                    err, errlen);
+            sel2_hist_kernel<0, true><<<hgrid, 256, sizeof(unsigned) * SEL_BINS, st>>>(sa);
+            sel2_hist_kernel<1, true><<<hgrid, 256, big, st>>>(sa);
+            sel2_hist_kernel<2, true><<<hgrid, 256, big, st>>>(sa);
+        } else {
+            TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<1, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, big),
+                    err, errlen);
+            TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<2, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, big),
+                    err, errlen);
+            sel2_hist_kernel<0, false><<<hgrid, 256, sizeof(unsigned) * SEL_BINS, st>>>(sa);
+            sel2_hist_kernel<1, false><<<hgrid, 256, big, st>>>(sa);
+            sel2_hist_kernel<2, false><<<hgrid, 256, big, st>>>(sa);
+        }
     }
     TKC_LAUNCHED("sel kernels", err, errlen);
 
