@@ -744,30 +744,43 @@ __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a)
 
     for (int g0 = 0; g0 < a.ns; g0 += QS_MAX) {
         const int gn = min(QS_MAX, a.ns - g0);
+        // the loads of tile j: fully unrolled, each thread on fixed 16-byte columns of its rows
         auto issue_kv = [&](int j) {
-            int buf = j & 1;
+            const int buf = j & 1, t0 = k0 + j * KT;
             T *kd = Ks + buf * KT * LDK, *vd = Vs + buf * KT * LDV;
-            for (int c = tid; c < KT * CHK; c += NTHR) {
-                int r = c / CHK, cc = c % CHK, gr = k0 + j * KT + r;
-                bool ok = gr < k1;
+            static_assert((KT * CHK) % NTHR == 0 && (KT * CHV) % NTHR == 0 && KT * 4 == NTHR, "tile loads");
+#pragma unroll
+            for (int i = 0; i < KT * CHK / NTHR; i++) {
+                const int r = tid / CHK + i * (NTHR / CHK), cc = tid % CHK, gr = t0 + r;
+                const bool ok = gr < k1;
                 cp_async16(kd + r * LDK + cc * 8, kb + (size_t)(ok ? gr : 0) * D + cc * 8, ok ? 16 : 0);
             }
-            for (int c = tid; c < KT * CHV; c += NTHR) {
-                int r = c / CHV, cc = c % CHV, gr = k0 + j * KT + r;
-                bool ok = gr < k1;
+#pragma unroll
+            for (int i = 0; i < KT * CHV / NTHR; i++) {
+                const int r = tid / CHV + i * (NTHR / CHV), cc = tid % CHV, gr = t0 + r;
+                const bool ok = gr < k1;
                 cp_async16(vd + r * LDV + cc * 8, vb + (size_t)(ok ? gr : 0) * DV + cc * 8, ok ? 16 : 0);
             }
-            if (far)
-                for (int c = tid; c < KT * 4; c += NTHR) {
-                    int r = c / 4, cc = c % 4, gr = k0 + j * KT + r;
-                    bool ok = gr < k1;
-                    cp_async16(Fs + (buf * KT + r) * 16 + cc * 4,
-                               a.F + ((size_t)bh * a.Nk + (ok ? gr : 0)) * a.nsp + g0 + cc * 4, ok ? 16 : 0);
+            if (far) {
+                const int r = tid / 4, cc = tid % 4, gr = t0 + r;
+                const bool ok = gr < k1;
+                cp_async16(Fs + (buf * KT + r) * 16 + cc * 4,
+                           a.F + ((size_t)bh * a.Nk + (ok ? gr : 0)) * a.nsp + g0 + cc * 4, ok ? 16 : 0);
+            }
+            if (tid < KT) {
+                const int gr = t0 + tid;
+                bias[buf * KT + tid] = (gr < k1 && (!mb || mb[gr])) ? 0.f : -INFINITY;
+                // the key's window code (win_key, one division)
+                int code = gr;
+                if (a.shape2d) {
+                    if (gr < a.text || a.gw <= 0) {
+                        code = -1;
+                    } else {
+                        const int t = gr - a.text, row = t / a.gw;
+                        code = row << 16 | (t - row * a.gw);
+                    }
                 }
-            for (int r = tid; r < KT; r += NTHR) {
-                int gr = k0 + j * KT + r;
-                bias[buf * KT + r] = (gr < k1 && (!mb || mb[gr])) ? 0.f : -INFINITY;
-                kcode[buf * KT + r] = win_key(a, gr);
+                kcode[buf * KT + tid] = code;
             }
         };
         __syncthreads(); // the previous group is done with shared memory
@@ -814,32 +827,71 @@ __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a)
             }
             float x[2][4];
             unsigned wbits = 0;
+            const int *kc = kcode + (j & 1) * KT + wk * 16;
 #pragma unroll
             for (int nt = 0; nt < 2; nt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int col = nt * 8 + 2 * t4 + (e & 1);
-                    x[nt][e] = s[nt][e] * a.scale_log2 + bt[col];
-                    if (in_window(a, e < 2 ? wq_lo : wq_hi, kcode[(j & 1) * KT + wk * 16 + col]))
-                        wbits |= 1u << (nt * 4 + e);
-                }
+                for (int e = 0; e < 4; e++) x[nt][e] = s[nt][e] * a.scale_log2 + bt[nt * 8 + 2 * t4 + (e & 1)];
+            // in_window without branches: |d| <= radius as (unsigned)(d + radius) <= 2 radius
+            const unsigned r2 = 2u * (unsigned)a.radius;
+            if (a.shape2d) {
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                    for (int c2 = 0; c2 < 2; c2++) {
+                        const int code = kc[nt * 8 + 2 * t4 + c2];
+                        const int kr = code >> 16, kcl = code & 0xffff;
+#pragma unroll
+                        for (int h = 0; h < 2; h++) {
+                            const win_q &wq = h ? wq_hi : wq_lo;
+                            const bool in = wq.all || code < 0 ||
+                                            ((unsigned)(wq.a - kr + a.radius) <= r2 &&
+                                             (unsigned)(wq.b - kcl + a.radius) <= r2);
+                            wbits |= (unsigned)in << (nt * 4 + 2 * h + c2);
+                        }
+                    }
+            } else {
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                    for (int c2 = 0; c2 < 2; c2++) {
+                        const int code = kc[nt * 8 + 2 * t4 + c2];
+#pragma unroll
+                        for (int h = 0; h < 2; h++) {
+                            const win_q &wq = h ? wq_hi : wq_lo;
+                            const bool in = wq.all || (unsigned)(wq.a - code + a.radius) <= r2;
+                            wbits |= (unsigned)in << (nt * 4 + 2 * h + c2);
+                        }
+                    }
+            }
             if (grp == 0) {
                 stream_step<T, DV / 8, DV / 8, LDV, true, true>(x, m_lo, m_hi, l_lo, l_hi, acc, 0, vt, lane, wbits,
                                                                w_lo, w_hi);
             } else {
                 const float *ft = Fs + ((j & 1) * KT + wk * 16) * 16;
+                float fl[2][4];
+                if (far) {
+#pragma unroll
+                    for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const int col = nt * 8 + 2 * t4 + (e & 1), row = e < 2 ? g : g + 8;
+                            fl[nt][e] = ft[col * 16 + row] * LOG2E + bt[col];
+                        }
+                } else {
+#pragma unroll
+                    for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) fl[nt][e] = -INFINITY;
+                }
+                const bool kfar = a.kind == HYB_FAR, knorm = a.kind == HYB_NORMALIZED;
                 float y[2][4];
 #pragma unroll
                 for (int nt = 0; nt < 2; nt++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
-                        const int col = nt * 8 + 2 * t4 + (e & 1), row = e < 2 ? g : g + 8;
                         const bool inw = (wbits >> (nt * 4 + e)) & 1u;
-                        const float fl = far ? ft[col * 16 + row] * LOG2E + bt[col] : -INFINITY;
-                        y[nt][e] = a.kind == HYB_FAR ? fl
-                                   : inw            ? x[nt][e]
-                                   : a.kind == HYB_NORMALIZED ? fl + a.lw2
-                                                              : -INFINITY;
+                        y[nt][e] = kfar ? fl[nt][e] : inw ? x[nt][e] : knorm ? fl[nt][e] + a.lw2 : -INFINITY;
                     }
                 float d0 = 0.f, d1 = 0.f;
                 stream_step<T, DV / 8, DV / 8, LDV, false, true>(y, m_lo, m_hi, l_lo, l_hi, acc, 0, vt, lane, 0u, d0,
