@@ -711,7 +711,9 @@ __device__ __forceinline__ void merge2_out(float (&acc)[DV / 8][4], float m_lo, 
     }
 }
 
-template <typename T, int D, int DV>
+// FAST = false (TKC_STATS_ROWS_SLOW=1): the tile loads, window bits and far
+// logits as rows_mma_kernel writes them (looped, branching); same values.
+template <typename T, int D, int DV, bool FAST>
 __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a) {
     using S = Rows2Smem<T, D, DV>;
     constexpr int LDK = S::LDK, LDV = S::LDV, KT = RT_KT, NTHR = R2_WARPS * 32;
@@ -745,7 +747,33 @@ __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a)
     for (int g0 = 0; g0 < a.ns; g0 += QS_MAX) {
         const int gn = min(QS_MAX, a.ns - g0);
         // the loads of tile j: fully unrolled, each thread on fixed 16-byte columns of its rows
-        auto issue_kv = [&](int j) {
+        auto issue_kv_slow = [&](int j) {
+            int buf = j & 1;
+            T *kd = Ks + buf * KT * LDK, *vd = Vs + buf * KT * LDV;
+            for (int c = tid; c < KT * CHK; c += NTHR) {
+                int r = c / CHK, cc = c % CHK, gr = k0 + j * KT + r;
+                bool ok = gr < k1;
+                cp_async16(kd + r * LDK + cc * 8, kb + (size_t)(ok ? gr : 0) * D + cc * 8, ok ? 16 : 0);
+            }
+            for (int c = tid; c < KT * CHV; c += NTHR) {
+                int r = c / CHV, cc = c % CHV, gr = k0 + j * KT + r;
+                bool ok = gr < k1;
+                cp_async16(vd + r * LDV + cc * 8, vb + (size_t)(ok ? gr : 0) * DV + cc * 8, ok ? 16 : 0);
+            }
+            if (far)
+                for (int c = tid; c < KT * 4; c += NTHR) {
+                    int r = c / 4, cc = c % 4, gr = k0 + j * KT + r;
+                    bool ok = gr < k1;
+                    cp_async16(Fs + (buf * KT + r) * 16 + cc * 4,
+                               a.F + ((size_t)bh * a.Nk + (ok ? gr : 0)) * a.nsp + g0 + cc * 4, ok ? 16 : 0);
+                }
+            for (int r = tid; r < KT; r += NTHR) {
+                int gr = k0 + j * KT + r;
+                bias[buf * KT + r] = (gr < k1 && (!mb || mb[gr])) ? 0.f : -INFINITY;
+                kcode[buf * KT + r] = win_key(a, gr);
+            }
+        };
+        auto issue_kv_fast = [&](int j) {
             const int buf = j & 1, t0 = k0 + j * KT;
             T *kd = Ks + buf * KT * LDK, *vd = Vs + buf * KT * LDV;
             static_assert((KT * CHK) % NTHR == 0 && (KT * CHV) % NTHR == 0 && KT * 4 == NTHR, "tile loads");
@@ -782,6 +810,10 @@ __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a)
                 }
                 kcode[buf * KT + tid] = code;
             }
+        };
+        auto issue_kv = [&](int j) {
+            if constexpr (FAST) issue_kv_fast(j);
+            else issue_kv_slow(j);
         };
         __syncthreads(); // the previous group is done with shared memory
         for (int c = tid; c < 16 * CHK; c += NTHR) {
@@ -834,7 +866,14 @@ __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a)
                 for (int e = 0; e < 4; e++) x[nt][e] = s[nt][e] * a.scale_log2 + bt[nt * 8 + 2 * t4 + (e & 1)];
             // in_window without branches: |d| <= radius as (unsigned)(d + radius) <= 2 radius
             const unsigned r2 = 2u * (unsigned)a.radius;
-            if (a.shape2d) {
+            if (!FAST) {
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        if (in_window(a, e < 2 ? wq_lo : wq_hi, kc[nt * 8 + 2 * t4 + (e & 1)]))
+                            wbits |= 1u << (nt * 4 + e);
+            } else if (a.shape2d) {
 #pragma unroll
                 for (int nt = 0; nt < 2; nt++)
 #pragma unroll
@@ -870,7 +909,15 @@ __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a)
             } else {
                 const float *ft = Fs + ((j & 1) * KT + wk * 16) * 16;
                 float fl[2][4];
-                if (far) {
+                if (!FAST) {
+#pragma unroll
+                    for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const int col = nt * 8 + 2 * t4 + (e & 1), row = e < 2 ? g : g + 8;
+                            fl[nt][e] = far ? ft[col * 16 + row] * LOG2E + bt[col] : -INFINITY;
+                        }
+                } else if (far) {
 #pragma unroll
                     for (int nt = 0; nt < 2; nt++)
 #pragma unroll
@@ -1989,10 +2036,10 @@ template <typename T, int D, int DV, int EFF, int NB> rows_inst *inst() {
 }
 
 // rows_hyb2_kernel (hybrid, unless TKC_STATS_OLD)
-template <typename T, int D, int DV> rows_inst *inst2() {
+template <typename T, int D, int DV, bool FAST> rows_inst *inst2() {
     static rows_inst ri = {nullptr, 0, 0, 0};
     if (!ri.fn) {
-        ri.fn = reinterpret_cast<const void *>(rows_hyb2_kernel<T, D, DV>);
+        ri.fn = reinterpret_cast<const void *>(rows_hyb2_kernel<T, D, DV, FAST>);
         ri.smem = Rows2Smem<T, D, DV>::bytes;
         ri.threads = R2_WARPS * 32;
     }
@@ -2047,10 +2094,11 @@ eff_plan plan_eff(const tkc_stats_job *j) {
 }
 
 rows_inst *pick(const tk_call *c, const eff_plan &p) {
-    const bool two = !stats_old_path();
+    const bool two = !stats_old_path(), fast = !getenv("TKC_STATS_ROWS_SLOW");
 #define TKC_PICK(T)                                                                                    \
     if (c->D == 128 && c->Dv == 128) {                                                                  \
-        if (p.eff == EFF_HYBRID) return two ? inst2<T, 128, 128>() : inst<T, 128, 128, EFF_HYBRID, 1>();  \
+        if (p.eff == EFF_HYBRID) return two ? (fast ? inst2<T, 128, 128, true>() : inst2<T, 128, 128, false>())             \
+                                 : inst<T, 128, 128, EFF_HYBRID, 1>();                                            \
         if (p.eff == EFF_TAYLOR)                                                                        \
             return p.nb == 1   ? inst<T, 128, 128, EFF_TAYLOR, 1>()                                     \
                    : p.nb == 2 ? inst<T, 128, 128, EFF_TAYLOR, 2>()                                     \
@@ -2059,7 +2107,8 @@ rows_inst *pick(const tk_call *c, const eff_plan &p) {
         return inst<T, 128, 128, EFF_NONE, 1>();                                                        \
     }                                                                                                   \
     if (c->D == 64 && c->Dv == 64) {                                                                    \
-        if (p.eff == EFF_HYBRID) return two ? inst2<T, 64, 64>() : inst<T, 64, 64, EFF_HYBRID, 1>();      \
+        if (p.eff == EFF_HYBRID) return two ? (fast ? inst2<T, 64, 64, true>() : inst2<T, 64, 64, false>())                 \
+                                 : inst<T, 64, 64, EFF_HYBRID, 1>();                                              \
         if (p.eff == EFF_TAYLOR)                                                                        \
             return p.nb == 1 ? inst<T, 64, 64, EFF_TAYLOR, 1>()                                         \
                    : p.nb == 2 ? inst<T, 64, 64, EFF_TAYLOR, 2>()                                       \
