@@ -640,7 +640,7 @@ template <typename T, int D, int DV> struct Rows2Smem {
     static constexpr int LDK = D + 8, LDV = DV + 8;
     static constexpr size_t elems = (size_t)16 * LDK + 2 * RT_KT * LDK + 2 * RT_KT * LDV;
     static constexpr size_t floats = 2 * RT_KT          // bias
-                                     + 2 * RT_KT * 16   // far logits tile
+                                     + 2 * RT_KT * 20   // far logits tile (rows of 16, padded to 20)
                                      + 2 * RT_KT        // key codes
                                      + 2 * 2 * RT_WARPS * 16 // (m, l) per group
                                      + RT_WARPS * 16;   // window mass (group 0)
@@ -723,8 +723,11 @@ __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a)
     T *Ks = Qs + 16 * LDK;                    // [2][KT][LDK]
     T *Vs = Ks + 2 * KT * LDK;                // [2][KT][LDV]
     float *bias = reinterpret_cast<float *>(Vs + 2 * KT * LDV); // [2][KT]
-    float *Fs = bias + 2 * KT;                                 // [2][KT][16]
-    int *kcode = reinterpret_cast<int *>(Fs + 2 * KT * 16);    // [2][KT]
+    // far logits [2][KT][FSTR]: rows of 16 padded to 20 floats, so the 8 rows x 4 key columns a
+    // warp reads per step fall in distinct banks (a row stride of 16 put 4 lanes on each bank)
+    constexpr int FSTR = 20;
+    float *Fs = bias + 2 * KT;
+    int *kcode = reinterpret_cast<int *>(Fs + 2 * KT * FSTR); // [2][KT]
     float *wm = reinterpret_cast<float *>(kcode + 2 * KT);     // [2 groups][4][16]
     float *wl = wm + 2 * RT_WARPS * 16;                        // [2 groups][4][16]
     float *ww = wl + 2 * RT_WARPS * 16;                        // [4][16]
@@ -764,7 +767,7 @@ __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a)
                 for (int c = tid; c < KT * 4; c += NTHR) {
                     int r = c / 4, cc = c % 4, gr = k0 + j * KT + r;
                     bool ok = gr < k1;
-                    cp_async16(Fs + (buf * KT + r) * 16 + cc * 4,
+                    cp_async16(Fs + (buf * KT + r) * FSTR + cc * 4,
                                a.F + ((size_t)bh * a.Nk + (ok ? gr : 0)) * a.nsp + g0 + cc * 4, ok ? 16 : 0);
                 }
             for (int r = tid; r < KT; r += NTHR) {
@@ -792,7 +795,7 @@ __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a)
             if (far) {
                 const int r = tid / 4, cc = tid % 4, gr = t0 + r;
                 const bool ok = gr < k1;
-                cp_async16(Fs + (buf * KT + r) * 16 + cc * 4,
+                cp_async16(Fs + (buf * KT + r) * FSTR + cc * 4,
                            a.F + ((size_t)bh * a.Nk + (ok ? gr : 0)) * a.nsp + g0 + cc * 4, ok ? 16 : 0);
             }
             if (tid < KT) {
@@ -907,7 +910,7 @@ __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a)
                 stream_step<T, DV / 8, DV / 8, LDV, true, true>(x, m_lo, m_hi, l_lo, l_hi, acc, 0, vt, lane, wbits,
                                                                w_lo, w_hi);
             } else {
-                const float *ft = Fs + ((j & 1) * KT + wk * 16) * 16;
+                const float *ft = Fs + ((j & 1) * KT + wk * 16) * FSTR;
                 float fl[2][4];
                 if (!FAST) {
 #pragma unroll
@@ -915,7 +918,7 @@ __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a)
 #pragma unroll
                         for (int e = 0; e < 4; e++) {
                             const int col = nt * 8 + 2 * t4 + (e & 1), row = e < 2 ? g : g + 8;
-                            fl[nt][e] = far ? ft[col * 16 + row] * LOG2E + bt[col] : -INFINITY;
+                            fl[nt][e] = far ? ft[col * FSTR + row] * LOG2E + bt[col] : -INFINITY;
                         }
                 } else if (far) {
 #pragma unroll
@@ -923,7 +926,7 @@ __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a)
 #pragma unroll
                         for (int e = 0; e < 4; e++) {
                             const int col = nt * 8 + 2 * t4 + (e & 1), row = e < 2 ? g : g + 8;
-                            fl[nt][e] = ft[col * 16 + row] * LOG2E + bt[col];
+                            fl[nt][e] = ft[col * FSTR + row] * LOG2E + bt[col];
                         }
                 } else {
 #pragma unroll
@@ -1335,9 +1338,12 @@ __device__ __forceinline__ float bf16_sq_sum(uint4 u) {
 
 __device__ __forceinline__ uint32_t u4_word(const uint4 &u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
 
-// PF (TKC_STATS_NORMS_PF=1, benchmarking): each warp loads its next group's
-// rows before computing the current one (32 or 64 more registers).
-template <int D, int G, bool SAME, bool PF = false>
+// NV (TKC_STATS_NORMS=0/1/2, default 2; TKC_STATS_OLD=1 takes 0): 1 -- each
+// warp loads its next group's rows before computing the current one (32 or
+// 64 more registers); 2 -- also the three parts of P accumulate in three
+// chains of mma (not one chain of 3 x D/16), added hi + mid + lo at the end,
+// and the far logits load each query's q^ once for both rows of a lane.
+template <int D, int G, bool SAME, int NV = 0>
 __global__ void __launch_bounds__(NM_WARPS * 32) norms_mma_kernel(NormPair np) {
     constexpr int KK = D / 16, NT = G / 8, PD = D / 32; // k-steps, n-tiles, 16-byte words per lane and row
     extern __shared__ __align__(16) unsigned char nm_raw[];
@@ -1386,14 +1392,14 @@ __global__ void __launch_bounds__(NM_WARPS * 32) norms_mma_kernel(NormPair np) {
             }
     };
     const int gstep = gridDim.x * NM_WARPS;
-    uint4 nx[PF ? 2 : 1][PF ? PD : 1], n0[PF ? 2 : 1][PF ? PD : 1];
-    if constexpr (PF) {
+    uint4 nx[NV ? 2 : 1][NV ? PD : 1], n0[NV ? 2 : 1][NV ? PD : 1];
+    if constexpr (NV >= 1) {
         if (blockIdx.x * NM_WARPS + warp < ngroups) load(blockIdx.x * NM_WARPS + warp, nx, n0);
     }
     for (int gi = blockIdx.x * NM_WARPS + warp; gi < ngroups; gi += gstep) {
         int r[2] = {gi * 16 + g, gi * 16 + g + 8};
         uint4 ux[2][PD], u0[2][PD];
-        if constexpr (PF) {
+        if constexpr (NV >= 1) {
 #pragma unroll
             for (int h = 0; h < 2; h++)
 #pragma unroll
@@ -1408,18 +1414,43 @@ __global__ void __launch_bounds__(NM_WARPS * 32) norms_mma_kernel(NormPair np) {
         float acc[NT][4];
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+        if constexpr (NV >= 2) {
+            float ap[3][NT][4]; // one accumulator per part of P
 #pragma unroll
-        for (int kk = 0; kk < KK; kk++) {
-            const int p = kk >> 1, hw = 2 * (kk & 1);
-            const uint4 &w0 = SAME ? ux[0][p] : u0[0][p], &w1 = SAME ? ux[1][p] : u0[1][p];
-            const uint32_t af[4] = {u4_word(w0, hw), u4_word(w1, hw), u4_word(w0, hw + 1), u4_word(w1, hw + 1)};
+            for (int t = 0; t < 3; t++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) ap[t][nt][0] = ap[t][nt][1] = ap[t][nt][2] = ap[t][nt][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < KK; kk++) {
+                const int p = kk >> 1, hw = 2 * (kk & 1);
+                const uint4 &w0 = SAME ? ux[0][p] : u0[0][p], &w1 = SAME ? ux[1][p] : u0[1][p];
+                const uint32_t af[4] = {u4_word(w0, hw), u4_word(w1, hw), u4_word(w0, hw + 1), u4_word(w1, hw + 1)};
+#pragma unroll
+                for (int t = 0; t < 3; t++)
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++) {
+                        const uint2 b = Bf[((kk * NT + nt) * 3 + t) * 32 + lane];
+                        mma16816<__nv_bfloat16>(ap[t][nt], af, b.x, b.y);
+                    }
+            }
 #pragma unroll
             for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                for (int t = 0; t < 3; t++) {
-                    const uint2 b = Bf[((kk * NT + nt) * 3 + t) * 32 + lane];
-                    mma16816<__nv_bfloat16>(acc[nt], af, b.x, b.y);
-                }
+                for (int e = 0; e < 4; e++) acc[nt][e] = (ap[0][nt][e] + ap[1][nt][e]) + ap[2][nt][e];
+        } else {
+#pragma unroll
+            for (int kk = 0; kk < KK; kk++) {
+                const int p = kk >> 1, hw = 2 * (kk & 1);
+                const uint4 &w0 = SAME ? ux[0][p] : u0[0][p], &w1 = SAME ? ux[1][p] : u0[1][p];
+                const uint32_t af[4] = {u4_word(w0, hw), u4_word(w1, hw), u4_word(w0, hw + 1), u4_word(w1, hw + 1)};
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int t = 0; t < 3; t++) {
+                        const uint2 b = Bf[((kk * NT + nt) * 3 + t) * 32 + lane];
+                        mma16816<__nv_bfloat16>(acc[nt], af, b.x, b.y);
+                    }
+            }
         }
         float ss[2] = {0.f, 0.f}, s2[2] = {0.f, 0.f};
 #pragma unroll
@@ -1450,6 +1481,26 @@ __global__ void __launch_bounds__(NM_WARPS * 32) norms_mma_kernel(NormPair np) {
 #pragma unroll
                 for (int e = 0; e < 4; e++) acc[nt][e] *= f[e >> 1];
             for (int c16 = 0; c16 < a.nsp; c16 += 16) {
+                if constexpr (NV >= 2) {
+                    float v[2][16];
+#pragma unroll
+                    for (int rr = 0; rr < 16; rr++) {
+                        float d0 = 0.f, d1 = 0.f;
+#pragma unroll
+                        for (int nt = 0; nt < NT; nt++) {
+                            const float2 qv = *reinterpret_cast<const float2 *>(Qh + (c16 + rr) * G + nt * 8 + 2 * t4);
+                            d0 += acc[nt][0] * qv.x + acc[nt][1] * qv.y;
+                            d1 += acc[nt][2] * qv.x + acc[nt][3] * qv.y;
+                        }
+                        v[0][rr] = d0, v[1][rr] = d1;
+                    }
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const float4 o = quad_reduce_scatter16(v[h], t4);
+                        if (r[h] < N)
+                            *reinterpret_cast<float4 *>(a.F + ((size_t)bh * N + r[h]) * a.nsp + c16 + 4 * t4) = o;
+                    }
+                } else {
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
                     float v[16];
@@ -1466,6 +1517,7 @@ __global__ void __launch_bounds__(NM_WARPS * 32) norms_mma_kernel(NormPair np) {
                     const float4 o = quad_reduce_scatter16(v, t4);
                     if (r[h] < N)
                         *reinterpret_cast<float4 *>(a.F + ((size_t)bh * N + r[h]) * a.nsp + c16 + 4 * t4) = o;
+                }
                 }
             }
         }
@@ -2413,13 +2465,16 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
             const int most = c->Nq > c->Nk ? c->Nq : c->Nk, groups = (most + 15) / 16;
             dim3 grid((groups + NM_WARPS * 8 - 1) / (NM_WARPS * 8), BH, 2); // 8 groups of 16 rows a warp
             const void *fn = nullptr;
-            const bool pf = !old_path && getenv("TKC_STATS_NORMS_PF");
+            int nv = getenv("TKC_STATS_NORMS") ? atoi(getenv("TKC_STATS_NORMS")) : 2;
+            if (old_path || nv < 0 || nv > 2) nv = old_path ? 0 : 2;
 #define TKC_NM(DD, GG)                                                                                   \
     if (c->D == DD && G == GG)                                                                          \
-        fn = pf ? (same ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, true, true>)          \
-                        : reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, false, true>))        \
-                : (same ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, true>)                \
-                        : reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, false>));
+        fn = same ? (nv == 2   ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, true, 2>)      \
+                     : nv == 1 ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, true, 1>)      \
+                               : reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, true, 0>))     \
+                  : (nv == 2   ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, false, 2>)     \
+                     : nv == 1 ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, false, 1>)     \
+                               : reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, false, 0>));
             TKC_NM(128, 16) TKC_NM(128, 32) TKC_NM(64, 16) TKC_NM(64, 32)
 #undef TKC_NM
             const size_t smem = sizeof(uint2) * (c->D / 16) * (G / 8) * 3 * 32 + sizeof(float) * L.nsp * G;
