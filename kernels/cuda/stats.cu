@@ -26,7 +26,9 @@
 // and stream; a finishing kernel merges them and compares each exact row with
 // the call's output row (six sums per row and stream). f32 inputs and head
 // dims other than 64 and 128 take a scalar fp32 kernel (quality_raw only:
-// quality_eff and the window mass are not reported there).
+// quality_eff and the window mass are not reported there). Hybrid takes
+// rows_hyb2_kernel instead: the same tiles and records, with the two streams
+// on two groups of 4 warps (8 warps, <= 128 registers, 2 blocks per SM).
 //
 // Norms of every row: hybrid with bf16 rows takes norms_mma_kernel (rows read
 // once from global memory into mma fragments, the projection on the tensor
@@ -34,9 +36,12 @@
 // cases the scalar norms_kernel.
 //
 // Distributions (norms of every row, q.k) are summarized on the device by
-// exact order statistics (a three-pass radix select), so only counts, sums
-// and eight order statistics per distribution come back with the per-row
-// sums.
+// exact order statistics (a three-pass radix select, sel2_hist_kernel), so
+// only counts, sums and eight order statistics per distribution come back
+// with the per-row sums. The first launch (prep_kernel) uploads the sampled
+// indices, zeroes the select's state and computes the far rows of the
+// sampled queries. TKC_STATS_OLD=1 runs the kernels this file had before
+// (benchmarking; docs/GPU-NOTES.md, branch stx).
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1828,8 +1833,11 @@ __global__ void __launch_bounds__(256) sel_hist_kernel(SelArgs a) {
 // values that share a percentile's prefix; the scan of targets 0 and 1 still
 // runs (on whatever histogram its prefix names) and is overwritten at the end.
 // A warp reads 4 x 32 float4 (16-byte loads, all issued before the first is
-// used); the last len % 4 values go to warp 0 of block 0. Same scan
-// (sel_find), same ticket.
+// used); the last len % 4 values go to warp 0 of block 0. A warp whose 32
+// values fall in one bin adds 32 once, otherwise each lane adds its own 1
+// (__match_any_sync, whose cost grows with the distinct bins of a warp, made
+// the select 0.073-0.077 ms instead of 0.065-0.069 on the H200;
+// TKC_STATS_SEL_MATCH=1 keeps it). Same scan (sel_find), same ticket.
 constexpr int SEL2_U = 4;
 
 template <int PASS, bool MATCH>
