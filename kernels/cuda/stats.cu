@@ -26,7 +26,9 @@
 // and stream; a finishing kernel merges them and compares each exact row with
 // the call's output row (six sums per row and stream). f32 inputs and head
 // dims other than 64 and 128 take a scalar fp32 kernel (quality_raw only:
-// quality_eff and the window mass are not reported there).
+// quality_eff and the window mass are not reported there). Hybrid takes
+// rows_hyb2_kernel instead: the same tiles and records, with the two streams
+// on two groups of 4 warps (8 warps, <= 128 registers, 2 blocks per SM).
 //
 // Norms of every row: hybrid with bf16 rows takes norms_mma_kernel (rows read
 // once from global memory into mma fragments, the projection on the tensor
@@ -34,9 +36,12 @@
 // cases the scalar norms_kernel.
 //
 // Distributions (norms of every row, q.k) are summarized on the device by
-// exact order statistics (a three-pass radix select), so only counts, sums
-// and eight order statistics per distribution come back with the per-row
-// sums.
+// exact order statistics (a three-pass radix select, sel2_hist_kernel), so
+// only counts, sums and eight order statistics per distribution come back
+// with the per-row sums. The first launch (prep_kernel) uploads the sampled
+// indices, zeroes the select's state and computes the far rows of the
+// sampled queries. TKC_STATS_OLD=1 runs the kernels this file had before
+// (benchmarking; docs/GPU-NOTES.md, branch stx).
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +54,14 @@ namespace {
 using namespace tkc;
 
 size_t al256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+// TKC_STATS_OLD=1 (benchmarking): the kernels of the stats before the
+// 2026-11-27 stx branch (sel_hist_kernel, rows_mma_kernel for hybrid), to
+// time both in one process. Same figures.
+bool stats_old_path() {
+    const char *e = getenv("TKC_STATS_OLD");
+    return e && atoi(e) > 0;
+}
 
 // ---- NaN/Inf scan ---------------------------------------------------------
 
@@ -239,7 +252,14 @@ __device__ __forceinline__ void split_pack(float a, float b, uint32_t &hi, uint3
 // the caller's loops are unrolled) (P as a 16-bit high part plus
 // residual: two products). WIN: also the mass of the keys whose bit is set in
 // wbits (bit nt*4+e), rescaled as l.
-template <typename T, int NTN, int NACC, int LDV, bool WIN>
+// LAZY (rows_hyb2_kernel): the running max m moves only when some row of
+// the warp meets a logit above m + LAZY_LOG2 (warp-uniform), so most steps
+// skip the rescale of l and the accumulators; p = 2^(x - m) then stays <=
+// 2^LAZY_LOG2, and every sum is still relative to the m that is stored (the
+// same softmax, other roundings).
+constexpr float LAZY_LOG2 = 8.f;
+
+template <typename T, int NTN, int NACC, int LDV, bool WIN, bool LAZY = false>
 __device__ __forceinline__ void stream_step(float (&x)[2][4], float &m_lo, float &m_hi, float &l_lo, float &l_hi,
                                             float (&acc)[NACC][4], int nt0, const T *vt, int lane, unsigned wbits,
                                             float &w_lo, float &w_hi) {
@@ -249,11 +269,18 @@ __device__ __forceinline__ void stream_step(float (&x)[2][4], float &m_lo, float
     mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
     mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
     mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-    float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
-    float mu_lo = mn_lo == -INFINITY ? 0.f : mn_lo, mu_hi = mn_hi == -INFINITY ? 0.f : mn_hi;
-    float al_lo = ex2(m_lo - mu_lo), al_hi = ex2(m_hi - mu_hi);
-    m_lo = mn_lo;
-    m_hi = mn_hi;
+    bool resc = true;
+    if (LAZY) resc = __any_sync(0xffffffffu, mx_lo > m_lo + LAZY_LOG2 || mx_hi > m_hi + LAZY_LOG2);
+    float mu_lo, mu_hi, al_lo = 1.f, al_hi = 1.f;
+    if (resc) {
+        float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
+        mu_lo = mn_lo == -INFINITY ? 0.f : mn_lo, mu_hi = mn_hi == -INFINITY ? 0.f : mn_hi;
+        al_lo = ex2(m_lo - mu_lo), al_hi = ex2(m_hi - mu_hi);
+        m_lo = mn_lo;
+        m_hi = mn_hi;
+    } else { // m stays; m = -Inf here only with every logit of the row -Inf so far (p = 0)
+        mu_lo = m_lo == -INFINITY ? 0.f : m_lo, mu_hi = m_hi == -INFINITY ? 0.f : m_hi;
+    }
     uint32_t ph[4], pl[4];
     float sum_lo = 0.f, sum_hi = 0.f, ws_lo = 0.f, ws_hi = 0.f;
 #pragma unroll
@@ -269,18 +296,27 @@ __device__ __forceinline__ void stream_step(float (&x)[2][4], float &m_lo, float
         split_pack<T>(p0, p1, ph[nt * 2], pl[nt * 2]);
         split_pack<T>(p2, p3, ph[nt * 2 + 1], pl[nt * 2 + 1]);
     }
-    l_lo = l_lo * al_lo + sum_lo;
-    l_hi = l_hi * al_hi + sum_hi;
-    if (WIN) {
-        w_lo = w_lo * al_lo + ws_lo;
-        w_hi = w_hi * al_hi + ws_hi;
-    }
+    if (resc) {
+        l_lo = l_lo * al_lo + sum_lo;
+        l_hi = l_hi * al_hi + sum_hi;
+        if (WIN) {
+            w_lo = w_lo * al_lo + ws_lo;
+            w_hi = w_hi * al_hi + ws_hi;
+        }
 #pragma unroll
-    for (int i = nt0; i < nt0 + NTN; i++) {
-        acc[i][0] *= al_lo;
-        acc[i][1] *= al_lo;
-        acc[i][2] *= al_hi;
-        acc[i][3] *= al_hi;
+        for (int i = nt0; i < nt0 + NTN; i++) {
+            acc[i][0] *= al_lo;
+            acc[i][1] *= al_lo;
+            acc[i][2] *= al_hi;
+            acc[i][3] *= al_hi;
+        }
+    } else {
+        l_lo += sum_lo;
+        l_hi += sum_hi;
+        if (WIN) {
+            w_lo += ws_lo;
+            w_hi += ws_hi;
+        }
     }
     // V fragments loaded one step ahead, and the high products of a step's two
     // column blocks issued before the residual ones (each accumulator still
@@ -590,6 +626,338 @@ __global__ void __launch_bounds__(RT_WARPS * 32) rows_mma_kernel(RowsArgs a) {
         if constexpr (TWO)
             merge_out<DV, NBE, false>(acce, me_lo, me_hi, le_lo, le_hi, 0.f, 0.f, wacc, wme, wle, ww, gn,
                                       a.part_e + base, row_stride, a.recw);
+    }
+}
+
+// The hybrid rows, second form (the default for EFF_HYBRID; TKC_STATS_OLD=1
+// takes rows_mma_kernel): 8 warps, two groups of 4 over the same 64-key tiles
+// in shared memory -- group 0 the raw stream (and the window mass), group 1
+// the effective stream; each warp computes its 16 keys' S itself (the same
+// products in the same order as rows_mma_kernel, so both groups see the same
+// logits and window bits), with the Q fragments re-read from shared memory
+// each tile. One accumulator per thread instead of two (<= 128 registers): 2
+// blocks of 8 warps per SM, 4 warps per scheduler instead of 2 (the one-block
+// kernel issued 0.30 instructions per cycle per scheduler, latency-bound at
+// 255 registers). Records as rows_mma_kernel's.
+constexpr int R2_WARPS = 8;
+
+template <typename T, int D, int DV> struct Rows2Smem {
+    static constexpr int LDK = D + 8, LDV = DV + 8;
+    static constexpr size_t elems = (size_t)16 * LDK + 2 * RT_KT * LDK + 2 * RT_KT * LDV;
+    static constexpr size_t floats = 2 * RT_KT          // bias
+                                     + 2 * RT_KT * 20   // far logits tile (rows of 16, padded to 20)
+                                     + 2 * RT_KT        // key codes
+                                     + 2 * 2 * RT_WARPS * 16 // (m, l) per group
+                                     + RT_WARPS * 16;   // window mass (group 0)
+    static constexpr size_t bytes = elems * sizeof(T) + floats * sizeof(float);
+    static_assert(2 * 16 * DV * sizeof(float) <= 2 * RT_KT * LDK * sizeof(T), "both merge buffers fit in Ks");
+};
+
+// merge_out for the two-group kernel: each group merges its own four warps'
+// stream (wacc, wm, wl: this group's) into out; the window mass (win: group 0)
+// in the record's last slot. Every thread of the block calls it.
+template <int DV>
+__device__ __forceinline__ void merge2_out(float (&acc)[DV / 8][4], float m_lo, float m_hi, float l_lo, float l_hi,
+                                           float w_lo, float w_hi, bool win, int wk, float *wacc, float *wm, float *wl,
+                                           float *ww, int gn, float *out, size_t row_stride, int recw) {
+    const int gtid = threadIdx.x & 127, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+    w_lo += __shfl_xor_sync(0xffffffffu, w_lo, 1);
+    w_lo += __shfl_xor_sync(0xffffffffu, w_lo, 2);
+    w_hi += __shfl_xor_sync(0xffffffffu, w_hi, 1);
+    w_hi += __shfl_xor_sync(0xffffffffu, w_hi, 2);
+    __syncthreads(); // the key loop is done with the memory of wacc
+    for (int e = gtid; e < 16 * DV; e += 128) wacc[e] = 0.f;
+    if (t4 == 0) {
+        wm[wk * 16 + g] = m_lo, wm[wk * 16 + g + 8] = m_hi;
+        wl[wk * 16 + g] = l_lo, wl[wk * 16 + g + 8] = l_hi;
+        if (win) ww[wk * 16 + g] = w_lo, ww[wk * 16 + g + 8] = w_hi;
+    }
+    __syncthreads();
+    float M_lo = -INFINITY, M_hi = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < RT_WARPS; w++) M_lo = fmaxf(M_lo, wm[w * 16 + g]), M_hi = fmaxf(M_hi, wm[w * 16 + g + 8]);
+    const float f_lo = m_lo == -INFINITY ? 0.f : ex2(m_lo - M_lo);
+    const float f_hi = m_hi == -INFINITY ? 0.f : ex2(m_hi - M_hi);
+#pragma unroll
+    for (int nt = 0; nt < DV / 8; nt++) {
+        const int col = nt * 8 + 2 * t4;
+        atomicAdd(&wacc[g * DV + col], acc[nt][0] * f_lo);
+        atomicAdd(&wacc[g * DV + col + 1], acc[nt][1] * f_lo);
+        atomicAdd(&wacc[(g + 8) * DV + col], acc[nt][2] * f_hi);
+        atomicAdd(&wacc[(g + 8) * DV + col + 1], acc[nt][3] * f_hi);
+    }
+    __syncthreads();
+    for (int e = gtid; e < gn * recw; e += 128) {
+        const int sr = e / recw, col = e % recw;
+        float *pb = out + (size_t)sr * row_stride;
+        if (col < DV) {
+            pb[col] = wacc[sr * DV + col];
+            continue;
+        }
+        float v = 0.f;
+        if (col < DV + 2 || (win && col == recw - 1)) {
+            float M = -INFINITY;
+            for (int w = 0; w < RT_WARPS; w++) M = fmaxf(M, wm[w * 16 + sr]);
+            if (col == DV) {
+                v = M;
+            } else {
+                const float *src = col == recw - 1 ? ww : wl;
+                for (int w = 0; w < RT_WARPS; w++) {
+                    const float mw = wm[w * 16 + sr];
+                    v += mw == -INFINITY ? 0.f : src[w * 16 + sr] * ex2(mw - M);
+                }
+            }
+        }
+        pb[col] = v;
+    }
+}
+
+// FAST = false (TKC_STATS_ROWS_SLOW=1): the tile loads, window bits and far
+// logits as rows_mma_kernel writes them (looped, branching); same values.
+template <typename T, int D, int DV, bool FAST>
+__global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a) {
+    using S = Rows2Smem<T, D, DV>;
+    constexpr int LDK = S::LDK, LDV = S::LDV, KT = RT_KT, NTHR = R2_WARPS * 32;
+    constexpr int CHK = D / 8, CHV = DV / 8;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T *Qs = reinterpret_cast<T *>(smem_raw);  // [16][LDK]
+    T *Ks = Qs + 16 * LDK;                    // [2][KT][LDK]
+    T *Vs = Ks + 2 * KT * LDK;                // [2][KT][LDV]
+    float *bias = reinterpret_cast<float *>(Vs + 2 * KT * LDV); // [2][KT]
+    // far logits [2][KT][FSTR]: rows of 16 padded to 20 floats, so the 8 rows x 4 key columns a
+    // warp reads per step fall in distinct banks (a row stride of 16 put 4 lanes on each bank)
+    constexpr int FSTR = 20;
+    float *Fs = bias + 2 * KT;
+    int *kcode = reinterpret_cast<int *>(Fs + 2 * KT * FSTR); // [2][KT]
+    float *wm = reinterpret_cast<float *>(kcode + 2 * KT);     // [2 groups][4][16]
+    float *wl = wm + 2 * RT_WARPS * 16;                        // [2 groups][4][16]
+    float *ww = wl + 2 * RT_WARPS * 16;                        // [4][16]
+    float *wacc = reinterpret_cast<float *>(Ks);               // [2 groups][16][DV], after the key loop
+
+    const T *q = reinterpret_cast<const T *>(a.q), *k = reinterpret_cast<const T *>(a.k);
+    const T *v = reinterpret_cast<const T *>(a.v);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    const int grp = warp >> 2, wk = warp & 3; // stream (0 raw, 1 effective); the warp's 16 keys of a tile
+    const int bh = blockIdx.x, split = blockIdx.y, b = bh / a.H, BH = gridDim.x, nsplit = gridDim.y;
+    const int k0 = split * a.keys_per_split, k1 = min(a.Nk, k0 + a.keys_per_split);
+    const int ntiles = k1 > k0 ? (k1 - k0 + KT - 1) / KT : 0;
+    const T *qb = q + (size_t)bh * a.Nq * D;
+    const T *kb = k + (size_t)bh * a.Nk * D;
+    const T *vb = v + (size_t)bh * a.Nk * DV;
+    const uint8_t *mb = a.mask ? a.mask + (size_t)b * a.Nk : nullptr;
+    const bool far = a.F != nullptr;
+    const size_t row_stride = (size_t)BH * nsplit * a.recw;
+
+    for (int g0 = 0; g0 < a.ns; g0 += QS_MAX) {
+        const int gn = min(QS_MAX, a.ns - g0);
+        // the loads of tile j: fully unrolled, each thread on fixed 16-byte columns of its rows
+        auto issue_kv_slow = [&](int j) {
+            int buf = j & 1;
+            T *kd = Ks + buf * KT * LDK, *vd = Vs + buf * KT * LDV;
+            for (int c = tid; c < KT * CHK; c += NTHR) {
+                int r = c / CHK, cc = c % CHK, gr = k0 + j * KT + r;
+                bool ok = gr < k1;
+                cp_async16(kd + r * LDK + cc * 8, kb + (size_t)(ok ? gr : 0) * D + cc * 8, ok ? 16 : 0);
+            }
+            for (int c = tid; c < KT * CHV; c += NTHR) {
+                int r = c / CHV, cc = c % CHV, gr = k0 + j * KT + r;
+                bool ok = gr < k1;
+                cp_async16(vd + r * LDV + cc * 8, vb + (size_t)(ok ? gr : 0) * DV + cc * 8, ok ? 16 : 0);
+            }
+            if (far)
+                for (int c = tid; c < KT * 4; c += NTHR) {
+                    int r = c / 4, cc = c % 4, gr = k0 + j * KT + r;
+                    bool ok = gr < k1;
+                    cp_async16(Fs + (buf * KT + r) * FSTR + cc * 4,
+                               a.F + ((size_t)bh * a.Nk + (ok ? gr : 0)) * a.nsp + g0 + cc * 4, ok ? 16 : 0);
+                }
+            for (int r = tid; r < KT; r += NTHR) {
+                int gr = k0 + j * KT + r;
+                bias[buf * KT + r] = (gr < k1 && (!mb || mb[gr])) ? 0.f : -INFINITY;
+                kcode[buf * KT + r] = win_key(a, gr);
+            }
+        };
+        auto issue_kv_fast = [&](int j) {
+            const int buf = j & 1, t0 = k0 + j * KT;
+            T *kd = Ks + buf * KT * LDK, *vd = Vs + buf * KT * LDV;
+            static_assert((KT * CHK) % NTHR == 0 && (KT * CHV) % NTHR == 0 && KT * 4 == NTHR, "tile loads");
+#pragma unroll
+            for (int i = 0; i < KT * CHK / NTHR; i++) {
+                const int r = tid / CHK + i * (NTHR / CHK), cc = tid % CHK, gr = t0 + r;
+                const bool ok = gr < k1;
+                cp_async16(kd + r * LDK + cc * 8, kb + (size_t)(ok ? gr : 0) * D + cc * 8, ok ? 16 : 0);
+            }
+#pragma unroll
+            for (int i = 0; i < KT * CHV / NTHR; i++) {
+                const int r = tid / CHV + i * (NTHR / CHV), cc = tid % CHV, gr = t0 + r;
+                const bool ok = gr < k1;
+                cp_async16(vd + r * LDV + cc * 8, vb + (size_t)(ok ? gr : 0) * DV + cc * 8, ok ? 16 : 0);
+            }
+            if (far) {
+                const int r = tid / 4, cc = tid % 4, gr = t0 + r;
+                const bool ok = gr < k1;
+                cp_async16(Fs + (buf * KT + r) * FSTR + cc * 4,
+                           a.F + ((size_t)bh * a.Nk + (ok ? gr : 0)) * a.nsp + g0 + cc * 4, ok ? 16 : 0);
+            }
+            if (tid < KT) {
+                const int gr = t0 + tid;
+                bias[buf * KT + tid] = (gr < k1 && (!mb || mb[gr])) ? 0.f : -INFINITY;
+                // the key's window code (win_key, one division)
+                int code = gr;
+                if (a.shape2d) {
+                    if (gr < a.text || a.gw <= 0) {
+                        code = -1;
+                    } else {
+                        const int t = gr - a.text, row = t / a.gw;
+                        code = row << 16 | (t - row * a.gw);
+                    }
+                }
+                kcode[buf * KT + tid] = code;
+            }
+        };
+        auto issue_kv = [&](int j) {
+            if constexpr (FAST) issue_kv_fast(j);
+            else issue_kv_slow(j);
+        };
+        __syncthreads(); // the previous group is done with shared memory
+        for (int c = tid; c < 16 * CHK; c += NTHR) {
+            int r = c / CHK, cc = c % CHK;
+            bool ok = r < gn;
+            cp_async16(Qs + r * LDK + cc * 8, qb + (size_t)(ok ? a.rows[g0 + r] : 0) * D + cc * 8, ok ? 16 : 0);
+        }
+        if (ntiles > 0) issue_kv(0);
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        const win_q wq_lo = win_query(a, g < gn ? a.rows[g0 + g] : 0);
+        const win_q wq_hi = win_query(a, g + 8 < gn ? a.rows[g0 + g + 8] : 0);
+        float acc[DV / 8][4];
+#pragma unroll
+        for (int i = 0; i < DV / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+        float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f, w_lo = 0.f, w_hi = 0.f;
+        const T *ql = Qs + ((lane & 7) + 8 * ((lane >> 3) & 1)) * LDK + 8 * (lane >> 4);
+
+        for (int j = 0; j < ntiles; j++) {
+            if (j + 1 < ntiles) issue_kv(j + 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+            __syncthreads();
+            const T *kt = Ks + (j & 1) * KT * LDK + wk * 16 * LDK;
+            const T *vt = Vs + (j & 1) * KT * LDV + wk * 16 * LDV;
+            const float *bt = bias + (j & 1) * KT + wk * 16;
+            float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+            {
+                const T *kl = kt + ((lane & 7) + 8 * (lane >> 4)) * LDK + 8 * ((lane >> 3) & 1);
+                uint32_t r[2][4], qf[2][4];
+                ldsm_x4(qf[0], ql);
+                ldsm_x4(r[0], kl);
+#pragma unroll
+                for (int kk = 0; kk < D / 16; kk++) { // Q and K fragments one step ahead
+                    if (kk + 1 < D / 16) {
+                        ldsm_x4(qf[(kk + 1) & 1], ql + (kk + 1) * 16);
+                        ldsm_x4(r[(kk + 1) & 1], kl + (kk + 1) * 16);
+                    }
+                    mma16816<T>(s[0], qf[kk & 1], r[kk & 1][0], r[kk & 1][1]);
+                    mma16816<T>(s[1], qf[kk & 1], r[kk & 1][2], r[kk & 1][3]);
+                }
+            }
+            float x[2][4];
+            unsigned wbits = 0;
+            const int *kc = kcode + (j & 1) * KT + wk * 16;
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) x[nt][e] = s[nt][e] * a.scale_log2 + bt[nt * 8 + 2 * t4 + (e & 1)];
+            // in_window without branches: |d| <= radius as (unsigned)(d + radius) <= 2 radius
+            const unsigned r2 = 2u * (unsigned)a.radius;
+            if (!FAST) {
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        if (in_window(a, e < 2 ? wq_lo : wq_hi, kc[nt * 8 + 2 * t4 + (e & 1)]))
+                            wbits |= 1u << (nt * 4 + e);
+            } else if (a.shape2d) {
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                    for (int c2 = 0; c2 < 2; c2++) {
+                        const int code = kc[nt * 8 + 2 * t4 + c2];
+                        const int kr = code >> 16, kcl = code & 0xffff;
+#pragma unroll
+                        for (int h = 0; h < 2; h++) {
+                            const win_q &wq = h ? wq_hi : wq_lo;
+                            const bool in = wq.all || code < 0 ||
+                                            ((unsigned)(wq.a - kr + a.radius) <= r2 &&
+                                             (unsigned)(wq.b - kcl + a.radius) <= r2);
+                            wbits |= (unsigned)in << (nt * 4 + 2 * h + c2);
+                        }
+                    }
+            } else {
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                    for (int c2 = 0; c2 < 2; c2++) {
+                        const int code = kc[nt * 8 + 2 * t4 + c2];
+#pragma unroll
+                        for (int h = 0; h < 2; h++) {
+                            const win_q &wq = h ? wq_hi : wq_lo;
+                            const bool in = wq.all || (unsigned)(wq.a - code + a.radius) <= r2;
+                            wbits |= (unsigned)in << (nt * 4 + 2 * h + c2);
+                        }
+                    }
+            }
+            if (grp == 0) {
+                stream_step<T, DV / 8, DV / 8, LDV, true, true>(x, m_lo, m_hi, l_lo, l_hi, acc, 0, vt, lane, wbits,
+                                                               w_lo, w_hi);
+            } else {
+                const float *ft = Fs + ((j & 1) * KT + wk * 16) * FSTR;
+                float fl[2][4];
+                if (!FAST) {
+#pragma unroll
+                    for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const int col = nt * 8 + 2 * t4 + (e & 1), row = e < 2 ? g : g + 8;
+                            fl[nt][e] = far ? ft[col * FSTR + row] * LOG2E + bt[col] : -INFINITY;
+                        }
+                } else if (far) {
+#pragma unroll
+                    for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const int col = nt * 8 + 2 * t4 + (e & 1), row = e < 2 ? g : g + 8;
+                            fl[nt][e] = ft[col * FSTR + row] * LOG2E + bt[col];
+                        }
+                } else {
+#pragma unroll
+                    for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) fl[nt][e] = -INFINITY;
+                }
+                const bool kfar = a.kind == HYB_FAR, knorm = a.kind == HYB_NORMALIZED;
+                float y[2][4];
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const bool inw = (wbits >> (nt * 4 + e)) & 1u;
+                        y[nt][e] = kfar ? fl[nt][e] : inw ? x[nt][e] : knorm ? fl[nt][e] + a.lw2 : -INFINITY;
+                    }
+                float d0 = 0.f, d1 = 0.f;
+                stream_step<T, DV / 8, DV / 8, LDV, false, true>(y, m_lo, m_hi, l_lo, l_hi, acc, 0, vt, lane, 0u, d0,
+                                                                d1);
+            }
+            __syncthreads();
+        }
+        const size_t base = (((size_t)g0 * BH + bh) * nsplit + split) * a.recw;
+        merge2_out<DV>(acc, m_lo, m_hi, l_lo, l_hi, w_lo, w_hi, grp == 0, wk, wacc + grp * 16 * DV,
+                       wm + grp * RT_WARPS * 16, wl + grp * RT_WARPS * 16, ww, gn, (grp ? a.part_e : a.part) + base,
+                       row_stride, a.recw);
     }
 }
 
@@ -975,7 +1343,12 @@ __device__ __forceinline__ float bf16_sq_sum(uint4 u) {
 
 __device__ __forceinline__ uint32_t u4_word(const uint4 &u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
 
-template <int D, int G, bool SAME>
+// NV (TKC_STATS_NORMS=0/1/2, default 2; TKC_STATS_OLD=1 takes 0): 1 -- each
+// warp loads its next group's rows before computing the current one (32 or
+// 64 more registers); 2 -- also the three parts of P accumulate in three
+// chains of mma (not one chain of 3 x D/16), added hi + mid + lo at the end,
+// and the far logits load each query's q^ once for both rows of a lane.
+template <int D, int G, bool SAME, int NV = 0>
 __global__ void __launch_bounds__(NM_WARPS * 32) norms_mma_kernel(NormPair np) {
     constexpr int KK = D / 16, NT = G / 8, PD = D / 32; // k-steps, n-tiles, 16-byte words per lane and row
     extern __shared__ __align__(16) unsigned char nm_raw[];
@@ -1012,32 +1385,77 @@ __global__ void __launch_bounds__(NM_WARPS * 32) norms_mma_kernel(NormPair np) {
     const uint4 *xb = reinterpret_cast<const uint4 *>(a.x) + (size_t)bh * N * (D / 8);
     const uint4 *x0b = reinterpret_cast<const uint4 *>(a.x0) + (size_t)bh * N * (D / 8);
     const uint8_t *mb = a.mask ? a.mask + (size_t)(bh / a.H) * N : nullptr;
-    for (int gi = blockIdx.x * NM_WARPS + warp; gi < ngroups; gi += gridDim.x * NM_WARPS) {
-        int r[2] = {gi * 16 + g, gi * 16 + g + 8};
-        uint4 ux[2][PD], u0[2][PD];
+    auto load = [&](int gg, uint4 (&dx)[2][PD], uint4 (&d0)[2][PD]) {
 #pragma unroll
         for (int h = 0; h < 2; h++)
 #pragma unroll
             for (int p = 0; p < PD; p++) {
-                const bool ok = r[h] < N;
-                ux[h][p] = ok ? __ldcs(xb + (size_t)r[h] * (D / 8) + 4 * p + t4) : make_uint4(0, 0, 0, 0);
-                if (!SAME) u0[h][p] = ok ? __ldcs(x0b + (size_t)r[h] * (D / 8) + 4 * p + t4) : make_uint4(0, 0, 0, 0);
+                const int rr = gg * 16 + g + 8 * h;
+                const bool ok = rr < N;
+                dx[h][p] = ok ? __ldcs(xb + (size_t)rr * (D / 8) + 4 * p + t4) : make_uint4(0, 0, 0, 0);
+                if (!SAME) d0[h][p] = ok ? __ldcs(x0b + (size_t)rr * (D / 8) + 4 * p + t4) : make_uint4(0, 0, 0, 0);
             }
+    };
+    const int gstep = gridDim.x * NM_WARPS;
+    uint4 nx[NV ? 2 : 1][NV ? PD : 1], n0[NV ? 2 : 1][NV ? PD : 1];
+    if constexpr (NV >= 1) {
+        if (blockIdx.x * NM_WARPS + warp < ngroups) load(blockIdx.x * NM_WARPS + warp, nx, n0);
+    }
+    for (int gi = blockIdx.x * NM_WARPS + warp; gi < ngroups; gi += gstep) {
+        int r[2] = {gi * 16 + g, gi * 16 + g + 8};
+        uint4 ux[2][PD], u0[2][PD];
+        if constexpr (NV >= 1) {
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int p = 0; p < PD; p++) {
+                    ux[h][p] = nx[h][p];
+                    if (!SAME) u0[h][p] = n0[h][p];
+                }
+            if (gi + gstep < ngroups) load(gi + gstep, nx, n0);
+        } else {
+            load(gi, ux, u0);
+        }
         float acc[NT][4];
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+        if constexpr (NV >= 2) {
+            float ap[3][NT][4]; // one accumulator per part of P
 #pragma unroll
-        for (int kk = 0; kk < KK; kk++) {
-            const int p = kk >> 1, hw = 2 * (kk & 1);
-            const uint4 &w0 = SAME ? ux[0][p] : u0[0][p], &w1 = SAME ? ux[1][p] : u0[1][p];
-            const uint32_t af[4] = {u4_word(w0, hw), u4_word(w1, hw), u4_word(w0, hw + 1), u4_word(w1, hw + 1)};
+            for (int t = 0; t < 3; t++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) ap[t][nt][0] = ap[t][nt][1] = ap[t][nt][2] = ap[t][nt][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < KK; kk++) {
+                const int p = kk >> 1, hw = 2 * (kk & 1);
+                const uint4 &w0 = SAME ? ux[0][p] : u0[0][p], &w1 = SAME ? ux[1][p] : u0[1][p];
+                const uint32_t af[4] = {u4_word(w0, hw), u4_word(w1, hw), u4_word(w0, hw + 1), u4_word(w1, hw + 1)};
+#pragma unroll
+                for (int t = 0; t < 3; t++)
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++) {
+                        const uint2 b = Bf[((kk * NT + nt) * 3 + t) * 32 + lane];
+                        mma16816<__nv_bfloat16>(ap[t][nt], af, b.x, b.y);
+                    }
+            }
 #pragma unroll
             for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                for (int t = 0; t < 3; t++) {
-                    const uint2 b = Bf[((kk * NT + nt) * 3 + t) * 32 + lane];
-                    mma16816<__nv_bfloat16>(acc[nt], af, b.x, b.y);
-                }
+                for (int e = 0; e < 4; e++) acc[nt][e] = (ap[0][nt][e] + ap[1][nt][e]) + ap[2][nt][e];
+        } else {
+#pragma unroll
+            for (int kk = 0; kk < KK; kk++) {
+                const int p = kk >> 1, hw = 2 * (kk & 1);
+                const uint4 &w0 = SAME ? ux[0][p] : u0[0][p], &w1 = SAME ? ux[1][p] : u0[1][p];
+                const uint32_t af[4] = {u4_word(w0, hw), u4_word(w1, hw), u4_word(w0, hw + 1), u4_word(w1, hw + 1)};
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int t = 0; t < 3; t++) {
+                        const uint2 b = Bf[((kk * NT + nt) * 3 + t) * 32 + lane];
+                        mma16816<__nv_bfloat16>(acc[nt], af, b.x, b.y);
+                    }
+            }
         }
         float ss[2] = {0.f, 0.f}, s2[2] = {0.f, 0.f};
 #pragma unroll
@@ -1068,6 +1486,26 @@ __global__ void __launch_bounds__(NM_WARPS * 32) norms_mma_kernel(NormPair np) {
 #pragma unroll
                 for (int e = 0; e < 4; e++) acc[nt][e] *= f[e >> 1];
             for (int c16 = 0; c16 < a.nsp; c16 += 16) {
+                if constexpr (NV >= 2) {
+                    float v[2][16];
+#pragma unroll
+                    for (int rr = 0; rr < 16; rr++) {
+                        float d0 = 0.f, d1 = 0.f;
+#pragma unroll
+                        for (int nt = 0; nt < NT; nt++) {
+                            const float2 qv = *reinterpret_cast<const float2 *>(Qh + (c16 + rr) * G + nt * 8 + 2 * t4);
+                            d0 += acc[nt][0] * qv.x + acc[nt][1] * qv.y;
+                            d1 += acc[nt][2] * qv.x + acc[nt][3] * qv.y;
+                        }
+                        v[0][rr] = d0, v[1][rr] = d1;
+                    }
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const float4 o = quad_reduce_scatter16(v[h], t4);
+                        if (r[h] < N)
+                            *reinterpret_cast<float4 *>(a.F + ((size_t)bh * N + r[h]) * a.nsp + c16 + 4 * t4) = o;
+                    }
+                } else {
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
                     float v[16];
@@ -1085,6 +1523,7 @@ __global__ void __launch_bounds__(NM_WARPS * 32) norms_mma_kernel(NormPair np) {
                     if (r[h] < N)
                         *reinterpret_cast<float4 *>(a.F + ((size_t)bh * N + r[h]) * a.nsp + c16 + 4 * t4) = o;
                 }
+                }
             }
         }
     }
@@ -1093,20 +1532,21 @@ __global__ void __launch_bounds__(NM_WARPS * 32) norms_mma_kernel(NormPair np) {
 // s_far q^ = s_far mod(P^T q0) of the sampled queries, [BH][nsp][g] (rows past ns: 0). Grid BH;
 // P and 16 rows at a time staged in shared memory (D <= 128, g <= 32, nsp <= 64: the far field's
 // limits, plan_eff).
-template <typename T>
-__global__ void __launch_bounds__(256) qhat_kernel(const T *q0, const int *rows, int ns, int nsp, int N, int D,
-                                                   int g, const float *P, int modify, float power, float clip,
-                                                   float eps, float s_far, float *qhat) {
+// The body of one head's block (bh); row_of(r) is the r-th sampled query row.
+template <typename T, typename RowOf>
+__device__ __forceinline__ void qhat_head(int bh, const T *q0, RowOf row_of, int ns, int nsp, int N, int D, int g,
+                                          const float *P, int modify, float power, float clip, float eps,
+                                          float s_far, float *qhat) {
     __shared__ float ys[64 * 32];
     __shared__ float ps[128 * 32];
     __shared__ float xs[16 * 128];
-    const int bh = blockIdx.x, tid = threadIdx.x;
+    const int tid = threadIdx.x;
     for (int i = tid; i < D * g; i += blockDim.x) ps[i] = P[(size_t)bh * D * g + i];
     for (int r0 = 0; r0 < nsp; r0 += 16) {
         __syncthreads(); // ps staged; the previous rows consumed
         for (int e = tid; e < 16 * D; e += blockDim.x) {
             const int r = r0 + e / D, i = e % D;
-            xs[e] = r < ns ? elem<T>::to_f(q0[((size_t)bh * N + rows[r]) * D + i]) : 0.f;
+            xs[e] = r < ns ? elem<T>::to_f(q0[((size_t)bh * N + row_of(r)) * D + i]) : 0.f;
         }
         __syncthreads();
         for (int p = tid; p < 16 * g; p += blockDim.x) {
@@ -1124,6 +1564,14 @@ __global__ void __launch_bounds__(256) qhat_kernel(const T *q0, const int *rows,
         float f = mod_factor(modify, power, clip, eps, sqrtf(s2));
         qhat[(size_t)bh * nsp * g + p] = r < ns ? s_far * f * ys[p] : 0.f;
     }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256) qhat_kernel(const T *q0, const int *rows, int ns, int nsp, int N, int D,
+                                                   int g, const float *P, int modify, float power, float clip,
+                                                   float eps, float s_far, float *qhat) {
+    qhat_head<T>(blockIdx.x, q0, [&](int r) { return rows[r]; }, ns, nsp, N, D, g, P, modify, power, clip, eps,
+                 s_far, qhat);
 }
 
 // s0 q_a.k_c for the sampled (a, c) pairs of every head, [BH][nq][nk]; masked keys SKIP_BITS.
@@ -1178,6 +1626,7 @@ struct sel_state {
     unsigned prefix[SEL_ARR][SEL_T];
     unsigned long long rank[SEL_ARR][SEL_T];
     int owner[SEL_ARR][SEL_T];
+    unsigned kmax[SEL_ARR], kmin_inv[SEL_ARR]; // sel2: the largest key and ~(the smallest), from pass 0
 };
 
 struct SelArgs {
@@ -1213,8 +1662,8 @@ __device__ __forceinline__ void sel_find(const SelArgs &a, int arr) {
     unsigned prefix;
     int owner;
     if (PASS == 0) {
-        const double pct[SEL_T] = {0, 100, 50, 50, 90, 90, 99, 99};
-        double pos = pct[t] / 100.0 * (double)(n - 1);
+        const double pct = t == 0 ? 0 : t == 1 ? 100 : t < 4 ? 50 : t < 6 ? 90 : 99; // {0, 100, 50, 50, 90, 90, 99, 99}
+        double pos = pct / 100.0 * (double)(n - 1);
         rank = (unsigned long long)((t >= 2 && (t & 1)) ? ceil(pos) : floor(pos));
         if (rank > n - 1) rank = n - 1;
         prefix = 0;
@@ -1372,6 +1821,188 @@ __global__ void __launch_bounds__(256) sel_hist_kernel(SelArgs a) {
     sel_find<PASS>(a, arr);
 }
 
+// The select's passes, second form (the default; TKC_STATS_OLD=1 takes
+// sel_hist_kernel): every pass counts into shared-memory histograms -- pass 0
+// one of 2048 bins, passes 1 and 2 one per distinct prefix of the percentile
+// targets (at most 6, 48 KB of dynamic shared memory) -- flushed once per
+// block, so values that share a few bins (modified norms of normalized rows
+// are all ~1: every pass's digits coincide) no longer serialize global
+// atomics on one address (sel_hist_kernel<1>: 62 us of its 0.106 ms on the
+// H200). The minimum and maximum (ranks 0 and n-1) come from pass 0 (the
+// extreme keys, reduced with atomicMax), so passes 1 and 2 histogram only the
+// values that share a percentile's prefix; the scan of targets 0 and 1 still
+// runs (on whatever histogram its prefix names) and is overwritten at the end.
+// A warp reads 4 x 32 float4 (16-byte loads, all issued before the first is
+// used); the last len % 4 values go to warp 0 of block 0. A warp whose 32
+// values fall in one bin adds 32 once, otherwise each lane adds its own 1
+// (__match_any_sync, whose cost grows with the distinct bins of a warp, made
+// the select 0.073-0.077 ms instead of 0.065-0.069 on the H200;
+// TKC_STATS_SEL_MATCH=1 keeps it). Same scan (sel_find), same ticket.
+constexpr int SEL2_U = 4;
+
+template <int PASS, bool MATCH>
+__global__ void __launch_bounds__(256) sel2_hist_kernel(SelArgs a) {
+    constexpr int SHIFT = PASS == 0 ? 21 : PASS == 1 ? 10 : 0, MASK = PASS == 2 ? 0x3ff : 0x7ff;
+    constexpr int PREV = PASS == 1 ? 21 : 10;
+    extern __shared__ unsigned s2_hist[]; // [slots][SEL_BINS]
+    __shared__ int s_owner[SEL_T];        // the target whose histogram slot s counts
+    __shared__ unsigned s_prefix[SEL_T];  // its prefix
+    __shared__ int s_nslots;
+    __shared__ double s_sum[8];
+    __shared__ unsigned long long s_cnt[8];
+    __shared__ bool s_last;
+    const int arr = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const float *x = a.x[arr];
+    if (!x) return;
+    if (tid == 0) {
+        int ns = 0;
+        if (PASS == 0) {
+            s_owner[0] = 0, s_prefix[0] = 0u, ns = 1;
+        } else {
+            // one slot per distinct prefix of targets 2..7, counted into its owner's histogram
+            for (int t = 2; t < SEL_T; t++) {
+                const int o = a.st->owner[arr][t];
+                bool have = false;
+                for (int u = 0; u < ns; u++) have |= s_owner[u] == o;
+                if (!have) s_owner[ns] = o, s_prefix[ns] = a.st->prefix[arr][t], ns++;
+            }
+        }
+        s_nslots = ns;
+    }
+    __syncthreads();
+    const int nslots = s_nslots;
+    constexpr int NSL = PASS == 0 ? 1 : SEL_T - 2;
+    unsigned pre[NSL]; // no prefix of a pass is ~0u (11 or 22 bits)
+#pragma unroll
+    for (int u = 0; u < NSL; u++) pre[u] = u < nslots ? s_prefix[u] : ~0u;
+    for (int b = tid; b < nslots * SEL_BINS; b += blockDim.x) s2_hist[b] = 0u;
+    __syncthreads();
+    double lsum = 0;
+    unsigned long long lcnt = 0;
+    unsigned kmax = 0u, kmin_inv = 0u;
+    // every lane of the warp calls it (the match)
+    auto count = [&](float v) {
+        int bin = -1;
+        if (__float_as_uint(v) != SKIP_BITS) {
+            const unsigned key = sel_key(v);
+            if (PASS == 0) {
+                lcnt++;
+                lsum += (double)v;
+                kmax = max(kmax, key);
+                kmin_inv = max(kmin_inv, ~key);
+                bin = (key >> SHIFT) & MASK;
+            } else {
+#pragma unroll
+                for (int u = 0; u < NSL; u++)
+                    if ((key >> PREV) == pre[u]) bin = u * SEL_BINS + ((key >> SHIFT) & MASK);
+            }
+        }
+        if (MATCH) {
+            const unsigned m = __match_any_sync(0xffffffffu, bin);
+            if (bin >= 0 && lane == __ffs(m) - 1) atomicAdd(&s2_hist[bin], (unsigned)__popc(m));
+        } else if (__all_sync(0xffffffffu, bin == __shfl_sync(0xffffffffu, bin, 0))) {
+            if (bin >= 0 && lane == 0) atomicAdd(&s2_hist[bin], 32u); // the whole warp in one bin
+        } else if (bin >= 0) {
+            atomicAdd(&s2_hist[bin], 1u);
+        }
+    };
+    const long long len = a.len[arr], n4 = len / 4;
+    const float4 *x4 = reinterpret_cast<const float4 *>(x);
+    const float skip = __uint_as_float(SKIP_BITS);
+    const long long wstep = (long long)gridDim.x * (blockDim.x / 32) * 32 * SEL2_U;
+    for (long long c0 = ((long long)blockIdx.x * (blockDim.x / 32) + warp) * 32 * SEL2_U; c0 < n4; c0 += wstep) {
+        float4 v[SEL2_U];
+#pragma unroll
+        for (int u = 0; u < SEL2_U; u++) {
+            const long long i = c0 + u * 32 + lane;
+            v[u] = i < n4 ? __ldcg(x4 + i) : make_float4(skip, skip, skip, skip);
+        }
+#pragma unroll
+        for (int u = 0; u < SEL2_U; u++) {
+            count(v[u].x);
+            count(v[u].y);
+            count(v[u].z);
+            count(v[u].w);
+        }
+    }
+    if (blockIdx.x == 0 && warp == 0) count(lane < len - 4 * n4 ? __ldcg(x + 4 * n4 + lane) : skip);
+    __syncthreads();
+    unsigned *h = a.hist + ((size_t)PASS * SEL_ARR + arr) * SEL_T * SEL_BINS;
+    for (int b = tid; b < nslots * SEL_BINS; b += blockDim.x) {
+        const unsigned c = s2_hist[b];
+        if (c) atomicAdd(&h[s_owner[b / SEL_BINS] * SEL_BINS + b % SEL_BINS], c);
+    }
+    if (PASS == 0) {
+        __shared__ unsigned s_kmax[8], s_kmin[8];
+        for (int off = 16; off > 0; off >>= 1) {
+            lsum += __shfl_xor_sync(0xffffffffu, lsum, off);
+            lcnt += __shfl_xor_sync(0xffffffffu, lcnt, off);
+        }
+        kmax = __reduce_max_sync(0xffffffffu, kmax);
+        kmin_inv = __reduce_max_sync(0xffffffffu, kmin_inv);
+        if (lane == 0) s_sum[warp] = lsum, s_cnt[warp] = lcnt, s_kmax[warp] = kmax, s_kmin[warp] = kmin_inv;
+        __syncthreads();
+        if (tid == 0) {
+            double s = 0;
+            unsigned long long c = 0;
+            unsigned hi = 0u, lo = 0u;
+            for (int w = 0; w < (int)(blockDim.x / 32); w++)
+                s += s_sum[w], c += s_cnt[w], hi = max(hi, s_kmax[w]), lo = max(lo, s_kmin[w]);
+            if (c) {
+                atomicAdd(&a.st->sum[arr], s);
+                atomicAdd(&a.st->n[arr], c);
+                atomicMax(&a.st->kmax[arr], hi);
+                atomicMax(&a.st->kmin_inv[arr], lo);
+            }
+        }
+    }
+    // the last block of this array to get here scans the histogram
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        unsigned *done = a.hist + (size_t)3 * SEL_ARR * SEL_T * SEL_BINS + PASS * SEL_ARR + arr;
+        s_last = atomicAdd(done, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    sel_find<PASS>(a, arr);
+    if (PASS == 2 && tid == 0 && __ldcg(&a.st->n[arr]) > 0) { // ranks 0 and n-1: the extreme keys
+        a.st->val[arr][0] = sel_value(~__ldcg(&a.st->kmin_inv[arr]));
+        a.st->val[arr][1] = sel_value(__ldcg(&a.st->kmax[arr]));
+    }
+}
+
+// The first launch of the stats (unless TKC_STATS_OLD, or more than
+// ROWS_PARAM sampled indices): the indices from the launch parameter into
+// rows_d, the select's histograms, tickets and state zeroed (were two
+// memsets), and -- blocks below BH, when qhat is not NULL -- the far rows of
+// the sampled queries as qhat_kernel computes them (the indices read from the
+// parameter). Grid-stride over the zeroing.
+struct PrepArgs {
+    int *rows_d;
+    unsigned *zero_a; // SEL_HIST_WORDS
+    unsigned *zero_b; // sel_state
+    int nzero_b;      // words
+    // qhat (NULL = none)
+    const void *q0;
+    int ns, nsp, N, D, g, BH;
+    const float *P;
+    int modify;
+    float power, clip, eps, s_far;
+    float *qhat;
+};
+
+template <typename T> __global__ void __launch_bounds__(256) prep_kernel(RowsParam rp, PrepArgs a) {
+    const size_t gid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = gid; i < SEL_HIST_WORDS; i += stride) a.zero_a[i] = 0u;
+    for (size_t i = gid; i < (size_t)a.nzero_b; i += stride) a.zero_b[i] = 0u;
+    for (size_t i = gid; i < (size_t)rp.n; i += stride) a.rows_d[i] = rp.v[i];
+    if (a.qhat && (int)blockIdx.x < a.BH)
+        qhat_head<T>(blockIdx.x, reinterpret_cast<const T *>(a.q0), [&](int r) { return rp.v[r]; }, a.ns, a.nsp, a.N,
+                     a.D, a.g, a.P, a.modify, a.power, a.clip, a.eps, a.s_far, a.qhat);
+}
+
 // ---- host side ---------------------------------------------------------------
 
 // quality from the per-row sums (offset 0: raw, 6: effective), with the
@@ -1438,24 +2069,41 @@ struct rows_inst {
     const void *fn;
     size_t smem;
     int occ;
+    int threads;
 };
 
+rows_inst *inst_ready(rows_inst *ri) {
+    if (ri->occ == 0) {
+        int n = 0;
+        if (cudaFuncSetAttribute(ri->fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ri->smem) != cudaSuccess ||
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, ri->fn, ri->threads, ri->smem) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return ri;
+        }
+        ri->occ = n > 0 ? n : 1;
+    }
+    return ri;
+}
+
 template <typename T, int D, int DV, int EFF, int NB> rows_inst *inst() {
-    static rows_inst ri = {nullptr, 0, 0};
+    static rows_inst ri = {nullptr, 0, 0, 0};
     if (!ri.fn) {
         ri.fn = reinterpret_cast<const void *>(rows_mma_kernel<T, D, DV, EFF, NB>);
         ri.smem = RowsSmem<T, D, DV, EFF, NB>::bytes;
+        ri.threads = RT_WARPS * 32;
     }
-    if (ri.occ == 0) {
-        int n = 0;
-        if (cudaFuncSetAttribute(ri.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ri.smem) != cudaSuccess ||
-            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, ri.fn, RT_WARPS * 32, ri.smem) != cudaSuccess) {
-            (void)cudaGetLastError();
-            return &ri;
-        }
-        ri.occ = n > 0 ? n : 1;
+    return inst_ready(&ri);
+}
+
+// rows_hyb2_kernel (hybrid, unless TKC_STATS_OLD)
+template <typename T, int D, int DV, bool FAST> rows_inst *inst2() {
+    static rows_inst ri = {nullptr, 0, 0, 0};
+    if (!ri.fn) {
+        ri.fn = reinterpret_cast<const void *>(rows_hyb2_kernel<T, D, DV, FAST>);
+        ri.smem = Rows2Smem<T, D, DV>::bytes;
+        ri.threads = R2_WARPS * 32;
     }
-    return &ri;
+    return inst_ready(&ri);
 }
 
 // The effective stream a job's rows kernel computes, and how.
@@ -1506,9 +2154,11 @@ eff_plan plan_eff(const tkc_stats_job *j) {
 }
 
 rows_inst *pick(const tk_call *c, const eff_plan &p) {
+    const bool two = !stats_old_path(), fast = !getenv("TKC_STATS_ROWS_SLOW");
 #define TKC_PICK(T)                                                                                    \
     if (c->D == 128 && c->Dv == 128) {                                                                  \
-        if (p.eff == EFF_HYBRID) return inst<T, 128, 128, EFF_HYBRID, 1>();                             \
+        if (p.eff == EFF_HYBRID) return two ? (fast ? inst2<T, 128, 128, true>() : inst2<T, 128, 128, false>())             \
+                                 : inst<T, 128, 128, EFF_HYBRID, 1>();                                            \
         if (p.eff == EFF_TAYLOR)                                                                        \
             return p.nb == 1   ? inst<T, 128, 128, EFF_TAYLOR, 1>()                                     \
                    : p.nb == 2 ? inst<T, 128, 128, EFF_TAYLOR, 2>()                                     \
@@ -1517,7 +2167,8 @@ rows_inst *pick(const tk_call *c, const eff_plan &p) {
         return inst<T, 128, 128, EFF_NONE, 1>();                                                        \
     }                                                                                                   \
     if (c->D == 64 && c->Dv == 64) {                                                                    \
-        if (p.eff == EFF_HYBRID) return inst<T, 64, 64, EFF_HYBRID, 1>();                               \
+        if (p.eff == EFF_HYBRID) return two ? (fast ? inst2<T, 64, 64, true>() : inst2<T, 64, 64, false>())                 \
+                                 : inst<T, 64, 64, EFF_HYBRID, 1>();                                              \
         if (p.eff == EFF_TAYLOR)                                                                        \
             return p.nb == 1 ? inst<T, 64, 64, EFF_TAYLOR, 1>()                                         \
                    : p.nb == 2 ? inst<T, 64, 64, EFF_TAYLOR, 2>()                                       \
@@ -1727,35 +2378,54 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
     sel_state *sel = (sel_state *)(w + L.o_out + al256(sizeof(double) * nrow * QREC));
     const bool far_rows = L.p.far && ns > 0;
     phase_clock clk = clock_start(st);
+    const bool old_path = stats_old_path();
     const float s0 = (float)(c->scale > 0 ? c->scale : 1.0 / sqrt((double)c->D));
 
-    // the sampled indices, one upload (the host buffer is free: the previous call synchronized)
+    const void *q0 = j->q0 ? j->q0 : c->q, *k0 = j->k0 ? j->k0 : c->k;
+    const float pw = j->power, cl = j->clip, ep = j->eps;
+    // the sampled indices, one upload (the host buffer is free: the previous call synchronized);
+    // the first form (prep_kernel) also zeroes the select's state and computes qhat
+    bool prepped = false; // the select's state zeroed, qhat computed
     {
         int n = ns + j->nqk_q + j->nqk_k;
-        if (n > 0) {
-            RowsParam rp; // the launch parameter (3.8 KB)
-            int *tmp = n <= ROWS_PARAM ? rp.v : (int *)((char *)host + host_rows_off(j));
-            if (ns) memcpy(tmp, j->qrows, sizeof(int) * ns);
-            if (j->nqk_q) memcpy(tmp + ns, j->qk_q, sizeof(int) * j->nqk_q);
-            if (j->nqk_k) memcpy(tmp + ns + j->nqk_q, j->qk_k, sizeof(int) * j->nqk_k);
-            if (n <= ROWS_PARAM) {
-                rp.n = n;
-                rows_param_kernel<<<1, 256, 0, st>>>(rp, rows_d);
-                TKC_LAUNCHED("rows_param_kernel", err, errlen);
-            } else {
-                cudaError_t e = cudaMemcpyAsync(rows_d, tmp, sizeof(int) * n, cudaMemcpyHostToDevice, st);
-                if (e != cudaSuccess) {
-                    snprintf(err, errlen, "sampled rows upload: %s", cudaGetErrorString(e));
-                    return 1;
-                }
+        RowsParam rp; // the launch parameter (3.8 KB)
+        rp.n = n;
+        int *tmp = n <= ROWS_PARAM ? rp.v : (int *)((char *)host + host_rows_off(j));
+        if (ns) memcpy(tmp, j->qrows, sizeof(int) * ns);
+        if (j->nqk_q) memcpy(tmp + ns, j->qk_q, sizeof(int) * j->nqk_q);
+        if (j->nqk_k) memcpy(tmp + ns + j->nqk_q, j->qk_k, sizeof(int) * j->nqk_k);
+        if (!old_path && n <= ROWS_PARAM) {
+            PrepArgs pa;
+            memset(&pa, 0, sizeof pa);
+            pa.rows_d = rows_d;
+            pa.zero_a = hist;
+            pa.zero_b = reinterpret_cast<unsigned *>(sel);
+            pa.nzero_b = (int)(sizeof(sel_state) / sizeof(unsigned));
+            if (far_rows) {
+                pa.q0 = q0, pa.ns = ns, pa.nsp = L.nsp, pa.N = c->Nq, pa.D = c->D, pa.g = j->g, pa.BH = BH;
+                pa.P = j->P, pa.modify = j->modify, pa.power = pw, pa.clip = cl, pa.eps = ep;
+                pa.s_far = (float)j->s_far, pa.qhat = qhat;
+            }
+            const int blocks = far_rows && BH > 64 ? BH : 64;
+            if (dt == TK_DTYPE_BF16) prep_kernel<__nv_bfloat16><<<blocks, 256, 0, st>>>(rp, pa);
+            else if (dt == TK_DTYPE_F16) prep_kernel<__half><<<blocks, 256, 0, st>>>(rp, pa);
+            else prep_kernel<float><<<blocks, 256, 0, st>>>(rp, pa);
+            TKC_LAUNCHED("prep_kernel", err, errlen);
+            prepped = true;
+        } else if (n > 0 && n <= ROWS_PARAM) {
+            rows_param_kernel<<<1, 256, 0, st>>>(rp, rows_d);
+            TKC_LAUNCHED("rows_param_kernel", err, errlen);
+        } else if (n > 0) {
+            cudaError_t e = cudaMemcpyAsync(rows_d, tmp, sizeof(int) * n, cudaMemcpyHostToDevice, st);
+            if (e != cudaSuccess) {
+                snprintf(err, errlen, "sampled rows upload: %s", cudaGetErrorString(e));
+                return 1;
             }
         }
     }
-    const void *q0 = j->q0 ? j->q0 : c->q, *k0 = j->k0 ? j->k0 : c->k;
-    const float pw = j->power, cl = j->clip, ep = j->eps;
 
     // far rows of the sampled queries (hybrid)
-    if (far_rows) {
+    if (far_rows && !prepped) {
         if (dt == TK_DTYPE_BF16)
             qhat_kernel<__nv_bfloat16><<<BH, 256, 0, st>>>((const __nv_bfloat16 *)q0, rows_d, ns, L.nsp, c->Nq, c->D,
                                                           j->g, j->P, j->modify, pw, cl, ep, (float)j->s_far, qhat);
@@ -1803,13 +2473,34 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
             const int most = c->Nq > c->Nk ? c->Nq : c->Nk, groups = (most + 15) / 16;
             dim3 grid((groups + NM_WARPS * 8 - 1) / (NM_WARPS * 8), BH, 2); // 8 groups of 16 rows a warp
             const void *fn = nullptr;
+            int nv = getenv("TKC_STATS_NORMS") ? atoi(getenv("TKC_STATS_NORMS")) : 2;
+            if (old_path || nv < 0 || nv > 2) nv = old_path ? 0 : 2;
 #define TKC_NM(DD, GG)                                                                                   \
     if (c->D == DD && G == GG)                                                                          \
-        fn = same ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, true>)                      \
-                  : reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, false>);
+        fn = same ? (nv == 2   ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, true, 2>)      \
+                     : nv == 1 ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, true, 1>)      \
+                               : reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, true, 0>))     \
+                  : (nv == 2   ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, false, 2>)     \
+                     : nv == 1 ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, false, 1>)     \
+                               : reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, false, 0>));
             TKC_NM(128, 16) TKC_NM(128, 32) TKC_NM(64, 16) TKC_NM(64, 32)
 #undef TKC_NM
             const size_t smem = sizeof(uint2) * (c->D / 16) * (G / 8) * 3 * 32 + sizeof(float) * L.nsp * G;
+            // one wave of resident blocks over both sides and every head (each block builds P's
+            // fragments once, then its warps take groups of 16 rows): at N=16,896, H=24 the
+            // 8-groups-a-warp grid was 1,584 blocks for 924 resident, 1.7 waves
+            int occ = 0;
+            if (!old_path) {
+                if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, NM_WARPS * 32, smem) != cudaSuccess) {
+                    (void)cudaGetLastError(); // keep the 8-groups-a-warp grid
+                    occ = 0;
+                }
+                if (occ > 0) {
+                    const int per_head = occ * (num_sms > 0 ? num_sms : 132) / (2 * BH);
+                    const int most_blocks = (groups + NM_WARPS - 1) / NM_WARPS;
+                    grid.x = per_head < 1 ? 1 : per_head > most_blocks ? most_blocks : per_head;
+                }
+            }
             void *args[] = {&np};
             TKC_TRY(cudaLaunchKernel(fn, grid, dim3(NM_WARPS * 32), args, smem, st), err, errlen);
         } else {
@@ -1860,13 +2551,13 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
             ra.gw = j->win.grid_w;
             dim3 grid(BH, L.nsplit);
             void *args[] = {&ra};
-            TKC_TRY(cudaLaunchKernel(ri->fn, grid, dim3(RT_WARPS * 32), args, ri->smem, st), err, errlen);
+            TKC_TRY(cudaLaunchKernel(ri->fn, grid, dim3(ri->threads), args, ri->smem, st), err, errlen);
             if (L.p.additive) { // the far softmax over every kept key, into the third stream
                 RowsArgs rb = ra;
                 rb.kind = HYB_FAR;
                 rb.part_e = part + 2 * part_stride;
                 void *args2[] = {&rb};
-                TKC_TRY(cudaLaunchKernel(ri->fn, grid, dim3(RT_WARPS * 32), args2, ri->smem, st), err, errlen);
+                TKC_TRY(cudaLaunchKernel(ri->fn, grid, dim3(ri->threads), args2, ri->smem, st), err, errlen);
             }
         }
         clk.mark("rows", st);
@@ -1912,18 +2603,48 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
     sa.x[2] = L.mod_q ? norm[2] : nullptr, sa.x[3] = L.mod_k ? norm[3] : nullptr;
     sa.x[4] = lens[4] > 0 ? qk : nullptr;
     sa.st = sel, sa.hist = hist;
-    TKC_TRY(cudaMemsetAsync(hist, 0, sizeof(unsigned) * SEL_HIST_WORDS, st), err, errlen);
-    TKC_TRY(cudaMemsetAsync(sel, 0, sizeof(sel_state), st), err, errlen);
+    if (!prepped) {
+        TKC_TRY(cudaMemsetAsync(hist, 0, sizeof(unsigned) * SEL_HIST_WORDS, st), err, errlen);
+        TKC_TRY(cudaMemsetAsync(sel, 0, sizeof(sel_state), st), err, errlen);
+    }
     long long most = 0;
     for (int a = 0; a < SEL_ARR; a++) most = sa.x[a] && lens[a] > most ? lens[a] : most;
     int hb = (int)((most + 2047) / 2048); // about 8 values a thread
     int cap = 2 * (num_sms > 0 ? num_sms : 132);
     if (hb > cap) hb = cap;
     if (hb < 1) hb = 1;
-    dim3 hgrid(hb, SEL_ARR);
-    sel_hist_kernel<0><<<hgrid, 256, 0, st>>>(sa);
-    sel_hist_kernel<1><<<hgrid, 256, 0, st>>>(sa);
-    sel_hist_kernel<2><<<hgrid, 256, 0, st>>>(sa);
+    if (old_path) {
+        dim3 hgrid(hb, SEL_ARR);
+        sel_hist_kernel<0><<<hgrid, 256, 0, st>>>(sa);
+        sel_hist_kernel<1><<<hgrid, 256, 0, st>>>(sa);
+        sel_hist_kernel<2><<<hgrid, 256, 0, st>>>(sa);
+    } else {
+        // a warp per 4 x 32 float4 (one step each at N=16,896, H=24: 99 blocks an array)
+        constexpr long long per = 8 * 32 * SEL2_U;
+        long long nb = (most / 4 + per - 1) / per;
+        const long long cap2 = 4LL * (num_sms > 0 ? num_sms : 132);
+        if (nb > cap2) nb = cap2;
+        if (nb < 1) nb = 1;
+        dim3 hgrid((unsigned)nb, SEL_ARR);
+        const int big = (int)(sizeof(unsigned) * (SEL_T - 2) * SEL_BINS);
+        if (getenv("TKC_STATS_SEL_MATCH")) { // benchmarking: warp-aggregated counts (__match_any_sync)
+            TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<1, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, big),
+                    err, errlen);
+            TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<2, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, big),
+                    err, errlen);
+            sel2_hist_kernel<0, true><<<hgrid, 256, sizeof(unsigned) * SEL_BINS, st>>>(sa);
+            sel2_hist_kernel<1, true><<<hgrid, 256, big, st>>>(sa);
+            sel2_hist_kernel<2, true><<<hgrid, 256, big, st>>>(sa);
+        } else {
+            TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<1, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, big),
+                    err, errlen);
+            TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<2, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, big),
+                    err, errlen);
+            sel2_hist_kernel<0, false><<<hgrid, 256, sizeof(unsigned) * SEL_BINS, st>>>(sa);
+            sel2_hist_kernel<1, false><<<hgrid, 256, big, st>>>(sa);
+            sel2_hist_kernel<2, false><<<hgrid, 256, big, st>>>(sa);
+        }
+    }
     TKC_LAUNCHED("sel kernels", err, errlen);
 
     clk.mark("select", st);

@@ -256,9 +256,10 @@ static void test_taylor_stats_with_modified_slices_match_the_ref_backend(void) {
     free_problem(&p);
 }
 
-static void check_hybrid(int combine, double w, int with_q0, uint64_t seed) {
+/* grid: the image side (grid x grid tokens after T = 8 text tokens); samples: quality rows. */
+static void check_hybrid(int combine, double w, int with_q0, uint64_t seed, int grid, int samples) {
     need_device();
-    int T = 8, gh = 12, gw = 12, N = T + gh * gw;
+    int T = 8, gh = grid, gw = grid, N = T + gh * gw;
     problem p = make_problem(1, 2, N, 64, 1.0, !with_q0, with_q0, seed);
     tk_config cfg;
     tk_config_defaults(&cfg); /* 2d window, far dim 16, P = 3 */
@@ -266,7 +267,7 @@ static void check_hybrid(int combine, double w, int with_q0, uint64_t seed) {
     cfg.combine = combine;
     cfg.global_weight = w;
     cfg.qk_norm_power = 0.25;
-    tk_stats_request sr = {16, 64, 13};
+    tk_stats_request sr = {samples, 64, 13};
     pair r = run_both(&p, TK_MODE_HYBRID, &cfg, &sr, T, gh, gw);
     check_all(&r, 1e-3);
     TH_CHECK(r.cu.stats.have & TK_HAVE_WINDOW_MASS);
@@ -279,14 +280,26 @@ static void check_hybrid(int combine, double w, int with_q0, uint64_t seed) {
 }
 
 static void test_hybrid_normalized_stats_with_q0_k0_match_the_ref_backend(void) {
-    check_hybrid(TK_COMBINE_NORMALIZED, 1.0, 1, 61);
+    check_hybrid(TK_COMBINE_NORMALIZED, 1.0, 1, 61, 12, 16);
 }
 static void test_hybrid_normalized_stats_on_q_k_alone_match_the_ref_backend(void) {
-    check_hybrid(TK_COMBINE_NORMALIZED, 1.0, 0, 62);
+    check_hybrid(TK_COMBINE_NORMALIZED, 1.0, 0, 62, 12, 16);
 }
-static void test_hybrid_additive_stats_match_the_ref_backend(void) { check_hybrid(TK_COMBINE_ADDITIVE, 0.5, 1, 63); }
+static void test_hybrid_additive_stats_match_the_ref_backend(void) {
+    check_hybrid(TK_COMBINE_ADDITIVE, 0.5, 1, 63, 12, 16);
+}
 static void test_hybrid_window_alone_reports_no_modified_norms_like_ref(void) {
-    check_hybrid(TK_COMBINE_NORMALIZED, 0.0, 1, 64);
+    check_hybrid(TK_COMBINE_NORMALIZED, 0.0, 1, 64, 12, 16);
+}
+
+/* One key split per head (TKC_ROWS_SPLIT=1; the test runs in its own child):
+ * each split streams ten 64-key tiles, so both softmax streams and the window
+ * mass carry across tiles; 40 quality rows make three groups of sampled rows,
+ * the last of 8. */
+static void test_hybrid_stats_over_many_tiles_and_row_groups_match_the_ref_backend(void) {
+    setenv("TKC_ROWS_SPLIT", "1", 1);
+    check_hybrid(TK_COMBINE_NORMALIZED, 1.0, 1, 65, 24, 40);
+    check_hybrid(TK_COMBINE_ADDITIVE, 0.5, 1, 66, 24, 40);
 }
 
 /* Many rows per distribution and ties: every q row of one head scaled to the
@@ -312,6 +325,22 @@ static void test_order_statistics_of_tied_norms_match_the_ref_backend(void) {
     check_all(&r, 1e-5);
     free_problem(&p);
 }
+
+/* Distributions of several thousand values over a few blocks of the select,
+ * with a length that is not a multiple of 4 (3 x 2051 rows: the last three go
+ * outside the 16-byte loads) and masked keys. */
+static void test_order_statistics_over_blocks_and_a_ragged_tail_match_the_ref_backend(void) {
+    need_device();
+    problem p = make_problem(1, 3, 2051, 64, 0.9, 0, 0, 72);
+    tk_config cfg;
+    tk_config_defaults(&cfg);
+    tk_stats_request sr = {16, 64, 19};
+    pair r = run_both(&p, TK_MODE_EXACT, &cfg, &sr, 0, 0, 0);
+    check_all(&r, 1e-5);
+    TH_CHECK(r.cu.stats.q_norm_raw.n == 3 * 2051);
+    TH_CHECK(r.cu.stats.k_norm_raw.n < 3 * 2051);
+    free_problem(&p);
+}
 #endif
 
 #define T(fn) TH_TEST(fn)
@@ -327,7 +356,9 @@ static const th_test tests[] = {
     T(test_hybrid_normalized_stats_on_q_k_alone_match_the_ref_backend),
     T(test_hybrid_additive_stats_match_the_ref_backend),
     T(test_hybrid_window_alone_reports_no_modified_norms_like_ref),
+    T(test_hybrid_stats_over_many_tiles_and_row_groups_match_the_ref_backend),
     T(test_order_statistics_of_tied_norms_match_the_ref_backend),
+    T(test_order_statistics_over_blocks_and_a_ragged_tail_match_the_ref_backend),
 #else
     T(x),
 #endif
