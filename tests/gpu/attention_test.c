@@ -612,6 +612,44 @@ static void test_hybrid_far_field_through_tk_attention_matches_the_ref_backend(v
     free_problem(&p);
 }
 
+/* The 2d hybrid on the wgmma local kernel (hybrid_wgmma.cu) where a user's
+ * shape is not made of its tiles: 77 text tokens (one text tile of 128 with 51
+ * empty slots), a 40 x 52 grid (52 columns = 3 blocks of 16 + 4: the last
+ * block column half outside the grid; N = 2,157, not a tile multiple), a key
+ * mask, B = 2 (one PCA fit shared by the batch), r = 8 (the rectangle clamped
+ * at every edge). Each case runs through tk_attention on the default kernel and
+ * again with TKC_HYBRID_LOCAL=mma (hybrid.cu's mma.sync kernel), both against
+ * the ref backend. Threshold: the issue's nMSE <= 5e-4 for bf16 inputs; the
+ * error here is the bf16 rounding of P in the P.V product and of the output,
+ * the f16 S|z of the far field and, for f16, the same at a finer grain, all
+ * ~1e-5 on these inputs (the other hybrid tests show the same size), so a
+ * wrong tile, visibility bit or far term (errors of order 1) cannot pass. */
+static void compare_both_local_kernels(const tk_config *cfg, problem *p, int T, int gh, int gw) {
+    compare_with_ref(TK_MODE_HYBRID, cfg, p, T, gh, gw);
+    setenv("TKC_HYBRID_LOCAL", "mma", 1);
+    compare_with_ref(TK_MODE_HYBRID, cfg, p, T, gh, gw);
+    unsetenv("TKC_HYBRID_LOCAL");
+}
+
+static void test_hybrid_2d_wgmma_kernel_on_a_ragged_grid_with_key_mask_matches_the_ref_backend(void) {
+    need_device();
+    int T = 77, gh = 40, gw = 52, N = T + gh * gw;
+    tk_config cfg;
+    tk_config_defaults(&cfg); /* normalized, w = 1, P = 3, far dim 16 */
+    cfg.local_window = 8;
+    problem p = make_problem(2, 2, N, N, 128, 128, TK_DTYPE_BF16, 1.0, 0.8, 53);
+    compare_both_local_kernels(&cfg, &p, T, gh, gw);
+    free_problem(&p);
+    /* D 64 in f16: the window alone (no far term), then far dim 32 */
+    p = make_problem(2, 2, N, N, 64, 64, TK_DTYPE_F16, 1.0, 0.9, 54);
+    cfg.global_weight = 0;
+    compare_both_local_kernels(&cfg, &p, T, gh, gw);
+    tk_config_defaults(&cfg);
+    cfg.local_window = 5, cfg.global_dim = 32;
+    compare_both_local_kernels(&cfg, &p, T, gh, gw);
+    free_problem(&p);
+}
+
 /* Head dim 32 (the simulator's tiny model): 2d with the far field, and 1d. */
 static void test_hybrid_head_dim_32_through_tk_attention_matches_the_ref_backend(void) {
     need_device();
@@ -932,6 +970,7 @@ static const th_test tests[] = {
     T(test_taylor_early_probe_on_cuda_samples_the_ref_backend_rows),
     T(test_hybrid_far_field_through_tk_attention_matches_the_ref_backend),
     T(test_hybrid_head_dim_32_through_tk_attention_matches_the_ref_backend),
+    T(test_hybrid_2d_wgmma_kernel_on_a_ragged_grid_with_key_mask_matches_the_ref_backend),
     T(test_a_sequence_of_layers_and_modes_on_one_context_matches_the_ref_backend),
 #else
     T(x),
