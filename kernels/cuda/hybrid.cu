@@ -1428,6 +1428,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         wa.gh = call->grid_h, wa.gw = call->grid_w, wa.r = W, wa.farm = farm, wa.dtype = dt;
         wa.scale_log2 = la.scale_log2, wa.w = la.w;
         wa.c0 = la.c0, wa.c1 = la.c1, wa.c2 = la.c2, wa.c3 = la.c3;
+        wa.skip_tiles = la.skip_chunks; // TKC_HYBRID_NOSKIP=1 turns off both kernels' skipping
         if (use_wg)
             rc = tkc_hyb_wg_launch(&wa, st, err, sizeof err);
         else if (dt == TK_DTYPE_BF16)

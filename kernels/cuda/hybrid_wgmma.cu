@@ -5,20 +5,26 @@
 // 8g..8g+7 (query 8y + x of the cell = accumulator row; the mma.sync C layout
 // of hybrid.cu's kernel, warp w of a group holding cell rows 2w and 2w+1).
 // Key list: the text keys padded to 128, then the clamped rectangle of the
-// block ((8 + 2r) rows x (16 + 2r) columns at most), 128-key tiles. Tokens and
-// visibility bits (8 query rows << 16 | 16 query columns; text keys all set,
-// masked or missing keys 0) of the whole list are computed once per block into
-// shared memory, so the loaders and the softmax only look them up.
+// block ((8 + 2r) rows x (16 + 2r) columns at most) column by column, 128-key
+// tiles. Tokens and visibility bits (8 query rows << 16 | 16 query columns;
+// text keys all set, masked or missing keys 0) of the whole list are computed
+// once per block into shared memory, with one bit per tile and warpgroup: a
+// warpgroup skips the tiles none of its queries sees (with r = 8 the first
+// rectangle tile is warpgroup 0's alone and the last warpgroup 1's).
 // Per tile: K and V gathered by cp.async into the 128-byte swizzled layout
-// wgmma reads (two stages), S = Q K^T by wgmma (A and B from shared memory);
-// rectangle tiles with the fused far field (FARM 2) also form x' = q' k'^T on
-// mma.sync while the wgmma runs. Element step as hybrid.cu: invisible keys
-// -inf, exact online softmax in log2 units, p = e^{x-m} - w e^{-m} kappa(x')
-// for visible rectangle keys, P packed as the register A operand of
-// O += P V (wgmma, V read transposed).
-// FARM 2: hybrid.cu's prologue (w phi(q') . [S | z] into the accumulators at a
-// running max of 0), for 128 queries. FARM 0: no far term (window alone, or the
-// recompute pass of rows whose far denominator came out <= 0).
+// wgmma reads (two stages; the tokens of the next tile's rows and the next
+// tile's visibility bits are read while P.V runs), S = Q K^T by wgmma (A and B
+// from shared memory); rectangle tiles with the fused far field (FARM 2) also
+// form x' = q' k'^T on mma.sync and kappa(x') of the visible keys while the
+// wgmma runs. Element step as hybrid.cu: invisible keys -inf, exact online
+// softmax in log2 units, p = e^{x-m} - w e^{-m} kappa(x') for visible
+// rectangle keys, P packed as the register A operand of O += P V (wgmma, V
+// read transposed). Output rows leave through shared memory as 16-byte stores.
+// FARM 2: the far prologue w phi(q') . [S | z] into the accumulators at a
+// running max of 0, on wgmma: phi(q') built in registers as the A operand,
+// S|z chunks of 64 features double-buffered (while tile 0 loads). FARM 0: no
+// far term (window alone, or the recompute pass of rows whose far denominator
+// came out <= 0).
 #include <math.h>
 #include <stdio.h>
 
@@ -69,7 +75,9 @@ template <int D, int G> constexpr size_t smem_bytes(int FARM) {
            (size_t)2 * TKC_HYB_WG_LIST_MAX * 4;
 }
 
-template <typename T, typename TO, int D, int G, int FARM>
+// P3: kappa has the P = 3 coefficients (1, 1, 1/2) as immediates (kept in
+// registers the runtime ones were re-read from the constant bank per element).
+template <typename T, typename TO, int D, int G, int FARM, bool P3>
 __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
 #ifndef TKC_HYB_NO_WGMMA
     constexpr bool FAR = FARM != 0;
@@ -87,6 +95,7 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
     int *ltok = reinterpret_cast<int *>(QPs + (FAR ? BR * GLD : 0)); // [LIST_MAX]
     int *linfo = ltok + TKC_HYB_WG_LIST_MAX;                      // [LIST_MAX]
     __shared__ int qtok[BR];
+    __shared__ int tneed[TKC_HYB_WG_LIST_MAX / KT];
     __shared__ unsigned long long s_n, s_le, s_nf;
     __shared__ unsigned s_min, s_max;
     __shared__ double s_sum;
@@ -134,19 +143,28 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
     }
     cp_async_commit();
 
-    // key list: token (-1 = none) and visibility bits of every slot
+    // Key list: token (-1 = none) and visibility bits of every slot. The
+    // rectangle goes column by column: warpgroup g sees only columns 8g..8g+15+2r
+    // of it, so with r = 8 the first rectangle tile holds keys only warpgroup 0
+    // sees and the last only warpgroup 1's; tneed[tile] bit g = some key of the
+    // tile is visible to some query of warpgroup g (the other skips the tile).
+    if (tid < TKC_HYB_WG_LIST_MAX / KT) tneed[tid] = 0;
+    __syncthreads();
     for (int L = tid; L < ntiles * KT; L += NTHR) {
         int t = -1, inf = 0;
         if (L < Tpad) {
             if (L < T_) t = L, inf = FULL_BITS;
         } else if (L - Tpad < nrect) {
-            const int m = L - Tpad, ky = y0 + m / RW, kx = x0 + m % RW;
+            const int m = L - Tpad, kx = x0 + m / RH, ky = y0 + m % RH;
             t = T_ + ky * gw + kx;
             inf = (bits_in(ky - qy0 - r, ky - qy0 + r, 8) << 16) | bits_in(kx - qx0 - r, kx - qx0 + r, 16);
         }
         if (t >= 0 && mb && !mb[t]) t = -1, inf = 0;
         ltok[L] = t;
         linfo[L] = inf;
+        const unsigned nb = (inf >> 16) ? ((inf & 0xff) ? 1u : 0u) | ((inf & 0xff00) ? 2u : 0u) : 0u;
+        const unsigned wb = __reduce_or_sync(0xffffffffu, nb); // a warp's 32 slots share a tile
+        if (lane == 0 && wb) atomicOr(&tneed[L / KT], (int)wb);
     }
     if (tid < BR) qtok[tid] = qtoken(tid);
     if (tid == 0) {
@@ -318,7 +336,8 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
     const uint64_t dq = gmma_desc(base_a + wg * 64 * 128, 16, 1024);
     // kernel parameters the element loops use, in registers (read through the
     // lambdas' captures they were constant-bank loads: ~6% of the stall samples)
-    const float sl2 = a.scale_log2, wfar = a.w, kc0 = a.c0, kc1 = a.c1, kc2 = a.c2, kc3 = a.c3;
+    const float sl2 = a.scale_log2, wfar = a.w;
+    const float kc0 = P3 ? 1.f : a.c0, kc1 = P3 ? 1.f : a.c1, kc2 = P3 ? 0.5f : a.c2, kc3 = P3 ? 0.f : a.c3;
 
     // One tile. FT: a rectangle tile with the far term; VIS: apply the
     // visibility bits (a text tile whose 128 slots are all kept keys needs none).
@@ -348,6 +367,11 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
         __syncthreads(); // tile j visible; every warpgroup is done with tile j-1's stage
         if (j + 1 < ntiles) issue(j + 1, tk, FAR && j + 1 >= ntext);
         cp_async_commit();
+        if (a.skip_tiles && !((tneed[j] >> wg) & 1)) { // no query of this warpgroup sees a key of it
+            vis_bits(j + 1, vm_lo, vm_hi);
+            load_tok(j + 2, tk);
+            return;
+        }
         float s[KT / 2];
 #pragma unroll
         for (int i = 0; i < KT / 2; i++) reg_fence(s[i]);
@@ -381,8 +405,8 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
                     for (int e = 0; e < 4; e++) {
                         const float y = x[4 * h + e];
                         const uint32_t vm = e < 2 ? vm_lo : vm_hi;
-                        kv[e] = ((vm >> (2 * nt + (e & 1))) & 1u) ? fmaf(y, fmaf(y, fmaf(y, kc3, kc2), kc1), kc0)
-                                                                  : 0.f;
+                        const float kp = P3 ? fmaf(y, fmaf(y, 0.5f, 1.f), 1.f) : fmaf(y, fmaf(y, fmaf(y, kc3, kc2), kc1), kc0);
+                        kv[e] = ((vm >> (2 * nt + (e & 1))) & 1u) ? kp : 0.f;
                     }
                     kap[nt][0] = __floats2half2_rn(kv[0], kv[1]);
                     kap[nt][1] = __floats2half2_rn(kv[2], kv[3]);
@@ -582,10 +606,10 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
 #endif
 }
 
-template <typename T, typename TO, int D, int G, int FARM>
+template <typename T, typename TO, int D, int G, int FARM, bool P3 = false>
 int launch(const tkc_hyb_wg_args *a, cudaStream_t st, char *err, size_t errlen) {
     const size_t smem = smem_bytes<D, G>(FARM);
-    auto kern = hyb_wg_kernel<T, TO, D, G, FARM>;
+    auto kern = hyb_wg_kernel<T, TO, D, G, FARM, P3>;
     TKC_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), err, errlen);
     const int tiles = ((a->gh + 7) / 8) * ((a->gw + 15) / 16);
     kern<<<dim3(tiles, a->B * a->H), NTHR, smem, st>>>(*a);
@@ -599,6 +623,9 @@ int launch_t(const tkc_hyb_wg_args *a, cudaStream_t st, char *err, size_t errlen
         if (a->D == 128) return launch<T, TO, 128, 16, 0>(a, st, err, errlen);
         if (a->D == 64) return launch<T, TO, 64, 16, 0>(a, st, err, errlen);
     } else if (a->farm == 2) {
+        const bool p3 = a->c0 == 1.f && a->c1 == 1.f && a->c2 == 0.5f && a->c3 == 0.f;
+        if (a->D == 128 && a->G == 16 && p3) return launch<T, TO, 128, 16, 2, true>(a, st, err, errlen);
+        if (a->D == 64 && a->G == 16 && p3) return launch<T, TO, 64, 16, 2, true>(a, st, err, errlen);
         if (a->D == 128 && a->G == 16) return launch<T, TO, 128, 16, 2>(a, st, err, errlen);
         if (a->D == 128 && a->G == 32) return launch<T, TO, 128, 32, 2>(a, st, err, errlen);
         if (a->D == 64 && a->G == 16) return launch<T, TO, 64, 16, 2>(a, st, err, errlen);

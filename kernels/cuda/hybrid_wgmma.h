@@ -27,6 +27,7 @@ struct tkc_hyb_wg_args {
     int dtype;               // TK_DTYPE_BF16 or TK_DTYPE_F16 (output in the same type)
     float scale_log2, w;
     float c0, c1, c2, c3;    // kappa_P coefficients (P <= 4)
+    int skip_tiles;          // a warpgroup skips the tiles none of its queries sees (0: computes all)
 };
 
 // 1 when tkc_hyb_wg_launch takes this shape (2d window only).
