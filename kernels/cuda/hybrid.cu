@@ -26,6 +26,9 @@
 //     p = e^{x-m} - w e^{-m} kappa(x'), so one P.V product serves the local
 //     sum and removes the window's keys from the far term.
 //     Text queries see every key: exact kernel on those rows (side stream).
+//     The 2d window with no far term or the normalized one, D 64/128, bf16/f16
+//     in and out, runs hybrid_wgmma.cu's kernel instead (128-query tiles on
+//     wgmma; TKC_HYBRID_LOCAL=mma keeps this one, for comparisons).
 //  5. A query whose far denominator D_far - D_far,win comes out <= 0 is
 //     flagged, counted, and recomputed with its local term alone.
 #include <math.h>
@@ -39,6 +42,7 @@
 #include <cublas_v2.h>
 
 #include "cuda_internal.h"
+#include "hybrid_wgmma.h"
 #include "pca.h"
 
 // LAPACK (OpenBLAS): symmetric eigen decomposition. kernels/pca.c takes
@@ -1409,7 +1413,25 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         la.c0 = P > 0 ? 1.f : 0.f, la.c1 = P > 1 ? 1.f : 0.f, la.c2 = P > 2 ? 0.5f : 0.f, la.c3 = P > 3 ? 1.f / 6.f : 0.f;
         la.normalized = cfg->combine == TK_COMBINE_NORMALIZED;
         int nblocks = shape2d ? ((call->grid_h + 7) / 8) * ((call->grid_w + 7) / 8) : (N + 63) / 64;
-        if (dt == TK_DTYPE_BF16)
+        // 2d window, no far term or the fused normalized one, D 64/128, bf16/f16: the wgmma
+        // kernel (hybrid_wgmma.cu); TKC_HYBRID_LOCAL=mma keeps this file's mma.sync kernel
+        const char *lk = getenv("TKC_HYBRID_LOCAL");
+        const bool use_wg = shape2d && !(lk && strcmp(lk, "mma") == 0) &&
+                            tkc_hyb_wg_supported(D, g, farm, dt, call->dtype, T, call->grid_h, call->grid_w, W) &&
+                            tkc_hyb_wg_supported(D, g, 0, dt, call->dtype, T, call->grid_h, call->grid_w, W);
+        tkc_hyb_wg_args wa;
+        memset(&wa, 0, sizeof wa);
+        wa.q = q, wa.k = k, wa.v = v, wa.qp = qp, wa.kp = kp, wa.mask = call->key_mask;
+        wa.ftab = la.ftab, wa.fsh = la.fsh, wa.fcolmax = la.fcolmax, wa.fR = la.fR, wa.fRpad = la.fRpad;
+        wa.o = call->o, wa.flags = flags, wa.den = den;
+        wa.B = call->B, wa.H = call->H, wa.N = N, wa.D = D, wa.G = g, wa.T = T;
+        wa.gh = call->grid_h, wa.gw = call->grid_w, wa.r = W, wa.farm = farm, wa.dtype = dt;
+        wa.scale_log2 = la.scale_log2, wa.w = la.w;
+        wa.c0 = la.c0, wa.c1 = la.c1, wa.c2 = la.c2, wa.c3 = la.c3;
+        wa.skip_tiles = la.skip_chunks; // TKC_HYBRID_NOSKIP=1 turns off both kernels' skipping
+        if (use_wg)
+            rc = tkc_hyb_wg_launch(&wa, st, err, sizeof err);
+        else if (dt == TK_DTYPE_BF16)
             rc = call->dtype == TK_DTYPE_F32
                      ? launch_local_t<__nv_bfloat16, float>(la, D, g, farm, nblocks, BH, st, err, sizeof err)
                      : launch_local_t<__nv_bfloat16, __nv_bfloat16>(la, D, g, farm, nblocks, BH, st, err, sizeof err);
@@ -1458,7 +1480,10 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
                 la.only = flags;
                 la.far = nullptr;
                 la.w = 0.f;
-                if (dt == TK_DTYPE_BF16)
+                wa.only = flags, wa.farm = 0, wa.w = 0.f;
+                if (use_wg)
+                    rc = tkc_hyb_wg_launch(&wa, st, err, sizeof err);
+                else if (dt == TK_DTYPE_BF16)
                     rc = call->dtype == TK_DTYPE_F32
                              ? launch_local_t<__nv_bfloat16, float>(la, D, g, 0, nblocks, BH, st, err, sizeof err)
                              : launch_local_t<__nv_bfloat16, __nv_bfloat16>(la, D, g, 0, nblocks, BH, st, err, sizeof err);
