@@ -1,24 +1,28 @@
 #!/bin/sh
-# The wgmma exact kernel (kernels/cuda/exact.cu, sm_90a) as ptxas builds it:
-# when ptxas cannot keep the warpgroup MMAs asynchronous it serializes them
-# and says so only as an info line (C7515, "Potential Performance Loss"),
-# which -Werror does not catch; once that cost ~30% of the kernel's speed
-# (docs/GPU-NOTES.md). This fails the build's tests when it happens. Needs
-# nvcc (CI has it); skipped (77) without. WGMMA_CHECK_EXTRA adds nvcc flags
-# (WGMMA_CHECK_EXTRA=-G serializes them: the check then fails).
+# The wgmma kernels (kernels/cuda/exact.cu and hybrid_wgmma.cu, sm_90a) as
+# ptxas builds them: when ptxas cannot keep the warpgroup MMAs asynchronous
+# it serializes them and says so only as an info line (C7510/C7515,
+# "Potential Performance Loss"), which -Werror does not catch; once that cost
+# ~30% of the exact kernel's speed (docs/GPU-NOTES.md). This fails the
+# build's tests when it happens. Needs nvcc (CI has it); skipped (77)
+# without. WGMMA_CHECK_EXTRA adds nvcc flags (WGMMA_CHECK_EXTRA=-G
+# serializes them: the check then fails).
 command -v nvcc >/dev/null 2>&1 || { echo "no nvcc: skipped"; exit 77; }
 flags=$(sed -n 's/^  NVCCFLAGS = .*\(-gencode=[^ ]*\).*/\1/p' Makefile | head -1)
 [ -n "$flags" ] || { echo "cannot read the -gencode target from the Makefile"; exit 1; }
 out=$(mktemp "${TMPDIR:-/tmp}/ts-ptxas.XXXXXX") || exit 1
 trap 'rm -f "$out" "$out.o"' EXIT
-nvcc -O3 -std=c++17 "$flags" ${WGMMA_CHECK_EXTRA:-} -Xptxas -v -Ikernels -DTK_HAVE_CUDA=1 -c kernels/cuda/exact.cu -o "$out.o" >"$out" 2>&1 || {
-    cat "$out"
-    echo "exact.cu does not compile"
-    exit 1
-}
-grep -q "HGMMA\|wgmma" kernels/cuda/exact.cu || { echo "exact.cu no longer uses wgmma"; exit 1; }
-if grep -E "C7515|C7510|Potential Performance Loss" "$out"; then
-    echo "ptxas serialized wgmma in exact.cu (see the lines above)"
-    exit 1
-fi
-echo "ptxas kept every wgmma of exact.cu asynchronous ($flags)"
+for src in exact.cu hybrid_wgmma.cu; do
+    nvcc -O3 -std=c++17 "$flags" ${WGMMA_CHECK_EXTRA:-} -Xptxas -v -Ikernels -DTK_HAVE_CUDA=1 \
+        -c "kernels/cuda/$src" -o "$out.o" >"$out" 2>&1 || {
+        cat "$out"
+        echo "$src does not compile"
+        exit 1
+    }
+    grep -q "wgmma_ss\|wgmma_rs\|wgmma\." "kernels/cuda/$src" || { echo "$src no longer uses wgmma"; exit 1; }
+    if grep -E "C7515|C7510|Potential Performance Loss" "$out"; then
+        echo "ptxas serialized wgmma in $src (see the lines above)"
+        exit 1
+    fi
+    echo "ptxas kept every wgmma of $src asynchronous ($flags)"
+done
