@@ -27,8 +27,8 @@
 // the call's output row (six sums per row and stream). f32 inputs and head
 // dims other than 64 and 128 take a scalar fp32 kernel (quality_raw only:
 // quality_eff and the window mass are not reported there). Hybrid takes
-// rows_hyb2_kernel instead: the same tiles and records, with the two streams
-// on two groups of 4 warps (8 warps, <= 128 registers, 2 blocks per SM).
+// rows_hyb2_kernel: the same tiles and records, with the two streams on two
+// groups of 4 warps (8 warps, <= 128 registers, 2 blocks per SM).
 //
 // Norms of every row: hybrid with bf16 rows takes norms_mma_kernel (rows read
 // once from global memory into mma fragments, the projection on the tensor
@@ -40,8 +40,12 @@
 // only counts, sums and eight order statistics per distribution come back
 // with the per-row sums. The first launch (prep_kernel) uploads the sampled
 // indices, zeroes the select's state and computes the far rows of the
-// sampled queries. TKC_STATS_OLD=1 runs the kernels this file had before
-// (benchmarking; docs/GPU-NOTES.md, branch stx).
+// sampled queries (more than ROWS_PARAM indices: a copy, two memsets and
+// qhat_kernel instead). The variants these kernels replaced, and the
+// benchmarking switches that selected them (TKC_STATS_OLD,
+// TKC_STATS_ROWS_SLOW, TKC_STATS_SEL_MATCH, TKC_STATS_NORMS,
+// TKC_STATS_NORMS_SCALAR), are in git history: commit 4e5501e, the last of
+// branch stx (docs/GPU-NOTES.md).
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,14 +58,6 @@ namespace {
 using namespace tkc;
 
 size_t al256(size_t x) { return (x + 255) & ~(size_t)255; }
-
-// TKC_STATS_OLD=1 (benchmarking): the kernels of the stats before the
-// 2026-11-27 stx branch (sel_hist_kernel, rows_mma_kernel for hybrid), to
-// time both in one process. Same figures.
-bool stats_old_path() {
-    const char *e = getenv("TKC_STATS_OLD");
-    return e && atoi(e) > 0;
-}
 
 // ---- NaN/Inf scan ---------------------------------------------------------
 
@@ -145,16 +141,14 @@ __global__ void __launch_bounds__(256) scan_kernel(scan_args a) {
 
 // ---- the sampled indices ----------------------------------------------------
 
-// Up to ROWS_PARAM indices go up as a kernel parameter (one launch, no copy
-// engine round trip on an idle device); more take a copy from pinned memory.
+// Up to ROWS_PARAM indices go up as a kernel parameter (prep_kernel: one
+// launch, no copy engine round trip on an idle device); more take a copy from
+// pinned memory.
 constexpr int ROWS_PARAM = 960;
 struct RowsParam {
     int n;
     int v[ROWS_PARAM];
 };
-__global__ void __launch_bounds__(256) rows_param_kernel(RowsParam p, int *out) {
-    for (int i = threadIdx.x; i < p.n; i += blockDim.x) out[i] = p.v[i];
-}
 
 // ---- sampled exact rows -----------------------------------------------------
 
@@ -190,9 +184,10 @@ struct RowsArgs {
     int shape2d, radius, text, gw; // the window (kernels/plan.c tki_in_window)
 };
 
-// kernels/plan.c tki_in_window on the device, with the divisions done once
-// per query row (win_query) and once per key of a tile (win_key: -1 = a key
-// every query's window holds, else grid row << 16 | column; 1d: the token).
+// kernels/plan.c tki_in_window on the device (rows_hyb2_kernel), with the
+// divisions done once per query row (win_query) and once per key of a tile
+// (the key's code: -1 = a key every query's window holds, else grid row << 16
+// | column; 1d: the token).
 struct win_q {
     bool all;
     int a, b; // 2d: grid row, column; 1d: the token
@@ -203,17 +198,6 @@ __device__ __forceinline__ win_q win_query(const RowsArgs &a, int i) {
     w.a = i, w.b = 0;
     if (a.shape2d && a.gw > 0 && !w.all) w.a = (i - a.text) / a.gw, w.b = (i - a.text) % a.gw;
     return w;
-}
-__device__ __forceinline__ int win_key(const RowsArgs &a, int j) {
-    if (!a.shape2d) return j;
-    if (j < a.text || a.gw <= 0) return -1;
-    return ((j - a.text) / a.gw) << 16 | ((j - a.text) % a.gw);
-}
-__device__ __forceinline__ bool in_window(const RowsArgs &a, const win_q &w, int code) {
-    if (w.all) return true;
-    if (!a.shape2d) return abs(w.a - code) <= a.radius;
-    if (code < 0) return true;
-    return abs(w.a - (code >> 16)) <= a.radius && abs(w.b - (code & 0xffff)) <= a.radius;
 }
 
 // kernels/plan.c tki_qkmod_factor in fp32.
@@ -230,8 +214,9 @@ __device__ __forceinline__ float mod_factor(int modify, float power, float clip,
 template <typename T, int D, int DV, int EFF, int NB> struct RowsSmem {
     static constexpr int LDK = D + 8, LDV = DV + 8; // padded rows: ldmatrix hits distinct banks
     static constexpr size_t elems = (size_t)16 * LDK + 2 * RT_KT * LDK + 2 * RT_KT * LDV;
+    // the raw merge keeps a third [4][16] slot, unused (the window mass of this kernel's former
+    // hybrid instance): the same bytes, so the same blocks per SM and key splits as before
     static constexpr size_t floats = 2 * RT_KT                                   // bias
-                                     + (EFF == EFF_HYBRID ? 2 * RT_KT * 17 : 0)    // far logits tile, key codes
                                      + (EFF == EFF_TAYLOR ? 16 * NB + RT_KT * NB : 0) // q~, k~ factors
                                      + 3 * RT_WARPS * 16                           // raw merge
                                      + 2 * NB * RT_WARPS * 16;                     // effective merge
@@ -337,13 +322,13 @@ __device__ __forceinline__ void stream_step(float (&x)[2][4], float &m_lo, float
 }
 
 // Merges the four warps' partial softmax of one stream (NBS slices of DV/NBS
-// columns each) and writes a record per row: acc[DV], (M, L) per slice in log2
-// units, zeros, and in the last slot the window mass (WIN) or 0.
-template <int DV, int NBS, bool WIN>
+// columns each; rows_mma_kernel) and writes a record per row: acc[DV], (M, L)
+// per slice in log2 units, zeros (the last slot, the window mass of hybrid
+// records, is 0 here).
+template <int DV, int NBS>
 __device__ __forceinline__ void merge_out(float (&acc)[DV / 8][4], float (&m_lo)[NBS], float (&m_hi)[NBS],
-                                          float (&l_lo)[NBS], float (&l_hi)[NBS], float w_lo, float w_hi,
-                                          float *wacc, float *wm, float *wl, float *ww, int gn, float *out,
-                                          size_t row_stride, int recw) {
+                                          float (&l_lo)[NBS], float (&l_hi)[NBS], float *wacc, float *wm, float *wl,
+                                          int gn, float *out, size_t row_stride, int recw) {
     constexpr int NTHR = RT_WARPS * 32;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
 #pragma unroll
@@ -353,12 +338,6 @@ __device__ __forceinline__ void merge_out(float (&acc)[DV / 8][4], float (&m_lo)
         l_hi[c] += __shfl_xor_sync(0xffffffffu, l_hi[c], 1);
         l_hi[c] += __shfl_xor_sync(0xffffffffu, l_hi[c], 2);
     }
-    if (WIN) {
-        w_lo += __shfl_xor_sync(0xffffffffu, w_lo, 1);
-        w_lo += __shfl_xor_sync(0xffffffffu, w_lo, 2);
-        w_hi += __shfl_xor_sync(0xffffffffu, w_hi, 1);
-        w_hi += __shfl_xor_sync(0xffffffffu, w_hi, 2);
-    }
     __syncthreads(); // the key loop (or the previous stream) is done with wacc's memory
     for (int e = tid; e < 16 * DV; e += NTHR) wacc[e] = 0.f;
     if (t4 == 0) {
@@ -367,7 +346,6 @@ __device__ __forceinline__ void merge_out(float (&acc)[DV / 8][4], float (&m_lo)
             wm[(c * RT_WARPS + warp) * 16 + g] = m_lo[c], wm[(c * RT_WARPS + warp) * 16 + g + 8] = m_hi[c];
             wl[(c * RT_WARPS + warp) * 16 + g] = l_lo[c], wl[(c * RT_WARPS + warp) * 16 + g + 8] = l_hi[c];
         }
-        if (WIN) ww[warp * 16 + g] = w_lo, ww[warp * 16 + g + 8] = w_hi;
     }
     __syncthreads();
     float f_lo[NBS], f_hi[NBS];
@@ -397,14 +375,14 @@ __device__ __forceinline__ void merge_out(float (&acc)[DV / 8][4], float (&m_lo)
             continue;
         }
         float v = 0.f;
-        if (col < DV + 2 * NBS || (WIN && col == recw - 1)) {
-            const int c = col < DV + 2 * NBS ? (col - DV) / 2 : 0;
+        if (col < DV + 2 * NBS) {
+            const int c = (col - DV) / 2;
             float M = -INFINITY;
             for (int w = 0; w < RT_WARPS; w++) M = fmaxf(M, wm[(c * RT_WARPS + w) * 16 + sr]);
-            if (col < DV + 2 * NBS && (col - DV) % 2 == 0) {
+            if ((col - DV) % 2 == 0) {
                 v = M;
             } else {
-                const float *src = col == recw - 1 ? ww : wl + c * RT_WARPS * 16;
+                const float *src = wl + c * RT_WARPS * 16;
                 for (int w = 0; w < RT_WARPS; w++) {
                     float mw = wm[(c * RT_WARPS + w) * 16 + sr];
                     v += mw == -INFINITY ? 0.f : src[w * 16 + sr] * ex2(mw - M);
@@ -415,36 +393,34 @@ __device__ __forceinline__ void merge_out(float (&acc)[DV / 8][4], float (&m_lo)
     }
 }
 
-// The sampled rows on the tensor cores. Grid (B*H, key splits), 4 warps;
-// each warp owns 16 keys of a 64-key tile. Stream 1 (raw): softmax of s0 q.k
-// over the kept keys (+ the window mass for hybrid). Stream 2 (effective),
-// in the same pass over K and V: EFF_TAYLOR -- per slice c of NB, softmax of
-// s q~_c.k~_c into the slice's value columns; EFF_HYBRID -- the logits of
-// RowsArgs.kind. The slices of S come from the same mma products as the raw
-// S (a slice is D/NB/16 of the k-steps), so stream 2 adds only its softmax
-// and P.V.
+// The sampled rows on the tensor cores (exact and Taylor; hybrid takes
+// rows_hyb2_kernel). Grid (B*H, key splits), 4 warps; each warp owns 16 keys
+// of a 64-key tile. Stream 1 (raw): softmax of s0 q.k over the kept keys.
+// Stream 2 (effective, EFF_TAYLOR), in the same pass over K and V: per slice
+// c of NB, softmax of s q~_c.k~_c into the slice's value columns. The slices
+// of S come from the same mma products as the raw S (a slice is D/NB/16 of
+// the k-steps), so stream 2 adds only its softmax and P.V.
 template <typename T, int D, int DV, int EFF, int NB>
 __global__ void __launch_bounds__(RT_WARPS * 32) rows_mma_kernel(RowsArgs a) {
+    static_assert(EFF == EFF_NONE || EFF == EFF_TAYLOR, "hybrid rows: rows_hyb2_kernel");
     using S = RowsSmem<T, D, DV, EFF, NB>;
     constexpr int LDK = S::LDK, LDV = S::LDV, KT = RT_KT, NTHR = RT_WARPS * 32;
     constexpr int CHK = D / 8, CHV = DV / 8;
     constexpr int KPS = D / 16 / NB;     // k-steps per slice
     constexpr int NTS = DV / NB / 8;     // accumulator column blocks per slice
     constexpr int DS = D / NB;           // slice width
-    constexpr bool HYB = EFF == EFF_HYBRID, TAY = EFF == EFF_TAYLOR, TWO = EFF != EFF_NONE;
+    constexpr bool TAY = EFF == EFF_TAYLOR, TWO = EFF != EFF_NONE;
     constexpr int NBE = TAY ? NB : 1;    // slices of stream 2
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T *Qs = reinterpret_cast<T *>(smem_raw);  // [16][LDK]
     T *Ks = Qs + 16 * LDK;                    // [2][KT][LDK]
     T *Vs = Ks + 2 * KT * LDK;                // [2][KT][LDV]
     float *bias = reinterpret_cast<float *>(Vs + 2 * KT * LDV); // [2][KT]
-    float *Fs = bias + 2 * KT;                                 // [2][KT][16] (hybrid)
-    int *kcode = reinterpret_cast<int *>(Fs + (HYB ? 2 * KT * 16 : 0)); // [2][KT] window codes (hybrid)
-    float *fq = reinterpret_cast<float *>(kcode + (HYB ? 2 * KT : 0));  // [16][NB] (taylor)
+    float *fq = bias + 2 * KT;                                 // [16][NB] (taylor)
     float *fk = fq + (TAY ? 16 * NB : 0);                       // [KT][NB] (taylor)
-    float *wm = fk + (TAY ? KT * NB : 0);                       // raw merge [4][16] x3
-    float *wl = wm + RT_WARPS * 16, *ww = wl + RT_WARPS * 16;
-    float *wme = ww + RT_WARPS * 16, *wle = wme + NB * RT_WARPS * 16; // effective merge
+    float *wm = fk + (TAY ? KT * NB : 0);                       // raw merge [4][16] x3 (one unused: RowsSmem)
+    float *wl = wm + RT_WARPS * 16;
+    float *wme = wl + 2 * RT_WARPS * 16, *wle = wme + NB * RT_WARPS * 16; // effective merge
     float *wacc = reinterpret_cast<float *>(Ks); // [16][DV], after the key loop
 
     const T *q = reinterpret_cast<const T *>(a.q), *k = reinterpret_cast<const T *>(a.k);
@@ -457,7 +433,6 @@ __global__ void __launch_bounds__(RT_WARPS * 32) rows_mma_kernel(RowsArgs a) {
     const T *kb = k + (size_t)bh * a.Nk * D;
     const T *vb = v + (size_t)bh * a.Nk * DV;
     const uint8_t *mb = a.mask ? a.mask + (size_t)b * a.Nk : nullptr;
-    const bool far = HYB && a.F != nullptr;
     const size_t row_stride = (size_t)BH * nsplit * a.recw;
 
     for (int g0 = 0; g0 < a.ns; g0 += QS_MAX) {
@@ -475,17 +450,9 @@ __global__ void __launch_bounds__(RT_WARPS * 32) rows_mma_kernel(RowsArgs a) {
                 bool ok = gr < k1;
                 cp_async16(vd + r * LDV + cc * 8, vb + (size_t)(ok ? gr : 0) * DV + cc * 8, ok ? 16 : 0);
             }
-            if (far)
-                for (int c = tid; c < KT * 4; c += NTHR) {
-                    int r = c / 4, cc = c % 4, gr = k0 + j * KT + r;
-                    bool ok = gr < k1;
-                    cp_async16(Fs + (buf * KT + r) * 16 + cc * 4,
-                               a.F + ((size_t)bh * a.Nk + (ok ? gr : 0)) * a.nsp + g0 + cc * 4, ok ? 16 : 0);
-                }
             for (int r = tid; r < KT; r += NTHR) {
                 int gr = k0 + j * KT + r;
                 bias[buf * KT + r] = (gr < k1 && (!mb || mb[gr])) ? 0.f : -INFINITY;
-                if (HYB) kcode[buf * KT + r] = win_key(a, gr);
             }
         };
         __syncthreads(); // the previous group is done with shared memory
@@ -514,9 +481,6 @@ __global__ void __launch_bounds__(RT_WARPS * 32) rows_mma_kernel(RowsArgs a) {
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++) ldsm_x4(qf[kk], Qs + r * LDK + kk * 16 + 8 * (lane >> 4));
         }
-        // token index of this lane's two rows (window test)
-        const win_q wq_lo = win_query(a, g < gn ? a.rows[g0 + g] : 0);
-        const win_q wq_hi = win_query(a, g + 8 < gn ? a.rows[g0 + g + 8] : 0);
         float acc[DV / 8][4];
         float acce[TWO ? DV / 8 : 1][4];
 #pragma unroll
@@ -524,7 +488,6 @@ __global__ void __launch_bounds__(RT_WARPS * 32) rows_mma_kernel(RowsArgs a) {
 #pragma unroll
         for (int i = 0; i < (TWO ? DV / 8 : 1); i++) acce[i][0] = acce[i][1] = acce[i][2] = acce[i][3] = 0.f;
         float m_lo[1] = {-INFINITY}, m_hi[1] = {-INFINITY}, l_lo[1] = {0.f}, l_hi[1] = {0.f};
-        float w_lo = 0.f, w_hi = 0.f;
         float me_lo[NBE], me_hi[NBE], le_lo[NBE], le_hi[NBE];
 #pragma unroll
         for (int c = 0; c < NBE; c++) me_lo[c] = me_hi[c] = -INFINITY, le_lo[c] = le_hi[c] = 0.f;
@@ -588,57 +551,33 @@ __global__ void __launch_bounds__(RT_WARPS * 32) rows_mma_kernel(RowsArgs a) {
                 }
             }
             float x[2][4];
-            unsigned wbits = 0;
 #pragma unroll
             for (int nt = 0; nt < 2; nt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int col = nt * 8 + 2 * t4 + (e & 1);
-                    x[nt][e] = s[nt][e] * a.scale_log2 + bt[col];
-                    if (HYB && in_window(a, e < 2 ? wq_lo : wq_hi, kcode[(j & 1) * KT + warp * 16 + col]))
-                        wbits |= 1u << (nt * 4 + e);
-                }
-            if constexpr (HYB) {
-                const float *ft = Fs + ((j & 1) * KT + warp * 16) * 16;
-                float y[2][4];
-#pragma unroll
-                for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int col = nt * 8 + 2 * t4 + (e & 1), row = e < 2 ? g : g + 8;
-                        const bool inw = (wbits >> (nt * 4 + e)) & 1u;
-                        const float fl = far ? ft[col * 16 + row] * LOG2E + bt[col] : -INFINITY;
-                        y[nt][e] = a.kind == HYB_FAR ? fl
-                                   : inw            ? x[nt][e]
-                                   : a.kind == HYB_NORMALIZED ? fl + a.lw2
-                                                              : -INFINITY;
-                    }
-                stream_step<T, DV / 8, DV / 8, LDV, false>(y, me_lo[0], me_hi[0], le_lo[0], le_hi[0], acce, 0, vt,
-                                                          lane, 0u, dummy0, dummy1);
-            }
-            stream_step<T, DV / 8, DV / 8, LDV, HYB>(x, m_lo[0], m_hi[0], l_lo[0], l_hi[0], acc, 0, vt, lane, wbits,
-                                                    w_lo, w_hi);
+                for (int e = 0; e < 4; e++) x[nt][e] = s[nt][e] * a.scale_log2 + bt[nt * 8 + 2 * t4 + (e & 1)];
+            stream_step<T, DV / 8, DV / 8, LDV, false>(x, m_lo[0], m_hi[0], l_lo[0], l_hi[0], acc, 0, vt, lane, 0u,
+                                                      dummy0, dummy1);
             __syncthreads();
         }
         const size_t base = (((size_t)g0 * BH + bh) * nsplit + split) * a.recw;
-        merge_out<DV, 1, HYB>(acc, m_lo, m_hi, l_lo, l_hi, w_lo, w_hi, wacc, wm, wl, ww, gn, a.part + base,
-                              row_stride, a.recw);
+        merge_out<DV, 1>(acc, m_lo, m_hi, l_lo, l_hi, wacc, wm, wl, gn, a.part + base, row_stride, a.recw);
         if constexpr (TWO)
-            merge_out<DV, NBE, false>(acce, me_lo, me_hi, le_lo, le_hi, 0.f, 0.f, wacc, wme, wle, ww, gn,
-                                      a.part_e + base, row_stride, a.recw);
+            merge_out<DV, NBE>(acce, me_lo, me_hi, le_lo, le_hi, wacc, wme, wle, gn, a.part_e + base, row_stride,
+                               a.recw);
     }
 }
 
-// The hybrid rows, second form (the default for EFF_HYBRID; TKC_STATS_OLD=1
-// takes rows_mma_kernel): 8 warps, two groups of 4 over the same 64-key tiles
-// in shared memory -- group 0 the raw stream (and the window mass), group 1
-// the effective stream; each warp computes its 16 keys' S itself (the same
-// products in the same order as rows_mma_kernel, so both groups see the same
-// logits and window bits), with the Q fragments re-read from shared memory
-// each tile. One accumulator per thread instead of two (<= 128 registers): 2
-// blocks of 8 warps per SM, 4 warps per scheduler instead of 2 (the one-block
-// kernel issued 0.30 instructions per cycle per scheduler, latency-bound at
-// 255 registers). Records as rows_mma_kernel's.
+// The hybrid rows (EFF_HYBRID): 8 warps, two groups of 4 over the same 64-key
+// tiles in shared memory -- group 0 the raw stream (and the window mass),
+// group 1 the effective stream (the logits of RowsArgs.kind); each warp
+// computes its 16 keys' S itself (the same products in the same order in both
+// groups, and as rows_mma_kernel's, so both groups see the same logits and
+// window bits), with the Q fragments re-read from shared memory each tile.
+// One accumulator per thread instead of two (<= 128 registers): 2 blocks of 8
+// warps per SM, 4 warps per scheduler instead of 2 (the former single-group
+// form, both streams in 4 warps, issued 0.30 instructions per cycle per
+// scheduler, latency-bound at 255 registers). Records as rows_mma_kernel's,
+// with the window mass in the raw record's last slot.
 constexpr int R2_WARPS = 8;
 
 template <typename T, int D, int DV> struct Rows2Smem {
@@ -716,9 +655,7 @@ __device__ __forceinline__ void merge2_out(float (&acc)[DV / 8][4], float m_lo, 
     }
 }
 
-// FAST = false (TKC_STATS_ROWS_SLOW=1): the tile loads, window bits and far
-// logits as rows_mma_kernel writes them (looped, branching); same values.
-template <typename T, int D, int DV, bool FAST>
+template <typename T, int D, int DV>
 __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a) {
     using S = Rows2Smem<T, D, DV>;
     constexpr int LDK = S::LDK, LDV = S::LDV, KT = RT_KT, NTHR = R2_WARPS * 32;
@@ -755,33 +692,7 @@ __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a)
     for (int g0 = 0; g0 < a.ns; g0 += QS_MAX) {
         const int gn = min(QS_MAX, a.ns - g0);
         // the loads of tile j: fully unrolled, each thread on fixed 16-byte columns of its rows
-        auto issue_kv_slow = [&](int j) {
-            int buf = j & 1;
-            T *kd = Ks + buf * KT * LDK, *vd = Vs + buf * KT * LDV;
-            for (int c = tid; c < KT * CHK; c += NTHR) {
-                int r = c / CHK, cc = c % CHK, gr = k0 + j * KT + r;
-                bool ok = gr < k1;
-                cp_async16(kd + r * LDK + cc * 8, kb + (size_t)(ok ? gr : 0) * D + cc * 8, ok ? 16 : 0);
-            }
-            for (int c = tid; c < KT * CHV; c += NTHR) {
-                int r = c / CHV, cc = c % CHV, gr = k0 + j * KT + r;
-                bool ok = gr < k1;
-                cp_async16(vd + r * LDV + cc * 8, vb + (size_t)(ok ? gr : 0) * DV + cc * 8, ok ? 16 : 0);
-            }
-            if (far)
-                for (int c = tid; c < KT * 4; c += NTHR) {
-                    int r = c / 4, cc = c % 4, gr = k0 + j * KT + r;
-                    bool ok = gr < k1;
-                    cp_async16(Fs + (buf * KT + r) * FSTR + cc * 4,
-                               a.F + ((size_t)bh * a.Nk + (ok ? gr : 0)) * a.nsp + g0 + cc * 4, ok ? 16 : 0);
-                }
-            for (int r = tid; r < KT; r += NTHR) {
-                int gr = k0 + j * KT + r;
-                bias[buf * KT + r] = (gr < k1 && (!mb || mb[gr])) ? 0.f : -INFINITY;
-                kcode[buf * KT + r] = win_key(a, gr);
-            }
-        };
-        auto issue_kv_fast = [&](int j) {
+        auto issue_kv = [&](int j) {
             const int buf = j & 1, t0 = k0 + j * KT;
             T *kd = Ks + buf * KT * LDK, *vd = Vs + buf * KT * LDV;
             static_assert((KT * CHK) % NTHR == 0 && (KT * CHV) % NTHR == 0 && KT * 4 == NTHR, "tile loads");
@@ -806,7 +717,7 @@ __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a)
             if (tid < KT) {
                 const int gr = t0 + tid;
                 bias[buf * KT + tid] = (gr < k1 && (!mb || mb[gr])) ? 0.f : -INFINITY;
-                // the key's window code (win_key, one division)
+                // the key's window code (one division)
                 int code = gr;
                 if (a.shape2d) {
                     if (gr < a.text || a.gw <= 0) {
@@ -818,10 +729,6 @@ __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a)
                 }
                 kcode[buf * KT + tid] = code;
             }
-        };
-        auto issue_kv = [&](int j) {
-            if constexpr (FAST) issue_kv_fast(j);
-            else issue_kv_slow(j);
         };
         __syncthreads(); // the previous group is done with shared memory
         for (int c = tid; c < 16 * CHK; c += NTHR) {
@@ -872,16 +779,9 @@ __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a)
             for (int nt = 0; nt < 2; nt++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) x[nt][e] = s[nt][e] * a.scale_log2 + bt[nt * 8 + 2 * t4 + (e & 1)];
-            // in_window without branches: |d| <= radius as (unsigned)(d + radius) <= 2 radius
+            // the window test without branches: |d| <= radius as (unsigned)(d + radius) <= 2 radius
             const unsigned r2 = 2u * (unsigned)a.radius;
-            if (!FAST) {
-#pragma unroll
-                for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++)
-                        if (in_window(a, e < 2 ? wq_lo : wq_hi, kc[nt * 8 + 2 * t4 + (e & 1)]))
-                            wbits |= 1u << (nt * 4 + e);
-            } else if (a.shape2d) {
+            if (a.shape2d) {
 #pragma unroll
                 for (int nt = 0; nt < 2; nt++)
 #pragma unroll
@@ -917,15 +817,7 @@ __global__ void __launch_bounds__(R2_WARPS * 32, 2) rows_hyb2_kernel(RowsArgs a)
             } else {
                 const float *ft = Fs + ((j & 1) * KT + wk * 16) * FSTR;
                 float fl[2][4];
-                if (!FAST) {
-#pragma unroll
-                    for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++) {
-                            const int col = nt * 8 + 2 * t4 + (e & 1), row = e < 2 ? g : g + 8;
-                            fl[nt][e] = far ? ft[col * FSTR + row] * LOG2E + bt[col] : -INFINITY;
-                        }
-                } else if (far) {
+                if (far) {
 #pragma unroll
                     for (int nt = 0; nt < 2; nt++)
 #pragma unroll
@@ -1343,12 +1235,11 @@ __device__ __forceinline__ float bf16_sq_sum(uint4 u) {
 
 __device__ __forceinline__ uint32_t u4_word(const uint4 &u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
 
-// NV (TKC_STATS_NORMS=0/1/2, default 2; TKC_STATS_OLD=1 takes 0): 1 -- each
-// warp loads its next group's rows before computing the current one (32 or
-// 64 more registers); 2 -- also the three parts of P accumulate in three
-// chains of mma (not one chain of 3 x D/16), added hi + mid + lo at the end,
-// and the far logits load each query's q^ once for both rows of a lane.
-template <int D, int G, bool SAME, int NV = 0>
+// Each warp loads its next group's rows before computing the current one (32
+// or 64 more registers); the three parts of P accumulate in three chains of
+// mma (not one chain of 3 x D/16), added hi + mid + lo at the end; the far
+// logits load each query's q^ once for both rows of a lane.
+template <int D, int G, bool SAME>
 __global__ void __launch_bounds__(NM_WARPS * 32) norms_mma_kernel(NormPair np) {
     constexpr int KK = D / 16, NT = G / 8, PD = D / 32; // k-steps, n-tiles, 16-byte words per lane and row
     extern __shared__ __align__(16) unsigned char nm_raw[];
@@ -1397,66 +1288,42 @@ __global__ void __launch_bounds__(NM_WARPS * 32) norms_mma_kernel(NormPair np) {
             }
     };
     const int gstep = gridDim.x * NM_WARPS;
-    uint4 nx[NV ? 2 : 1][NV ? PD : 1], n0[NV ? 2 : 1][NV ? PD : 1];
-    if constexpr (NV >= 1) {
-        if (blockIdx.x * NM_WARPS + warp < ngroups) load(blockIdx.x * NM_WARPS + warp, nx, n0);
-    }
+    uint4 nx[2][PD], n0[2][PD];
+    if (blockIdx.x * NM_WARPS + warp < ngroups) load(blockIdx.x * NM_WARPS + warp, nx, n0);
     for (int gi = blockIdx.x * NM_WARPS + warp; gi < ngroups; gi += gstep) {
         int r[2] = {gi * 16 + g, gi * 16 + g + 8};
         uint4 ux[2][PD], u0[2][PD];
-        if constexpr (NV >= 1) {
 #pragma unroll
-            for (int h = 0; h < 2; h++)
+        for (int h = 0; h < 2; h++)
 #pragma unroll
-                for (int p = 0; p < PD; p++) {
-                    ux[h][p] = nx[h][p];
-                    if (!SAME) u0[h][p] = n0[h][p];
-                }
-            if (gi + gstep < ngroups) load(gi + gstep, nx, n0);
-        } else {
-            load(gi, ux, u0);
-        }
-        float acc[NT][4];
+            for (int p = 0; p < PD; p++) {
+                ux[h][p] = nx[h][p];
+                if (!SAME) u0[h][p] = n0[h][p];
+            }
+        if (gi + gstep < ngroups) load(gi + gstep, nx, n0);
+        float ap[3][NT][4]; // one accumulator per part of P
 #pragma unroll
-        for (int nt = 0; nt < NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
-        if constexpr (NV >= 2) {
-            float ap[3][NT][4]; // one accumulator per part of P
+        for (int t = 0; t < 3; t++)
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) ap[t][nt][0] = ap[t][nt][1] = ap[t][nt][2] = ap[t][nt][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KK; kk++) {
+            const int p = kk >> 1, hw = 2 * (kk & 1);
+            const uint4 &w0 = SAME ? ux[0][p] : u0[0][p], &w1 = SAME ? ux[1][p] : u0[1][p];
+            const uint32_t af[4] = {u4_word(w0, hw), u4_word(w1, hw), u4_word(w0, hw + 1), u4_word(w1, hw + 1)};
 #pragma unroll
             for (int t = 0; t < 3; t++)
 #pragma unroll
-                for (int nt = 0; nt < NT; nt++) ap[t][nt][0] = ap[t][nt][1] = ap[t][nt][2] = ap[t][nt][3] = 0.f;
-#pragma unroll
-            for (int kk = 0; kk < KK; kk++) {
-                const int p = kk >> 1, hw = 2 * (kk & 1);
-                const uint4 &w0 = SAME ? ux[0][p] : u0[0][p], &w1 = SAME ? ux[1][p] : u0[1][p];
-                const uint32_t af[4] = {u4_word(w0, hw), u4_word(w1, hw), u4_word(w0, hw + 1), u4_word(w1, hw + 1)};
-#pragma unroll
-                for (int t = 0; t < 3; t++)
-#pragma unroll
-                    for (int nt = 0; nt < NT; nt++) {
-                        const uint2 b = Bf[((kk * NT + nt) * 3 + t) * 32 + lane];
-                        mma16816<__nv_bfloat16>(ap[t][nt], af, b.x, b.y);
-                    }
-            }
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) acc[nt][e] = (ap[0][nt][e] + ap[1][nt][e]) + ap[2][nt][e];
-        } else {
-#pragma unroll
-            for (int kk = 0; kk < KK; kk++) {
-                const int p = kk >> 1, hw = 2 * (kk & 1);
-                const uint4 &w0 = SAME ? ux[0][p] : u0[0][p], &w1 = SAME ? ux[1][p] : u0[1][p];
-                const uint32_t af[4] = {u4_word(w0, hw), u4_word(w1, hw), u4_word(w0, hw + 1), u4_word(w1, hw + 1)};
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int t = 0; t < 3; t++) {
-                        const uint2 b = Bf[((kk * NT + nt) * 3 + t) * 32 + lane];
-                        mma16816<__nv_bfloat16>(acc[nt], af, b.x, b.y);
-                    }
-            }
+                for (int nt = 0; nt < NT; nt++) {
+                    const uint2 b = Bf[((kk * NT + nt) * 3 + t) * 32 + lane];
+                    mma16816<__nv_bfloat16>(ap[t][nt], af, b.x, b.y);
+                }
         }
+        float acc[NT][4]; // y = P^T x0: hi + mid + lo
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[nt][e] = (ap[0][nt][e] + ap[1][nt][e]) + ap[2][nt][e];
         float ss[2] = {0.f, 0.f}, s2[2] = {0.f, 0.f};
 #pragma unroll
         for (int h = 0; h < 2; h++) {
@@ -1486,43 +1353,22 @@ __global__ void __launch_bounds__(NM_WARPS * 32) norms_mma_kernel(NormPair np) {
 #pragma unroll
                 for (int e = 0; e < 4; e++) acc[nt][e] *= f[e >> 1];
             for (int c16 = 0; c16 < a.nsp; c16 += 16) {
-                if constexpr (NV >= 2) {
-                    float v[2][16];
+                float v[2][16];
 #pragma unroll
-                    for (int rr = 0; rr < 16; rr++) {
-                        float d0 = 0.f, d1 = 0.f;
+                for (int rr = 0; rr < 16; rr++) {
+                    float d0 = 0.f, d1 = 0.f;
 #pragma unroll
-                        for (int nt = 0; nt < NT; nt++) {
-                            const float2 qv = *reinterpret_cast<const float2 *>(Qh + (c16 + rr) * G + nt * 8 + 2 * t4);
-                            d0 += acc[nt][0] * qv.x + acc[nt][1] * qv.y;
-                            d1 += acc[nt][2] * qv.x + acc[nt][3] * qv.y;
-                        }
-                        v[0][rr] = d0, v[1][rr] = d1;
+                    for (int nt = 0; nt < NT; nt++) {
+                        const float2 qv = *reinterpret_cast<const float2 *>(Qh + (c16 + rr) * G + nt * 8 + 2 * t4);
+                        d0 += acc[nt][0] * qv.x + acc[nt][1] * qv.y;
+                        d1 += acc[nt][2] * qv.x + acc[nt][3] * qv.y;
                     }
-#pragma unroll
-                    for (int h = 0; h < 2; h++) {
-                        const float4 o = quad_reduce_scatter16(v[h], t4);
-                        if (r[h] < N)
-                            *reinterpret_cast<float4 *>(a.F + ((size_t)bh * N + r[h]) * a.nsp + c16 + 4 * t4) = o;
-                    }
-                } else {
+                    v[0][rr] = d0, v[1][rr] = d1;
+                }
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
-                    float v[16];
-#pragma unroll
-                    for (int rr = 0; rr < 16; rr++) {
-                        float d = 0.f;
-#pragma unroll
-                        for (int nt = 0; nt < NT; nt++) {
-                            const float2 qv = *reinterpret_cast<const float2 *>(Qh + (c16 + rr) * G + nt * 8 + 2 * t4);
-                            d += acc[nt][2 * h] * qv.x + acc[nt][2 * h + 1] * qv.y;
-                        }
-                        v[rr] = d;
-                    }
-                    const float4 o = quad_reduce_scatter16(v, t4);
-                    if (r[h] < N)
-                        *reinterpret_cast<float4 *>(a.F + ((size_t)bh * N + r[h]) * a.nsp + c16 + 4 * t4) = o;
-                }
+                    const float4 o = quad_reduce_scatter16(v[h], t4);
+                    if (r[h] < N) *reinterpret_cast<float4 *>(a.F + ((size_t)bh * N + r[h]) * a.nsp + c16 + 4 * t4) = o;
                 }
             }
         }
@@ -1609,12 +1455,10 @@ __global__ void __launch_bounds__(64) qk_kernel(const T *q, const T *k, const ui
 // orders above +Inf, as stats.c). Three passes of 11, 11, 10 bits: a
 // histogram of the digit among the values that share a target's prefix, then
 // a scan that fixes the target's next digit. Targets with the same prefix
-// share a histogram (at most one histogram bin per value and pass). The first
-// pass (every value: its 11 bits are sign, exponent and 2 mantissa bits, so
-// the values of one distribution fall into a handful of bins) counts into a
-// shared-memory histogram per block, flushed once; the later passes bin by
-// mantissa bits and use global atomics. The last block of each array to finish
-// a pass (a ticket counter) does the scan, so a pass is one launch.
+// share a histogram (at most one histogram bin per value and pass); each
+// block counts into shared-memory histograms and flushes them once
+// (sel2_hist_kernel). The last block of each array to finish a pass (a ticket
+// counter) does the scan, so a pass is one launch.
 
 constexpr int SEL_ARR = 5, SEL_T = 8, SEL_BINS = 2048;
 
@@ -1647,7 +1491,7 @@ __device__ __forceinline__ float sel_value(unsigned key) {
     return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
 }
 
-// The scan of one pass for array arr (the last block of sel_hist_kernel; 256
+// The scan of one pass for array arr (the last block of sel2_hist_kernel; 256
 // threads): warp t fixes the next digit of target t. Histograms and counts
 // were written by other blocks' atomics: read through L2.
 template <int PASS>
@@ -1738,97 +1582,14 @@ __device__ __forceinline__ void sel_find(const SelArgs &a, int arr) {
     }
 }
 
-template <int PASS>
-__global__ void __launch_bounds__(256) sel_hist_kernel(SelArgs a) {
-    constexpr int SHIFT = PASS == 0 ? 21 : PASS == 1 ? 10 : 0, MASK = PASS == 2 ? 0x3ff : 0x7ff;
-    constexpr int PREV = PASS == 1 ? 21 : 10;
-    const int arr = blockIdx.y, tid = threadIdx.x, lane = tid & 31;
-    const float *x = a.x[arr];
-    if (!x) return;
-    __shared__ int s_owner[SEL_T];
-    __shared__ unsigned s_prefix[SEL_T];
-    __shared__ double s_sum[8];
-    __shared__ unsigned long long s_cnt[8];
-    __shared__ unsigned s_hist[PASS == 0 ? SEL_BINS : 1];
-    __shared__ bool s_last;
-    if (tid < SEL_T) {
-        s_owner[tid] = PASS == 0 ? 0 : a.st->owner[arr][tid];
-        s_prefix[tid] = PASS == 0 ? 0u : a.st->prefix[arr][tid];
-    }
-    if (PASS == 0)
-        for (int b = tid; b < SEL_BINS; b += blockDim.x) s_hist[b] = 0u;
-    __syncthreads();
-    unsigned *h = a.hist + ((size_t)PASS * SEL_ARR + arr) * SEL_T * SEL_BINS;
-    const long long len = a.len[arr], stride = (long long)gridDim.x * blockDim.x;
-    double lsum = 0;
-    unsigned long long lcnt = 0;
-    for (long long i0 = (long long)blockIdx.x * blockDim.x + (tid & ~31); i0 < len; i0 += stride) {
-        const long long i = i0 + lane;
-        int bin = -1;
-        if (i < len) {
-            float v = x[i];
-            if (__float_as_uint(v) != SKIP_BITS) {
-                unsigned key = sel_key(v);
-                if (PASS == 0) {
-                    lcnt++;
-                    lsum += (double)v;
-                    bin = (key >> SHIFT) & MASK;
-                } else {
-#pragma unroll
-                    for (int t = 0; t < SEL_T; t++)
-                        if (bin < 0 && s_owner[t] == t && (key >> PREV) == s_prefix[t]) bin = t * SEL_BINS + ((key >> SHIFT) & MASK);
-                }
-            }
-        }
-        unsigned m = __match_any_sync(0xffffffffu, bin);
-        if (bin >= 0 && lane == __ffs(m) - 1) {
-            if constexpr (PASS == 0) atomicAdd(&s_hist[bin], (unsigned)__popc(m));
-            else atomicAdd(&h[bin], (unsigned)__popc(m));
-        }
-    }
-    if (PASS == 0) {
-        __syncthreads();
-        for (int b = tid; b < SEL_BINS; b += blockDim.x)
-            if (s_hist[b]) atomicAdd(&h[b], s_hist[b]);
-    }
-    if (PASS == 0) {
-        for (int off = 16; off > 0; off >>= 1) {
-            lsum += __shfl_xor_sync(0xffffffffu, lsum, off);
-            lcnt += __shfl_xor_sync(0xffffffffu, lcnt, off);
-        }
-        if (lane == 0) s_sum[tid >> 5] = lsum, s_cnt[tid >> 5] = lcnt;
-        __syncthreads();
-        if (tid == 0) {
-            double s = 0;
-            unsigned long long c = 0;
-            for (int w = 0; w < (int)(blockDim.x / 32); w++) s += s_sum[w], c += s_cnt[w];
-            if (c) {
-                atomicAdd(&a.st->sum[arr], s);
-                atomicAdd(&a.st->n[arr], c);
-            }
-        }
-    }
-    // the last block of this array to get here scans the histogram
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) {
-        unsigned *done = a.hist + (size_t)3 * SEL_ARR * SEL_T * SEL_BINS + PASS * SEL_ARR + arr;
-        s_last = atomicAdd(done, 1u) == gridDim.x - 1;
-    }
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();
-    sel_find<PASS>(a, arr);
-}
-
-// The select's passes, second form (the default; TKC_STATS_OLD=1 takes
-// sel_hist_kernel): every pass counts into shared-memory histograms -- pass 0
-// one of 2048 bins, passes 1 and 2 one per distinct prefix of the percentile
-// targets (at most 6, 48 KB of dynamic shared memory) -- flushed once per
-// block, so values that share a few bins (modified norms of normalized rows
-// are all ~1: every pass's digits coincide) no longer serialize global
-// atomics on one address (sel_hist_kernel<1>: 62 us of its 0.106 ms on the
-// H200). The minimum and maximum (ranks 0 and n-1) come from pass 0 (the
+// The select's passes: every pass counts into shared-memory histograms --
+// pass 0 one of 2048 bins, passes 1 and 2 one per distinct prefix of the
+// percentile targets (at most 6, 48 KB of dynamic shared memory) -- flushed
+// once per block, so values that share a few bins (modified norms of
+// normalized rows are all ~1: every pass's digits coincide) do not serialize
+// global atomics on one address (the first form counted passes 1 and 2 with
+// global atomics: 62 us of its 0.106 ms in pass 1 on the H200). The minimum
+// and maximum (ranks 0 and n-1) come from pass 0 (the
 // extreme keys, reduced with atomicMax), so passes 1 and 2 histogram only the
 // values that share a percentile's prefix; the scan of targets 0 and 1 still
 // runs (on whatever histogram its prefix names) and is overwritten at the end.
@@ -1836,11 +1597,10 @@ __global__ void __launch_bounds__(256) sel_hist_kernel(SelArgs a) {
 // used); the last len % 4 values go to warp 0 of block 0. A warp whose 32
 // values fall in one bin adds 32 once, otherwise each lane adds its own 1
 // (__match_any_sync, whose cost grows with the distinct bins of a warp, made
-// the select 0.073-0.077 ms instead of 0.065-0.069 on the H200;
-// TKC_STATS_SEL_MATCH=1 keeps it). Same scan (sel_find), same ticket.
+// the select 0.073-0.077 ms instead of 0.065-0.069 on the H200).
 constexpr int SEL2_U = 4;
 
-template <int PASS, bool MATCH>
+template <int PASS>
 __global__ void __launch_bounds__(256) sel2_hist_kernel(SelArgs a) {
     constexpr int SHIFT = PASS == 0 ? 21 : PASS == 1 ? 10 : 0, MASK = PASS == 2 ? 0x3ff : 0x7ff;
     constexpr int PREV = PASS == 1 ? 21 : 10;
@@ -1880,7 +1640,7 @@ __global__ void __launch_bounds__(256) sel2_hist_kernel(SelArgs a) {
     double lsum = 0;
     unsigned long long lcnt = 0;
     unsigned kmax = 0u, kmin_inv = 0u;
-    // every lane of the warp calls it (the match)
+    // every lane of the warp calls it (the warp vote)
     auto count = [&](float v) {
         int bin = -1;
         if (__float_as_uint(v) != SKIP_BITS) {
@@ -1897,10 +1657,7 @@ __global__ void __launch_bounds__(256) sel2_hist_kernel(SelArgs a) {
                     if ((key >> PREV) == pre[u]) bin = u * SEL_BINS + ((key >> SHIFT) & MASK);
             }
         }
-        if (MATCH) {
-            const unsigned m = __match_any_sync(0xffffffffu, bin);
-            if (bin >= 0 && lane == __ffs(m) - 1) atomicAdd(&s2_hist[bin], (unsigned)__popc(m));
-        } else if (__all_sync(0xffffffffu, bin == __shfl_sync(0xffffffffu, bin, 0))) {
+        if (__all_sync(0xffffffffu, bin == __shfl_sync(0xffffffffu, bin, 0))) {
             if (bin >= 0 && lane == 0) atomicAdd(&s2_hist[bin], 32u); // the whole warp in one bin
         } else if (bin >= 0) {
             atomicAdd(&s2_hist[bin], 1u);
@@ -1973,8 +1730,8 @@ __global__ void __launch_bounds__(256) sel2_hist_kernel(SelArgs a) {
     }
 }
 
-// The first launch of the stats (unless TKC_STATS_OLD, or more than
-// ROWS_PARAM sampled indices): the indices from the launch parameter into
+// The first launch of the stats (unless there are more than ROWS_PARAM
+// sampled indices): the indices from the launch parameter into
 // rows_d, the select's histograms, tickets and state zeroed (were two
 // memsets), and -- blocks below BH, when qhat is not NULL -- the far rows of
 // the sampled queries as qhat_kernel computes them (the indices read from the
@@ -2062,7 +1819,7 @@ bool mma_shape(const tk_call *c) {
     return c->dtype != TK_DTYPE_F32 && (c->D == 64 || c->D == 128) && (c->Dv == 64 || c->Dv == 128);
 }
 
-// One instance of rows_mma_kernel: its function, shared memory, and blocks
+// One instance of rows_mma_kernel or rows_hyb2_kernel: its function, shared memory, and blocks
 // resident per multiprocessor (asked once; the shared-memory opt-in is set on
 // the way; 0 on a CUDA error).
 struct rows_inst {
@@ -2095,11 +1852,11 @@ template <typename T, int D, int DV, int EFF, int NB> rows_inst *inst() {
     return inst_ready(&ri);
 }
 
-// rows_hyb2_kernel (hybrid, unless TKC_STATS_OLD)
-template <typename T, int D, int DV, bool FAST> rows_inst *inst2() {
+// rows_hyb2_kernel (hybrid)
+template <typename T, int D, int DV> rows_inst *inst2() {
     static rows_inst ri = {nullptr, 0, 0, 0};
     if (!ri.fn) {
-        ri.fn = reinterpret_cast<const void *>(rows_hyb2_kernel<T, D, DV, FAST>);
+        ri.fn = reinterpret_cast<const void *>(rows_hyb2_kernel<T, D, DV>);
         ri.smem = Rows2Smem<T, D, DV>::bytes;
         ri.threads = R2_WARPS * 32;
     }
@@ -2154,11 +1911,9 @@ eff_plan plan_eff(const tkc_stats_job *j) {
 }
 
 rows_inst *pick(const tk_call *c, const eff_plan &p) {
-    const bool two = !stats_old_path(), fast = !getenv("TKC_STATS_ROWS_SLOW");
 #define TKC_PICK(T)                                                                                    \
     if (c->D == 128 && c->Dv == 128) {                                                                  \
-        if (p.eff == EFF_HYBRID) return two ? (fast ? inst2<T, 128, 128, true>() : inst2<T, 128, 128, false>())             \
-                                 : inst<T, 128, 128, EFF_HYBRID, 1>();                                            \
+        if (p.eff == EFF_HYBRID) return inst2<T, 128, 128>();                                           \
         if (p.eff == EFF_TAYLOR)                                                                        \
             return p.nb == 1   ? inst<T, 128, 128, EFF_TAYLOR, 1>()                                     \
                    : p.nb == 2 ? inst<T, 128, 128, EFF_TAYLOR, 2>()                                     \
@@ -2167,8 +1922,7 @@ rows_inst *pick(const tk_call *c, const eff_plan &p) {
         return inst<T, 128, 128, EFF_NONE, 1>();                                                        \
     }                                                                                                   \
     if (c->D == 64 && c->Dv == 64) {                                                                    \
-        if (p.eff == EFF_HYBRID) return two ? (fast ? inst2<T, 64, 64, true>() : inst2<T, 64, 64, false>())                 \
-                                 : inst<T, 64, 64, EFF_HYBRID, 1>();                                              \
+        if (p.eff == EFF_HYBRID) return inst2<T, 64, 64>();                                             \
         if (p.eff == EFF_TAYLOR)                                                                        \
             return p.nb == 1 ? inst<T, 64, 64, EFF_TAYLOR, 1>()                                         \
                    : p.nb == 2 ? inst<T, 64, 64, EFF_TAYLOR, 2>()                                       \
@@ -2378,13 +2132,12 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
     sel_state *sel = (sel_state *)(w + L.o_out + al256(sizeof(double) * nrow * QREC));
     const bool far_rows = L.p.far && ns > 0;
     phase_clock clk = clock_start(st);
-    const bool old_path = stats_old_path();
     const float s0 = (float)(c->scale > 0 ? c->scale : 1.0 / sqrt((double)c->D));
 
     const void *q0 = j->q0 ? j->q0 : c->q, *k0 = j->k0 ? j->k0 : c->k;
     const float pw = j->power, cl = j->clip, ep = j->eps;
     // the sampled indices, one upload (the host buffer is free: the previous call synchronized);
-    // the first form (prep_kernel) also zeroes the select's state and computes qhat
+    // up to ROWS_PARAM of them, prep_kernel also zeroes the select's state and computes qhat
     bool prepped = false; // the select's state zeroed, qhat computed
     {
         int n = ns + j->nqk_q + j->nqk_k;
@@ -2394,7 +2147,7 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
         if (ns) memcpy(tmp, j->qrows, sizeof(int) * ns);
         if (j->nqk_q) memcpy(tmp + ns, j->qk_q, sizeof(int) * j->nqk_q);
         if (j->nqk_k) memcpy(tmp + ns + j->nqk_q, j->qk_k, sizeof(int) * j->nqk_k);
-        if (!old_path && n <= ROWS_PARAM) {
+        if (n <= ROWS_PARAM) {
             PrepArgs pa;
             memset(&pa, 0, sizeof pa);
             pa.rows_d = rows_d;
@@ -2412,10 +2165,7 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
             else prep_kernel<float><<<blocks, 256, 0, st>>>(rp, pa);
             TKC_LAUNCHED("prep_kernel", err, errlen);
             prepped = true;
-        } else if (n > 0 && n <= ROWS_PARAM) {
-            rows_param_kernel<<<1, 256, 0, st>>>(rp, rows_d);
-            TKC_LAUNCHED("rows_param_kernel", err, errlen);
-        } else if (n > 0) {
+        } else {
             cudaError_t e = cudaMemcpyAsync(rows_d, tmp, sizeof(int) * n, cudaMemcpyHostToDevice, st);
             if (e != cudaSuccess) {
                 snprintf(err, errlen, "sampled rows upload: %s", cudaGetErrorString(e));
@@ -2424,7 +2174,7 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
         }
     }
 
-    // far rows of the sampled queries (hybrid)
+    // far rows of the sampled queries (hybrid; more than ROWS_PARAM indices, else prep_kernel did it)
     if (far_rows && !prepped) {
         if (dt == TK_DTYPE_BF16)
             qhat_kernel<__nv_bfloat16><<<BH, 256, 0, st>>>((const __nv_bfloat16 *)q0, rows_d, ns, L.nsp, c->Nq, c->D,
@@ -2466,23 +2216,16 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
         // the tensor-core kernel: hybrid projections of bf16 rows on both sides, 16-byte aligned rows
         uintptr_t align = (uintptr_t)c->q | (uintptr_t)c->k | (uintptr_t)q0 | (uintptr_t)k0;
         const bool mma = dt == TK_DTYPE_BF16 && np.s[0].kind == 2 && np.s[1].kind == 2 && (G == 16 || G == 32) &&
-                         (c->D == 64 || c->D == 128) && (align & 15) == 0 && L.nsp % 16 == 0 &&
-                         !getenv("TKC_STATS_NORMS_SCALAR");
+                         (c->D == 64 || c->D == 128) && (align & 15) == 0 && L.nsp % 16 == 0;
         if (mma) {
             const bool same = q0 == c->q && k0 == c->k;
             const int most = c->Nq > c->Nk ? c->Nq : c->Nk, groups = (most + 15) / 16;
             dim3 grid((groups + NM_WARPS * 8 - 1) / (NM_WARPS * 8), BH, 2); // 8 groups of 16 rows a warp
             const void *fn = nullptr;
-            int nv = getenv("TKC_STATS_NORMS") ? atoi(getenv("TKC_STATS_NORMS")) : 2;
-            if (old_path || nv < 0 || nv > 2) nv = old_path ? 0 : 2;
 #define TKC_NM(DD, GG)                                                                                   \
     if (c->D == DD && G == GG)                                                                          \
-        fn = same ? (nv == 2   ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, true, 2>)      \
-                     : nv == 1 ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, true, 1>)      \
-                               : reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, true, 0>))     \
-                  : (nv == 2   ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, false, 2>)     \
-                     : nv == 1 ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, false, 1>)     \
-                               : reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, false, 0>));
+        fn = same ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, true>)                      \
+                  : reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, false>);
             TKC_NM(128, 16) TKC_NM(128, 32) TKC_NM(64, 16) TKC_NM(64, 32)
 #undef TKC_NM
             const size_t smem = sizeof(uint2) * (c->D / 16) * (G / 8) * 3 * 32 + sizeof(float) * L.nsp * G;
@@ -2490,16 +2233,14 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
             // fragments once, then its warps take groups of 16 rows): at N=16,896, H=24 the
             // 8-groups-a-warp grid was 1,584 blocks for 924 resident, 1.7 waves
             int occ = 0;
-            if (!old_path) {
-                if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, NM_WARPS * 32, smem) != cudaSuccess) {
-                    (void)cudaGetLastError(); // keep the 8-groups-a-warp grid
-                    occ = 0;
-                }
-                if (occ > 0) {
-                    const int per_head = occ * (num_sms > 0 ? num_sms : 132) / (2 * BH);
-                    const int most_blocks = (groups + NM_WARPS - 1) / NM_WARPS;
-                    grid.x = per_head < 1 ? 1 : per_head > most_blocks ? most_blocks : per_head;
-                }
+            if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, NM_WARPS * 32, smem) != cudaSuccess) {
+                (void)cudaGetLastError(); // keep the 8-groups-a-warp grid
+                occ = 0;
+            }
+            if (occ > 0) {
+                const int per_head = occ * (num_sms > 0 ? num_sms : 132) / (2 * BH);
+                const int most_blocks = (groups + NM_WARPS - 1) / NM_WARPS;
+                grid.x = per_head < 1 ? 1 : per_head > most_blocks ? most_blocks : per_head;
             }
             void *args[] = {&np};
             TKC_TRY(cudaLaunchKernel(fn, grid, dim3(NM_WARPS * 32), args, smem, st), err, errlen);
@@ -2609,42 +2350,19 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
     }
     long long most = 0;
     for (int a = 0; a < SEL_ARR; a++) most = sa.x[a] && lens[a] > most ? lens[a] : most;
-    int hb = (int)((most + 2047) / 2048); // about 8 values a thread
-    int cap = 2 * (num_sms > 0 ? num_sms : 132);
-    if (hb > cap) hb = cap;
-    if (hb < 1) hb = 1;
-    if (old_path) {
-        dim3 hgrid(hb, SEL_ARR);
-        sel_hist_kernel<0><<<hgrid, 256, 0, st>>>(sa);
-        sel_hist_kernel<1><<<hgrid, 256, 0, st>>>(sa);
-        sel_hist_kernel<2><<<hgrid, 256, 0, st>>>(sa);
-    } else {
-        // a warp per 4 x 32 float4 (one step each at N=16,896, H=24: 99 blocks an array)
-        constexpr long long per = 8 * 32 * SEL2_U;
-        long long nb = (most / 4 + per - 1) / per;
-        const long long cap2 = 4LL * (num_sms > 0 ? num_sms : 132);
-        if (nb > cap2) nb = cap2;
-        if (nb < 1) nb = 1;
-        dim3 hgrid((unsigned)nb, SEL_ARR);
-        const int big = (int)(sizeof(unsigned) * (SEL_T - 2) * SEL_BINS);
-        if (getenv("TKC_STATS_SEL_MATCH")) { // benchmarking: warp-aggregated counts (__match_any_sync)
-            TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<1, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, big),
-                    err, errlen);
-            TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<2, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, big),
-                    err, errlen);
-            sel2_hist_kernel<0, true><<<hgrid, 256, sizeof(unsigned) * SEL_BINS, st>>>(sa);
-            sel2_hist_kernel<1, true><<<hgrid, 256, big, st>>>(sa);
-            sel2_hist_kernel<2, true><<<hgrid, 256, big, st>>>(sa);
-        } else {
-            TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<1, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, big),
-                    err, errlen);
-            TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<2, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, big),
-                    err, errlen);
-            sel2_hist_kernel<0, false><<<hgrid, 256, sizeof(unsigned) * SEL_BINS, st>>>(sa);
-            sel2_hist_kernel<1, false><<<hgrid, 256, big, st>>>(sa);
-            sel2_hist_kernel<2, false><<<hgrid, 256, big, st>>>(sa);
-        }
-    }
+    // a warp per 4 x 32 float4 (one step each at N=16,896, H=24: 99 blocks an array)
+    constexpr long long per = 8 * 32 * SEL2_U;
+    long long nb = (most / 4 + per - 1) / per;
+    const long long cap = 4LL * (num_sms > 0 ? num_sms : 132);
+    if (nb > cap) nb = cap;
+    if (nb < 1) nb = 1;
+    const dim3 hgrid((unsigned)nb, SEL_ARR);
+    const int big = (int)(sizeof(unsigned) * (SEL_T - 2) * SEL_BINS);
+    TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, big), err, errlen);
+    TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, big), err, errlen);
+    sel2_hist_kernel<0><<<hgrid, 256, sizeof(unsigned) * SEL_BINS, st>>>(sa);
+    sel2_hist_kernel<1><<<hgrid, 256, big, st>>>(sa);
+    sel2_hist_kernel<2><<<hgrid, 256, big, st>>>(sa);
     TKC_LAUNCHED("sel kernels", err, errlen);
 
     clk.mark("select", st);
