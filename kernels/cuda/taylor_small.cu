@@ -1183,7 +1183,7 @@ namespace {
 constexpr int FSLOTS = 27;       // slots with a column group (the 28th, G|mu, has none)
 constexpr int FKLD = 24;         // k' rows in shared memory (halves: 48 B, conflict-free ldmatrix)
 constexpr int FSTAGES = 4;       // cp.async stages of 64 keys
-constexpr int FT_THREADS = 256;  // far tables kernel
+constexpr int FT_THREADS = 512;  // far tables kernel (16 warps: two slot tiles each)
 constexpr int FAR_R_MAX = 153;   // R(16, 3)
 
 template <int NB> __host__ __device__ constexpr int far_csw() { return NB < 4 ? NB : 4; }
@@ -1234,6 +1234,23 @@ __device__ __forceinline__ void far_slots(float (&acc)[7][CSW][4], float (&accg)
         }
 #pragma unroll
         for (int c = 0; c < CSW; c++) mma16816<MT>(acc[j][c], VA[c], b0, b1);
+    }
+}
+
+// The four 16-key steps of one staged 64-key tile for slot group SG (one
+// straight-line block: the next step's ldmatrix and shuffles can overlap
+// this step's mma).
+template <typename MT, int SG, int CSW, int VLD>
+__device__ __forceinline__ void far_tile(const MT *Ks, const MT *Vs, int cbase, int lane, int t,
+                                         float (&acc)[7][CSW][4], float (&accg)[3][4], bool gram) {
+#pragma unroll
+    for (int ks = 0; ks < KTA / 16; ks++) {
+        const int row = ks * 16 + (lane & 7) + 8 * (lane >> 4), col = 8 * ((lane >> 3) & 1);
+        uint32_t KA[4], VA[CSW][4];
+        ldsm_x4_t(KA, Ks + row * FKLD + col);
+#pragma unroll
+        for (int c = 0; c < CSW; c++) ldsm_x4_t(VA[c], Vs + row * VLD + cbase + c * 16 + col);
+        far_slots<MT, SG, CSW>(acc, accg, VA, KA, t, gram);
     }
 }
 
@@ -1301,19 +1318,11 @@ __global__ void __launch_bounds__(32 * far_warps<NB>(), 1)
         cp_async_commit();
         next_in = kept(t0 + i + FSTAGES); // used at the next step: the load's latency hides behind this one
         const TI *Ks = stage + (i % FSTAGES) * STG, *Vs = Ks + KTA * FKLD;
-#pragma unroll
-        for (int ks = 0; ks < KTA / 16; ks++) {
-            const int row = ks * 16 + (lane & 7) + 8 * (lane >> 4), col = 8 * ((lane >> 3) & 1);
-            uint32_t KA[4], VA[CSW][4];
-            ldsm_x4_t(KA, Ks + row * FKLD + col);
-#pragma unroll
-            for (int c = 0; c < CSW; c++) ldsm_x4_t(VA[c], Vs + row * VLD + (ch * CSW + c) * 16 + col);
-            switch (sg) {
-            case 0: far_slots<TI, 0, CSW>(acc, accg, VA, KA, t, gram); break;
-            case 1: far_slots<TI, 1, CSW>(acc, accg, VA, KA, t, gram); break;
-            case 2: far_slots<TI, 2, CSW>(acc, accg, VA, KA, t, gram); break;
-            default: far_slots<TI, 3, CSW>(acc, accg, VA, KA, t, gram); break;
-            }
+        switch (sg) { // outside the 16-key steps: each case is straight-line code
+        case 0: far_tile<TI, 0, CSW, VLD>(Ks, Vs, ch * CSW * 16, lane, t, acc, accg, gram); break;
+        case 1: far_tile<TI, 1, CSW, VLD>(Ks, Vs, ch * CSW * 16, lane, t, acc, accg, gram); break;
+        case 2: far_tile<TI, 2, CSW, VLD>(Ks, Vs, ch * CSW * 16, lane, t, acc, accg, gram); break;
+        default: far_tile<TI, 3, CSW, VLD>(Ks, Vs, ch * CSW * 16, lane, t, acc, accg, gram); break;
         }
     }
     cp_async_wait<0>();
