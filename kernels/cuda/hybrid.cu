@@ -12,8 +12,11 @@
 //     D^-1/2 global_scale_mul, SPEC 3.3 modification).
 //  3. Far field, normalized combine: Taylor phase A only (taylor.cu,
 //     phase_a_only) gives [S | z] per head; in 2d the text keys are masked out
-//     of it (they are every image query's local keys). Additive combine: the
-//     full Taylor RAW run writes [num | den] per query to a buffer.
+//     of it (they are every image query's local keys). With far dim 16 and
+//     P <= 3 taylor.cu hands it to taylor_small.cu's degree-2 path, which
+//     writes the same tables (TKC_HYBRID_FAR_GENERIC=1: the generic phase A).
+//     Additive combine: the full Taylor RAW run writes [num | den] per query
+//     to a buffer.
 //  4. Local kernel (one block = an 8x8 cell tile of image queries, or 64
 //     consecutive tokens for the 1d window): normalized: a prologue puts
 //     w phi(q') . [S | z] into the accumulators at a running max of 0, so the

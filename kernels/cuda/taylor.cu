@@ -751,9 +751,22 @@ int64_t tkc_feature_count(int d, int P) {
     return v;
 }
 
+// The far field's small path (phase_a_only): its records go in the generic
+// part region when they fit there (that region is unused then), else after
+// the generic layout. Offset of its workspace, 0 bytes when not handled.
+static size_t far_small_at(const tkc_taylor_args *a, const Layout &L, int num_sms, size_t *bytes) {
+    *bytes = tkc_far_small_handles(a) ? tkc_far_small_workspace(a, num_sms) : 0;
+    if (*bytes == 0) return 0;
+    return L.off_part + *bytes <= L.off_colmax ? L.off_part : L.total;
+}
+
 size_t tkc_taylor_workspace(const tkc_taylor_args *a, int num_sms) {
     Layout L;
     if (!layout_of(a, num_sms, &L)) return 0;
+    {
+        size_t fb = 0, fo = far_small_at(a, L, num_sms, &fb);
+        if (fb) return fo + fb > L.total ? fo + fb : L.total;
+    }
     if (tkc_small_handles(a)) { size_t sw = L.off_part + tkc_small_workspace(a, num_sms); return sw > L.total ? sw : L.total; }
     return L.total;
 }
@@ -826,8 +839,10 @@ int tkc_taylor_run(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_
                  a->blocks, a->terms);
         return 3;
     }
-    if (ws_bytes < L.total) {
-        snprintf(err, errlen, "taylor: workspace %zu < %zu", ws_bytes, L.total);
+    size_t far_bytes = 0, far_off = far_small_at(a, L, num_sms, &far_bytes);
+    const size_t need = far_bytes && far_off + far_bytes > L.total ? far_off + far_bytes : L.total;
+    if (ws_bytes < need) {
+        snprintf(err, errlen, "taylor: workspace %zu < %zu", ws_bytes, need);
         return 1;
     }
     unsigned char *w = (unsigned char *)ws;
@@ -848,6 +863,13 @@ int tkc_taylor_run(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_
     }
     }
     if (tkc_small_handles(a)) return tkc_small_run(a, w + L.off_part, ws_bytes - L.off_part, num_sms, st, den, err, errlen);
+    if (far_bytes) { // hybrid far field, normalized: the tables of tkc_taylor_far_tables on the degree-2 structure
+        int frc = tkc_far_small_run(a, w + far_off, far_bytes, num_sms, st, w + L.off_sh,
+                                    reinterpret_cast<unsigned *>(w + L.off_colmax), L.R, L.Rpad, err, errlen);
+        if (frc) return frc;
+        memset(den, 0, sizeof *den);
+        return 0;
+    }
     int rc;
     if (a->dtype == TK_DTYPE_BF16)
         rc = run_t<__nv_bfloat16, __nv_bfloat16>(a, L, w, st, err, errlen);

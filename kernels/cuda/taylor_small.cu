@@ -1155,3 +1155,420 @@ int tkc_small_apply_ungated(const tkc_taylor_args *a, void *ws, size_t ws_bytes,
     memset(&none, 0, sizeof none);
     return step(STEP_APPLY, a, p, ws, st, err, errlen, &none, 0);
 }
+
+// ---- the hybrid far field (phase_a_only, g = 16): the generic tables -----
+//
+// The far field of a normalized hybrid call has one 16-dim k' (projected,
+// modified and scaled by hybrid.cu's projection kernel) and v of Dv = 16*NB
+// columns. Its [S | z] is the same degree-2 structure as above, with the
+// feature fragments shared by every 16-column group of v:
+//   far phase A: grid (key split, head). A warp owns a slot group (7 of the
+//     28 slots: 0..23 degree-2 tiles (m, dims 0-7 | 8-15) as above, 24, 25
+//     degree 1, 26 sum v, 27 the Gram matrix G and mu with A = K'^T) and
+//     CSW = min(NB, 4) column groups of v: per 16 keys it builds each of its
+//     feature fragments once (two shuffles, two HMUL2) and multiplies it by
+//     CSW V'^T fragments. Masked keys are zero-filled by the copy (k' and v),
+//     so they add nothing; N' counts the kept keys.
+//   far tables: grid (column group, head): the splits summed in a fixed order
+//     (deterministic), then S and z written in taylor.cu's layout: feature
+//     f of the SPEC 3 order (1; k'_b; k'_m k'_b for m <= b lexicographic),
+//     f16 [BH][Rpad][dvp] divided per column by colmax / 1024 (colmax = the
+//     bits of the largest magnitude, NaN -> Inf; 0 -> scale 1), z in column
+//     Dv, columns Dv+1.. and rows R.. zero. Weights: psi_a(x) = s^{|a|/2}
+//     x^a / sqrt(a!) as the table's; the local kernel multiplies phi(q') by the
+//     table's f16 weight w_h, so the diagonal features carry (1/2) / w_h here
+//     (the product is exactly 1/2, as kappa_3 asks).
+namespace {
+
+constexpr int FSLOTS = 27;       // slots with a column group (the 28th, G|mu, has none)
+constexpr int FKLD = 24;         // k' rows in shared memory (halves: 48 B, conflict-free ldmatrix)
+constexpr int FSTAGES = 4;       // cp.async stages of 64 keys
+constexpr int FT_THREADS = 512;  // far tables kernel (16 warps: two slot tiles each)
+constexpr int FAR_R_MAX = 153;   // R(16, 3)
+
+template <int NB> __host__ __device__ constexpr int far_csw() { return NB < 4 ? NB : 4; }
+template <int NB> __host__ __device__ constexpr int far_warps() { return 4 * (NB / far_csw<NB>()); }
+template <int NB> __host__ __device__ constexpr int far_vld() { return 16 * NB + 8; }
+// partial records (32 float4 each) per (split, head): NB * 27 slot tiles, then G lo, G hi, mu
+template <int NB> __host__ __device__ constexpr int far_recs() { return NB * FSLOTS + 3; }
+template <int NB> constexpr size_t far_smem() {
+    return (size_t)FSTAGES * KTA * (FKLD + far_vld<NB>()) * 2;
+}
+
+struct FArgs {
+    const void *k, *v; // k' [BH][N][16], v [BH][N][Dv]
+    const uint8_t *mask;
+    int H, Nk, BH, split;
+};
+
+// One slot group SG of a warp: 7 slots, CSW column groups; acc[j][c].
+template <typename MT, int SG, int CSW>
+__device__ __forceinline__ void far_slots(float (&acc)[7][CSW][4], float (&accg)[3][4], const uint32_t (&VA)[CSW][4],
+                                          const uint32_t (&KA)[4], int t, bool gram) {
+    constexpr uint32_t ONE = one2<MT>::v;
+#pragma unroll
+    for (int j = 0; j < 7; j++) {
+        constexpr int base = 7 * SG;
+        const int slot = base + j;
+        uint32_t b0, b1;
+        if (slot < 24) {
+            const int m = slot < 8 ? slot : slot - 8, set = slot < 8 ? 0 : 1;
+            const int src = (m & 7) * 4 + t;
+            const uint32_t lo = __shfl_sync(0xffffffffu, m < 8 ? KA[0] : KA[1], src);
+            const uint32_t hi = __shfl_sync(0xffffffffu, m < 8 ? KA[2] : KA[3], src);
+            b0 = hmul2t<MT>(lo, KA[set]);
+            b1 = hmul2t<MT>(hi, KA[set + 2]);
+        } else if (slot == 24) {
+            b0 = KA[0], b1 = KA[2];
+        } else if (slot == 25) {
+            b0 = KA[1], b1 = KA[3];
+        } else if (slot == 26) {
+            b0 = ONE, b1 = ONE;
+        } else { // slot 27: G and mu (one warp of the group)
+            if (gram) {
+                mma16816<MT>(accg[0], KA, KA[0], KA[2]);
+                mma16816<MT>(accg[1], KA, KA[1], KA[3]);
+                mma16816<MT>(accg[2], KA, ONE, ONE);
+            }
+            continue;
+        }
+#pragma unroll
+        for (int c = 0; c < CSW; c++) mma16816<MT>(acc[j][c], VA[c], b0, b1);
+    }
+}
+
+// The four 16-key steps of one staged 64-key tile for slot group SG (one
+// straight-line block: the next step's ldmatrix and shuffles can overlap
+// this step's mma).
+template <typename MT, int SG, int CSW, int VLD>
+__device__ __forceinline__ void far_tile(const MT *Ks, const MT *Vs, int cbase, int lane, int t,
+                                         float (&acc)[7][CSW][4], float (&accg)[3][4], bool gram) {
+#pragma unroll
+    for (int ks = 0; ks < KTA / 16; ks++) {
+        const int row = ks * 16 + (lane & 7) + 8 * (lane >> 4), col = 8 * ((lane >> 3) & 1);
+        uint32_t KA[4], VA[CSW][4];
+        ldsm_x4_t(KA, Ks + row * FKLD + col);
+#pragma unroll
+        for (int c = 0; c < CSW; c++) ldsm_x4_t(VA[c], Vs + row * VLD + cbase + c * 16 + col);
+        far_slots<MT, SG, CSW>(acc, accg, VA, KA, t, gram);
+    }
+}
+
+template <typename TI, int NB>
+__global__ void __launch_bounds__(32 * far_warps<NB>(), 1)
+    far_reduce_kernel(FArgs a, float4 *__restrict__ part, int *__restrict__ cnt) {
+    constexpr int DV = 16 * NB, CSW = far_csw<NB>(), NCH = NB / CSW, NTH = 32 * far_warps<NB>();
+    constexpr int VLD = far_vld<NB>(), VCPR = DV / 8, CPR = 2 + VCPR; // 16-byte chunks per key: k', v
+    constexpr int STG = KTA * (FKLD + VLD);                             // halves per stage
+    extern __shared__ __align__(16) unsigned char sm[];
+    TI *stage = reinterpret_cast<TI *>(sm); // [FSTAGES][ Ks[KTA][FKLD] | Vs[KTA][VLD] ]
+    __shared__ int s_cnt;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, t = lane & 3;
+    const int ch = warp % NCH, sg = warp / NCH; // column half, slot group
+    const int sp = blockIdx.x, bh = blockIdx.y, bidx = bh / a.H;
+    const TI *kb = reinterpret_cast<const TI *>(a.k) + (size_t)bh * a.Nk * 16;
+    const TI *vb = reinterpret_cast<const TI *>(a.v) + (size_t)bh * a.Nk * DV;
+    const uint8_t *mb = a.mask ? a.mask + (size_t)bidx * a.Nk : nullptr;
+    const int tiles = (a.Nk + KTA - 1) / KTA;
+    const int per = (tiles + a.split - 1) / a.split;
+    const int t0 = min(tiles, sp * per), nt = min(tiles, t0 + per) - t0;
+    int my_cnt = 0;
+    // copies: TPK threads per key (key r = tid / TPK), each every TPK-th 16-byte
+    // chunk of its row; the key's mask byte is loaded one tile ahead
+    constexpr int TPK = NTH / KTA;
+    static_assert(NTH % KTA == 0, "whole keys per thread group");
+    const int r = tid / TPK, sub = tid - r * TPK;
+    auto kept = [&](int tile) {
+        const int key = tile * KTA + r;
+        return tile < t0 + nt && key < a.Nk && (!mb || mb[key]);
+    };
+    auto issue = [&](int tile, int stg, bool in) {
+        const int key = in ? tile * KTA + r : 0;
+        TI *Ks = stage + stg * STG, *Vs = Ks + KTA * FKLD;
+        if (sub == 0) my_cnt += in;
+#pragma unroll
+        for (int cc = sub; cc < CPR; cc += TPK) {
+            const TI *src = cc < 2 ? kb + (size_t)key * 16 + cc * 8 : vb + (size_t)key * DV + (cc - 2) * 8;
+            TI *dst = cc < 2 ? Ks + r * FKLD + cc * 8 : Vs + r * VLD + (cc - 2) * 8;
+            cp_async16(dst, src, in ? 16 : 0);
+        }
+    };
+
+    if (tid == 0) s_cnt = 0;
+    __syncthreads();
+    float acc[7][CSW][4], accg[3][4];
+#pragma unroll
+    for (int j = 0; j < 7; j++)
+#pragma unroll
+        for (int c = 0; c < CSW; c++) acc[j][c][0] = acc[j][c][1] = acc[j][c][2] = acc[j][c][3] = 0.f;
+#pragma unroll
+    for (int j = 0; j < 3; j++) accg[j][0] = accg[j][1] = accg[j][2] = accg[j][3] = 0.f;
+#pragma unroll
+    for (int i = 0; i < FSTAGES - 1; i++) {
+        if (i < nt) issue(t0 + i, i, kept(t0 + i));
+        cp_async_commit();
+    }
+    bool next_in = kept(t0 + FSTAGES - 1);
+    const bool gram = ch == 0;
+    for (int i = 0; i < nt; i++) {
+        cp_async_wait<FSTAGES - 2>();
+        __syncthreads(); // stage i is in; every warp is done with the stage refilled next
+        if (i + FSTAGES - 1 < nt) issue(t0 + i + FSTAGES - 1, (i + FSTAGES - 1) % FSTAGES, next_in);
+        cp_async_commit();
+        next_in = kept(t0 + i + FSTAGES); // used at the next step: the load's latency hides behind this one
+        const TI *Ks = stage + (i % FSTAGES) * STG, *Vs = Ks + KTA * FKLD;
+        switch (sg) { // outside the 16-key steps: each case is straight-line code
+        case 0: far_tile<TI, 0, CSW, VLD>(Ks, Vs, ch * CSW * 16, lane, t, acc, accg, gram); break;
+        case 1: far_tile<TI, 1, CSW, VLD>(Ks, Vs, ch * CSW * 16, lane, t, acc, accg, gram); break;
+        case 2: far_tile<TI, 2, CSW, VLD>(Ks, Vs, ch * CSW * 16, lane, t, acc, accg, gram); break;
+        default: far_tile<TI, 3, CSW, VLD>(Ks, Vs, ch * CSW * 16, lane, t, acc, accg, gram); break;
+        }
+    }
+    cp_async_wait<0>();
+    atomicAdd(&s_cnt, my_cnt);
+    float4 *pb = part + (size_t)(sp * a.BH + bh) * far_recs<NB>() * 32 + lane;
+#pragma unroll
+    for (int j = 0; j < 7; j++) {
+        const int slot = 7 * sg + j;
+        if (slot < FSLOTS) {
+#pragma unroll
+            for (int c = 0; c < CSW; c++)
+                pb[(size_t)((ch * CSW + c) * FSLOTS + slot) * 32] =
+                    make_float4(acc[j][c][0], acc[j][c][1], acc[j][c][2], acc[j][c][3]);
+        } else if (gram) {
+#pragma unroll
+            for (int g3 = 0; g3 < 3; g3++)
+                pb[(size_t)(NB * FSLOTS + g3) * 32] = make_float4(accg[g3][0], accg[g3][1], accg[g3][2], accg[g3][3]);
+        }
+    }
+    __syncthreads();
+    if (tid == 0) cnt[sp * a.BH + bh] = s_cnt;
+}
+
+// Feature index of the pair (m, b), m <= b, in the SPEC 3 order (after 1 and the 16 k'_b).
+__device__ __forceinline__ int far_pair(int m, int b) { return 17 + m * 16 - m * (m - 1) / 2 + (b - m); }
+
+__device__ __forceinline__ float far_col_scale(unsigned bits) { // taylor.cu's col_scale
+    float m = __uint_as_float(bits);
+    return m > 0.f ? m * (1.f / 1024.f) : 1.f;
+}
+
+// Grid (NB, BH): column group cs of head bh (cs 0 also the z column).
+__global__ void __launch_bounds__(FT_THREADS)
+    far_tables_kernel(const float4 *__restrict__ part, const int *__restrict__ cnt, int NB, int BH, int split, int R,
+                      int Rpad, float s, float sqrt_s, float diag_w, __half *__restrict__ sh,
+                      unsigned *__restrict__ colmax) {
+    __shared__ float T[FAR_R_MAX][17]; // features x (16 columns of the group, z)
+    __shared__ unsigned cmax[17];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+    const int cs = blockIdx.x, bh = blockIdx.y, Dv = 16 * NB, dvp = Dv + 8;
+    const int recs = NB * FSLOTS + 3, ntau = cs == 0 ? FSLOTS + 3 : FSLOTS;
+    for (int e = tid; e < FAR_R_MAX * 17; e += FT_THREADS) (&T[0][0])[e] = 0.f;
+    __syncthreads();
+    for (int tau = warp; tau < ntau; tau += FT_THREADS / 32) {
+        const int rec = tau < FSLOTS ? cs * FSLOTS + tau : NB * FSLOTS + (tau - FSLOTS);
+        const float4 *src = part + (size_t)bh * recs * 32 + (size_t)rec * 32 + lane;
+        const size_t stride = (size_t)BH * recs * 32;
+        float4 r[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) r[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+        int sp = 0;
+        for (; sp + 4 <= split; sp += 4) {
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const float4 p = src[(sp + k) * stride];
+                r[k].x += p.x, r[k].y += p.y, r[k].z += p.z, r[k].w += p.w;
+            }
+        }
+        for (; sp < split; sp++) {
+            const float4 p = src[sp * stride];
+            r[0].x += p.x, r[0].y += p.y, r[0].z += p.z, r[0].w += p.w;
+        }
+        const float4 v = make_float4((r[0].x + r[1].x) + (r[2].x + r[3].x), (r[0].y + r[1].y) + (r[2].y + r[3].y),
+                                     (r[0].z + r[1].z) + (r[2].z + r[3].z), (r[0].w + r[1].w) + (r[2].w + r[3].w));
+        // (row, column) of the four values: S tiles have rows v column g / g+8
+        // and columns features (b0 = 2t, b1 = 2t+1 of the tile's 8); G tiles
+        // rows dim m = g / g+8, columns dim b
+        if (tau < 24) {
+            const int m = tau < 8 ? tau : tau - 8, b0 = 2 * t + (tau < 8 ? 0 : 8);
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int b = b0 + e;
+                if (b < m || far_pair(m, b) >= R) continue;
+                const float w = b == m ? s * diag_w : s;
+                const int f = far_pair(m, b);
+                T[f][g] = (e ? v.y : v.x) * w;
+                T[f][g + 8] = (e ? v.w : v.z) * w;
+            }
+        } else if (tau == 24 || tau == 25) {
+            const int b0 = 2 * t + (tau == 24 ? 0 : 8);
+            if (1 + b0 < R) {
+                T[1 + b0][g] = v.x * sqrt_s, T[1 + b0][g + 8] = v.z * sqrt_s;
+                T[2 + b0][g] = v.y * sqrt_s, T[2 + b0][g + 8] = v.w * sqrt_s;
+            }
+        } else if (tau == 26) {
+            if (t == 0) T[0][g] = v.x, T[0][g + 8] = v.z;
+        } else if (tau == 27 || tau == 28) { // z of degree 2: G_mb, m <= b
+            const int b0 = 2 * t + (tau == 27 ? 0 : 8);
+            const float vals[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int m = g + 8 * (e >> 1), b = b0 + (e & 1);
+                if (b < m || far_pair(m, b) >= R) continue;
+                T[far_pair(m, b)][16] = vals[e] * (b == m ? s * diag_w : s);
+            }
+        } else { // 29: mu (z of degree 1)
+            if (t == 0 && R > 1) T[1 + g][16] = v.x * sqrt_s, T[9 + g][16] = v.z * sqrt_s;
+        }
+    }
+    if (cs == 0 && tid == FT_THREADS - 1) {
+        long long n = 0;
+        for (int sp = 0; sp < split; sp++) n += cnt[sp * BH + bh];
+        T[0][16] = (float)n;
+    }
+    __syncthreads();
+    const int ncol = cs == 0 ? 17 : 16;
+    for (int c = warp; c < ncol; c += FT_THREADS / 32) {
+        unsigned mx = 0u;
+        for (int f = lane; f < R; f += 32) {
+            float m = fabsf(T[f][c]);
+            if (m != m) m = INFINITY;
+            mx = max(mx, __float_as_uint(m));
+        }
+        mx = __reduce_max_sync(0xffffffffu, mx);
+        if (lane == 0) cmax[c] = mx;
+    }
+    __syncthreads();
+    unsigned *cmg = colmax + (size_t)bh * dvp;
+    if (tid < 16) cmg[cs * 16 + tid] = cmax[tid];
+    if (cs == 0 && tid >= 16 && tid < 24) cmg[Dv + tid - 16] = tid == 16 ? cmax[16] : 0u;
+    __half *shb = sh + (size_t)bh * Rpad * dvp;
+    for (int e = tid; e < Rpad * 2; e += FT_THREADS) { // 8 columns (16 B) per item
+        const int f = e >> 1, c0 = 8 * (e & 1);
+        uint32_t h[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float x0 = f < R ? T[f][c0 + 2 * i] / far_col_scale(cmax[c0 + 2 * i]) : 0.f;
+            const float x1 = f < R ? T[f][c0 + 2 * i + 1] / far_col_scale(cmax[c0 + 2 * i + 1]) : 0.f;
+            h[i] = packh(x0, x1);
+        }
+        *reinterpret_cast<uint4 *>(shb + (size_t)f * dvp + cs * 16 + c0) = make_uint4(h[0], h[1], h[2], h[3]);
+    }
+    if (cs == 0)
+        for (int f = tid; f < Rpad; f += FT_THREADS) {
+            const float z = f < R ? T[f][16] / far_col_scale(cmax[16]) : 0.f;
+            *reinterpret_cast<uint4 *>(shb + (size_t)f * dvp + Dv) = make_uint4(packh(z, 0.f), 0u, 0u, 0u);
+        }
+}
+
+struct FarPlan {
+    int NB, BH, split;
+    size_t off_part, off_cnt, total;
+};
+
+template <typename TI, int NB> int far_occupancy() {
+    static int occ = -1;
+    if (occ < 0) {
+        auto k = far_reduce_kernel<TI, NB>;
+        int o = 0;
+        if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)far_smem<NB>()) !=
+                cudaSuccess ||
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, k, 32 * far_warps<NB>(), far_smem<NB>()) !=
+                cudaSuccess ||
+            o < 1)
+            return -1;
+        occ = o;
+    }
+    return occ;
+}
+
+template <typename TI> int far_occupancy_nb(int NB) {
+    return NB == 2 ? far_occupancy<TI, 2>() : NB == 4 ? far_occupancy<TI, 4>() : far_occupancy<TI, 8>();
+}
+
+// Key split: the fewest (waves x (tiles per block + the partial records'
+// write)) + the sum's read of them, in units of one 64-key tile of 128
+// columns (~5 tiles' time to write a block's records at Dv 128, ~1 to read
+// a split back); TKC_FAR_SPLIT overrides (for measurements).
+bool far_plan(const tkc_taylor_args *a, int num_sms, FarPlan *p) {
+    p->NB = a->Dv / 16;
+    p->BH = a->B * a->H;
+    const int occ = a->dtype == TK_DTYPE_BF16 ? far_occupancy_nb<__nv_bfloat16>(p->NB) : far_occupancy_nb<__half>(p->NB);
+    if (occ < 1) return false;
+    const int tiles = (a->Nk + KTA - 1) / KTA;
+    const double rec_w = 5.0 * p->NB / 8, rec_r = 1.0 * p->NB / 8;
+    int best = 1;
+    double best_cost = -1;
+    const long slots = (long)num_sms * occ;
+    for (int s = 1; s <= 64 && s <= (tiles > 0 ? tiles : 1); s++) {
+        const long waves = ((long)p->BH * s + slots - 1) / slots;
+        const double cost = (double)waves * ((tiles + s - 1) / s + rec_w) + rec_r * s;
+        if (best_cost < 0 || cost < best_cost) best = s, best_cost = cost;
+    }
+    const char *env = getenv("TKC_FAR_SPLIT");
+    if (env && atoi(env) > 0) best = atoi(env);
+    if (tiles > 0 && best > tiles) best = tiles;
+    if (best < 1) best = 1;
+    p->split = best;
+    size_t off = 0;
+    p->off_part = off;
+    off += align256((size_t)p->split * p->BH * (p->NB * FSLOTS + 3) * 32 * sizeof(float4));
+    p->off_cnt = off;
+    off += align256((size_t)p->split * p->BH * sizeof(int));
+    p->total = off;
+    return true;
+}
+
+template <typename TI, int NB>
+int far_launch(const tkc_taylor_args *a, const FarPlan &p, void *ws, cudaStream_t st, char *err, size_t errlen) {
+    FArgs f;
+    f.k = a->k, f.v = a->v, f.mask = a->mask, f.H = a->H, f.Nk = a->Nk, f.BH = p.BH, f.split = p.split;
+    far_reduce_kernel<TI, NB><<<dim3(p.split, p.BH), 32 * far_warps<NB>(), far_smem<NB>(), st>>>(
+        f, at<float4>(ws, p.off_part), at<int>(ws, p.off_cnt));
+    TKC_LAUNCHED("far_reduce_kernel", err, errlen);
+    return 0;
+}
+
+template <typename TI>
+int far_launch_nb(const tkc_taylor_args *a, const FarPlan &p, void *ws, cudaStream_t st, char *err, size_t errlen) {
+    return p.NB == 2 ? far_launch<TI, 2>(a, p, ws, st, err, errlen)
+           : p.NB == 4 ? far_launch<TI, 4>(a, p, ws, st, err, errlen)
+                       : far_launch<TI, 8>(a, p, ws, st, err, errlen);
+}
+
+} // namespace
+
+int tkc_far_small_handles(const tkc_taylor_args *a) {
+    if (!a->phase_a_only || a->D != 16 || a->blocks != 1 || a->terms < 1 || a->terms > 3) return 0;
+    if (a->Dv != 32 && a->Dv != 64 && a->Dv != 128) return 0;
+    if (a->dtype != TK_DTYPE_BF16 && a->dtype != TK_DTYPE_F16) return 0;
+    if (a->modify != 0 || !aligned16(a->k) || !aligned16(a->v)) return 0;
+    return getenv("TKC_HYBRID_FAR_GENERIC") == nullptr;
+}
+
+size_t tkc_far_small_workspace(const tkc_taylor_args *a, int num_sms) {
+    FarPlan p;
+    return far_plan(a, num_sms, &p) ? p.total : 0;
+}
+
+int tkc_far_small_run(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_sms, cudaStream_t st, void *sh,
+                      unsigned *colmax, int R, int Rpad, char *err, size_t errlen) {
+    FarPlan p;
+    if (!far_plan(a, num_sms, &p) || ws_bytes < p.total || R > FAR_R_MAX || Rpad < R) {
+        snprintf(err, errlen, "hybrid far field (small): bad layout");
+        return 3;
+    }
+    if (p.BH == 0) return 0;
+    int rc = a->dtype == TK_DTYPE_BF16 ? far_launch_nb<__nv_bfloat16>(a, p, ws, st, err, errlen)
+                                       : far_launch_nb<__half>(a, p, ws, st, err, errlen);
+    if (rc) return rc;
+    const float sqrt_s = sqrtf(a->s);
+    // the table's f16 weight of a diagonal feature (taylor.cu's build_table: 1/sqrt(2))
+    const float diag_w = 0.5f / __half2float(__float2half((float)(1.0 / sqrt(2.0))));
+    far_tables_kernel<<<dim3(p.NB, p.BH), FT_THREADS, 0, st>>>(at<float4>(ws, p.off_part), at<int>(ws, p.off_cnt),
+                                                               p.NB, p.BH, p.split, R, Rpad, a->s, sqrt_s, diag_w,
+                                                               (__half *)sh, colmax);
+    TKC_LAUNCHED("far_tables_kernel", err, errlen);
+    return 0;
+}

@@ -61,4 +61,18 @@ int tkc_taylor_small_call(const tkc_taylor_args *a, const tkc_small_rule *rule, 
 int tkc_taylor_small_apply(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_sms, cudaStream_t st,
                            char *err, size_t errlen);
 
+// ---- the hybrid far field (phase_a_only) on the degree-2 structure ----
+// 1 when it computes this phase_a_only call: k' of 16 dims (D 16, one
+// block), Dv 32, 64 or 128, P 1..3, bf16/f16, no q/k modification (the
+// projection applied it), k/v 16-byte aligned, TKC_HYBRID_FAR_GENERIC unset.
+int tkc_far_small_handles(const tkc_taylor_args *a);
+// Its own workspace bytes (partial records of the key splits).
+size_t tkc_far_small_workspace(const tkc_taylor_args *a, int num_sms);
+// Queues phase A and the tables kernel, which writes the tables of
+// tkc_far_tables: sh (f16 [B*H][Rpad][Dv+8]) and colmax ([B*H][Dv+8]) in
+// taylor.cu's layout; the feature table itself is taylor.cu's upload.
+// Launcher codes as cuda_internal.h.
+int tkc_far_small_run(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_sms, cudaStream_t st, void *sh,
+                      unsigned *colmax, int R, int Rpad, char *err, size_t errlen);
+
 #endif
