@@ -25,6 +25,7 @@ int tkcu_upload(void *dev, const float *host, size_t n, tk_dtype dt, char *err, 
 /* n device elements of dtype -> host floats. */
 int tkcu_download(float *host, const void *dev, size_t n, tk_dtype dt, char *err, size_t errlen);
 int tkcu_upload_bytes(void *dev, const void *host, size_t bytes, char *err, size_t errlen);
+int tkcu_download_bytes(void *host, const void *dev, size_t bytes, char *err, size_t errlen);
 /* Every byte of [dev, dev+bytes) set to byte (0xff poisons bf16/f16/f32 as NaN). */
 int tkcu_poison(void *dev, size_t bytes, unsigned char byte, char *err, size_t errlen);
 /* n elements ~ N(0, stddev^2), from seed, on the device. */

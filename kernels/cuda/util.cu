@@ -117,6 +117,11 @@ extern "C" int tkcu_upload_bytes(void *dev, const void *host, size_t bytes, char
     return 0;
 }
 
+extern "C" int tkcu_download_bytes(void *host, const void *dev, size_t bytes, char *err, size_t errlen) {
+    TKU_TRY(cudaMemcpy(host, dev, bytes, cudaMemcpyDeviceToHost));
+    return 0;
+}
+
 extern "C" int tkcu_poison(void *dev, size_t bytes, unsigned char byte, char *err, size_t errlen) {
     TKU_TRY(cudaMemset(dev, byte, bytes));
     TKU_TRY(cudaDeviceSynchronize());

@@ -957,6 +957,122 @@ static void test_nan_or_inf_input_to_hybrid_is_bad_input_like_ref_and_leaves_o_u
     check_bad_input(TK_MODE_HYBRID);
 }
 
+/* ---- NaN/Inf input to a hybrid call whose PCA is cached ---------------
+ * Every hybrid call takes the input scan's verdict before its kernels run
+ * (a device-side verdict measured ~1% faster and was not kept: GPU-NOTES,
+ * branch scanov). Here one context takes a clean call (fits the PCA), then a NaN/Inf in each of q, k, v, q0, k0 in turn (the far window,
+ * the window without a far term, no window at all): bad_input with the ref
+ * backend's detail, no stats, and o byte for byte as poisoned before (a NaN
+ * written by a kernel would still look poisoned to an isnan check); then a
+ * clean call still matches the ref (its PCA was not refitted on bad rows). */
+static int output_bytes_are(const problem *p, unsigned char byte) {
+    size_t n = (size_t)p->B * p->H * p->Nq * p->Dv * tk_dtype_size(p->dt);
+    unsigned char *o = xmalloc(n);
+    char err[256] = "";
+    if (tkcu_download_bytes(o, p->dout, n, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
+    size_t diff = 0;
+    for (size_t i = 0; i < n; i++) diff += o[i] != byte;
+    free(o);
+    return diff == 0;
+}
+
+static void cached_layer_bad_inputs(const char *local_kernel, int with_q0k0) {
+    char err[256] = "";
+    int T = 20, gh = 12, gw = 10, N = T + gh * gw, H = 2, D = 64;
+    problem p = make_problem(1, H, N, N, D, D, TK_DTYPE_BF16, 1.0, 0.8, 81);
+    size_t n = (size_t)H * N * D, no = n;
+    /* pre-RoPE q0/k0 of their own (the scan reads five tensors) */
+    float *q0 = xmalloc(n * 4), *k0 = xmalloc(n * 4);
+    void *dq0 = NULL, *dk0 = NULL;
+    for (size_t i = 0; i < n; i++) q0[i] = 0.7f * p.q[i] + 0.2f, k0[i] = 0.7f * p.k[i] - 0.1f;
+    if (tkcu_alloc(&dq0, n * 2, err, sizeof err) || tkcu_alloc(&dk0, n * 2, err, sizeof err) ||
+        tkcu_upload(dq0, q0, n, p.dt, err, sizeof err) || tkcu_download(q0, dq0, n, p.dt, err, sizeof err) ||
+        tkcu_upload(dk0, k0, n, p.dt, err, sizeof err) || tkcu_download(k0, dk0, n, p.dt, err, sizeof err))
+        th_fail(__FILE__, __LINE__, "q0/k0: %s", err);
+    if (local_kernel) setenv("TKC_HYBRID_LOCAL", local_kernel, 1);
+    tk_context *cu = NULL, *ref = NULL;
+    if (tk_context_open(TK_BACKEND_CUDA, &cu, err, sizeof err)) th_fail(__FILE__, __LINE__, "cuda: %s", err);
+    if (tk_context_open(TK_BACKEND_REF, &ref, err, sizeof err)) th_fail(__FILE__, __LINE__, "ref: %s", err);
+    tk_config cfg;
+    tk_config_defaults(&cfg); /* normalized, w = 1, P = 3, far dim 16 */
+    cfg.local_window = 2, cfg.pca_samples = 100;
+    tk_stats_request sr = {4, 0, 3};
+    tk_call c = call_of(&p);
+    c.text_tokens = T, c.grid_h = gh, c.grid_w = gw;
+    if (with_q0k0) c.q0 = dq0, c.k0 = dk0; /* else the projections read (and check) q and k */
+    float *oh = xmalloc(no * 4);
+    double *ref64 = xmalloc(sizeof(double) * no);
+    tk_call h = c;
+    h.dtype = TK_DTYPE_F32, h.q = p.q, h.k = p.k, h.v = p.v, h.o = oh;
+    h.q0 = with_q0k0 ? q0 : NULL, h.k0 = with_q0k0 ? k0 : NULL;
+    h.key_mask = p.mask, h.stream = NULL;
+    tk_result rc, rr;
+    for (int round = 0; round < 2; round++) { /* the clean call before and after the bad ones */
+        poison(&p);
+        TH_EQ_INT(tk_attention(cu, &c, &cfg, TK_MODE_HYBRID, &sr, &rc), TK_OK);
+        TH_EQ_INT(tk_attention(ref, &h, &cfg, TK_MODE_HYBRID, &sr, &rr), TK_OK);
+        TH_CHECKF(rc.reason == TK_REASON_NONE && rr.reason == TK_REASON_NONE, "round %d: cuda %s (%s), ref %s (%s)",
+                  round, tk_reason_name(rc.reason), rc.detail, tk_reason_name(rr.reason), rr.detail);
+        TH_CHECK(rc.stats.have & TK_HAVE_DENOMS);
+        for (size_t i = 0; i < no; i++) ref64[i] = oh[i];
+        double e = nmse(&p, ref64);
+        TH_CHECKF(e <= 5e-4, "round %d: normalized MSE against ref %.3g > 5e-4", round, e);
+        if (round == 1) break;
+        /* a NaN or Inf in each input in turn, and the three ways o gets written */
+        struct {
+            float *host;
+            void *dev;
+            const char *name;
+            size_t at;
+            float value;
+            int window, far;
+        } bad[7] = {
+            {p.q, p.dq, "q", ((size_t)1 * N + 77) * D + 5, NAN, 2, 1},
+            {p.k, p.dk, "k", (size_t)3 * D + 1, INFINITY, 2, 1},
+            {p.v, p.dv, "v", n - 1, -INFINITY, 2, 1},
+            {q0, dq0, "q0", ((size_t)N + 5) * D, NAN, 2, 1},  /* a text row of head 1 */
+            {k0, dk0, "k0", (size_t)100 * D + 63, NAN, 2, 1},
+            {p.v, p.dv, "v", (size_t)50 * D + 7, NAN, 2, 0}, /* the window alone: no far field */
+            {p.k, p.dk, "k", (size_t)9 * D + 2, NAN, 0, 1},  /* no window: exact on every row */
+        };
+        for (int t = 0; t < 7; t++) {
+            if (!with_q0k0 && (bad[t].host == q0 || bad[t].host == k0)) continue;
+            float keep = bad[t].host[bad[t].at];
+            bad[t].host[bad[t].at] = bad[t].value;
+            if (tkcu_upload(bad[t].dev, bad[t].host, n, p.dt, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
+            tk_config bc = cfg;
+            bc.local_window = bad[t].window;
+            if (!bad[t].far) bc.global_weight = 0;
+            if (tkcu_poison(p.dout, no * 2, 0x5a, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
+            TH_EQ_INT(tk_attention(cu, &c, &bc, TK_MODE_HYBRID, &sr, &rc), TK_OK);
+            TH_EQ_INT(tk_attention(ref, &h, &bc, TK_MODE_HYBRID, &sr, &rr), TK_OK);
+            TH_EQ_STR(tk_reason_name(rr.reason), "bad_input");
+            TH_CHECKF(rc.reason == TK_REASON_BAD_INPUT, "%s case %d: cuda %s (%s)", bad[t].name, t,
+                      tk_reason_name(rc.reason), rc.detail);
+            TH_EQ_INT(rc.path, TK_PATH_FALLBACK);
+            TH_EQ_STR(rc.detail, rr.detail); /* same tensor, same first element */
+            TH_CHECKF(strncmp(rc.detail, bad[t].name, strlen(bad[t].name)) == 0 && rc.detail[strlen(bad[t].name)] == ' ',
+                      "detail \"%s\" does not name %s", rc.detail, bad[t].name);
+            TH_EQ_INT(rc.stats.have, 0);
+            TH_CHECKF(output_bytes_are(&p, 0x5a), "%s case %d: o was written", bad[t].name, t);
+            bad[t].host[bad[t].at] = keep;
+            if (tkcu_upload(bad[t].dev, bad[t].host, n, p.dt, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
+        }
+    }
+    if (local_kernel) unsetenv("TKC_HYBRID_LOCAL");
+    free(oh), free(ref64), free(q0), free(k0);
+    tkcu_free(dq0), tkcu_free(dk0);
+    tk_context_close(cu), tk_context_close(ref);
+    free_problem(&p);
+}
+
+static void test_nan_or_inf_input_to_hybrid_on_a_cached_layer_is_bad_input_and_leaves_o_untouched(void) {
+    need_device();
+    cached_layer_bad_inputs(NULL, 1);  /* the wgmma local kernel */
+    cached_layer_bad_inputs("mma", 1); /* hybrid.cu's mma.sync local kernel */
+    cached_layer_bad_inputs(NULL, 0);  /* no q0/k0: the far field projects q and k */
+}
+
 /* ---- sampled rows: the ref backend's (kernels/plan.c tki_sample_indices) ---- */
 
 /* Taylor quality_raw on cuda against ref's on the same inputs and stats
@@ -1104,6 +1220,7 @@ static const th_test tests[] = {
     T(test_nan_or_inf_input_to_exact_is_bad_input_like_ref_and_leaves_o_untouched),
     T(test_nan_or_inf_input_to_taylor_is_bad_input_like_ref_and_leaves_o_untouched),
     T(test_nan_or_inf_input_to_hybrid_is_bad_input_like_ref_and_leaves_o_untouched),
+    T(test_nan_or_inf_input_to_hybrid_on_a_cached_layer_is_bad_input_and_leaves_o_untouched),
     T(test_taylor_quality_stats_on_cuda_match_the_ref_backend_on_the_same_rows),
     T(test_taylor_early_probe_on_cuda_samples_the_ref_backend_rows),
     T(test_hybrid_far_field_through_tk_attention_matches_the_ref_backend),
