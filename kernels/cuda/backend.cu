@@ -63,6 +63,12 @@ struct cuda_state {
     int prow_cap, prow_valid;
     uint64_t prow_seed;
     int64_t prow_pool, prow_count;
+    // The stream the stats' input passes of a hybrid call run on beside the
+    // call (hybrid_stats_beside), created on first use, non-blocking: no
+    // implicit synchronization with a legacy default stream the call may use.
+    cudaStream_t stats_st;          // owned
+    cudaEvent_t stats_fork, stats_join; // owned; valid when stats_st is
+    cudaEvent_t stats_end;          // owned, timed: TKC_STATS_PROFILE's end of the input passes
 };
 
 // Grows the workspace to at least bytes. 0 ok, 2 allocation failed, 1 other error.
@@ -348,23 +354,15 @@ const float *hybrid_projection(cuda_state *s, const tk_call *call, int g, cudaSt
     return s->proj_d;
 }
 
-// The stats of a finished call whose output (call dtype) is at out: the
-// sampled rows are sm's, the q.k sample is drawn here (kernels/plan.c salts).
-// Returns 0, or 1 with res failed (a CUDA error). A stats buffer that cannot
-// be allocated leaves the output standing with no stats (have = 0), as the
-// ref backend does.
-int run_stats(cuda_state *s, const tk_call *call, const tk_config *cfg, tk_mode mode, const tk_stats_request *sreq,
-              const void *out, const sampled *sm, cudaStream_t st, tk_result *res) {
-    char err[192] = "";
-    cudaError_t e = cudaEventRecord(s->ev1, st); // kernel_ms ends here (kernels/stats.c: without the stats)
-    if (e != cudaSuccess) {
-        snprintf(err, sizeof err, "cudaEventRecord: %s", cudaGetErrorString(e));
-        tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
-        return 1;
-    }
-    s->ev1_recorded = 1;
-    tkc_stats_job j;
+// The stats job of a call whose output (call dtype) is at out: the sampled
+// rows are sm's, the q.k sample is drawn here (kernels/plan.c salts). All but
+// j->P, the hybrid's far projection, which the caller sets when *far (the
+// stats need one).
+void stats_job_of(cuda_state *s, const tk_call *call, const tk_config *cfg, tk_mode mode,
+                  const tk_stats_request *sreq, const void *out, const sampled *sm, tkc_stats_job *jp, bool *far) {
+    tkc_stats_job &j = *jp;
     memset(&j, 0, sizeof j);
+    *far = false;
     j.call = call;
     j.out = out;
     j.mode = mode;
@@ -399,15 +397,35 @@ int run_stats(cuda_state *s, const tk_call *call, const tk_config *cfg, tk_mode 
         j.q0 = call->q0;
         j.k0 = call->k0;
         // hybrid.cu fits and uses a projection only with a window and a far weight
-        if (j.win.radius > 0 && j.w > 0) {
-            struct timespec t0, t1;
-            clock_gettime(CLOCK_MONOTONIC, &t0);
-            j.P = hybrid_projection(s, call, j.g, st);
-            clock_gettime(CLOCK_MONOTONIC, &t1);
-            if (getenv("TKC_STATS_PROFILE"))
-                fprintf(stderr, "stats profile: projection read back %.4f ms (host)\n",
-                        (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
-        }
+        *far = j.win.radius > 0 && j.w > 0;
+    }
+}
+
+// The stats of a finished call (the old order: after it, on st). Returns 0,
+// or 1 with res failed (a CUDA error). A stats buffer that cannot be
+// allocated leaves the output standing with no stats (have = 0), as the ref
+// backend does.
+int run_stats(cuda_state *s, const tk_call *call, const tk_config *cfg, tk_mode mode, const tk_stats_request *sreq,
+              const void *out, const sampled *sm, cudaStream_t st, tk_result *res) {
+    char err[192] = "";
+    cudaError_t e = cudaEventRecord(s->ev1, st); // kernel_ms ends here (kernels/stats.c: without the stats)
+    if (e != cudaSuccess) {
+        snprintf(err, sizeof err, "cudaEventRecord: %s", cudaGetErrorString(e));
+        tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
+        return 1;
+    }
+    s->ev1_recorded = 1;
+    tkc_stats_job j;
+    bool far = false;
+    stats_job_of(s, call, cfg, mode, sreq, out, sm, &j, &far);
+    if (far) {
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        j.P = hybrid_projection(s, call, j.g, st);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        if (getenv("TKC_STATS_PROFILE"))
+            fprintf(stderr, "stats profile: projection read back %.4f ms (host)\n",
+                    (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
     }
     if (grow(&s->sws, &s->sws_bytes, tkc_stats_ws(&j, s->num_sms), false) ||
         grow(&s->shost, &s->shost_bytes, tkc_stats_host_bytes(&j), true)) {
@@ -423,6 +441,125 @@ int run_stats(cuda_state *s, const tk_call *call, const tk_config *cfg, tk_mode 
         fail_rc(res, rc, err);
         return 1;
     }
+    return 0;
+}
+
+// The stats stream and its events, created on first use; 0 ok. TKC_STATS_PRIO
+// (benchmarking): its priority (negative = higher than the default 0, clamped
+// to the device's range).
+int stats_stream(cuda_state *s) {
+    if (s->stats_st) return 0;
+    int least = 0, greatest = 0, prio = 0;
+    const char *pv = getenv("TKC_STATS_PRIO");
+    if (pv && cudaDeviceGetStreamPriorityRange(&least, &greatest) == cudaSuccess) {
+        prio = atoi(pv);
+        prio = prio < greatest ? greatest : prio > least ? least : prio;
+    }
+    cudaStream_t st = nullptr;
+    cudaEvent_t a = nullptr, b = nullptr, c = nullptr;
+    cudaError_t e = cudaStreamCreateWithPriority(&st, cudaStreamNonBlocking, prio);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&a, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&b, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventCreate(&c);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        if (c) cudaEventDestroy(c);
+        if (b) cudaEventDestroy(b);
+        if (a) cudaEventDestroy(a);
+        if (st) cudaStreamDestroy(st);
+        return 1;
+    }
+    s->stats_st = st, s->stats_fork = a, s->stats_join = b, s->stats_end = c;
+    return 0;
+}
+
+// A hybrid call with stats whose far projection is known before the call
+// (cached, no fit due; or no far field): the stats' passes that read only
+// the inputs (indices, far rows, norms, the sampled rows' partial softmax,
+// q.k, order statistics) run on the stats stream beside the hybrid's own
+// kernels, forked from st by an event; st waits for them (an event, the host
+// does not) after the hybrid, then the comparison with o and the one copy
+// back run on st. The projection is the device matrix the call uses
+// (tkc_hybrid_cached_projection), no read-back. Returns -1 when it does not
+// apply (TKC_STATS_AFTER set, a fit due, a stats buffer not allocated: the
+// caller takes the old order), else 0 with res filled as the old order
+// would: a failed hybrid call reports no stats and leaves o as it does.
+int hybrid_stats_beside(cuda_state *s, const tk_call *call, const tk_config *cfg, const tk_stats_request *sreq,
+                        const sampled *sm, cudaStream_t st, tk_result *res) {
+    const char *after = getenv("TKC_STATS_AFTER");
+    if (after && atoi(after) != 0) return -1;
+    tkc_stats_job j;
+    bool far = false;
+    stats_job_of(s, call, cfg, TK_MODE_HYBRID, sreq, call->o, sm, &j, &far);
+    if (far && !(j.P = tkc_hybrid_cached_projection(s->hybrid, call, cfg))) return -1;
+    if (stats_stream(s) || grow(&s->sws, &s->sws_bytes, tkc_stats_ws(&j, s->num_sms), false) ||
+        grow(&s->shost, &s->shost_bytes, tkc_stats_host_bytes(&j), true))
+        return -1;
+    char err[192] = "";
+    cudaError_t e = cudaEventRecord(s->stats_fork, st);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(s->stats_st, s->stats_fork, 0);
+    if (e != cudaSuccess) {
+        snprintf(err, sizeof err, "stats fork: %s", cudaGetErrorString(e));
+        tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
+        return 0;
+    }
+    // TKC_STATS_PROFILE (diagnostics): host times and where the input passes ended
+    static int profile = -1;
+    if (profile < 0) profile = getenv("TKC_STATS_PROFILE") && atoi(getenv("TKC_STATS_PROFILE")) > 0;
+    struct timespec t0, t1, t2;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int rc = tkc_stats_inputs(&j, s->num_sms, s->sws, s->shost, s->stats_st, err, sizeof err);
+    if (!rc && profile && cudaEventRecord(s->stats_end, s->stats_st) != cudaSuccess) (void)cudaGetLastError();
+    e = cudaEventRecord(s->stats_join, s->stats_st);
+    if (rc || e != cudaSuccess) {
+        (void)cudaStreamSynchronize(s->stats_st); // nothing of this call left running
+        (void)cudaGetLastError();
+        if (!rc) snprintf(err, sizeof err, "stats join: %s", cudaGetErrorString(e));
+        fail_rc(res, rc ? rc : 1, err);
+        return 0;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    tkc_hybrid(&s->hybrid, call, cfg, sreq, st, res);
+    clock_gettime(CLOCK_MONOTONIC, &t2);
+    const cudaError_t joined_early = profile ? cudaEventQuery(s->stats_join) : cudaSuccess;
+    if (res->reason != TK_REASON_NONE) {
+        s->proj_valid = 0; // as the old order
+        // the caller's stream covers the stats' reads of the inputs; failing that, wait here
+        if (cudaStreamWaitEvent(st, s->stats_join, 0) != cudaSuccess) {
+            (void)cudaGetLastError();
+            (void)cudaStreamSynchronize(s->stats_st);
+        }
+        return 0;
+    }
+    e = cudaEventRecord(s->ev1, st); // kernel_ms ends with the hybrid (the stats' remainder left out)
+    if (e == cudaSuccess) {
+        s->ev1_recorded = 1;
+        e = cudaStreamWaitEvent(st, s->stats_join, 0);
+    }
+    if (e != cudaSuccess) {
+        (void)cudaStreamSynchronize(s->stats_st);
+        snprintf(err, sizeof err, "stats join: %s", cudaGetErrorString(e));
+        tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
+        return 0;
+    }
+    rc = tkc_stats_outputs(&j, s->num_sms, s->sws, s->shost, st, &res->stats, err, sizeof err);
+    if (profile && !rc) {
+        float in_ms = -1.f, hyb_ms = -1.f;
+        if (cudaEventElapsedTime(&in_ms, s->ev0, s->stats_end) != cudaSuccess ||
+            cudaEventElapsedTime(&hyb_ms, s->ev0, s->ev1) != cudaSuccess)
+            (void)cudaGetLastError();
+        fprintf(stderr,
+                "stats beside: host queue %.4f ms, host in hybrid %.4f ms, inputs %s when it returned; "
+                "device from the call's start: inputs end %.4f ms, hybrid end %.4f ms\n",
+                (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6,
+                (t2.tv_sec - t1.tv_sec) * 1e3 + (t2.tv_nsec - t1.tv_nsec) / 1e6,
+                joined_early == cudaSuccess ? "done" : "running", in_ms, hyb_ms);
+    }
+    if (rc == 2) { // as run_stats: the output stands, no stats
+        memset(&res->stats, 0, sizeof res->stats);
+        return 0;
+    }
+    if (rc) fail_rc(res, rc, err);
     return 0;
 }
 
@@ -779,6 +916,12 @@ extern "C" void tkcuda_close(tk_context *ctx) {
     free_rows(&s->probe);
     free_rows(&s->quality);
     tkc_hybrid_free(s->hybrid);
+    if (s->stats_st) {
+        cudaStreamDestroy(s->stats_st);
+        cudaEventDestroy(s->stats_fork);
+        cudaEventDestroy(s->stats_join);
+        cudaEventDestroy(s->stats_end);
+    }
     cudaEventDestroy(s->ev0);
     cudaEventDestroy(s->ev1);
     free(s);
@@ -831,12 +974,17 @@ extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_c
         if (res->reason != TK_REASON_NONE) return TK_OK;
     } else {
         if (inputs_begin(s, call, cfg, mode, stats_req, st, &sm, res) || inputs_verdict(s, res)) return TK_OK;
-        tkc_hybrid(&s->hybrid, call, cfg, stats_req, st, res);
-        if (res->reason != TK_REASON_NONE) {
-            s->proj_valid = 0; // a failed call may have left a refit behind
-            return TK_OK;
+        // stats beside the call when its projection is known up front, else after it
+        const int beside = stats_req ? hybrid_stats_beside(s, call, cfg, stats_req, &sm, st, res) : -1;
+        if (beside == 0 && res->reason != TK_REASON_NONE) return TK_OK;
+        if (beside != 0) {
+            tkc_hybrid(&s->hybrid, call, cfg, stats_req, st, res);
+            if (res->reason != TK_REASON_NONE) {
+                s->proj_valid = 0; // a failed call may have left a refit behind
+                return TK_OK;
+            }
+            if (stats_req && run_stats(s, call, cfg, mode, stats_req, call->o, &sm, st, res)) return TK_OK;
         }
-        if (stats_req && run_stats(s, call, cfg, mode, stats_req, call->o, &sm, st, res)) return TK_OK;
     }
     if (!s->ev1_recorded) e = cudaEventRecord(s->ev1, st);
     if (e == cudaSuccess) e = cudaEventSynchronize(s->ev1);

@@ -105,6 +105,11 @@ void tkc_hybrid_free(struct tkc_hybrid_state *hs);
 void tkc_hybrid_reset(struct tkc_hybrid_state *hs);
 // The PCA projection [D][g] (fp32, host) of (layer, bh) if cached; 0 ok.
 int tkc_hybrid_projection(struct tkc_hybrid_state *hs, int layer, int bh, float *out, int *D, int *g);
+// The device projection [BH][D][g] the next tkc_hybrid(call, cfg) will use
+// when it is already cached and that call will not fit it (again) by the
+// refit policy; NULL otherwise (no state yet, no entry, a fit due). Host
+// only: nothing is queued or read back.
+const float *tkc_hybrid_cached_projection(struct tkc_hybrid_state *hs, const tk_call *call, const tk_config *cfg);
 
 // ---- stats.cu ----------------------------------------------------------
 
@@ -152,5 +157,15 @@ size_t tkc_stats_host_bytes(const tkc_stats_job *j);
 // Queues everything on st, synchronizes st once. 0, 1 (CUDA error), 2 (host allocation).
 int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cudaStream_t st, tk_stats *out,
                   char *err, size_t errlen);
+// The same in two parts, for a caller that overlaps the passes reading only
+// the inputs with the call itself: tkc_stats_inputs queues them on st (no
+// synchronization; j->out is not read); tkc_stats_outputs queues the
+// comparison with j->out and the copy back on st, which the caller has made
+// wait for the inputs part (an event), synchronizes st and fills out. Same
+// job, workspace and host buffer for both; same results as tkc_stats_run.
+int tkc_stats_inputs(const tkc_stats_job *j, int num_sms, void *ws, void *host, cudaStream_t st, char *err,
+                     size_t errlen);
+int tkc_stats_outputs(const tkc_stats_job *j, int num_sms, void *ws, void *host, cudaStream_t st, tk_stats *out,
+                      char *err, size_t errlen);
 
 #endif

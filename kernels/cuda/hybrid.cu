@@ -979,16 +979,24 @@ void *eig_worker(void *arg) {
     return nullptr;
 }
 
-int pca_for(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, const void *q0,
-            const void *k0, int dt, int g, cudaStream_t st, float **P_out, char *err, size_t errlen) {
+// The cache entry of (layer, shape, g), or NULL; *fit: the policy fits (again) on this call.
+pca_entry *pca_lookup(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, int g, bool *fit) {
     const int BH = call->B * call->H, D = call->D;
     pca_entry *e = nullptr;
     for (int i = 0; i < h->npca; i++)
         if (h->pca[i].layer == call->layer && h->pca[i].BH == BH && h->pca[i].D == D && h->pca[i].g == g)
             e = &h->pca[i];
-    bool fit = !e || call->layer < 0 || /* unknown layer: fitted every call, as kernels/pca.c */
-               (cfg->pca_refit_every > 0 &&
-                (call->step < e->step_fit || call->step - e->step_fit >= cfg->pca_refit_every));
+    *fit = !e || call->layer < 0 || /* unknown layer: fitted every call, as kernels/pca.c */
+           (cfg->pca_refit_every > 0 &&
+            (call->step < e->step_fit || call->step - e->step_fit >= cfg->pca_refit_every));
+    return e;
+}
+
+int pca_for(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg, const void *q0,
+            const void *k0, int dt, int g, cudaStream_t st, float **P_out, char *err, size_t errlen) {
+    const int BH = call->B * call->H, D = call->D;
+    bool fit = true;
+    pca_entry *e = pca_lookup(h, call, cfg, g, &fit);
     if (!fit) {
         *P_out = e->P;
         return 0;
@@ -1166,6 +1174,13 @@ int tkc_hybrid_projection(tkc_hybrid_state *h, int layer, int bh, float *out, in
             return cudaMemcpy(out, h->pca[i].P + bh * n, n * sizeof(float), cudaMemcpyDeviceToHost) != cudaSuccess;
         }
     return 1;
+}
+
+const float *tkc_hybrid_cached_projection(tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg) {
+    if (!h) return nullptr;
+    bool fit = true;
+    pca_entry *e = pca_lookup(h, call, cfg, cfg->global_dim, &fit); // tkc_hybrid's g
+    return e && !fit ? e->P : nullptr;
 }
 
 int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,

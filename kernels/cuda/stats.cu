@@ -2113,8 +2113,16 @@ size_t tkc_stats_host_bytes(const tkc_stats_job *j) {
     return host_rows_off(j) + sizeof(int) * ((size_t)j->ns + j->nqk_q + j->nqk_k + 1);
 }
 
-int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cudaStream_t st, tk_stats *out,
-                  char *err, size_t errlen) {
+// The stats of a job in two parts: INPUTS (1) queues every pass that reads
+// only the inputs (indices, far rows, norms, the sampled rows' partial
+// softmax, q.k, order statistics); OUTPUTS (2) queues the merge and the
+// comparison with the call's output, the copy back, synchronizes st and
+// fills out. Both parts of one job use the same workspace and host buffer;
+// a caller that runs them on two streams orders OUTPUTS after INPUTS (an
+// event). clk: the phase clock, or NULL.
+enum { PART_INPUTS = 1, PART_OUTPUTS = 2 };
+static int stats_queue(const tkc_stats_job *j, int num_sms, void *ws, void *host, cudaStream_t st, int parts,
+                       phase_clock *clk, tk_stats *out, char *err, size_t errlen) {
     const tk_call *c = j->call;
     const int BH = c->B * c->H, dt = c->dtype, ns = j->ns;
     const size_t nrow = (size_t)ns * BH;
@@ -2131,177 +2139,232 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
     double *sums = (double *)(w + L.o_out);
     sel_state *sel = (sel_state *)(w + L.o_out + al256(sizeof(double) * nrow * QREC));
     const bool far_rows = L.p.far && ns > 0;
-    phase_clock clk = clock_start(st);
     const float s0 = (float)(c->scale > 0 ? c->scale : 1.0 / sqrt((double)c->D));
 
-    const void *q0 = j->q0 ? j->q0 : c->q, *k0 = j->k0 ? j->k0 : c->k;
-    const float pw = j->power, cl = j->clip, ep = j->eps;
-    // the sampled indices, one upload (the host buffer is free: the previous call synchronized);
-    // up to ROWS_PARAM of them, prep_kernel also zeroes the select's state and computes qhat
-    bool prepped = false; // the select's state zeroed, qhat computed
-    {
-        int n = ns + j->nqk_q + j->nqk_k;
-        RowsParam rp; // the launch parameter (3.8 KB)
-        rp.n = n;
-        int *tmp = n <= ROWS_PARAM ? rp.v : (int *)((char *)host + host_rows_off(j));
-        if (ns) memcpy(tmp, j->qrows, sizeof(int) * ns);
-        if (j->nqk_q) memcpy(tmp + ns, j->qk_q, sizeof(int) * j->nqk_q);
-        if (j->nqk_k) memcpy(tmp + ns + j->nqk_q, j->qk_k, sizeof(int) * j->nqk_k);
-        if (n <= ROWS_PARAM) {
-            PrepArgs pa;
-            memset(&pa, 0, sizeof pa);
-            pa.rows_d = rows_d;
-            pa.zero_a = hist;
-            pa.zero_b = reinterpret_cast<unsigned *>(sel);
-            pa.nzero_b = (int)(sizeof(sel_state) / sizeof(unsigned));
-            if (far_rows) {
-                pa.q0 = q0, pa.ns = ns, pa.nsp = L.nsp, pa.N = c->Nq, pa.D = c->D, pa.g = j->g, pa.BH = BH;
-                pa.P = j->P, pa.modify = j->modify, pa.power = pw, pa.clip = cl, pa.eps = ep;
-                pa.s_far = (float)j->s_far, pa.qhat = qhat;
-            }
-            const int blocks = far_rows && BH > 64 ? BH : 64;
-            if (dt == TK_DTYPE_BF16) prep_kernel<__nv_bfloat16><<<blocks, 256, 0, st>>>(rp, pa);
-            else if (dt == TK_DTYPE_F16) prep_kernel<__half><<<blocks, 256, 0, st>>>(rp, pa);
-            else prep_kernel<float><<<blocks, 256, 0, st>>>(rp, pa);
-            TKC_LAUNCHED("prep_kernel", err, errlen);
-            prepped = true;
-        } else {
-            cudaError_t e = cudaMemcpyAsync(rows_d, tmp, sizeof(int) * n, cudaMemcpyHostToDevice, st);
-            if (e != cudaSuccess) {
-                snprintf(err, errlen, "sampled rows upload: %s", cudaGetErrorString(e));
-                return 1;
-            }
-        }
-    }
-
-    // far rows of the sampled queries (hybrid; more than ROWS_PARAM indices, else prep_kernel did it)
-    if (far_rows && !prepped) {
-        if (dt == TK_DTYPE_BF16)
-            qhat_kernel<__nv_bfloat16><<<BH, 256, 0, st>>>((const __nv_bfloat16 *)q0, rows_d, ns, L.nsp, c->Nq, c->D,
-                                                          j->g, j->P, j->modify, pw, cl, ep, (float)j->s_far, qhat);
-        else if (dt == TK_DTYPE_F16)
-            qhat_kernel<__half><<<BH, 256, 0, st>>>((const __half *)q0, rows_d, ns, L.nsp, c->Nq, c->D, j->g, j->P,
-                                                   j->modify, pw, cl, ep, (float)j->s_far, qhat);
-        else
-            qhat_kernel<float><<<BH, 256, 0, st>>>((const float *)q0, rows_d, ns, L.nsp, c->Nq, c->D, j->g, j->P,
-                                                  j->modify, pw, cl, ep, (float)j->s_far, qhat);
-        TKC_LAUNCHED("qhat_kernel", err, errlen);
-    }
-
-    clk.mark("upload+qhat", st);
-    // norms of every row (and the far logits of the sampled queries on the key side)
-    {
-        NormPair np;
-        memset(&np, 0, sizeof np);
-        for (int side = 0; side < 2; side++) {
-            NormArgs &na = np.s[side];
-            na.x = side ? c->k : c->q;
-            na.x0 = side ? k0 : q0;
-            na.N = side ? c->Nk : c->Nq;
-            na.D = c->D;
-            na.H = c->H;
-            na.mask = side ? c->key_mask : nullptr;
-            na.raw = norm[side];
-            na.mod = (side ? L.mod_k : L.mod_q) ? norm[2 + side] : nullptr;
-            na.kind = !na.mod ? 0 : j->mode == TK_MODE_TAYLOR ? 1 : 2;
-            na.blocks = j->blocks > 0 ? j->blocks : 1;
-            na.modify = j->modify, na.power = pw, na.clip = cl, na.eps = ep;
-            if (na.kind == 2) {
-                na.P = j->P;
-                if (side == 1 && far_rows) na.qhat = qhat, na.nsp = L.nsp, na.F = F;
-            }
-            if (na.kind == 1) na.x0 = na.x;
-        }
-        const int G = np.s[0].kind == 2 ? j->g : 0;
-        // the tensor-core kernel: hybrid projections of bf16 rows on both sides, 16-byte aligned rows
-        uintptr_t align = (uintptr_t)c->q | (uintptr_t)c->k | (uintptr_t)q0 | (uintptr_t)k0;
-        const bool mma = dt == TK_DTYPE_BF16 && np.s[0].kind == 2 && np.s[1].kind == 2 && (G == 16 || G == 32) &&
-                         (c->D == 64 || c->D == 128) && (align & 15) == 0 && L.nsp % 16 == 0;
-        if (mma) {
-            const bool same = q0 == c->q && k0 == c->k;
-            const int most = c->Nq > c->Nk ? c->Nq : c->Nk, groups = (most + 15) / 16;
-            dim3 grid((groups + NM_WARPS * 8 - 1) / (NM_WARPS * 8), BH, 2); // 8 groups of 16 rows a warp
-            const void *fn = nullptr;
-#define TKC_NM(DD, GG)                                                                                   \
-    if (c->D == DD && G == GG)                                                                          \
-        fn = same ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, true>)                      \
-                  : reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, false>);
-            TKC_NM(128, 16) TKC_NM(128, 32) TKC_NM(64, 16) TKC_NM(64, 32)
-#undef TKC_NM
-            const size_t smem = sizeof(uint2) * (c->D / 16) * (G / 8) * 3 * 32 + sizeof(float) * L.nsp * G;
-            // one wave of resident blocks over both sides and every head (each block builds P's
-            // fragments once, then its warps take groups of 16 rows): at N=16,896, H=24 the
-            // 8-groups-a-warp grid was 1,584 blocks for 924 resident, 1.7 waves
-            int occ = 0;
-            if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, NM_WARPS * 32, smem) != cudaSuccess) {
-                (void)cudaGetLastError(); // keep the 8-groups-a-warp grid
-                occ = 0;
-            }
-            if (occ > 0) {
-                const int per_head = occ * (num_sms > 0 ? num_sms : 132) / (2 * BH);
-                const int most_blocks = (groups + NM_WARPS - 1) / NM_WARPS;
-                grid.x = per_head < 1 ? 1 : per_head > most_blocks ? most_blocks : per_head;
-            }
-            void *args[] = {&np};
-            TKC_TRY(cudaLaunchKernel(fn, grid, dim3(NM_WARPS * 32), args, smem, st), err, errlen);
-        } else {
-            for (int side = 0; side < 2; side++) {
-                int rc = norms_dt(np.s[side], np.s[side].kind == 2 ? G : 0, BH, dt, st, err, errlen);
-                if (rc) return rc;
+    if (parts & PART_INPUTS) {
+        const void *q0 = j->q0 ? j->q0 : c->q, *k0 = j->k0 ? j->k0 : c->k;
+        const float pw = j->power, cl = j->clip, ep = j->eps;
+        // the sampled indices, one upload (the host buffer is free: the previous call synchronized);
+        // up to ROWS_PARAM of them, prep_kernel also zeroes the select's state and computes qhat
+        bool prepped = false; // the select's state zeroed, qhat computed
+        {
+            int n = ns + j->nqk_q + j->nqk_k;
+            RowsParam rp; // the launch parameter (3.8 KB)
+            rp.n = n;
+            int *tmp = n <= ROWS_PARAM ? rp.v : (int *)((char *)host + host_rows_off(j));
+            if (ns) memcpy(tmp, j->qrows, sizeof(int) * ns);
+            if (j->nqk_q) memcpy(tmp + ns, j->qk_q, sizeof(int) * j->nqk_q);
+            if (j->nqk_k) memcpy(tmp + ns + j->nqk_q, j->qk_k, sizeof(int) * j->nqk_k);
+            if (n <= ROWS_PARAM) {
+                PrepArgs pa;
+                memset(&pa, 0, sizeof pa);
+                pa.rows_d = rows_d;
+                pa.zero_a = hist;
+                pa.zero_b = reinterpret_cast<unsigned *>(sel);
+                pa.nzero_b = (int)(sizeof(sel_state) / sizeof(unsigned));
+                if (far_rows) {
+                    pa.q0 = q0, pa.ns = ns, pa.nsp = L.nsp, pa.N = c->Nq, pa.D = c->D, pa.g = j->g, pa.BH = BH;
+                    pa.P = j->P, pa.modify = j->modify, pa.power = pw, pa.clip = cl, pa.eps = ep;
+                    pa.s_far = (float)j->s_far, pa.qhat = qhat;
+                }
+                const int blocks = far_rows && BH > 64 ? BH : 64;
+                if (dt == TK_DTYPE_BF16) prep_kernel<__nv_bfloat16><<<blocks, 256, 0, st>>>(rp, pa);
+                else if (dt == TK_DTYPE_F16) prep_kernel<__half><<<blocks, 256, 0, st>>>(rp, pa);
+                else prep_kernel<float><<<blocks, 256, 0, st>>>(rp, pa);
+                TKC_LAUNCHED("prep_kernel", err, errlen);
+                prepped = true;
+            } else {
+                cudaError_t e = cudaMemcpyAsync(rows_d, tmp, sizeof(int) * n, cudaMemcpyHostToDevice, st);
+                if (e != cudaSuccess) {
+                    snprintf(err, errlen, "sampled rows upload: %s", cudaGetErrorString(e));
+                    return 1;
+                }
             }
         }
-    }
 
-    clk.mark("norms", st);
-    // sampled exact rows: raw and effective streams, then the comparison with o
-    if (ns > 0) {
-        if (L.p.scalar) {
-            dim3 gridk(BH, SCALAR_SPLIT);
+        // far rows of the sampled queries (hybrid; more than ROWS_PARAM indices, else prep_kernel did it)
+        if (far_rows && !prepped) {
             if (dt == TK_DTYPE_BF16)
-                rows_scalar_kernel<__nv_bfloat16><<<gridk, 256, 0, st>>>(
-                    (const __nv_bfloat16 *)c->q, (const __nv_bfloat16 *)c->k, (const __nv_bfloat16 *)c->v, c->key_mask,
-                    rows_d, ns, c->H, c->Nq, c->Nk, c->D, c->Dv, s0, part, L.recw);
+                qhat_kernel<__nv_bfloat16><<<BH, 256, 0, st>>>((const __nv_bfloat16 *)q0, rows_d, ns, L.nsp, c->Nq, c->D,
+                                                              j->g, j->P, j->modify, pw, cl, ep, (float)j->s_far, qhat);
             else if (dt == TK_DTYPE_F16)
-                rows_scalar_kernel<__half><<<gridk, 256, 0, st>>>((const __half *)c->q, (const __half *)c->k,
-                                                                  (const __half *)c->v, c->key_mask, rows_d, ns, c->H,
-                                                                  c->Nq, c->Nk, c->D, c->Dv, s0, part, L.recw);
+                qhat_kernel<__half><<<BH, 256, 0, st>>>((const __half *)q0, rows_d, ns, L.nsp, c->Nq, c->D, j->g, j->P,
+                                                       j->modify, pw, cl, ep, (float)j->s_far, qhat);
             else
-                rows_scalar_kernel<float><<<gridk, 256, 0, st>>>((const float *)c->q, (const float *)c->k,
-                                                                 (const float *)c->v, c->key_mask, rows_d, ns, c->H,
-                                                                 c->Nq, c->Nk, c->D, c->Dv, s0, part, L.recw);
-            TKC_LAUNCHED("rows_scalar_kernel", err, errlen);
-        } else {
-            rows_inst *ri = pick(c, L.p);
-            if (ri->occ == 0) // sets the shared-memory opt-in
-                TKC_TRY(cudaFuncSetAttribute(ri->fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ri->smem), err,
-                        errlen);
-            RowsArgs ra;
-            memset(&ra, 0, sizeof ra);
-            ra.q = c->q, ra.k = c->k, ra.v = c->v, ra.mask = c->key_mask, ra.rows = rows_d;
-            ra.ns = ns, ra.H = c->H, ra.Nq = c->Nq, ra.Nk = c->Nk, ra.keys_per_split = L.kps, ra.recw = L.recw;
-            ra.scale_log2 = s0 * LOG2E;
-            ra.part = part;
-            ra.part_e = part + part_stride;
-            ra.s_log2 = (float)(j->s_taylor * 1.4426950408889634);
-            ra.modify = j->modify, ra.power = pw, ra.clip = cl, ra.eps = ep;
-            ra.kind = L.p.kind;
-            ra.lw2 = j->w > 0 ? (float)log2(j->w) : -INFINITY;
-            ra.F = far_rows ? F : nullptr;
-            ra.nsp = L.nsp;
-            ra.shape2d = j->win.shape == TK_WINDOW_2D, ra.radius = j->win.radius, ra.text = j->win.text_tokens;
-            ra.gw = j->win.grid_w;
-            dim3 grid(BH, L.nsplit);
-            void *args[] = {&ra};
-            TKC_TRY(cudaLaunchKernel(ri->fn, grid, dim3(ri->threads), args, ri->smem, st), err, errlen);
-            if (L.p.additive) { // the far softmax over every kept key, into the third stream
-                RowsArgs rb = ra;
-                rb.kind = HYB_FAR;
-                rb.part_e = part + 2 * part_stride;
-                void *args2[] = {&rb};
-                TKC_TRY(cudaLaunchKernel(ri->fn, grid, dim3(ri->threads), args2, ri->smem, st), err, errlen);
+                qhat_kernel<float><<<BH, 256, 0, st>>>((const float *)q0, rows_d, ns, L.nsp, c->Nq, c->D, j->g, j->P,
+                                                      j->modify, pw, cl, ep, (float)j->s_far, qhat);
+            TKC_LAUNCHED("qhat_kernel", err, errlen);
+        }
+
+        if (clk) clk->mark("upload+qhat", st);
+        // norms of every row (and the far logits of the sampled queries on the key side)
+        {
+            NormPair np;
+            memset(&np, 0, sizeof np);
+            for (int side = 0; side < 2; side++) {
+                NormArgs &na = np.s[side];
+                na.x = side ? c->k : c->q;
+                na.x0 = side ? k0 : q0;
+                na.N = side ? c->Nk : c->Nq;
+                na.D = c->D;
+                na.H = c->H;
+                na.mask = side ? c->key_mask : nullptr;
+                na.raw = norm[side];
+                na.mod = (side ? L.mod_k : L.mod_q) ? norm[2 + side] : nullptr;
+                na.kind = !na.mod ? 0 : j->mode == TK_MODE_TAYLOR ? 1 : 2;
+                na.blocks = j->blocks > 0 ? j->blocks : 1;
+                na.modify = j->modify, na.power = pw, na.clip = cl, na.eps = ep;
+                if (na.kind == 2) {
+                    na.P = j->P;
+                    if (side == 1 && far_rows) na.qhat = qhat, na.nsp = L.nsp, na.F = F;
+                }
+                if (na.kind == 1) na.x0 = na.x;
+            }
+            const int G = np.s[0].kind == 2 ? j->g : 0;
+            // the tensor-core kernel: hybrid projections of bf16 rows on both sides, 16-byte aligned rows
+            uintptr_t align = (uintptr_t)c->q | (uintptr_t)c->k | (uintptr_t)q0 | (uintptr_t)k0;
+            const bool mma = dt == TK_DTYPE_BF16 && np.s[0].kind == 2 && np.s[1].kind == 2 && (G == 16 || G == 32) &&
+                             (c->D == 64 || c->D == 128) && (align & 15) == 0 && L.nsp % 16 == 0;
+            if (mma) {
+                const bool same = q0 == c->q && k0 == c->k;
+                const int most = c->Nq > c->Nk ? c->Nq : c->Nk, groups = (most + 15) / 16;
+                dim3 grid((groups + NM_WARPS * 8 - 1) / (NM_WARPS * 8), BH, 2); // 8 groups of 16 rows a warp
+                const void *fn = nullptr;
+    #define TKC_NM(DD, GG)                                                                                   \
+        if (c->D == DD && G == GG)                                                                          \
+            fn = same ? reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, true>)                      \
+                      : reinterpret_cast<const void *>(norms_mma_kernel<DD, GG, false>);
+                TKC_NM(128, 16) TKC_NM(128, 32) TKC_NM(64, 16) TKC_NM(64, 32)
+    #undef TKC_NM
+                const size_t smem = sizeof(uint2) * (c->D / 16) * (G / 8) * 3 * 32 + sizeof(float) * L.nsp * G;
+                // one wave of resident blocks over both sides and every head (each block builds P's
+                // fragments once, then its warps take groups of 16 rows): at N=16,896, H=24 the
+                // 8-groups-a-warp grid was 1,584 blocks for 924 resident, 1.7 waves
+                int occ = 0;
+                if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, NM_WARPS * 32, smem) != cudaSuccess) {
+                    (void)cudaGetLastError(); // keep the 8-groups-a-warp grid
+                    occ = 0;
+                }
+                if (occ > 0) {
+                    const int per_head = occ * (num_sms > 0 ? num_sms : 132) / (2 * BH);
+                    const int most_blocks = (groups + NM_WARPS - 1) / NM_WARPS;
+                    grid.x = per_head < 1 ? 1 : per_head > most_blocks ? most_blocks : per_head;
+                }
+                void *args[] = {&np};
+                TKC_TRY(cudaLaunchKernel(fn, grid, dim3(NM_WARPS * 32), args, smem, st), err, errlen);
+            } else {
+                for (int side = 0; side < 2; side++) {
+                    int rc = norms_dt(np.s[side], np.s[side].kind == 2 ? G : 0, BH, dt, st, err, errlen);
+                    if (rc) return rc;
+                }
             }
         }
-        clk.mark("rows", st);
+
+        if (clk) clk->mark("norms", st);
+        // sampled exact rows: raw and effective streams, then the comparison with o
+        if (ns > 0) {
+            if (L.p.scalar) {
+                dim3 gridk(BH, SCALAR_SPLIT);
+                if (dt == TK_DTYPE_BF16)
+                    rows_scalar_kernel<__nv_bfloat16><<<gridk, 256, 0, st>>>(
+                        (const __nv_bfloat16 *)c->q, (const __nv_bfloat16 *)c->k, (const __nv_bfloat16 *)c->v, c->key_mask,
+                        rows_d, ns, c->H, c->Nq, c->Nk, c->D, c->Dv, s0, part, L.recw);
+                else if (dt == TK_DTYPE_F16)
+                    rows_scalar_kernel<__half><<<gridk, 256, 0, st>>>((const __half *)c->q, (const __half *)c->k,
+                                                                      (const __half *)c->v, c->key_mask, rows_d, ns, c->H,
+                                                                      c->Nq, c->Nk, c->D, c->Dv, s0, part, L.recw);
+                else
+                    rows_scalar_kernel<float><<<gridk, 256, 0, st>>>((const float *)c->q, (const float *)c->k,
+                                                                     (const float *)c->v, c->key_mask, rows_d, ns, c->H,
+                                                                     c->Nq, c->Nk, c->D, c->Dv, s0, part, L.recw);
+                TKC_LAUNCHED("rows_scalar_kernel", err, errlen);
+            } else {
+                rows_inst *ri = pick(c, L.p);
+                if (ri->occ == 0) // sets the shared-memory opt-in
+                    TKC_TRY(cudaFuncSetAttribute(ri->fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ri->smem), err,
+                            errlen);
+                RowsArgs ra;
+                memset(&ra, 0, sizeof ra);
+                ra.q = c->q, ra.k = c->k, ra.v = c->v, ra.mask = c->key_mask, ra.rows = rows_d;
+                ra.ns = ns, ra.H = c->H, ra.Nq = c->Nq, ra.Nk = c->Nk, ra.keys_per_split = L.kps, ra.recw = L.recw;
+                ra.scale_log2 = s0 * LOG2E;
+                ra.part = part;
+                ra.part_e = part + part_stride;
+                ra.s_log2 = (float)(j->s_taylor * 1.4426950408889634);
+                ra.modify = j->modify, ra.power = pw, ra.clip = cl, ra.eps = ep;
+                ra.kind = L.p.kind;
+                ra.lw2 = j->w > 0 ? (float)log2(j->w) : -INFINITY;
+                ra.F = far_rows ? F : nullptr;
+                ra.nsp = L.nsp;
+                ra.shape2d = j->win.shape == TK_WINDOW_2D, ra.radius = j->win.radius, ra.text = j->win.text_tokens;
+                ra.gw = j->win.grid_w;
+                dim3 grid(BH, L.nsplit);
+                void *args[] = {&ra};
+                TKC_TRY(cudaLaunchKernel(ri->fn, grid, dim3(ri->threads), args, ri->smem, st), err, errlen);
+                if (L.p.additive) { // the far softmax over every kept key, into the third stream
+                    RowsArgs rb = ra;
+                    rb.kind = HYB_FAR;
+                    rb.part_e = part + 2 * part_stride;
+                    void *args2[] = {&rb};
+                    TKC_TRY(cudaLaunchKernel(ri->fn, grid, dim3(ri->threads), args2, ri->smem, st), err, errlen);
+                }
+            }
+            if (clk) clk->mark("rows", st);
+        }
+
+        // the q.k sample
+        if (j->nqk_q > 0 && j->nqk_k > 0) {
+            dim3 grid(BH, (j->nqk_q + 7) / 8);
+            if (dt == TK_DTYPE_BF16)
+                qk_kernel<__nv_bfloat16><<<grid, 64, 0, st>>>((const __nv_bfloat16 *)c->q, (const __nv_bfloat16 *)c->k,
+                                                             c->key_mask, qkq_d, j->nqk_q, qkk_d, j->nqk_k, c->H, c->Nq,
+                                                             c->Nk, c->D, s0, qk);
+            else if (dt == TK_DTYPE_F16)
+                qk_kernel<__half><<<grid, 64, 0, st>>>((const __half *)c->q, (const __half *)c->k, c->key_mask, qkq_d,
+                                                      j->nqk_q, qkk_d, j->nqk_k, c->H, c->Nq, c->Nk, c->D, s0, qk);
+            else
+                qk_kernel<float><<<grid, 64, 0, st>>>((const float *)c->q, (const float *)c->k, c->key_mask, qkq_d,
+                                                     j->nqk_q, qkk_d, j->nqk_k, c->H, c->Nq, c->Nk, c->D, s0, qk);
+            TKC_LAUNCHED("qk_kernel", err, errlen);
+        }
+
+        if (clk) clk->mark("qk", st);
+        // order statistics of the norms and q.k
+        SelArgs sa;
+        memset(&sa, 0, sizeof sa);
+        const long long lens[SEL_ARR] = {(long long)BH * c->Nq, (long long)BH * c->Nk, (long long)BH * c->Nq,
+                                         (long long)BH * c->Nk, (long long)BH * j->nqk_q * j->nqk_k};
+        for (int a = 0; a < SEL_ARR; a++) sa.len[a] = lens[a];
+        sa.x[0] = norm[0], sa.x[1] = norm[1];
+        sa.x[2] = L.mod_q ? norm[2] : nullptr, sa.x[3] = L.mod_k ? norm[3] : nullptr;
+        sa.x[4] = lens[4] > 0 ? qk : nullptr;
+        sa.st = sel, sa.hist = hist;
+        if (!prepped) {
+            TKC_TRY(cudaMemsetAsync(hist, 0, sizeof(unsigned) * SEL_HIST_WORDS, st), err, errlen);
+            TKC_TRY(cudaMemsetAsync(sel, 0, sizeof(sel_state), st), err, errlen);
+        }
+        long long most = 0;
+        for (int a = 0; a < SEL_ARR; a++) most = sa.x[a] && lens[a] > most ? lens[a] : most;
+        // a warp per 4 x 32 float4 (one step each at N=16,896, H=24: 99 blocks an array)
+        constexpr long long per = 8 * 32 * SEL2_U;
+        long long nb = (most / 4 + per - 1) / per;
+        const long long cap = 4LL * (num_sms > 0 ? num_sms : 132);
+        if (nb > cap) nb = cap;
+        if (nb < 1) nb = 1;
+        const dim3 hgrid((unsigned)nb, SEL_ARR);
+        const int big = (int)(sizeof(unsigned) * (SEL_T - 2) * SEL_BINS);
+        TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, big), err, errlen);
+        TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, big), err, errlen);
+        sel2_hist_kernel<0><<<hgrid, 256, sizeof(unsigned) * SEL_BINS, st>>>(sa);
+        sel2_hist_kernel<1><<<hgrid, 256, big, st>>>(sa);
+        sel2_hist_kernel<2><<<hgrid, 256, big, st>>>(sa);
+        TKC_LAUNCHED("sel kernels", err, errlen);
+
+        if (clk) clk->mark("select", st);
+    } // inputs
+    if (!(parts & PART_OUTPUTS)) return 0;
+    // the comparison of the sampled rows with the call's output
+    if (ns > 0) {
         FinishArgs fa;
         memset(&fa, 0, sizeof fa);
         fa.part = part, fa.part_e = part + part_stride, fa.part_e2 = part + 2 * part_stride;
@@ -2315,62 +2378,12 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
         else rows_finish_kernel<float><<<grid, 128, 0, st>>>(fa);
         TKC_LAUNCHED("rows_finish_kernel", err, errlen);
     }
-
-    clk.mark("finish", st);
-    // the q.k sample
-    if (j->nqk_q > 0 && j->nqk_k > 0) {
-        dim3 grid(BH, (j->nqk_q + 7) / 8);
-        if (dt == TK_DTYPE_BF16)
-            qk_kernel<__nv_bfloat16><<<grid, 64, 0, st>>>((const __nv_bfloat16 *)c->q, (const __nv_bfloat16 *)c->k,
-                                                         c->key_mask, qkq_d, j->nqk_q, qkk_d, j->nqk_k, c->H, c->Nq,
-                                                         c->Nk, c->D, s0, qk);
-        else if (dt == TK_DTYPE_F16)
-            qk_kernel<__half><<<grid, 64, 0, st>>>((const __half *)c->q, (const __half *)c->k, c->key_mask, qkq_d,
-                                                  j->nqk_q, qkk_d, j->nqk_k, c->H, c->Nq, c->Nk, c->D, s0, qk);
-        else
-            qk_kernel<float><<<grid, 64, 0, st>>>((const float *)c->q, (const float *)c->k, c->key_mask, qkq_d,
-                                                 j->nqk_q, qkk_d, j->nqk_k, c->H, c->Nq, c->Nk, c->D, s0, qk);
-        TKC_LAUNCHED("qk_kernel", err, errlen);
-    }
-
-    clk.mark("qk", st);
-    // order statistics of the norms and q.k
-    SelArgs sa;
-    memset(&sa, 0, sizeof sa);
-    const long long lens[SEL_ARR] = {(long long)BH * c->Nq, (long long)BH * c->Nk, (long long)BH * c->Nq,
-                                     (long long)BH * c->Nk, (long long)BH * j->nqk_q * j->nqk_k};
-    for (int a = 0; a < SEL_ARR; a++) sa.len[a] = lens[a];
-    sa.x[0] = norm[0], sa.x[1] = norm[1];
-    sa.x[2] = L.mod_q ? norm[2] : nullptr, sa.x[3] = L.mod_k ? norm[3] : nullptr;
-    sa.x[4] = lens[4] > 0 ? qk : nullptr;
-    sa.st = sel, sa.hist = hist;
-    if (!prepped) {
-        TKC_TRY(cudaMemsetAsync(hist, 0, sizeof(unsigned) * SEL_HIST_WORDS, st), err, errlen);
-        TKC_TRY(cudaMemsetAsync(sel, 0, sizeof(sel_state), st), err, errlen);
-    }
-    long long most = 0;
-    for (int a = 0; a < SEL_ARR; a++) most = sa.x[a] && lens[a] > most ? lens[a] : most;
-    // a warp per 4 x 32 float4 (one step each at N=16,896, H=24: 99 blocks an array)
-    constexpr long long per = 8 * 32 * SEL2_U;
-    long long nb = (most / 4 + per - 1) / per;
-    const long long cap = 4LL * (num_sms > 0 ? num_sms : 132);
-    if (nb > cap) nb = cap;
-    if (nb < 1) nb = 1;
-    const dim3 hgrid((unsigned)nb, SEL_ARR);
-    const int big = (int)(sizeof(unsigned) * (SEL_T - 2) * SEL_BINS);
-    TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, big), err, errlen);
-    TKC_TRY(cudaFuncSetAttribute(sel2_hist_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, big), err, errlen);
-    sel2_hist_kernel<0><<<hgrid, 256, sizeof(unsigned) * SEL_BINS, st>>>(sa);
-    sel2_hist_kernel<1><<<hgrid, 256, big, st>>>(sa);
-    sel2_hist_kernel<2><<<hgrid, 256, big, st>>>(sa);
-    TKC_LAUNCHED("sel kernels", err, errlen);
-
-    clk.mark("select", st);
+    if (clk) clk->mark("finish", st);
     // one copy back
     TKC_TRY(cudaMemcpyAsync(host, sums, L.out_bytes, cudaMemcpyDeviceToHost, st), err, errlen);
-    clk.mark("copy", st);
+    if (clk) clk->mark("copy", st);
     TKC_TRY(cudaStreamSynchronize(st), err, errlen);
-    clock_print(&clk);
+    if (clk) clock_print(clk);
     const double *hs = (const double *)host;
     const sel_state *hsel = (const sel_state *)((const char *)host + al256(sizeof(double) * nrow * QREC));
 
@@ -2403,4 +2416,20 @@ int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cud
 nomem:
     snprintf(err, errlen, "host allocation for the stats summaries");
     return 2;
+}
+
+int tkc_stats_run(const tkc_stats_job *j, int num_sms, void *ws, void *host, cudaStream_t st, tk_stats *out,
+                  char *err, size_t errlen) {
+    phase_clock clk = clock_start(st);
+    return stats_queue(j, num_sms, ws, host, st, PART_INPUTS | PART_OUTPUTS, &clk, out, err, errlen);
+}
+
+int tkc_stats_inputs(const tkc_stats_job *j, int num_sms, void *ws, void *host, cudaStream_t st, char *err,
+                     size_t errlen) {
+    return stats_queue(j, num_sms, ws, host, st, PART_INPUTS, nullptr, nullptr, err, errlen);
+}
+
+int tkc_stats_outputs(const tkc_stats_job *j, int num_sms, void *ws, void *host, cudaStream_t st, tk_stats *out,
+                      char *err, size_t errlen) {
+    return stats_queue(j, num_sms, ws, host, st, PART_OUTPUTS, nullptr, out, err, errlen);
 }

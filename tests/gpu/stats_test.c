@@ -170,13 +170,11 @@ typedef struct {
     out_gap gap;
 } pair;
 
-/* The call on both backends with the same stats request; both must run. */
-static pair run_both(problem *p, tk_mode mode, const tk_config *cfg, const tk_stats_request *sr, int T, int gh,
-                     int gw) {
+/* The call (sampling step `step`) on both backends' contexts with the same
+ * stats request; both must run. */
+static pair run_on(tk_context *cu, tk_context *ref, problem *p, tk_mode mode, const tk_config *cfg,
+                   const tk_stats_request *sr, int T, int gh, int gw, int step) {
     char err[256] = "";
-    tk_context *cu = NULL, *ref = NULL;
-    if (tk_context_open(TK_BACKEND_CUDA, &cu, err, sizeof err)) th_fail(__FILE__, __LINE__, "cuda: %s", err);
-    if (tk_context_open(TK_BACKEND_REF, &ref, err, sizeof err)) th_fail(__FILE__, __LINE__, "ref: %s", err);
     tk_call c;
     memset(&c, 0, sizeof c);
     c.B = p->B, c.H = p->H, c.Nq = c.Nk = p->N, c.D = c.Dv = p->D;
@@ -184,6 +182,7 @@ static pair run_both(problem *p, tk_mode mode, const tk_config *cfg, const tk_st
     c.q = p->dq, c.k = p->dk, c.v = p->dv, c.q0 = p->dq0, c.k0 = p->dk0, c.o = p->dout, c.key_mask = p->dmask;
     c.text_tokens = T, c.grid_h = gh, c.grid_w = gw;
     c.layer = 3;
+    c.step = step;
     pair r;
     memset(&r, 0, sizeof r);
     size_t n = (size_t)p->B * p->H * p->N * p->D;
@@ -199,6 +198,17 @@ static pair run_both(problem *p, tk_mode mode, const tk_config *cfg, const tk_st
     TH_CHECKF(r.ref.reason == TK_REASON_NONE, "ref: %s: %s", tk_reason_name(r.ref.reason), r.ref.detail);
     r.gap = gap_of(p, oc, orf, sr);
     free(oc), free(orf);
+    return r;
+}
+
+/* run_on with fresh contexts (the hybrid's PCA fitted on this call). */
+static pair run_both(problem *p, tk_mode mode, const tk_config *cfg, const tk_stats_request *sr, int T, int gh,
+                     int gw) {
+    char err[256] = "";
+    tk_context *cu = NULL, *ref = NULL;
+    if (tk_context_open(TK_BACKEND_CUDA, &cu, err, sizeof err)) th_fail(__FILE__, __LINE__, "cuda: %s", err);
+    if (tk_context_open(TK_BACKEND_REF, &ref, err, sizeof err)) th_fail(__FILE__, __LINE__, "ref: %s", err);
+    pair r = run_on(cu, ref, p, mode, cfg, sr, T, gh, gw, 0);
     tk_context_close(cu), tk_context_close(ref);
     return r;
 }
@@ -302,6 +312,73 @@ static void test_hybrid_stats_over_many_tiles_and_row_groups_match_the_ref_backe
     check_hybrid(TK_COMBINE_ADDITIVE, 0.5, 1, 66, 24, 40);
 }
 
+/* Consecutive hybrid calls with stats on one context (steps 0..4, PCA refit
+ * every 2 steps): the calls at steps 0, 2 and 4 fit the projection and run
+ * the stats after the call; steps 1 and 3 find it cached and run the stats'
+ * input passes on a side stream beside the call (backend.cu
+ * hybrid_stats_beside), only the comparison with o after it. q and v are new
+ * values and the stats seed new each call, o is poisoned before each: every
+ * call's figures against ref's on the same context history. */
+static void test_hybrid_stats_of_consecutive_calls_on_one_context_match_the_ref_backend(void) {
+    need_device();
+    const int T = 8, grid = 12, N = T + grid * grid, D = 64;
+    problem p = make_problem(1, 2, N, D, 1.0, 0, 1, 67);
+    tk_config cfg;
+    tk_config_defaults(&cfg);
+    cfg.local_window = 2;
+    cfg.combine = TK_COMBINE_NORMALIZED;
+    cfg.global_weight = 1.0;
+    cfg.qk_norm_power = 0.25;
+    cfg.pca_refit_every = 2;
+    char err[256] = "";
+    tk_context *cu = NULL, *ref = NULL;
+    if (tk_context_open(TK_BACKEND_CUDA, &cu, err, sizeof err)) th_fail(__FILE__, __LINE__, "cuda: %s", err);
+    if (tk_context_open(TK_BACKEND_REF, &ref, err, sizeof err)) th_fail(__FILE__, __LINE__, "ref: %s", err);
+    const size_t n = (size_t)2 * N * D;
+    for (int step = 0; step <= 4; step++) {
+        if (step > 0) { /* new q and v (full rank; q0/k0 keep the subspace the projection was fitted on) */
+            tkcu_free(p.dq), tkcu_free(p.dv);
+            p.dq = p.dv = NULL;
+            fill(p.q, &p.dq, n, D, 0, NULL);
+            fill(p.v, &p.dv, n, D, 0, NULL);
+        }
+        tk_stats_request sr = {16, 64, (uint64_t)(80 + step)};
+        pair r = run_on(cu, ref, &p, TK_MODE_HYBRID, &cfg, &sr, T, grid, grid, step);
+        check_all(&r, 1e-3);
+        check_eff_differs(&r);
+        TH_CHECK(r.cu.stats.have & TK_HAVE_WINDOW_MASS);
+        TH_CHECK(r.cu.stats.q_norm_mod.n == 1 * 2 * N);
+        TH_CHECK(r.cu.stats.have & TK_HAVE_TIME);
+    }
+    /* a call on the cached layer (step 5: no refit due) that the cuda hybrid
+     * refuses only inside (far P = 5: unsupported there, accepted by the
+     * dispatcher), after the stats' input passes were queued: no stats, o
+     * untouched */
+    tk_call c;
+    memset(&c, 0, sizeof c);
+    c.B = 1, c.H = 2, c.Nq = c.Nk = N, c.D = c.Dv = D;
+    c.dtype = TK_DTYPE_BF16;
+    c.q = p.dq, c.k = p.dk, c.v = p.dv, c.q0 = p.dq0, c.k0 = p.dk0, c.o = p.dout;
+    c.text_tokens = T, c.grid_h = grid, c.grid_w = grid;
+    c.layer = 3, c.step = 5;
+    cfg.global_P = 5;
+    cfg.max_feature_dim_R = 100000;
+    if (tkcu_poison(p.dout, n * 2, 0xff, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
+    tk_stats_request sr = {16, 64, 90};
+    tk_result res;
+    TH_EQ_INT(tk_attention(cu, &c, &cfg, TK_MODE_HYBRID, &sr, &res), TK_OK);
+    TH_CHECKF(res.reason == TK_REASON_UNSUPPORTED_SHAPE, "reason %s: %s", tk_reason_name(res.reason), res.detail);
+    TH_EQ_INT(res.stats.have, 0);
+    unsigned char *ob = xmalloc(n * 2);
+    if (tkcu_download_bytes(ob, p.dout, n * 2, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
+    size_t touched = 0;
+    for (size_t i = 0; i < n * 2; i++) touched += ob[i] != 0xff;
+    TH_CHECKF(touched == 0, "%zu bytes of o written by a call that fell back", touched);
+    free(ob);
+    tk_context_close(cu), tk_context_close(ref);
+    free_problem(&p);
+}
+
 /* Many rows per distribution and ties: every q row of one head scaled to the
  * same few norms, so whole histogram bins are equal values. */
 static void test_order_statistics_of_tied_norms_match_the_ref_backend(void) {
@@ -357,6 +434,7 @@ static const th_test tests[] = {
     T(test_hybrid_additive_stats_match_the_ref_backend),
     T(test_hybrid_window_alone_reports_no_modified_norms_like_ref),
     T(test_hybrid_stats_over_many_tiles_and_row_groups_match_the_ref_backend),
+    T(test_hybrid_stats_of_consecutive_calls_on_one_context_match_the_ref_backend),
     T(test_order_statistics_of_tied_norms_match_the_ref_backend),
     T(test_order_statistics_over_blocks_and_a_ragged_tail_match_the_ref_backend),
 #else
