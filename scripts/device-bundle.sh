@@ -8,7 +8,10 @@
 # packed as payload.tar.xz (about 12 MB: the run tool carries 64 MiB at most)
 # beside run.sh, which unpacks it under $TMPDIR on first use.
 #   sh scripts/device-bundle.sh
+#   ONLY="tests__gpu__stats_test gpu_attention" sh scripts/device-bundle.sh
 #   on the device: cd .devbundle && ./run.sh CMD [ARGS...]
+# ONLY (program names, space-separated) packs just those programs and the
+# libraries they load: the whole bundle nears the 64 MiB the run tool carries.
 # CMD is a program of bin/, tests/ or bench/ by name, or any command; it runs
 # with LD_LIBRARY_PATH set to the bundle's lib/ only.
 set -eu
@@ -27,7 +30,19 @@ cp "$BUILD"/bin/taylor-attn "$BUILD"/bin/taylor-sim "$BUILD"/bin/taylorscope "$S
 cp "$BUILD"/tests/tests__gpu__* "$STAGE/tests/"
 cp "$BUILD"/bench/gpu_* "$STAGE/bench/"
 cp bench/*.py "$STAGE/bench/" 2>/dev/null || true
+if [ -n "${ONLY:-}" ]; then
+    for b in "$STAGE"/bin/* "$STAGE"/tests/* "$STAGE"/bench/gpu_*; do
+        [ -e "$b" ] || continue
+        case "$b" in *.py) continue ;; esac
+        case " $ONLY " in *" $(basename "$b") "*) ;; *) rm -f "$b" ;; esac
+    done
+    for n in $ONLY; do
+        [ -e "$STAGE/bin/$n" ] || [ -e "$STAGE/tests/$n" ] || [ -e "$STAGE/bench/$n" ] ||
+            { echo "device-bundle: ONLY names $n, which is not a program of bin/, tests/ or bench/" >&2; exit 1; }
+    done
+fi
 for b in "$STAGE"/bin/* "$STAGE"/tests/* "$STAGE"/bench/gpu_*; do
+    [ -e "$b" ] || continue # an empty folder under ONLY
     case "$b" in *.py) ;; *) strip --strip-debug "$b" ;; esac
 done
 
@@ -52,6 +67,7 @@ collect() {
     done
 }
 for b in "$STAGE"/bin/* "$STAGE"/tests/* "$STAGE"/bench/*; do
+    [ -e "$b" ] || continue
     case "$b" in *.py) ;; *) collect "$b" ;; esac
 done
 
@@ -90,6 +106,7 @@ chmod +x "$DEST/run.sh"
 # Every library a bundled binary loads must now resolve to lib/ or the system set.
 bad=0
 for b in "$STAGE"/bin/* "$STAGE"/tests/* "$STAGE"/bench/*; do
+    [ -e "$b" ] || continue
     case "$b" in *.py) continue ;; esac
     LD_LIBRARY_PATH="$STAGE/lib" ldd "$b" 2>/dev/null | while read -r name arrow path rest; do
         [ "$arrow" = "=>" ] || continue
