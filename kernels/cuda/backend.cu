@@ -289,6 +289,22 @@ int too_small(const tk_config *cfg, unsigned long long n_le, unsigned long long 
     return (double)n_le / (double)n > cfg->denom_fallback_frac_limit;
 }
 
+// SPEC 3.1 on every den of a call (stage full): 1 with res failed, else 0.
+int den_rule_fails(const tk_config *cfg, const tkc_den_stats *den, tk_result *res) {
+    char err[192];
+    if (den->n_nonfinite) {
+        snprintf(err, sizeof err, "%llu of %llu denominators are NaN or Inf", den->n_nonfinite, den->n);
+        tkc_fail(res, TK_REASON_DENOMINATOR_INVALID, err);
+    } else if (too_small(cfg, den->n_le_eps, den->n)) {
+        snprintf(err, sizeof err, "%llu of %llu denominators <= eps %g", den->n_le_eps, den->n, cfg->eps);
+        tkc_fail(res, TK_REASON_DENOMINATOR_TOO_SMALL, err);
+    } else {
+        return 0;
+    }
+    res->stage = TK_STAGE_FULL;
+    return 1;
+}
+
 // Grows a stats buffer (device, or pinned host) to at least bytes. 0 ok, 2 allocation failed.
 int grow(void **p, size_t *cap, size_t bytes, bool pinned) {
     if (bytes <= *cap && *p) return 0;
@@ -642,7 +658,7 @@ int run_taylor_small(cuda_state *s, const tk_call *call, const tk_config *cfg, c
         return TK_OK;
     }
     tkc_small_record rec = *s->rec_h;
-    tkc_small_decode(&rec.den);
+    tkc_den_decode(&rec.den);
     if (pre_scan) {
         if (inputs_verdict(s, res)) return TK_OK;
     } else if (rec.suspicious || rec.probe_nf || rec.den.n_nonfinite) { // NaN/Inf inputs make NaN sums or den
@@ -664,28 +680,8 @@ int run_taylor_small(cuda_state *s, const tk_call *call, const tk_config *cfg, c
         }
     }
     const tkc_den_stats &den = rec.den;
-    if (stats_on) {
-        res->stats.den.n = (int64_t)den.n;
-        res->stats.den.n_le_eps = (int64_t)den.n_le_eps;
-        res->stats.den.n_nonfinite = (int64_t)den.n_nonfinite;
-        unsigned long long nfin = den.n - den.n_nonfinite;
-        res->stats.den.min = nfin ? den.min : NAN;
-        res->stats.den.max = nfin ? den.max : NAN;
-        res->stats.den.mean = nfin ? den.sum / (double)nfin : NAN;
-        res->stats.have |= TK_HAVE_DENOMS;
-    }
-    if (den.n_nonfinite) {
-        snprintf(err, sizeof err, "%llu of %llu denominators are NaN or Inf", den.n_nonfinite, den.n);
-        tkc_fail(res, TK_REASON_DENOMINATOR_INVALID, err);
-        res->stage = TK_STAGE_FULL;
-        return TK_OK;
-    }
-    if (too_small(cfg, den.n_le_eps, den.n)) {
-        snprintf(err, sizeof err, "%llu of %llu denominators <= eps %g", den.n_le_eps, den.n, cfg->eps);
-        tkc_fail(res, TK_REASON_DENOMINATOR_TOO_SMALL, err);
-        res->stage = TK_STAGE_FULL;
-        return TK_OK;
-    }
+    if (stats_on) tkc_den_report(&den, res);
+    if (den_rule_fails(cfg, &den, res)) return TK_OK;
     if (!rec.applied) { // the device guard stopped a call the host finds good (a sum overflowed, say)
         rc = tkc_taylor_small_apply(a, s->ws, ws_t, s->num_sms, st, err, sizeof err);
         if (rc) {
@@ -817,28 +813,8 @@ int run_taylor(cuda_state *s, const tk_call *call, const tk_config *cfg, const t
     }
     if (pn == 0 && inputs_verdict(s, res)) return TK_OK;
     s->table_key = key;
-    if (stats_on) {
-        res->stats.den.n = (int64_t)den.n;
-        res->stats.den.n_le_eps = (int64_t)den.n_le_eps;
-        res->stats.den.n_nonfinite = (int64_t)den.n_nonfinite;
-        unsigned long long nfin = den.n - den.n_nonfinite;
-        res->stats.den.min = nfin ? den.min : NAN;
-        res->stats.den.max = nfin ? den.max : NAN;
-        res->stats.den.mean = nfin ? den.sum / (double)nfin : NAN;
-        res->stats.have |= TK_HAVE_DENOMS;
-    }
-    if (den.n_nonfinite) {
-        snprintf(err, sizeof err, "%llu of %llu denominators are NaN or Inf", den.n_nonfinite, den.n);
-        tkc_fail(res, TK_REASON_DENOMINATOR_INVALID, err);
-        res->stage = TK_STAGE_FULL;
-        return TK_OK;
-    }
-    if (too_small(cfg, den.n_le_eps, den.n)) {
-        snprintf(err, sizeof err, "%llu of %llu denominators <= eps %g", den.n_le_eps, den.n, cfg->eps);
-        tkc_fail(res, TK_REASON_DENOMINATOR_TOO_SMALL, err);
-        res->stage = TK_STAGE_FULL;
-        return TK_OK;
-    }
+    if (stats_on) tkc_den_report(&den, res);
+    if (den_rule_fails(cfg, &den, res)) return TK_OK;
     if (stats_on && run_stats(s, call, cfg, TK_MODE_TAYLOR, sreq, a.o, &sm, st, res)) return TK_OK;
     cudaError_t e = cudaMemcpyAsync(call->o, a.o, o_bytes, cudaMemcpyDeviceToDevice, st);
     if (e != cudaSuccess) {

@@ -5,8 +5,10 @@
 #define TK_CUDA_INTERNAL_H
 
 #include <cuda_runtime.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "common.cuh"
 #include "internal.h"
@@ -47,6 +49,31 @@ struct tkc_den_stats {
     float min, max; // ordered-int encoded on the device, decoded by the launcher
     double sum;
 };
+
+// The min/max of a tkc_den_stats copied from the device are ordered-int
+// encoded (atomicMin/atomicMax on unsigned); decoded in place.
+static inline void tkc_den_decode(tkc_den_stats *den) {
+    float *f[2] = {&den->min, &den->max};
+    for (int i = 0; i < 2; i++) {
+        unsigned u;
+        memcpy(&u, f[i], 4);
+        u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
+        memcpy(f[i], &u, 4);
+    }
+}
+
+// The SPEC 5 denominator figures of a decoded tkc_den_stats into res->stats
+// (min, max and mean NaN when no den is finite).
+static inline void tkc_den_report(const tkc_den_stats *den, tk_result *res) {
+    res->stats.den.n = (int64_t)den->n;
+    res->stats.den.n_le_eps = (int64_t)den->n_le_eps;
+    res->stats.den.n_nonfinite = (int64_t)den->n_nonfinite;
+    unsigned long long nfin = den->n - den->n_nonfinite;
+    res->stats.den.min = nfin ? den->min : NAN;
+    res->stats.den.max = nfin ? den->max : NAN;
+    res->stats.den.mean = nfin ? den->sum / (double)nfin : NAN;
+    res->stats.have |= TK_HAVE_DENOMS;
+}
 
 struct tkc_taylor_args {
     const void *q, *k, *v; // device, dtype

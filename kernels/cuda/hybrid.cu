@@ -1447,14 +1447,16 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         wa.scale_log2 = la.scale_log2, wa.w = la.w;
         wa.c0 = la.c0, wa.c1 = la.c1, wa.c2 = la.c2, wa.c3 = la.c3;
         wa.skip_tiles = la.skip_chunks; // TKC_HYBRID_NOSKIP=1 turns off both kernels' skipping
-        if (use_wg)
-            rc = tkc_hyb_wg_launch(&wa, st, err, sizeof err);
-        else if (dt == TK_DTYPE_BF16)
-            rc = call->dtype == TK_DTYPE_F32
-                     ? launch_local_t<__nv_bfloat16, float>(la, D, g, farm, nblocks, BH, st, err, sizeof err)
-                     : launch_local_t<__nv_bfloat16, __nv_bfloat16>(la, D, g, farm, nblocks, BH, st, err, sizeof err);
-        else
-            rc = launch_local_t<__half, __half>(la, D, g, farm, nblocks, BH, st, err, sizeof err);
+        // the local kernel with la/wa as they stand (the recompute pass below changes them)
+        auto launch_any_local = [&](int fm) {
+            if (use_wg) return tkc_hyb_wg_launch(&wa, st, err, sizeof err);
+            if (dt == TK_DTYPE_BF16)
+                return call->dtype == TK_DTYPE_F32
+                           ? launch_local_t<__nv_bfloat16, float>(la, D, g, fm, nblocks, BH, st, err, sizeof err)
+                           : launch_local_t<__nv_bfloat16, __nv_bfloat16>(la, D, g, fm, nblocks, BH, st, err, sizeof err);
+            return launch_local_t<__half, __half>(la, D, g, fm, nblocks, BH, st, err, sizeof err);
+        };
+        rc = launch_any_local(farm);
         if (rc) {
             tkc_fail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
             return 0;
@@ -1477,36 +1479,14 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
                 tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
                 return 0;
             }
-            unsigned u;
-            memcpy(&u, &hd.min, 4);
-            u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
-            memcpy(&hd.min, &u, 4);
-            memcpy(&u, &hd.max, 4);
-            u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
-            memcpy(&hd.max, &u, 4);
-            if (sreq) {
-                res->stats.den.n = (int64_t)hd.n;
-                res->stats.den.n_le_eps = (int64_t)hd.n_le_eps;
-                res->stats.den.n_nonfinite = (int64_t)hd.n_nonfinite;
-                unsigned long long nfin = hd.n - hd.n_nonfinite;
-                res->stats.den.min = nfin ? hd.min : NAN;
-                res->stats.den.max = nfin ? hd.max : NAN;
-                res->stats.den.mean = nfin ? hd.sum / (double)nfin : NAN;
-                res->stats.have |= TK_HAVE_DENOMS;
-            }
+            tkc_den_decode(&hd);
+            if (sreq) tkc_den_report(&hd, res);
             if (hd.n_le_eps + hd.n_nonfinite > 0) { // dropped far terms: local term alone for those rows
                 la.only = flags;
                 la.far = nullptr;
                 la.w = 0.f;
                 wa.only = flags, wa.farm = 0, wa.w = 0.f;
-                if (use_wg)
-                    rc = tkc_hyb_wg_launch(&wa, st, err, sizeof err);
-                else if (dt == TK_DTYPE_BF16)
-                    rc = call->dtype == TK_DTYPE_F32
-                             ? launch_local_t<__nv_bfloat16, float>(la, D, g, 0, nblocks, BH, st, err, sizeof err)
-                             : launch_local_t<__nv_bfloat16, __nv_bfloat16>(la, D, g, 0, nblocks, BH, st, err, sizeof err);
-                else
-                    rc = launch_local_t<__half, __half>(la, D, g, 0, nblocks, BH, st, err, sizeof err);
+                rc = launch_any_local(0);
                 if (rc) {
                     tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
                     return 0;

@@ -885,13 +885,6 @@ int tkc_taylor_run(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_
     tkc_den_stats *dd = reinterpret_cast<tkc_den_stats *>(w + L.off_den);
     TKC_TRY(cudaMemcpyAsync(den, dd, sizeof *den, cudaMemcpyDeviceToHost, st), err, errlen);
     TKC_TRY(cudaStreamSynchronize(st), err, errlen);
-    // decode the ordered-int min/max
-    unsigned u;
-    memcpy(&u, &den->min, 4);
-    u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
-    memcpy(&den->min, &u, 4);
-    memcpy(&u, &den->max, 4);
-    u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
-    memcpy(&den->max, &u, 4);
+    tkc_den_decode(den);
     return 0;
 }

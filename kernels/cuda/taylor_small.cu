@@ -1112,18 +1112,8 @@ int tkc_small_run(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_s
     TKC_TRY(cudaMemcpyAsync(den, at<tkc_den_stats>(ws, p.off_den), sizeof *den, cudaMemcpyDeviceToHost, st), err,
             errlen);
     TKC_TRY(cudaStreamSynchronize(st), err, errlen);
-    tkc_small_decode(den);
+    tkc_den_decode(den);
     return 0;
-}
-
-void tkc_small_decode(tkc_den_stats *den) {
-    unsigned u; // decode the ordered-int min/max
-    memcpy(&u, &den->min, 4);
-    u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
-    memcpy(&den->min, &u, 4);
-    memcpy(&u, &den->max, 4);
-    u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
-    memcpy(&den->max, &u, 4);
 }
 
 int tkc_small_call(const tkc_taylor_args *a, const tkc_small_rule *rule, void *ws, size_t ws_bytes, int num_sms,

@@ -26,7 +26,7 @@ int tkc_small_run(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_s
 // ---- the one-pass call: the verdict is taken on the device ----
 // What the device leaves of a call (copied to the host at its end).
 struct tkc_small_record {
-    tkc_den_stats den;        // every (query, slice) den (min/max ordered-int encoded; tkc_small_decode)
+    tkc_den_stats den;        // every (query, slice) den (min/max ordered-int encoded; tkc_den_decode)
     unsigned long long probe_n, probe_le, probe_nf; // the probe rows' den: count, <= eps, NaN/Inf
     unsigned suspicious;      // the sum of v or of k' of a slice is NaN/Inf (NaN/Inf in k or v, or overflow)
     unsigned applied;         // the apply kernel wrote o
@@ -52,7 +52,6 @@ int tkc_small_call(const tkc_taylor_args *a, const tkc_small_rule *rule, void *w
 int tkc_small_apply_ungated(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int num_sms, cudaStream_t st,
                             char *err, size_t errlen);
 // Decodes the ordered-int min/max of den counters copied from the device.
-void tkc_small_decode(tkc_den_stats *den);
 
 // taylor.cu: the same two entry points on the Taylor workspace (the small
 // path's part starts after the generic path's table region).
