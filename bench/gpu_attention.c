@@ -120,8 +120,10 @@ static int profile_only(const char *only, const int *ns, int count) {
             a.sr.quality_samples = 16;
             a.sr.seed = 7;
         }
-        double ms = time_mode(&a, 1);
-        printf("# %s N=%d: %.3f ms (%s)\n", only, n, ms, tk_reason_name(a.res.reason));
+        const char *rv = getenv("TKB_REPS"); /* timed runs, median (default 1: for profilers) */
+        int reps = rv && atoi(rv) > 1 ? atoi(rv) : 1;
+        double ms = time_mode(&a, reps);
+        printf("# %s N=%d: %.3f ms (%s; median of %d)\n", only, n, ms, tk_reason_name(a.res.reason), reps);
         tkcu_free(q), tkcu_free(k), tkcu_free(v), tkcu_free(o);
         tk_context_close(a.ctx);
     }
@@ -139,7 +141,7 @@ int main(int argc, char **argv) {
         count = 0;
         for (int i = 1; i < argc && count < 8; i++) ns[count++] = atoi(argv[i]);
     }
-    /* TKB_ONLY=exact|taylor4|taylor3: that kernel alone, one run (for profilers) */
+    /* TKB_ONLY=exact|taylor4|taylor3|hybrid: that kernel alone, one run (for profilers; TKB_REPS=n: median of n) */
     const char *only = getenv("TKB_ONLY");
     if (only) return profile_only(only, ns, count);
     printf("# gpu_attention on %s: B=1 H=%d D=%d bf16, median device time, fresh random inputs\n", name, H, D);

@@ -69,6 +69,7 @@ struct cuda_state {
     cudaStream_t stats_st;          // owned
     cudaEvent_t stats_fork, stats_join; // owned; valid when stats_st is
     cudaEvent_t stats_end;          // owned, timed: TKC_STATS_PROFILE's end of the input passes
+    int hybrid_flagged;             // the last hybrid call took the kernels' flag instead of the scan
 };
 
 // Grows the workspace to at least bytes. 0 ok, 2 allocation failed, 1 other error.
@@ -500,8 +501,9 @@ int stats_stream(cuda_state *s) {
 // apply (TKC_STATS_AFTER set, a fit due, a stats buffer not allocated: the
 // caller takes the old order), else 0 with res filled as the old order
 // would: a failed hybrid call reports no stats and leaves o as it does.
+// flag_inputs: tkc_hybrid's (no input scan ran; its kernels check).
 int hybrid_stats_beside(cuda_state *s, const tk_call *call, const tk_config *cfg, const tk_stats_request *sreq,
-                        const sampled *sm, cudaStream_t st, tk_result *res) {
+                        const sampled *sm, cudaStream_t st, tk_result *res, int flag_inputs) {
     const char *after = getenv("TKC_STATS_AFTER");
     if (after && atoi(after) != 0) return -1;
     tkc_stats_job j;
@@ -535,7 +537,7 @@ int hybrid_stats_beside(cuda_state *s, const tk_call *call, const tk_config *cfg
         return 0;
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    tkc_hybrid(&s->hybrid, call, cfg, sreq, st, res);
+    tkc_hybrid(&s->hybrid, call, cfg, sreq, st, res, flag_inputs);
     clock_gettime(CLOCK_MONOTONIC, &t2);
     const cudaError_t joined_early = profile ? cudaEventQuery(s->stats_join) : cudaSuccess;
     if (res->reason != TK_REASON_NONE) {
@@ -577,6 +579,75 @@ int hybrid_stats_beside(cuda_state *s, const tk_call *call, const tk_config *cfg
     }
     if (rc) fail_rc(res, rc, err);
     return 0;
+}
+
+// One hybrid call after its input check (the scan, or the kernels' flag when
+// flag_inputs): the stats beside it when its projection is known up front,
+// else after it. res as tkc_hybrid and the stats leave it.
+void run_hybrid(cuda_state *s, const tk_call *call, const tk_config *cfg, const tk_stats_request *sreq,
+                const sampled *sm, cudaStream_t st, tk_result *res, int flag_inputs) {
+    const int beside = sreq ? hybrid_stats_beside(s, call, cfg, sreq, sm, st, res, flag_inputs) : -1;
+    if (beside == 0) return;
+    tkc_hybrid(&s->hybrid, call, cfg, sreq, st, res, flag_inputs);
+    if (res->reason != TK_REASON_NONE) {
+        s->proj_valid = 0; // a failed call may have left a refit behind
+        return;
+    }
+    if (sreq) (void)run_stats(s, call, cfg, TK_MODE_HYBRID, sreq, call->o, sm, st, res);
+}
+
+// What tkcuda_attention sets in res before a call.
+void result_start(tk_result *res) {
+    res->reason = TK_REASON_NONE;
+    res->stage = TK_STAGE_NONE;
+    res->path = TK_PATH_FALLBACK;
+    res->detail[0] = 0;
+    res->R = 0;
+    res->window = -1;
+    res->w = 0;
+    memset(&res->stats, 0, sizeof res->stats);
+}
+
+// The hybrid call (SPEC 6 bad_input first). Where tkc_hybrid_flags_inputs
+// holds (and TKC_HYBRID_SCAN is not set), no scan runs before it: its
+// kernels flag a NaN/Inf input and write nothing to o, the host learns it
+// from the copy it takes of the far denominators' counters anyway, and only
+// then does the scan run, to name the first bad element as the ref backend
+// does. Elsewhere the scan runs first and the host waits for its verdict.
+void hybrid_call(cuda_state *s, const tk_call *call, const tk_config *cfg, const tk_stats_request *sreq,
+                 cudaStream_t st, tk_result *res) {
+    const char *fs = getenv("TKC_HYBRID_SCAN"); // 1: the scan up front on every call (benchmarks)
+    const int flag = !(fs && atoi(fs) != 0) && tkc_hybrid_flags_inputs(s->hybrid, call, cfg);
+    s->hybrid_flagged = flag;
+    sampled sm;
+    if (flag ? inputs_rows(s, call, cfg, TK_MODE_HYBRID, sreq, &sm, res)
+             : inputs_begin(s, call, cfg, TK_MODE_HYBRID, sreq, st, &sm, res) || inputs_verdict(s, res))
+        return;
+    run_hybrid(s, call, cfg, sreq, &sm, st, res, flag);
+    if (!flag || res->reason == TK_REASON_NONE) return;
+    // A flagged call failed: a kernel read a NaN/Inf (bad_input; o unwritten),
+    // or something else failed (before the flagging kernels, say). Either way
+    // bad_input wins, as when the scan runs first: the scan names the first
+    // bad element, and the result is that of a call the scan stopped.
+    const tk_result failed = *res;
+    result_start(res);
+    if (inputs_scan(s, call, TK_MODE_HYBRID, st, res) || inputs_verdict(s, res)) {
+        if (res->reason != TK_REASON_BAD_INPUT) *res = failed; // the scan itself failed: the call's failure stands
+        return;
+    }
+    if (failed.reason != TK_REASON_BAD_INPUT) { // the inputs are finite: the other failure stands, as it was
+        *res = failed;
+        return;
+    }
+    // The scan found every element finite after the kernels flagged one. That
+    // should not happen: the flag is set only where a kernel read an element of
+    // q, k or v whose exponent bits are all ones (NaN or Inf, exactly), every
+    // such element is one the scan reads too, and nothing writes the inputs
+    // between the two on st. Were a kernel to flag wrongly (a bug), the call is
+    // not lost: it runs again on the scanned path, whose verdict it now has.
+    result_start(res);
+    s->hybrid_flagged = 0;
+    run_hybrid(s, call, cfg, sreq, &sm, st, res, 0);
 }
 
 // Taylor on the small path (taylor_small.h), one pass: phase A, sum, den
@@ -908,14 +979,7 @@ extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_c
                                 tk_mode mode, const tk_stats_request *stats_req, tk_result *res) {
     if (!ctx || !call || !cfg || !res) return TK_ERR;
     cuda_state *s = (cuda_state *)ctx->cuda;
-    res->reason = TK_REASON_NONE;
-    res->stage = TK_STAGE_NONE;
-    res->path = TK_PATH_FALLBACK;
-    res->detail[0] = 0;
-    res->R = 0;
-    res->window = -1;
-    res->w = 0;
-    memset(&res->stats, 0, sizeof res->stats);
+    result_start(res);
     if (!s) {
         tkc_fail(res, TK_REASON_BACKEND_ERROR, "cuda backend: context not opened for cuda");
         return TK_OK;
@@ -923,6 +987,7 @@ extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_c
     cudaStream_t st = (cudaStream_t)call->stream;
     char err[192] = "";
     s->ev1_recorded = 0;
+    s->hybrid_flagged = 0;
     cudaError_t e = cudaEventRecord(s->ev0, st);
     if (e != cudaSuccess) {
         snprintf(err, sizeof err, "cudaEventRecord: %s", cudaGetErrorString(e));
@@ -949,18 +1014,8 @@ extern "C" int tkcuda_attention(tk_context *ctx, const tk_call *call, const tk_c
         run_taylor(s, call, cfg, stats_req, st, res);
         if (res->reason != TK_REASON_NONE) return TK_OK;
     } else {
-        if (inputs_begin(s, call, cfg, mode, stats_req, st, &sm, res) || inputs_verdict(s, res)) return TK_OK;
-        // stats beside the call when its projection is known up front, else after it
-        const int beside = stats_req ? hybrid_stats_beside(s, call, cfg, stats_req, &sm, st, res) : -1;
-        if (beside == 0 && res->reason != TK_REASON_NONE) return TK_OK;
-        if (beside != 0) {
-            tkc_hybrid(&s->hybrid, call, cfg, stats_req, st, res);
-            if (res->reason != TK_REASON_NONE) {
-                s->proj_valid = 0; // a failed call may have left a refit behind
-                return TK_OK;
-            }
-            if (stats_req && run_stats(s, call, cfg, mode, stats_req, call->o, &sm, st, res)) return TK_OK;
-        }
+        hybrid_call(s, call, cfg, stats_req, st, res);
+        if (res->reason != TK_REASON_NONE) return TK_OK;
     }
     if (!s->ev1_recorded) e = cudaEventRecord(s->ev1, st);
     if (e == cudaSuccess) e = cudaEventSynchronize(s->ev1);
@@ -984,6 +1039,11 @@ extern "C" void tkcuda_reset(tk_context *ctx) {
         tkc_hybrid_reset(s->hybrid);
         s->proj_valid = 0;
     }
+}
+
+extern "C" int tkcu_hybrid_flagged_inputs(tk_context *ctx) {
+    cuda_state *s = ctx ? (cuda_state *)ctx->cuda : nullptr;
+    return s ? s->hybrid_flagged : 0;
 }
 
 extern "C" int tkcu_hybrid_projection(tk_context *ctx, int layer, int bh, float *out, int *D, int *g) {

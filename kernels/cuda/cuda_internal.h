@@ -39,6 +39,8 @@ struct tkc_exact_args {
     int in_dtype, out_dtype;
     int warps; // 4 or 8 (query rows per block = 16 * warps); 0 = default
     int q_rows; // rows per head in q and o (0 = Nq): the first Nq rows of each head are computed
+    const unsigned *bad; // device word or NULL: when nonzero as the kernel starts, it writes nothing
+                         // (a hybrid call whose kernels found a NaN/Inf input: hybrid.cu)
 };
 int tkc_exact_launch(const tkc_exact_args *a, cudaStream_t st, char *err, size_t errlen);
 
@@ -93,6 +95,8 @@ struct tkc_taylor_args {
     int table_cached;
     int raw_out; // hybrid far field: o is fp32 [B*H][Nq][Dv+1] = [num | den], not divided
     int phase_a_only; // hybrid fused far field: phase A + reduce only (o unused); see tkc_taylor_far_tables
+    unsigned *bad;    // hybrid far field on taylor_small.cu's degree-2 path, or NULL: set to 1 when an
+                      // element of v it reads is NaN/Inf (the other paths ignore it)
 };
 
 // Where phase A left the far field of a phase_a_only run, in its workspace:
@@ -124,9 +128,21 @@ int tkc_convert_f32_bf16(const float *src, void *dst, size_t n, cudaStream_t st)
 
 // Hybrid attention (SPEC 4) of one call; fills res (reason, path, window, w, stats.den).
 // The context's workspace and PCA cache live in the backend state.
+// flag_inputs = 0: the caller has found q, k, v (q0, k0) finite (its input
+// scan). flag_inputs = 1 (only where tkc_hybrid_flags_inputs holds): nothing
+// was scanned; the kernels that read the inputs flag a NaN/Inf on the device,
+// the kernels that write o then write nothing, and the call fails with
+// bad_input (a short detail: the caller's scan names the element) and no
+// stats, o untouched.
 struct tkc_hybrid_state;
 int tkc_hybrid(struct tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
-               const tk_stats_request *sreq, cudaStream_t st, tk_result *res);
+               const tk_stats_request *sreq, cudaStream_t st, tk_result *res, int flag_inputs);
+// 1 when tkc_hybrid(.., flag_inputs = 1) covers every element of q, k, v by
+// its kernels' flag for this call: bf16/f16, no key mask, q0/k0 absent or the
+// same pointers as q/k, a 2d window with the fused normalized far term on
+// taylor_small.cu's degree-2 far path, the layer's projection cached with no
+// fit due. Host only.
+int tkc_hybrid_flags_inputs(const struct tkc_hybrid_state *hs, const tk_call *call, const tk_config *cfg);
 void tkc_hybrid_free(struct tkc_hybrid_state *hs);
 /* Forgets the cached PCA projections (tk_context_reset: a new run). */
 void tkc_hybrid_reset(struct tkc_hybrid_state *hs);

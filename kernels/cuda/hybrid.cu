@@ -47,6 +47,7 @@
 #include "cuda_internal.h"
 #include "hybrid_wgmma.h"
 #include "pca.h"
+#include "taylor_small.h"
 
 // LAPACK (OpenBLAS): symmetric eigen decomposition. kernels/pca.c takes
 // every eigenpair with dsyev; the fit here needs the top g only: dsyevr with
@@ -70,6 +71,12 @@ using namespace tkc;
 struct pca_entry {
     int layer, step_fit, BH, D, g;
     float *P; // device [BH][D][g]
+};
+
+// The far denominators' counters and the flagged path's bad word, one copy back.
+struct den_word {
+    tkc_den_stats den;
+    unsigned bad; // a kernel read a NaN/Inf input (flagged path only)
 };
 
 } // namespace
@@ -102,26 +109,59 @@ __global__ void gather_sel_rows(const T *q0, const T *k0, const int *sel, int n,
     }
 }
 
+// Nonzero when either 16-bit value packed in w is NaN or Inf: the exponent
+// bits all ones (bf16 0x7f80, f16 0x7c00), one SIMD compare per pair.
+template <typename T> __device__ __forceinline__ unsigned nonfinite2(uint32_t w) {
+    constexpr uint32_t E = std::is_same<T, __half>::value ? 0x7c007c00u : 0x7f807f80u;
+    return __vcmpeq2(w & E, E);
+}
+template <typename T> __device__ __forceinline__ unsigned nonfinite8(const uint4 &u) {
+    return nonfinite2<T>(u.x) | nonfinite2<T>(u.y) | nonfinite2<T>(u.z) | nonfinite2<T>(u.w);
+}
+// One warp vote, one store: *bad = 1 when a thread of the warp saw a NaN/Inf
+// (every thread of the warp must call it).
+__device__ __forceinline__ void flag_warp(unsigned *bad, unsigned nf) {
+    if (bad && __any_sync(0xffffffffu, nf != 0) && (threadIdx.x & 31) == 0) *bad = 1u;
+}
+
+// The text rows [0, T) of every head of x [BH][N][D] (D % 8 == 0, 16-byte
+// aligned): *bad = 1 when one holds a NaN/Inf. The rows far_reduce_kernel
+// does not read in the flagged path (see tkc_hybrid).
+template <typename T>
+__global__ void __launch_bounds__(256) text_rows_scan_kernel(const T *x, int BH, int N, int Tn, int D, unsigned *bad) {
+    const size_t per = (size_t)Tn * D / 8, n = per * BH; // 16-byte chunks
+    unsigned nf = 0;
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < n; e += (size_t)gridDim.x * blockDim.x) {
+        const size_t bh = e / per, c = e - bh * per;
+        nf |= nonfinite8<T>(*reinterpret_cast<const uint4 *>(x + bh * (size_t)N * D + c * 8));
+    }
+    flag_warp(bad, nf);
+}
+
 // x' rows: [BH][N][g] in T. A block projects 64 rows: the rows are staged in
 // shared memory with coalesced 16-byte loads; two threads share a row, each
 // computing g/2 outputs, and the norm is combined across the pair.
 template <typename T, int G>
 __global__ void __launch_bounds__(128) project_kernel(const T *x, const float *P, int N, int D, int modify,
-                                                      float power, float clip, float eps, float sqrt_s, T *out) {
+                                                      float power, float clip, float eps, float sqrt_s, T *out,
+                                                      unsigned *bad) {
     extern __shared__ float sm[];
     float *Ps = sm;               // [D][G]
     float *Xs = sm + D * G;       // [64][D+1]
     const int bh = blockIdx.y, n0 = blockIdx.x * 64, tid = threadIdx.x;
     for (int i = tid; i < D * G; i += 128) Ps[i] = P[(size_t)bh * D * G + i];
     const int cpr = D / 8;
+    unsigned nf = 0; // bad: a NaN/Inf among this thread's loads
     for (int c = tid; c < 64 * cpr; c += 128) {
         int r = c / cpr, cc = (c % cpr) * 8, n = n0 + r;
         uint4 u = make_uint4(0, 0, 0, 0);
         if (n < N) u = *reinterpret_cast<const uint4 *>(x + ((size_t)bh * N + n) * D + cc);
+        if (bad) nf |= nonfinite8<T>(u);
         const T *h = reinterpret_cast<const T *>(&u);
 #pragma unroll
         for (int i = 0; i < 8; i++) Xs[r * (D + 1) + cc + i] = elem<T>::to_f(h[i]);
     }
+    flag_warp(bad, nf);
     __syncthreads();
     const int r = tid >> 1, half = tid & 1, n = n0 + r;
     float acc[G / 2];
@@ -165,7 +205,7 @@ __global__ void image_key_mask_kernel(const uint8_t *mask, int B, int N, int T, 
 template <typename T, int D, int G>
 __global__ void __launch_bounds__(128) project_mma_kernel(const T *x, const float *P, int N, int modify,
                                                           float power, float clip, float eps, float sqrt_s,
-                                                          T *out) {
+                                                          T *out, unsigned *bad) {
     constexpr int XLD = D + 8, PLD = G + 8;
     __shared__ __align__(16) T Xs[64 * XLD];
     __shared__ __align__(16) T Ph[D * PLD];
@@ -190,10 +230,12 @@ __global__ void __launch_bounds__(128) project_mma_kernel(const T *x, const floa
     float acc[G / 8][4];
 #pragma unroll
     for (int i = 0; i < G / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    unsigned nf = 0; // bad: a NaN/Inf among the warp's rows (its A fragments hold each element once)
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
         uint32_t af[4];
         ldsm_x4(af, Xs + (warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * XLD + kk * 16 + 8 * (lane >> 4));
+        if (bad) nf |= nonfinite2<T>(af[0]) | nonfinite2<T>(af[1]) | nonfinite2<T>(af[2]) | nonfinite2<T>(af[3]);
         const int row = kk * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
 #pragma unroll
         for (int dp = 0; dp < G / 16; dp++) {
@@ -206,6 +248,7 @@ __global__ void __launch_bounds__(128) project_mma_kernel(const T *x, const floa
             mma16816<T>(acc[2 * dp + 1], af, r[2], r[3]);
         }
     }
+    flag_warp(bad, nf);
     float ss_lo = 0.f, ss_hi = 0.f;
 #pragma unroll
     for (int nt = 0; nt < G / 8; nt++) {
@@ -240,12 +283,12 @@ __global__ void __launch_bounds__(128) project_mma_kernel(const T *x, const floa
 
 template <typename T>
 int launch_project(const void *x, const float *P, int N, int D, int g, int BH, int modify, float power,
-                   float clip, float eps, float sqrt_s, void *out, cudaStream_t st) {
+                   float clip, float eps, float sqrt_s, void *out, unsigned *bad, cudaStream_t st) {
     dim3 grid((N + 63) / 64, BH);
 #define TKC_PROJ(DD, GG)                                                                                  \
     if (D == DD && g == GG) {                                                                             \
         project_mma_kernel<T, DD, GG><<<grid, 128, 0, st>>>((const T *)x, P, N, modify, power, clip, eps, \
-                                                            sqrt_s, (T *)out);                            \
+                                                            sqrt_s, (T *)out, bad);                       \
         return cudaGetLastError() != cudaSuccess;                                                         \
     }
     if (!getenv("TKC_HYBRID_PROJ_FMA")) {
@@ -260,10 +303,10 @@ int launch_project(const void *x, const float *P, int N, int D, int g, int BH, i
     size_t sm = sizeof(float) * ((size_t)D * g + 64 * (D + 1));
     if (g == 16) {
         if (cudaFuncSetAttribute(project_kernel<T, 16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm)) return 1;
-        project_kernel<T, 16><<<grid, 128, sm, st>>>((const T *)x, P, N, D, modify, power, clip, eps, sqrt_s, (T *)out);
+        project_kernel<T, 16><<<grid, 128, sm, st>>>((const T *)x, P, N, D, modify, power, clip, eps, sqrt_s, (T *)out, bad);
     } else {
         if (cudaFuncSetAttribute(project_kernel<T, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm)) return 1;
-        project_kernel<T, 32><<<grid, 128, sm, st>>>((const T *)x, P, N, D, modify, power, clip, eps, sqrt_s, (T *)out);
+        project_kernel<T, 32><<<grid, 128, sm, st>>>((const T *)x, P, N, D, modify, power, clip, eps, sqrt_s, (T *)out, bad);
     }
     return cudaGetLastError() != cudaSuccess;
 }
@@ -286,6 +329,7 @@ struct LocalArgs {
     float scale_log2, w;
     float c0, c1, c2, c3; // kappa_P coefficients (P <= 4)
     int normalized;
+    const unsigned *bad;  // or NULL: nonzero as the kernel starts = write nothing (the flagged path)
 };
 
 constexpr int LKT = 64;       // keys per tile
@@ -351,6 +395,7 @@ template <int D, int G> constexpr size_t far_prologue_bytes() {
 // online softmax rescales it with the local terms and no buffer is written.
 template <typename T, typename TO, int D, int G, int FARM>
 __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) {
+    if (a.bad && *a.bad) return;
     constexpr bool FAR = FARM != 0;
     constexpr int LD = D + 8, GLD = G + 8, CH = D / 8, BR = 16 * LNW, NTHR = LNW * 32;
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -1183,8 +1228,57 @@ const float *tkc_hybrid_cached_projection(tkc_hybrid_state *h, const tk_call *ca
     return e && !fit ? e->P : nullptr;
 }
 
+// The flagged path (tkc_hybrid_flags_inputs): every element of q, k and v is
+// read by exactly one of the kernels that set the call's bad word, all queued
+// on st before any kernel that writes o:
+//   q (= q0) and k (= k0): the projection kernels read every row n < N of
+//     every head, all D columns (project_mma_kernel: a warp's A fragments
+//     hold each element of its 16 rows once; project_kernel: its 16-byte
+//     loads);
+//   v rows [T, N) of every head: far_reduce_kernel (taylor_small.cu) stages
+//     every kept key's row, all Dv columns, and the far field keeps exactly
+//     the image keys (image_key_mask_kernel, no key mask on this path); its
+//     splits cover every key tile;
+//   v rows [0, T) (the text keys it masks out): text_rows_scan_kernel.
+// The kernels that write o (the local kernel, its recompute pass, the text
+// rows' exact kernel on the side stream, forked after the flagging kernels)
+// read the word first and write nothing when it is set. A wrong pointer
+// equality (q0 a different buffer from q) or a key mask would leave rows
+// unread: those calls take the scan.
+static bool flag_path(const tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg) {
+    if (!h || (call->dtype != TK_DTYPE_BF16 && call->dtype != TK_DTYPE_F16) || call->key_mask) return false;
+    if ((call->q0 && call->q0 != call->q) || (call->k0 && call->k0 != call->k)) return false;
+    const int N = call->Nq, D = call->D, T = call->text_tokens > 0 ? call->text_tokens : 0;
+    if (call->B <= 0 || call->H <= 0 || N <= 0 || call->Nk != N || call->Dv != D ||
+        (D != 32 && D != 64 && D != 128))
+        return false;
+    if (cfg->window_shape != TK_WINDOW_2D || cfg->combine != TK_COMBINE_NORMALIZED) return false;
+    if (tk_window_at(cfg, call->sigma) <= 0 || !(tk_far_weight_at(cfg, call->sigma) > 0)) return false;
+    if (call->grid_h <= 0 || call->grid_w <= 0 || T + call->grid_h * call->grid_w != N || call->grid_w > 65535 ||
+        call->grid_h > 32767)
+        return false;
+    const int g = cfg->global_dim, P = cfg->global_P;
+    if ((g != 16 && g != 32) || P < 1 || P > 4) return false;
+    // the far field on taylor_small.cu's degree-2 path (tkc_hybrid's ta; k' lies
+    // in the 256-byte aligned workspace: v stands in for it in the alignment test)
+    tkc_taylor_args ta;
+    memset(&ta, 0, sizeof ta);
+    ta.dtype = call->dtype;
+    ta.B = call->B, ta.H = call->H, ta.Nq = N, ta.Nk = N, ta.D = g, ta.Dv = D;
+    ta.blocks = 1, ta.terms = P, ta.s = 1.f, ta.eps = (float)cfg->eps, ta.raw_out = 1, ta.phase_a_only = 1;
+    ta.q = ta.k = ta.v = call->v;
+    if (!tkc_far_small_handles(&ta)) return false;
+    bool fit = true;
+    const pca_entry *e = pca_lookup(const_cast<tkc_hybrid_state *>(h), call, cfg, g, &fit);
+    return e && !fit;
+}
+
+int tkc_hybrid_flags_inputs(const tkc_hybrid_state *hs, const tk_call *call, const tk_config *cfg) {
+    return flag_path(hs, call, cfg);
+}
+
 int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
-               const tk_stats_request *sreq, cudaStream_t st, tk_result *res) {
+               const tk_stats_request *sreq, cudaStream_t st, tk_result *res, int flag_inputs) {
     char err[192] = "";
     if (!*hs) {
         tkc_hybrid_state *h = (tkc_hybrid_state *)calloc(1, sizeof *h);
@@ -1208,6 +1302,12 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         *hs = h;
     }
     tkc_hybrid_state *h = *hs;
+    // the flagged path (flag_path): the kernels check the inputs; the caller ran no scan
+    const bool flagged = flag_inputs && flag_path(h, call, cfg);
+    if (flag_inputs && !flagged) { // cannot happen (the caller asked flag_path); its scan then decides
+        tkc_fail(res, TK_REASON_BAD_INPUT, "hybrid: inputs not checked");
+        return 0;
+    }
     const int BH = call->B * call->H, N = call->Nq, D = call->D;
     const int W = tk_window_at(cfg, call->sigma);
     const double w = tk_far_weight_at(cfg, call->sigma);
@@ -1265,7 +1365,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     size_t off_flags = off;
     off += al256((size_t)BH * N);
     size_t off_den = off;
-    off += al256(sizeof(tkc_den_stats));
+    off += al256(sizeof(den_word));
     size_t off_t = off;
     off += ws_t;
     // the PCA fit uses the same workspace before the rest: fit first
@@ -1318,16 +1418,27 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     void *qp = ws + off_qp, *kp = ws + off_qp + al256((size_t)BH * N * g * es);
     float *farbuf = (float *)(ws + off_far);
     uint8_t *flags = (uint8_t *)(ws + off_flags);
-    tkc_den_stats *den = (tkc_den_stats *)(ws + off_den);
+    den_word *dw = (den_word *)(ws + off_den);
+    tkc_den_stats *den = &dw->den;
+    unsigned *bad = flagged ? &dw->bad : nullptr; // set by the kernels that read the inputs
     cudaError_t ce = cudaMemsetAsync(flags, 0, (size_t)BH * N, st);
-    tkc_den_stats init;
+    den_word init; // the counters' start and bad = 0, on st before every kernel of the call
     memset(&init, 0, sizeof init);
     {
         unsigned mn = 0xffffffffu, mx = 0u;
-        memcpy(&init.min, &mn, 4);
-        memcpy(&init.max, &mx, 4);
+        memcpy(&init.den.min, &mn, 4);
+        memcpy(&init.den.max, &mx, 4);
     }
-    if (ce == cudaSuccess) ce = cudaMemcpyAsync(den, &init, sizeof init, cudaMemcpyHostToDevice, st);
+    if (ce == cudaSuccess) ce = cudaMemcpyAsync(dw, &init, sizeof init, cudaMemcpyHostToDevice, st);
+    if (ce == cudaSuccess && bad && T > 0) { // v's text rows: the far field does not read them
+        const size_t chunks = (size_t)BH * T * D / 8;
+        const int nb = (int)((chunks + 255) / 256 < 1024 ? (chunks + 255) / 256 : 1024);
+        if (dt == TK_DTYPE_BF16)
+            text_rows_scan_kernel<<<nb, 256, 0, st>>>((const __nv_bfloat16 *)v, BH, N, T, D, bad);
+        else
+            text_rows_scan_kernel<<<nb, 256, 0, st>>>((const __half *)v, BH, N, T, D, bad);
+        ce = cudaGetLastError();
+    }
     if (ce != cudaSuccess) {
         snprintf(err, sizeof err, "hybrid: %s", cudaGetErrorString(ce));
         tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
@@ -1337,11 +1448,13 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     const int modify = !mod ? 0 : cfg->qk_normalize ? 1 : (cfg->qk_norm_power > 0 || cfg->qk_norm_clip > 0) ? 2 : 0;
     const float sqrt_s = (float)sqrt(cfg->global_scale_mul / sqrt((double)D));
     bool joined = false; // the side stream's exact rows must join st before the call returns
-    // text queries: every key, exact (as the ref backend's window: kernels/plan.c)
-    if (W <= 0 || T > 0) { // text queries (both window shapes) see every key
+    // text queries: every key, exact (as the ref backend's window: kernels/plan.c); 0, or 1 with res
+    // failed. At the start of the call, or on the flagged path after the kernels that set bad.
+    auto text_rows = [&]() -> int {
+        if (!(W <= 0 || T > 0)) return 0; // text queries (both window shapes) see every key
         tkc_exact_args ea;
         memset(&ea, 0, sizeof ea);
-        ea.q = q, ea.k = k, ea.v = v, ea.o = call->o, ea.mask = call->key_mask;
+        ea.q = q, ea.k = k, ea.v = v, ea.o = call->o, ea.mask = call->key_mask, ea.bad = bad;
         ea.B = call->B, ea.H = call->H, ea.Nq = W <= 0 ? N : T, ea.Nk = N, ea.D = D, ea.q_rows = N;
         ea.scale = call->scale > 0 ? call->scale : 1.0 / sqrt((double)D);
         ea.in_dtype = dt, ea.out_dtype = call->dtype;
@@ -1352,7 +1465,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
             if (ce != cudaSuccess) {
                 snprintf(err, sizeof err, "hybrid fork: %s", cudaGetErrorString(ce));
                 tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
-                return 0;
+                return 1;
             }
         }
         rc = tkc_exact_launch(&ea, es, err, sizeof err);
@@ -1366,20 +1479,22 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         }
         if (rc) {
             tkc_fail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
-            return 0;
+            return 1;
         }
-    }
+        return 0;
+    };
+    if (!flagged && text_rows()) return 0;
     tkc_far_tables ftabs;
     memset(&ftabs, 0, sizeof ftabs);
     if (far) {
         const float pw = (float)cfg->qk_norm_power, cl = (float)cfg->qk_norm_clip, ep = (float)cfg->eps;
-        int bad = dt == TK_DTYPE_BF16
-                      ? launch_project<__nv_bfloat16>(q0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, qp, st) ||
-                            launch_project<__nv_bfloat16>(k0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, kp, st)
-                      : launch_project<__half>(q0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, qp, st) ||
-                            launch_project<__half>(k0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, kp, st);
-        ce = bad ? cudaGetLastError() : cudaSuccess;
-        if (bad) {
+        int lfail = dt == TK_DTYPE_BF16
+                      ? launch_project<__nv_bfloat16>(q0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, qp, bad, st) ||
+                            launch_project<__nv_bfloat16>(k0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, kp, bad, st)
+                      : launch_project<__half>(q0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, qp, bad, st) ||
+                            launch_project<__half>(k0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, kp, bad, st);
+        ce = lfail ? cudaGetLastError() : cudaSuccess;
+        if (lfail) {
             snprintf(err, sizeof err, "launch project_kernel: %s", cudaGetErrorString(ce));
             tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
             return 0;
@@ -1388,6 +1503,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         ta.table_cached = h->table_key == tkey + 1;
         h->table_key = 0;
         ta.q = qp, ta.k = kp, ta.v = v, ta.o = farbuf;
+        ta.bad = bad; // flag_path made sure the degree-2 path (which reads it) runs
         if (far_mask) {
             uint8_t *fm = (uint8_t *)(ws + off_fmask);
             int nb = (int)((call->B * (size_t)N + 255) / 256);
@@ -1413,6 +1529,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
             return 0;
         }
     }
+    if (flagged && text_rows()) return 0; // bad is final now: the side stream's kernel may read it
     if (W > 0) {
         LocalArgs la;
         memset(&la, 0, sizeof la);
@@ -1430,6 +1547,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         la.w = (float)w;
         la.c0 = P > 0 ? 1.f : 0.f, la.c1 = P > 1 ? 1.f : 0.f, la.c2 = P > 2 ? 0.5f : 0.f, la.c3 = P > 3 ? 1.f / 6.f : 0.f;
         la.normalized = cfg->combine == TK_COMBINE_NORMALIZED;
+        la.bad = bad;
         int nblocks = shape2d ? ((call->grid_h + 7) / 8) * ((call->grid_w + 7) / 8) : (N + 63) / 64;
         // 2d window, no far term or the fused normalized one, D 64/128, bf16/f16: the wgmma
         // kernel (hybrid_wgmma.cu); TKC_HYBRID_LOCAL=mma keeps this file's mma.sync kernel
@@ -1447,6 +1565,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         wa.scale_log2 = la.scale_log2, wa.w = la.w;
         wa.c0 = la.c0, wa.c1 = la.c1, wa.c2 = la.c2, wa.c3 = la.c3;
         wa.skip_tiles = la.skip_chunks; // TKC_HYBRID_NOSKIP=1 turns off both kernels' skipping
+        wa.bad = bad;
         // the local kernel with la/wa as they stand (the recompute pass below changes them)
         auto launch_any_local = [&](int fm) {
             if (use_wg) return tkc_hyb_wg_launch(&wa, st, err, sizeof err);
@@ -1471,14 +1590,19 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
             }
         }
         if (far) {
-            tkc_den_stats hd;
-            ce = cudaMemcpyAsync(&hd, den, sizeof hd, cudaMemcpyDeviceToHost, st);
+            den_word hw; // the counters and, on the flagged path, the bad word: one copy, one synchronization
+            ce = cudaMemcpyAsync(&hw, dw, bad ? sizeof hw : sizeof hw.den, cudaMemcpyDeviceToHost, st);
             if (ce == cudaSuccess) ce = cudaStreamSynchronize(st);
             if (ce != cudaSuccess) {
                 snprintf(err, sizeof err, "hybrid: %s", cudaGetErrorString(ce));
                 tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
                 return 0;
             }
+            if (bad && hw.bad) { // nothing wrote o; no den figures, no recompute pass
+                tkc_fail(res, TK_REASON_BAD_INPUT, "hybrid: a NaN or Inf input (found by the kernels)");
+                return 0;
+            }
+            tkc_den_stats &hd = hw.den;
             tkc_den_decode(&hd);
             if (sreq) tkc_den_report(&hd, res);
             if (hd.n_le_eps + hd.n_nonfinite > 0) { // dropped far terms: local term alone for those rows

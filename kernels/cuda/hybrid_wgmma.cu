@@ -79,6 +79,7 @@ template <int D, int G> constexpr size_t smem_bytes(int FARM) {
 // registers the runtime ones were re-read from the constant bank per element).
 template <typename T, typename TO, int D, int G, int FARM, bool P3>
 __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
+    if (a.bad && *a.bad) return;
 #ifndef TKC_HYB_NO_WGMMA
     constexpr bool FAR = FARM != 0;
     constexpr int CH = D / 8, GLD = G + 8, RSTEP = NTHR / CH;

@@ -1189,7 +1189,15 @@ struct FArgs {
     const void *k, *v; // k' [BH][N][16], v [BH][N][Dv]
     const uint8_t *mask;
     int H, Nk, BH, split;
+    unsigned *bad;     // or NULL: set to 1 when an element of v the kernel reads is NaN/Inf
 };
+
+// Nonzero when either 16-bit value packed in w is NaN or Inf: the exponent
+// bits all ones (bf16 0x7f80, f16 0x7c00), one SIMD compare per pair.
+template <typename TI> __device__ __forceinline__ unsigned far_nonfinite2(uint32_t w) {
+    constexpr uint32_t E = std::is_same<TI, __half>::value ? 0x7c007c00u : 0x7f807f80u;
+    return __vcmpeq2(w & E, E);
+}
 
 // One slot group SG of a warp: 7 slots, CSW column groups; acc[j][c].
 template <typename MT, int SG, int CSW>
@@ -1264,6 +1272,7 @@ __global__ void __launch_bounds__(32 * far_warps<NB>(), 1)
     const int per = (tiles + a.split - 1) / a.split;
     const int t0 = min(tiles, sp * per), nt = min(tiles, t0 + per) - t0;
     int my_cnt = 0;
+    unsigned v_nf = 0; // a.bad: this thread saw a NaN/Inf in v
     // copies: TPK threads per key (key r = tid / TPK), each every TPK-th 16-byte
     // chunk of its row; the key's mask byte is loaded one tile ahead
     constexpr int TPK = NTH / KTA;
@@ -1308,6 +1317,15 @@ __global__ void __launch_bounds__(32 * far_warps<NB>(), 1)
         cp_async_commit();
         next_in = kept(t0 + i + FSTAGES); // used at the next step: the load's latency hides behind this one
         const TI *Ks = stage + (i % FSTAGES) * STG, *Vs = Ks + KTA * FKLD;
+        if (a.bad) { // the v chunks this thread copied into the stage (zero-filled ones are finite)
+#pragma unroll
+            for (int cc = sub; cc < CPR; cc += TPK)
+                if (cc >= 2) {
+                    const uint4 u = *reinterpret_cast<const uint4 *>(Vs + r * VLD + (cc - 2) * 8);
+                    v_nf |= far_nonfinite2<TI>(u.x) | far_nonfinite2<TI>(u.y) | far_nonfinite2<TI>(u.z) |
+                            far_nonfinite2<TI>(u.w);
+                }
+        }
         switch (sg) { // outside the 16-key steps: each case is straight-line code
         case 0: far_tile<TI, 0, CSW, VLD>(Ks, Vs, ch * CSW * 16, lane, t, acc, accg, gram); break;
         case 1: far_tile<TI, 1, CSW, VLD>(Ks, Vs, ch * CSW * 16, lane, t, acc, accg, gram); break;
@@ -1316,6 +1334,7 @@ __global__ void __launch_bounds__(32 * far_warps<NB>(), 1)
         }
     }
     cp_async_wait<0>();
+    if (a.bad && __any_sync(0xffffffffu, v_nf != 0) && lane == 0) *a.bad = 1u;
     atomicAdd(&s_cnt, my_cnt);
     float4 *pb = part + (size_t)(sp * a.BH + bh) * far_recs<NB>() * 32 + lane;
 #pragma unroll
@@ -1514,6 +1533,7 @@ template <typename TI, int NB>
 int far_launch(const tkc_taylor_args *a, const FarPlan &p, void *ws, cudaStream_t st, char *err, size_t errlen) {
     FArgs f;
     f.k = a->k, f.v = a->v, f.mask = a->mask, f.H = a->H, f.Nk = a->Nk, f.BH = p.BH, f.split = p.split;
+    f.bad = a->bad;
     far_reduce_kernel<TI, NB><<<dim3(p.split, p.BH), 32 * far_warps<NB>(), far_smem<NB>(), st>>>(
         f, at<float4>(ws, p.off_part), at<int>(ws, p.off_cnt));
     TKC_LAUNCHED("far_reduce_kernel", err, errlen);

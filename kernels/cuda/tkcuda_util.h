@@ -45,6 +45,9 @@ double tkcu_copy_ms(size_t bytes, int reps, char *err, size_t errlen);
 /* The hybrid PCA projection [D][g] (host fp32) cached for (layer, b*H+h) in a
  * cuda context; 0 ok, nonzero when none is cached. */
 int tkcu_hybrid_projection(tk_context *ctx, int layer, int bh, float *out, int *D, int *g);
+/* 1 when the last hybrid call on ctx took its NaN/Inf check from its own
+ * kernels (no input scan before them), 0 when it scanned first. */
+int tkcu_hybrid_flagged_inputs(tk_context *ctx);
 
 #ifdef __cplusplus
 }

@@ -1073,6 +1073,116 @@ static void test_nan_or_inf_input_to_hybrid_on_a_cached_layer_is_bad_input_and_l
     cached_layer_bad_inputs(NULL, 0);  /* no q0/k0: the far field projects q and k */
 }
 
+/* ---- NaN/Inf input to a hybrid call that runs no input scan -------------
+ * bf16/f16, no key mask, no q0/k0 of its own, the 2d window with the fused
+ * normalized far term (far dim 16, P 3) on a layer whose PCA is cached: the
+ * cuda backend runs no scan before the kernels (tkcu_hybrid_flagged_inputs
+ * says it did not): the projections flag q and k, the far field v's image
+ * rows, a small pass v's text rows, and the kernels that write o write
+ * nothing. Cases: an image row of q, a text row of k, a text row of v, an
+ * image row of v (NaN, +Inf, -Inf): bad_input with the ref backend's detail
+ * (the scan that names the element runs only then), no stats, o byte for byte
+ * as poisoned; then the next clean call (also unscanned) matches ref. A key
+ * mask, or a PCA refit due, takes the scan first: still bad_input. */
+static void flagged_bad_inputs(const char *local_kernel, tk_dtype dt, int stats_on) {
+    char err[256] = "";
+    int T = 20, gh = 12, gw = 10, N = T + gh * gw, H = 2, D = 64;
+    problem p = make_problem(1, H, N, N, D, D, dt, 1.0, 1.0, 97); /* keep 1: no key mask */
+    size_t n = (size_t)H * N * D, no = n, es = tk_dtype_size(dt);
+    if (local_kernel) setenv("TKC_HYBRID_LOCAL", local_kernel, 1);
+    unsetenv("TKC_HYBRID_SCAN");
+    tk_context *cu = NULL, *ref = NULL;
+    if (tk_context_open(TK_BACKEND_CUDA, &cu, err, sizeof err)) th_fail(__FILE__, __LINE__, "cuda: %s", err);
+    if (tk_context_open(TK_BACKEND_REF, &ref, err, sizeof err)) th_fail(__FILE__, __LINE__, "ref: %s", err);
+    tk_config cfg;
+    tk_config_defaults(&cfg); /* 2d window, normalized, w = 1, P = 3, far dim 16 */
+    cfg.local_window = 2, cfg.pca_samples = 100;
+    tk_stats_request sr = {4, 0, 3};
+    const tk_stats_request *sq = stats_on ? &sr : NULL;
+    tk_call c = call_of(&p);
+    c.text_tokens = T, c.grid_h = gh, c.grid_w = gw;
+    float *oh = xmalloc(no * 4);
+    double *ref64 = xmalloc(sizeof(double) * no);
+    tk_call h = c;
+    h.dtype = TK_DTYPE_F32, h.q = p.q, h.k = p.k, h.v = p.v, h.o = oh, h.key_mask = NULL, h.stream = NULL;
+    tk_result rc, rr;
+    /* one call against ref: clean (round 0 fits the PCA: scanned; later rounds are not) */
+#define CLEAN_CALL(round, flagged)                                                                              \
+    do {                                                                                                        \
+        poison(&p);                                                                                             \
+        TH_EQ_INT(tk_attention(cu, &c, &cfg, TK_MODE_HYBRID, sq, &rc), TK_OK);                                  \
+        TH_EQ_INT(tk_attention(ref, &h, &cfg, TK_MODE_HYBRID, sq, &rr), TK_OK);                                 \
+        TH_CHECKF(rc.reason == TK_REASON_NONE && rr.reason == TK_REASON_NONE, "round %d: cuda %s (%s), ref %s (%s)", \
+                  round, tk_reason_name(rc.reason), rc.detail, tk_reason_name(rr.reason), rr.detail);           \
+        TH_EQ_INT(tkcu_hybrid_flagged_inputs(cu), flagged);                                                    \
+        if (stats_on) TH_CHECK(rc.stats.have & TK_HAVE_DENOMS);                                                 \
+        for (size_t i_ = 0; i_ < no; i_++) ref64[i_] = oh[i_];                                                  \
+        double e_ = nmse(&p, ref64);                                                                            \
+        TH_CHECKF(e_ <= 5e-4, "round %d: normalized MSE against ref %.3g > 5e-4", round, e_);                   \
+    } while (0)
+    CLEAN_CALL(0, 0);
+    struct {
+        float *host;
+        void *dev;
+        const char *name;
+        size_t at;
+        float value;
+    } bad[4] = {
+        {p.q, p.dq, "q", ((size_t)1 * N + T + 37) * D + 5, NAN},       /* an image row of head 1 */
+        {p.k, p.dk, "k", (size_t)3 * D + 1, INFINITY},                 /* a text row of head 0 */
+        {p.v, p.dv, "v", ((size_t)1 * N + 5) * D + 60, -INFINITY},     /* a text row of head 1 */
+        {p.v, p.dv, "v", n - 1, NAN},                                  /* the last image row's last element */
+    };
+    /* mode 0: the flagged path; 1: a key mask (every key kept but one); 2: a PCA refit due */
+    uint8_t *mask = xmalloc((size_t)N);
+    void *dmask = NULL;
+    for (int j = 0; j < N; j++) mask[j] = j != T + 50;
+    if (tkcu_alloc(&dmask, (size_t)N, err, sizeof err) || tkcu_upload_bytes(dmask, mask, (size_t)N, err, sizeof err))
+        th_fail(__FILE__, __LINE__, "mask: %s", err);
+    for (int mode = 0; mode < 3; mode++)
+        for (int t = 0; t < 4; t++) {
+            if (mode > 0 && t != 3) continue; /* the other paths: one case each */
+            float keep = bad[t].host[bad[t].at];
+            bad[t].host[bad[t].at] = bad[t].value;
+            if (tkcu_upload(bad[t].dev, bad[t].host, n, p.dt, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
+            tk_call bcall = c, bh = h;
+            tk_config bc = cfg;
+            if (mode == 1) bcall.key_mask = dmask, bh.key_mask = mask;
+            if (mode == 2) bc.pca_refit_every = 1, bcall.step = bh.step = 3;
+            if (tkcu_poison(p.dout, no * es, 0x5a, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
+            TH_EQ_INT(tk_attention(cu, &bcall, &bc, TK_MODE_HYBRID, sq, &rc), TK_OK);
+            TH_EQ_INT(tk_attention(ref, &bh, &bc, TK_MODE_HYBRID, sq, &rr), TK_OK);
+            TH_EQ_STR(tk_reason_name(rr.reason), "bad_input");
+            TH_CHECKF(rc.reason == TK_REASON_BAD_INPUT, "mode %d case %d (%s): cuda %s (%s)", mode, t, bad[t].name,
+                      tk_reason_name(rc.reason), rc.detail);
+            TH_CHECKF(tkcu_hybrid_flagged_inputs(cu) == (mode == 0), "mode %d case %d: flagged %d", mode, t,
+                      tkcu_hybrid_flagged_inputs(cu));
+            TH_EQ_INT(rc.path, TK_PATH_FALLBACK);
+            TH_EQ_STR(rc.detail, rr.detail); /* same tensor, same first element */
+            TH_CHECKF(strncmp(rc.detail, bad[t].name, strlen(bad[t].name)) == 0 && rc.detail[strlen(bad[t].name)] == ' ',
+                      "detail \"%s\" does not name %s", rc.detail, bad[t].name);
+            TH_EQ_INT(rc.stats.have, 0);
+            TH_CHECKF(output_bytes_are(&p, 0x5a), "mode %d case %d (%s): o was written", mode, t, bad[t].name);
+            bad[t].host[bad[t].at] = keep;
+            if (tkcu_upload(bad[t].dev, bad[t].host, n, p.dt, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
+            if (mode == 0) CLEAN_CALL(1 + t, 1); /* after each bad call: unscanned, and like ref */
+        }
+#undef CLEAN_CALL
+    if (local_kernel) unsetenv("TKC_HYBRID_LOCAL");
+    free(oh), free(ref64), free(mask);
+    tkcu_free(dmask);
+    tk_context_close(cu), tk_context_close(ref);
+    free_problem(&p);
+}
+
+static void test_nan_or_inf_input_to_an_unscanned_hybrid_call_is_bad_input_and_leaves_o_untouched(void) {
+    need_device();
+    flagged_bad_inputs(NULL, TK_DTYPE_BF16, 1);  /* the wgmma local kernel, stats on */
+    flagged_bad_inputs(NULL, TK_DTYPE_BF16, 0);  /* stats off */
+    flagged_bad_inputs("mma", TK_DTYPE_F16, 1);  /* hybrid.cu's mma.sync local kernel, f16 */
+    flagged_bad_inputs("mma", TK_DTYPE_F16, 0);
+}
+
 /* ---- sampled rows: the ref backend's (kernels/plan.c tki_sample_indices) ---- */
 
 /* Taylor quality_raw on cuda against ref's on the same inputs and stats
@@ -1221,6 +1331,7 @@ static const th_test tests[] = {
     T(test_nan_or_inf_input_to_taylor_is_bad_input_like_ref_and_leaves_o_untouched),
     T(test_nan_or_inf_input_to_hybrid_is_bad_input_like_ref_and_leaves_o_untouched),
     T(test_nan_or_inf_input_to_hybrid_on_a_cached_layer_is_bad_input_and_leaves_o_untouched),
+    T(test_nan_or_inf_input_to_an_unscanned_hybrid_call_is_bad_input_and_leaves_o_untouched),
     T(test_taylor_quality_stats_on_cuda_match_the_ref_backend_on_the_same_rows),
     T(test_taylor_early_probe_on_cuda_samples_the_ref_backend_rows),
     T(test_hybrid_far_field_through_tk_attention_matches_the_ref_backend),
