@@ -352,10 +352,11 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
 #pragma unroll
         for (int nt = 0; nt < KT / 8; nt++) {
             const int2 inf2 = *reinterpret_cast<const int2 *>(it + nt * 8);
-            lo |= (((inf2.x & vb_lo) == vb_lo) ? 1u : 0u) << (2 * nt);
-            lo |= (((inf2.y & vb_lo) == vb_lo) ? 1u : 0u) << (2 * nt + 1);
-            hi |= (((inf2.x & vb_hi) == vb_hi) ? 1u : 0u) << (2 * nt);
-            hi |= (((inf2.y & vb_hi) == vb_hi) ? 1u : 0u) << (2 * nt + 1);
+            // visible: the entry holds both of the row's bits (one LOP3 with a predicate result)
+            if ((~inf2.x & vb_lo) == 0) lo |= 1u << (2 * nt);
+            if ((~inf2.y & vb_lo) == 0) lo |= 2u << (2 * nt);
+            if ((~inf2.x & vb_hi) == 0) hi |= 1u << (2 * nt);
+            if ((~inf2.y & vb_hi) == 0) hi |= 2u << (2 * nt);
         }
     };
     uint32_t vm_lo, vm_hi; // of the current tile: computed one tile ahead, under the P.V product
@@ -423,11 +424,8 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 if constexpr (VIS) {
-                    s[4 * nt + e] = ((vm_lo >> (2 * nt + e)) & 1u) ? s[4 * nt + e] * sl2 : -INFINITY;
-                    s[4 * nt + 2 + e] = ((vm_hi >> (2 * nt + e)) & 1u) ? s[4 * nt + 2 + e] * sl2 : -INFINITY;
-                } else {
-                    s[4 * nt + e] *= sl2;
-                    s[4 * nt + 2 + e] *= sl2;
+                    s[4 * nt + e] = ((vm_lo >> (2 * nt + e)) & 1u) ? s[4 * nt + e] : -INFINITY;
+                    s[4 * nt + 2 + e] = ((vm_hi >> (2 * nt + e)) & 1u) ? s[4 * nt + 2 + e] : -INFINITY;
                 }
             }
             mx_lo = fmaxf(mx_lo, fmaxf(s[4 * nt], s[4 * nt + 1]));
@@ -437,7 +435,9 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
         mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, 2));
         mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 1));
         mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, 2));
-        const float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
+        // the maximum of the raw scores, then log2 units (the scale is positive): the scale
+        // goes into the exponent's FFMA below instead of a multiply per element
+        const float mn_lo = fmaxf(m_lo, mx_lo * sl2), mn_hi = fmaxf(m_hi, mx_hi * sl2);
         const float mu_lo = mn_lo == -INFINITY ? 0.f : mn_lo, mu_hi = mn_hi == -INFINITY ? 0.f : mn_hi;
         const float al_lo = ex2(m_lo - mu_lo), al_hi = ex2(m_hi - mu_hi);
         m_lo = mn_lo;
@@ -453,8 +453,8 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
         uint32_t pf[KT / 16][4];
 #pragma unroll
         for (int nt = 0; nt < KT / 8; nt++) {
-            float p0 = ex2(s[4 * nt] - mu_lo), p1 = ex2(s[4 * nt + 1] - mu_lo);
-            float p2 = ex2(s[4 * nt + 2] - mu_hi), p3 = ex2(s[4 * nt + 3] - mu_hi);
+            float p0 = ex2(fmaf(s[4 * nt], sl2, -mu_lo)), p1 = ex2(fmaf(s[4 * nt + 1], sl2, -mu_lo));
+            float p2 = ex2(fmaf(s[4 * nt + 2], sl2, -mu_hi)), p3 = ex2(fmaf(s[4 * nt + 3], sl2, -mu_hi));
             s1_lo += p0 + p1;
             s1_hi += p2 + p3;
             if constexpr (FT) {

@@ -1,9 +1,11 @@
 #!/bin/sh
 # The wgmma kernels (kernels/cuda/exact.cu and hybrid_wgmma.cu, sm_90a) as
 # ptxas builds them: when ptxas cannot keep the warpgroup MMAs asynchronous
-# it serializes them and says so only as an info line (C7510/C7515,
-# "Potential Performance Loss"), which -Werror does not catch; once that cost
-# ~30% of the exact kernel's speed (docs/GPU-NOTES.md). This fails the
+# it serializes them and says so only as an info line (C7510/C7515/C7520,
+# "Potential Performance Loss", or C7519 "warpgroup.arrive is injected":
+# that one came with a wait after every wgmma of the kernel), which -Werror
+# does not catch; once that cost ~30% of the exact kernel's speed
+# (docs/GPU-NOTES.md). This fails the
 # build's tests when it happens. Needs nvcc (CI has it); skipped (77)
 # without. WGMMA_CHECK_EXTRA adds nvcc flags (WGMMA_CHECK_EXTRA=-G
 # serializes them: the check then fails).
@@ -20,7 +22,7 @@ for src in exact.cu hybrid_wgmma.cu; do
         exit 1
     }
     grep -q "wgmma_ss\|wgmma_rs\|wgmma\." "kernels/cuda/$src" || { echo "$src no longer uses wgmma"; exit 1; }
-    if grep -E "C7515|C7510|Potential Performance Loss" "$out"; then
+    if grep -E "C7515|C7510|C7519|C7520|Potential Performance Loss" "$out"; then
         echo "ptxas serialized wgmma in $src (see the lines above)"
         exit 1
     fi
