@@ -18,7 +18,8 @@
 // Both: bf16 or f16 in, fp32 accumulate. Tails (Nq, Nk not tile multiples)
 // are zero-filled on load and masked to -inf; the key mask is a per-tile bias;
 // a row whose keys are all masked is written as zeros. q_rows lets a launch
-// cover the first Nq rows of each head only (hybrid text rows).
+// cover the first Nq rows of each head only (hybrid text rows); o_rows writes
+// them into a compact [B,H,o_rows,D] buffer instead.
 //
 // tkc_exact_args.warps (TKC_EXACT_WARPS, bench variants): 0 default (wgmma,
 // 2 warpgroups, KT=128, no overlap); 9 = wgmma with the intra-warpgroup
@@ -44,7 +45,7 @@ template <typename T, typename TO, int D, int NW, int KT>
 __global__ void __launch_bounds__(NW * 32, (NW == 4 ? 2 : 1))
     exact_kernel(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v,
                  TO *__restrict__ o, const uint8_t *__restrict__ mask, int H, int Nq, int Nk,
-                 float scale_log2, int q_rows, const unsigned *bad) {
+                 float scale_log2, int q_rows, int o_rows, const unsigned *bad) {
     if (bad && *bad) return; // a hybrid call's kernels found a NaN/Inf input: o stays as it was
     constexpr int LD = ExactSmem<D>::LD;
     constexpr int BR = 16 * NW;
@@ -197,7 +198,7 @@ __global__ void __launch_bounds__(NW * 32, (NW == 4 ? 2 : 1))
     float inv_lo = l_lo > 0.f ? 1.f / l_lo : 0.f;
     float inv_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
     int r_lo = q0 + warp * 16 + (lane >> 2), r_hi = r_lo + 8;
-    TO *ob = o + (size_t)bh * q_rows * D;
+    TO *ob = o + (size_t)bh * o_rows * D;
 #pragma unroll
     for (int nt = 0; nt < D / 8; nt++) {
         int c = nt * 8 + 2 * (lane & 3);
@@ -359,7 +360,8 @@ template <typename T, typename TO, int D, int KT, int NWG, bool OV>
 __global__ void __launch_bounds__(NWG * 128, 1)
     exact_wg_kernel(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v,
                     TO *__restrict__ o, const uint8_t *__restrict__ mask, int H, int Nq, int Nk,
-                    float scale_log2, int q_rows, uint32_t v_lbo, uint32_t v_sbo, const unsigned *bad) {
+                    float scale_log2, int q_rows, int o_rows, uint32_t v_lbo, uint32_t v_sbo,
+                    const unsigned *bad) {
     if (bad && *bad) return; // a hybrid call's kernels found a NaN/Inf input: o stays as it was
 #ifndef TKC_EXACT_NO_WGMMA
     constexpr int BR = 64 * NWG, NTHR = 128 * NWG, CH = D / 8, NS = OV ? 3 : 2;
@@ -520,10 +522,13 @@ __global__ void __launch_bounds__(NWG * 128, 1)
         else
             run(std::false_type{});
     }
-    wg_store<TO, D>(o + (size_t)bh * q_rows * D, acc, l_lo, l_hi, q0 + wg * 64 + wq * 16 + (lane >> 2), Nq,
+    wg_store<TO, D>(o + (size_t)bh * o_rows * D, acc, l_lo, l_hi, q0 + wg * 64 + wq * 16 + (lane >> 2), Nq,
                     t2);
 #endif
 }
+
+int q_rows_of(const tkc_exact_args *a) { return a->q_rows > 0 ? a->q_rows : a->Nq; }
+int o_rows_of(const tkc_exact_args *a) { return a->o_rows > 0 ? a->o_rows : q_rows_of(a); }
 
 template <typename T, typename TO, int D, int KT, int NWG, bool OV>
 int launch_exact_wg(const tkc_exact_args *a, cudaStream_t st, char *err, size_t errlen) {
@@ -538,7 +543,7 @@ int launch_exact_wg(const tkc_exact_args *a, cudaStream_t st, char *err, size_t 
     uint32_t lbo = KT * 128, sbo = 1024;
     kern<<<grid, NWG * 128, smem, st>>>((const T *)a->q, (const T *)a->k, (const T *)a->v, (TO *)a->o,
                                         a->mask, a->H, a->Nq, a->Nk, scale_log2,
-                                        a->q_rows > 0 ? a->q_rows : a->Nq, lbo, sbo, a->bad);
+                                        q_rows_of(a), o_rows_of(a), lbo, sbo, a->bad);
     TKC_LAUNCHED("exact_wg_kernel", err, errlen);
     return 0;
 }
@@ -554,7 +559,7 @@ int launch_exact(const tkc_exact_args *a, cudaStream_t st, char *err, size_t err
     float scale_log2 = (float)(a->scale * 1.4426950408889634);
     kern<<<grid, NW * 32, smem, st>>>((const T *)a->q, (const T *)a->k, (const T *)a->v, (TO *)a->o,
                                       a->mask, a->H, a->Nq, a->Nk, scale_log2,
-                                      a->q_rows > 0 ? a->q_rows : a->Nq, a->bad);
+                                      q_rows_of(a), o_rows_of(a), a->bad);
     TKC_LAUNCHED("exact_kernel", err, errlen);
     return 0;
 }

@@ -138,6 +138,19 @@ __global__ void __launch_bounds__(256) text_rows_scan_kernel(const T *x, int BH,
     flag_warp(bad, nf);
 }
 
+// The flagged path's text rows, computed into a compact [BH][T][D] buffer at
+// the start of the call (beside the projections and the far field), copied
+// into o's rows [0, T) of every head once bad is final, unless it is set.
+__global__ void __launch_bounds__(256) text_rows_copy_kernel(const uint4 *src, uint4 *o, int BH, int N, int Tn,
+                                                            int D, const unsigned *bad) {
+    if (*bad) return; // a NaN/Inf input: o stays as it was
+    const size_t per = (size_t)Tn * D / 8, n = per * BH; // 16-byte chunks
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < n; e += (size_t)gridDim.x * blockDim.x) {
+        const size_t bh = e / per, c = e - bh * per;
+        o[bh * (size_t)N * D / 8 + c] = src[e];
+    }
+}
+
 // x' rows: [BH][N][g] in T. A block projects 64 rows: the rows are staged in
 // shared memory with coalesced 16-byte loads; two threads share a row, each
 // computing g/2 outputs, and the norm is combined across the pair.
@@ -1368,6 +1381,9 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     off += al256(sizeof(den_word));
     size_t off_t = off;
     off += ws_t;
+    const bool text_buf = flagged && W > 0 && T > 0; // text rows into a buffer first (see text_rows)
+    size_t off_text = off;
+    if (text_buf) off += al256((size_t)BH * T * D * es);
     // the PCA fit uses the same workspace before the rest: fit first
     const void *q = call->q, *k = call->k, *v = call->v;
     const void *q0 = call->q0 ? call->q0 : call->q, *k0 = call->k0 ? call->k0 : call->k;
@@ -1449,13 +1465,16 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     const float sqrt_s = (float)sqrt(cfg->global_scale_mul / sqrt((double)D));
     bool joined = false; // the side stream's exact rows must join st before the call returns
     // text queries: every key, exact (as the ref backend's window: kernels/plan.c); 0, or 1 with res
-    // failed. At the start of the call, or on the flagged path after the kernels that set bad.
+    // failed. At the start of the call, on the side stream beside the projections and the far
+    // field; on the flagged path into the workspace (bad is not final yet), copied into o by
+    // text_rows_copy_kernel after the kernels that set bad.
     auto text_rows = [&]() -> int {
         if (!(W <= 0 || T > 0)) return 0; // text queries (both window shapes) see every key
         tkc_exact_args ea;
         memset(&ea, 0, sizeof ea);
         ea.q = q, ea.k = k, ea.v = v, ea.o = call->o, ea.mask = call->key_mask, ea.bad = bad;
         ea.B = call->B, ea.H = call->H, ea.Nq = W <= 0 ? N : T, ea.Nk = N, ea.D = D, ea.q_rows = N;
+        if (text_buf) ea.o = ws + off_text, ea.o_rows = T, ea.bad = nullptr;
         ea.scale = call->scale > 0 ? call->scale : 1.0 / sqrt((double)D);
         ea.in_dtype = dt, ea.out_dtype = call->dtype;
         cudaStream_t es = W <= 0 ? st : h->side;
@@ -1483,7 +1502,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         }
         return 0;
     };
-    if (!flagged && text_rows()) return 0;
+    if (text_rows()) return 0;
     tkc_far_tables ftabs;
     memset(&ftabs, 0, sizeof ftabs);
     if (far) {
@@ -1529,7 +1548,23 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
             return 0;
         }
     }
-    if (flagged && text_rows()) return 0; // bad is final now: the side stream's kernel may read it
+    if (text_buf) { // bad is final now: the text rows reach o unless it is set
+        ce = cudaEventRecord(h->fork, st);
+        if (ce == cudaSuccess) ce = cudaStreamWaitEvent(h->side, h->fork, 0);
+        if (ce == cudaSuccess) {
+            const size_t chunks = (size_t)BH * T * D / 8;
+            const int nb = (int)((chunks + 255) / 256 < 1024 ? (chunks + 255) / 256 : 1024);
+            text_rows_copy_kernel<<<nb, 256, 0, h->side>>>((const uint4 *)(ws + off_text), (uint4 *)call->o, BH, N,
+                                                            T, D, bad);
+            ce = cudaGetLastError();
+        }
+        if (ce == cudaSuccess) ce = cudaEventRecord(h->join, h->side);
+        if (ce != cudaSuccess) {
+            snprintf(err, sizeof err, "hybrid text rows: %s", cudaGetErrorString(ce));
+            tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
+            return 0;
+        }
+    }
     if (W > 0) {
         LocalArgs la;
         memset(&la, 0, sizeof la);
