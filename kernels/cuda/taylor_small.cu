@@ -1193,10 +1193,12 @@ struct FArgs {
 };
 
 // Nonzero when either 16-bit value packed in w is NaN or Inf: the exponent
-// bits all ones (bf16 0x7f80, f16 0x7c00), one SIMD compare per pair.
+// bits all ones (bf16 0x7f80, f16 0x7c00); an add and two masks per pair.
 template <typename TI> __device__ __forceinline__ unsigned far_nonfinite2(uint32_t w) {
-    constexpr uint32_t E = std::is_same<TI, __half>::value ? 0x7c007c00u : 0x7f807f80u;
-    return __vcmpeq2(w & E, E);
+    // exponent all ones + its lowest bit carries into the half's sign bit (no carry across halves)
+    constexpr bool H16 = std::is_same<TI, __half>::value;
+    constexpr uint32_t E = H16 ? 0x7c007c00u : 0x7f807f80u, INC = H16 ? 0x04000400u : 0x00800080u;
+    return ((w & E) + INC) & 0x80008000u;
 }
 
 // One slot group SG of a warp: 7 slots, CSW column groups; acc[j][c].
@@ -1238,9 +1240,13 @@ __device__ __forceinline__ void far_slots(float (&acc)[7][CSW][4], float (&accg)
 // The four 16-key steps of one staged 64-key tile for slot group SG (one
 // straight-line block: the next step's ldmatrix and shuffles can overlap
 // this step's mma).
+// chk: OR a NaN/Inf of the tile's v into nf. Every slot group's warps load the
+// same V fragments (each element of the tile's columns once per group), so
+// slot group SG tests register SG of each: the four groups cover all of them.
 template <typename MT, int SG, int CSW, int VLD>
 __device__ __forceinline__ void far_tile(const MT *Ks, const MT *Vs, int cbase, int lane, int t,
-                                         float (&acc)[7][CSW][4], float (&accg)[3][4], bool gram) {
+                                         float (&acc)[7][CSW][4], float (&accg)[3][4], bool gram, bool chk,
+                                         unsigned &nf) {
 #pragma unroll
     for (int ks = 0; ks < KTA / 16; ks++) {
         const int row = ks * 16 + (lane & 7) + 8 * (lane >> 4), col = 8 * ((lane >> 3) & 1);
@@ -1248,6 +1254,11 @@ __device__ __forceinline__ void far_tile(const MT *Ks, const MT *Vs, int cbase, 
         ldsm_x4_t(KA, Ks + row * FKLD + col);
 #pragma unroll
         for (int c = 0; c < CSW; c++) ldsm_x4_t(VA[c], Vs + row * VLD + cbase + c * 16 + col);
+        if (chk) {
+            static_assert(SG < 4, "four slot groups, four fragment registers");
+#pragma unroll
+            for (int c = 0; c < CSW; c++) nf |= far_nonfinite2<MT>(VA[c][SG]);
+        }
         far_slots<MT, SG, CSW>(acc, accg, VA, KA, t, gram);
     }
 }
@@ -1272,7 +1283,8 @@ __global__ void __launch_bounds__(32 * far_warps<NB>(), 1)
     const int per = (tiles + a.split - 1) / a.split;
     const int t0 = min(tiles, sp * per), nt = min(tiles, t0 + per) - t0;
     int my_cnt = 0;
-    unsigned v_nf = 0; // a.bad: this thread saw a NaN/Inf in v
+    unsigned v_nf = 0; // a.bad: this thread saw a NaN/Inf in v (its share of the V fragments, far_tile)
+    const bool chk = a.bad != nullptr;
     // copies: TPK threads per key (key r = tid / TPK), each every TPK-th 16-byte
     // chunk of its row; the key's mask byte is loaded one tile ahead
     constexpr int TPK = NTH / KTA;
@@ -1317,20 +1329,11 @@ __global__ void __launch_bounds__(32 * far_warps<NB>(), 1)
         cp_async_commit();
         next_in = kept(t0 + i + FSTAGES); // used at the next step: the load's latency hides behind this one
         const TI *Ks = stage + (i % FSTAGES) * STG, *Vs = Ks + KTA * FKLD;
-        if (a.bad) { // the v chunks this thread copied into the stage (zero-filled ones are finite)
-#pragma unroll
-            for (int cc = sub; cc < CPR; cc += TPK)
-                if (cc >= 2) {
-                    const uint4 u = *reinterpret_cast<const uint4 *>(Vs + r * VLD + (cc - 2) * 8);
-                    v_nf |= far_nonfinite2<TI>(u.x) | far_nonfinite2<TI>(u.y) | far_nonfinite2<TI>(u.z) |
-                            far_nonfinite2<TI>(u.w);
-                }
-        }
         switch (sg) { // outside the 16-key steps: each case is straight-line code
-        case 0: far_tile<TI, 0, CSW, VLD>(Ks, Vs, ch * CSW * 16, lane, t, acc, accg, gram); break;
-        case 1: far_tile<TI, 1, CSW, VLD>(Ks, Vs, ch * CSW * 16, lane, t, acc, accg, gram); break;
-        case 2: far_tile<TI, 2, CSW, VLD>(Ks, Vs, ch * CSW * 16, lane, t, acc, accg, gram); break;
-        default: far_tile<TI, 3, CSW, VLD>(Ks, Vs, ch * CSW * 16, lane, t, acc, accg, gram); break;
+        case 0: far_tile<TI, 0, CSW, VLD>(Ks, Vs, ch * CSW * 16, lane, t, acc, accg, gram, chk, v_nf); break;
+        case 1: far_tile<TI, 1, CSW, VLD>(Ks, Vs, ch * CSW * 16, lane, t, acc, accg, gram, chk, v_nf); break;
+        case 2: far_tile<TI, 2, CSW, VLD>(Ks, Vs, ch * CSW * 16, lane, t, acc, accg, gram, chk, v_nf); break;
+        default: far_tile<TI, 3, CSW, VLD>(Ks, Vs, ch * CSW * 16, lane, t, acc, accg, gram, chk, v_nf); break;
         }
     }
     cp_async_wait<0>();
