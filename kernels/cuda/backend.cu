@@ -69,6 +69,8 @@ struct cuda_state {
     cudaStream_t stats_st;          // owned
     cudaEvent_t stats_fork, stats_join; // owned; valid when stats_st is
     cudaEvent_t stats_end;          // owned, timed: TKC_STATS_PROFILE's end of the input passes
+    cudaEvent_t stats_prep, stats_proj; // owned (struct tkc_stats_taps' prep_done, proj_done); valid when stats_st is
+    int stats_tapped;               // the last hybrid call's stats took their norms from its projections
     int hybrid_flagged;             // the last hybrid call took the kernels' flag instead of the scan
 };
 
@@ -473,20 +475,24 @@ int stats_stream(cuda_state *s) {
         prio = prio < greatest ? greatest : prio > least ? least : prio;
     }
     cudaStream_t st = nullptr;
-    cudaEvent_t a = nullptr, b = nullptr, c = nullptr;
+    cudaEvent_t a = nullptr, b = nullptr, c = nullptr, d = nullptr, f = nullptr;
     cudaError_t e = cudaStreamCreateWithPriority(&st, cudaStreamNonBlocking, prio);
     if (e == cudaSuccess) e = cudaEventCreateWithFlags(&a, cudaEventDisableTiming);
     if (e == cudaSuccess) e = cudaEventCreateWithFlags(&b, cudaEventDisableTiming);
     if (e == cudaSuccess) e = cudaEventCreate(&c);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&d, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&f, cudaEventDisableTiming);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
+        if (f) cudaEventDestroy(f);
+        if (d) cudaEventDestroy(d);
         if (c) cudaEventDestroy(c);
         if (b) cudaEventDestroy(b);
         if (a) cudaEventDestroy(a);
         if (st) cudaStreamDestroy(st);
         return 1;
     }
-    s->stats_st = st, s->stats_fork = a, s->stats_join = b, s->stats_end = c;
+    s->stats_st = st, s->stats_fork = a, s->stats_join = b, s->stats_end = c, s->stats_prep = d, s->stats_proj = f;
     return 0;
 }
 
@@ -502,8 +508,15 @@ int stats_stream(cuda_state *s) {
 // caller takes the old order), else 0 with res filled as the old order
 // would: a failed hybrid call reports no stats and leaves o as it does.
 // flag_inputs: tkc_hybrid's (no input scan ran; its kernels check).
+// Where the job allows (tkc_stats_taps_of) and TKC_STATS_NORMS_SEPARATE is
+// not set (benchmarks: today's separate pass), the norms and far logits come
+// from the hybrid's projection kernels (struct tkc_stats_taps): the stats
+// queue their prep, the hybrid's k projection waits for it, the rest of the
+// stats' input passes wait for the projections (events, no host wait); the
+// stats' own norms pass runs only when the hybrid did not write the taps.
 int hybrid_stats_beside(cuda_state *s, const tk_call *call, const tk_config *cfg, const tk_stats_request *sreq,
                         const sampled *sm, cudaStream_t st, tk_result *res, int flag_inputs) {
+    s->stats_tapped = 0;
     const char *after = getenv("TKC_STATS_AFTER");
     if (after && atoi(after) != 0) return -1;
     tkc_stats_job j;
@@ -526,9 +539,20 @@ int hybrid_stats_beside(cuda_state *s, const tk_call *call, const tk_config *cfg
     if (profile < 0) profile = getenv("TKC_STATS_PROFILE") && atoi(getenv("TKC_STATS_PROFILE")) > 0;
     struct timespec t0, t1, t2;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    int rc = tkc_stats_inputs(&j, s->num_sms, s->sws, s->shost, s->stats_st, err, sizeof err);
-    if (!rc && profile && cudaEventRecord(s->stats_end, s->stats_st) != cudaSuccess) (void)cudaGetLastError();
-    e = cudaEventRecord(s->stats_join, s->stats_st);
+    const char *sep = getenv("TKC_STATS_NORMS_SEPARATE");
+    tkc_stats_taps taps;
+    const bool tap = !(sep && atoi(sep) != 0) && tkc_stats_taps_of(&j, s->num_sms, s->sws, &taps);
+    int rc = 0;
+    e = cudaSuccess;
+    if (tap) {
+        taps.prep_done = s->stats_prep, taps.proj_done = s->stats_proj;
+        rc = tkc_stats_inputs_prep(&j, s->num_sms, s->sws, s->shost, s->stats_st, err, sizeof err);
+        if (!rc) e = cudaEventRecord(s->stats_prep, s->stats_st);
+    } else {
+        rc = tkc_stats_inputs(&j, s->num_sms, s->sws, s->shost, s->stats_st, err, sizeof err);
+        if (!rc && profile && cudaEventRecord(s->stats_end, s->stats_st) != cudaSuccess) (void)cudaGetLastError();
+    }
+    if (!rc && e == cudaSuccess) e = cudaEventRecord(s->stats_join, s->stats_st);
     if (rc || e != cudaSuccess) {
         (void)cudaStreamSynchronize(s->stats_st); // nothing of this call left running
         (void)cudaGetLastError();
@@ -537,7 +561,23 @@ int hybrid_stats_beside(cuda_state *s, const tk_call *call, const tk_config *cfg
         return 0;
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    tkc_hybrid(&s->hybrid, call, cfg, sreq, st, res, flag_inputs);
+    tkc_hybrid(&s->hybrid, call, cfg, sreq, st, res, flag_inputs, tap ? &taps : nullptr);
+    s->stats_tapped = tap && taps.used;
+    if (tap && res->reason == TK_REASON_NONE) { // the rest of the inputs part, after the projections
+        e = taps.used ? cudaStreamWaitEvent(s->stats_st, s->stats_proj, 0) : cudaSuccess;
+        if (e == cudaSuccess)
+            rc = tkc_stats_inputs_rest(&j, s->num_sms, s->sws, s->shost, s->stats_st, !taps.used, err, sizeof err);
+        if (!rc && e == cudaSuccess && profile && cudaEventRecord(s->stats_end, s->stats_st) != cudaSuccess)
+            (void)cudaGetLastError();
+        if (!rc && e == cudaSuccess) e = cudaEventRecord(s->stats_join, s->stats_st);
+        if (rc || e != cudaSuccess) { // as a failed output part: the call fails
+            (void)cudaStreamSynchronize(s->stats_st);
+            (void)cudaGetLastError();
+            if (!rc) snprintf(err, sizeof err, "stats rest: %s", cudaGetErrorString(e));
+            fail_rc(res, rc ? rc : 1, err);
+            return 0;
+        }
+    }
     clock_gettime(CLOCK_MONOTONIC, &t2);
     const cudaError_t joined_early = profile ? cudaEventQuery(s->stats_join) : cudaSuccess;
     if (res->reason != TK_REASON_NONE) {
@@ -588,7 +628,8 @@ void run_hybrid(cuda_state *s, const tk_call *call, const tk_config *cfg, const 
                 const sampled *sm, cudaStream_t st, tk_result *res, int flag_inputs) {
     const int beside = sreq ? hybrid_stats_beside(s, call, cfg, sreq, sm, st, res, flag_inputs) : -1;
     if (beside == 0) return;
-    tkc_hybrid(&s->hybrid, call, cfg, sreq, st, res, flag_inputs);
+    s->stats_tapped = 0;
+    tkc_hybrid(&s->hybrid, call, cfg, sreq, st, res, flag_inputs, nullptr);
     if (res->reason != TK_REASON_NONE) {
         s->proj_valid = 0; // a failed call may have left a refit behind
         return;
@@ -968,6 +1009,8 @@ extern "C" void tkcuda_close(tk_context *ctx) {
         cudaEventDestroy(s->stats_fork);
         cudaEventDestroy(s->stats_join);
         cudaEventDestroy(s->stats_end);
+        cudaEventDestroy(s->stats_prep);
+        cudaEventDestroy(s->stats_proj);
     }
     cudaEventDestroy(s->ev0);
     cudaEventDestroy(s->ev1);
@@ -1044,6 +1087,11 @@ extern "C" void tkcuda_reset(tk_context *ctx) {
 extern "C" int tkcu_hybrid_flagged_inputs(tk_context *ctx) {
     cuda_state *s = ctx ? (cuda_state *)ctx->cuda : nullptr;
     return s ? s->hybrid_flagged : 0;
+}
+
+extern "C" int tkcu_hybrid_stats_tapped(tk_context *ctx) {
+    cuda_state *s = ctx ? (cuda_state *)ctx->cuda : nullptr;
+    return s ? s->stats_tapped : 0;
 }
 
 extern "C" int tkcu_hybrid_projection(tk_context *ctx, int layer, int bh, float *out, int *D, int *g) {

@@ -342,6 +342,53 @@ template <> __device__ __forceinline__ void wgmma_rs_tb<__half, 128>(float *d, c
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1));
 }
 
+// ---- shared by the stats norms (stats.cu) and the hybrid projection's stats
+// taps (hybrid.cu) ----
+
+// A value left out of a distribution (masked key): a NaN bit pattern that no
+// arithmetic produces (CUDA's own NaN is 0x7fffffff).
+constexpr unsigned SKIP_BITS = 0xffffffffu;
+
+// kernels/plan.c tki_qkmod_factor in fp32.
+__device__ __forceinline__ float mod_factor(int modify, float power, float clip, float eps, float norm) {
+    if (!modify) return 1.f;
+    float n = norm + eps;
+    if (modify == 1) return 1.f / n;
+    float f = 1.f;
+    if (power > 0.f) f *= powf(n, -power);
+    if (clip > 0.f && clip / n < 1.f) f *= clip / n;
+    return f;
+}
+
+// v[16] summed over the four lanes of a quad; lane t4 keeps the sums of
+// v[4 t4 .. 4 t4 + 3].
+__device__ __forceinline__ float4 quad_reduce_scatter16(const float (&v)[16], int t4) {
+    const bool b1 = (t4 & 2) != 0, b0 = (t4 & 1) != 0;
+    float h[8], r[4];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const float send = b1 ? v[i] : v[i + 8], keep = b1 ? v[i + 8] : v[i];
+        h[i] = keep + __shfl_xor_sync(0xffffffffu, send, 2);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float send = b0 ? h[i] : h[i + 4], keep = b0 ? h[i + 4] : h[i];
+        r[i] = keep + __shfl_xor_sync(0xffffffffu, send, 1);
+    }
+    return make_float4(r[0], r[1], r[2], r[3]);
+}
+
+__device__ __forceinline__ float bf16_sq_sum(uint4 u) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float lo = __uint_as_float(w[i] << 16), hi = __uint_as_float(w[i] & 0xffff0000u);
+        s += lo * lo + hi * hi;
+    }
+    return s;
+}
+
 } // namespace tkc
 
 #endif

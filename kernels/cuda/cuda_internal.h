@@ -135,9 +135,32 @@ int tkc_convert_f32_bf16(const float *src, void *dst, size_t n, cudaStream_t st)
 // the kernels that write o then write nothing, and the call fails with
 // bad_input (a short detail: the caller's scan names the element) and no
 // stats, o untouched.
+//
+// taps (NULL = none): the stats' per-row values (stats.cu's norms pass) that
+// the hybrid's projection kernel can write as it projects q0 and k0
+// (tkc_stats_taps_of fills the stats' side). tkc_hybrid sets taps->used = 1
+// when its projections wrote them (bf16, D 64/128, g 16/32 on the matrix
+// units, TKC_HYBRID_PROJ_FMA unset), having made k's projection wait for
+// prep_done (when F is wanted) and recorded proj_done on st after both; else
+// used = 0 and nothing of taps is touched.
+struct tkc_stats_taps {
+    const void *xraw[2];           // rows of the raw norms (device): the call's q, k
+    const uint8_t *key_mask;       // [B][N] or NULL: masked key rows get SKIP_BITS
+    int H;
+    float *raw[2], *mod[2];        // [BH*N] raw and modified norms of q (0) and k (1) rows (device, the stats' workspace)
+    float *F;                      // [BH][N][nsp] s_far q^_r . mod(k^_j) of the sampled queries, NULL = none
+    const float *qhat;             // [BH][nsp][g] the sampled queries' far rows (prep_kernel's, on the stats stream)
+    int nsp;                       // a multiple of 16
+    int modify;                    // the stats' modification (mod_factor)
+    float power, clip, eps;
+    cudaEvent_t prep_done;         // recorded on the stats stream after qhat
+    cudaEvent_t proj_done;         // tkc_hybrid records it on st after both projections
+    int used;                      // out
+};
 struct tkc_hybrid_state;
 int tkc_hybrid(struct tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
-               const tk_stats_request *sreq, cudaStream_t st, tk_result *res, int flag_inputs);
+               const tk_stats_request *sreq, cudaStream_t st, tk_result *res, int flag_inputs,
+               struct tkc_stats_taps *taps);
 // 1 when tkc_hybrid(.., flag_inputs = 1) covers every element of q, k, v by
 // its kernels' flag for this call: bf16/f16, no key mask, q0/k0 absent or the
 // same pointers as q/k, a 2d window with the fused normalized far term on
@@ -211,5 +234,19 @@ int tkc_stats_inputs(const tkc_stats_job *j, int num_sms, void *ws, void *host, 
                      size_t errlen);
 int tkc_stats_outputs(const tkc_stats_job *j, int num_sms, void *ws, void *host, cudaStream_t st, tk_stats *out,
                       char *err, size_t errlen);
+// The inputs part in two phases around a hybrid call whose projections write
+// the norms and far logits (struct tkc_stats_taps): tkc_stats_taps_of says
+// whether the job allows it (hybrid, far field, bf16, D 64/128, g 16/32, the
+// sampled rows' indices in prep_kernel's parameter) and fills t's stats side
+// (pointers into ws, the modification; not the events); 1 yes, 0 no.
+// tkc_stats_inputs_prep queues the upload and the sampled queries' far rows
+// on st; tkc_stats_inputs_rest the remaining input passes: with norms = 1 the
+// norms pass itself (the hybrid did not write the taps), else none (st has
+// been made to wait for the taps' proj_done).
+int tkc_stats_taps_of(const tkc_stats_job *j, int num_sms, void *ws, struct tkc_stats_taps *t);
+int tkc_stats_inputs_prep(const tkc_stats_job *j, int num_sms, void *ws, void *host, cudaStream_t st, char *err,
+                          size_t errlen);
+int tkc_stats_inputs_rest(const tkc_stats_job *j, int num_sms, void *ws, void *host, cudaStream_t st, int norms,
+                          char *err, size_t errlen);
 
 #endif

@@ -214,17 +214,38 @@ __global__ void image_key_mask_kernel(const uint8_t *mask, int B, int N, int T, 
         out[e] = (e % N) >= T && (!mask || mask[e]);
 }
 
+// The stats' taps of one side (struct tkc_stats_taps, cuda_internal.h):
+// what the projection of q0 (side 0) or k0 (side 1) writes for the stats
+// beside x', with stats.cu norms_mma_kernel's definitions.
+struct ProjTaps {
+    const void *xraw;     // rows of the raw norm; == x: read from the staged tile
+    const uint8_t *mask;  // [B][N] key rows, NULL = every row kept
+    int H;
+    float *raw, *mod;     // [BH*N]
+    float *F;             // [BH][N][nsp], NULL = none
+    const float *qhat;    // [BH][nsp][G]
+    int nsp;              // a multiple of 16
+    int modify;
+    float power, clip, eps;
+};
+
 // The same projection on the matrix units: a block's 64 rows (bf16/f16, as
 // stored) times P split into two 16-bit parts (P = hi + lo, |P - hi - lo| <=
 // 2^-17 |P|), accumulated in fp32; then the row norm and the modification.
-template <typename T, int D, int G>
+// TAPS (bf16 only): also the stats' values of every row (ProjTaps): P's third
+// bf16 part in a chain of its own (y = P^T x0 to ~2^-27, as norms_mma_kernel;
+// x' itself stays the two-part product), the raw norm in fp32, the stats'
+// modified norm mod_factor(|y|) |y| and the far logits of the sampled queries.
+template <typename T, int D, int G, bool TAPS>
 __global__ void __launch_bounds__(128) project_mma_kernel(const T *x, const float *P, int N, int modify,
                                                           float power, float clip, float eps, float sqrt_s,
-                                                          T *out, unsigned *bad) {
-    constexpr int XLD = D + 8, PLD = G + 8;
+                                                          T *out, unsigned *bad, ProjTaps tp) {
+    static_assert(!TAPS || std::is_same<T, __nv_bfloat16>::value, "the stats' taps take bf16 rows");
+    constexpr int XLD = D + 8, PLD = G + 8, NT = G / 8;
     __shared__ __align__(16) T Xs[64 * XLD];
     __shared__ __align__(16) T Ph[D * PLD];
     __shared__ __align__(16) T Pl[D * PLD];
+    __shared__ __align__(16) T Pt[TAPS ? D * PLD : 8]; // TAPS: P's third part
     const int bh = blockIdx.y, n0 = blockIdx.x * 64, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const T *xb = x + (size_t)bh * N * D;
     for (int c = tid; c < 64 * (D / 8); c += 128) {
@@ -239,18 +260,29 @@ __global__ void __launch_bounds__(128) project_mma_kernel(const T *x, const floa
         T lo = elem<T>::from_f(p - elem<T>::to_f(hi));
         Ph[(i / G) * PLD + i % G] = hi;
         Pl[(i / G) * PLD + i % G] = lo;
+        if constexpr (TAPS) Pt[(i / G) * PLD + i % G] = elem<T>::from_f(p - elem<T>::to_f(hi) - elem<T>::to_f(lo));
     }
     cp_async_wait<0>();
     __syncthreads();
-    float acc[G / 8][4];
+    float acc[NT][4], acc3[TAPS ? NT : 1][4];
 #pragma unroll
-    for (int i = 0; i < G / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    for (int i = 0; i < NT; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+#pragma unroll
+    for (int i = 0; i < (TAPS ? NT : 1); i++) acc3[i][0] = acc3[i][1] = acc3[i][2] = acc3[i][3] = 0.f;
+    float ssr[2] = {0.f, 0.f}; // TAPS, xraw == x: the raw norms' sums of the rows lane/4 and lane/4 + 8
+    const bool raw_here = TAPS && tp.xraw == (const void *)x;
     unsigned nf = 0; // bad: a NaN/Inf among the warp's rows (its A fragments hold each element once)
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
         uint32_t af[4];
         ldsm_x4(af, Xs + (warp * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * XLD + kk * 16 + 8 * (lane >> 4));
         if (bad) nf |= nonfinite2<T>(af[0]) | nonfinite2<T>(af[1]) | nonfinite2<T>(af[2]) | nonfinite2<T>(af[3]);
+        if (raw_here)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float l = __uint_as_float(af[i] << 16), h = __uint_as_float(af[i] & 0xffff0000u);
+                ssr[i & 1] += l * l + h * h; // af[0], af[2]: row lane/4; af[1], af[3]: row lane/4 + 8
+            }
         const int row = kk * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
 #pragma unroll
         for (int dp = 0; dp < G / 16; dp++) {
@@ -261,12 +293,17 @@ __global__ void __launch_bounds__(128) project_mma_kernel(const T *x, const floa
             ldsm_x4_t(r, Pl + row * PLD + dp * 16 + 8 * (lane >> 4));
             mma16816<T>(acc[2 * dp], af, r[0], r[1]);
             mma16816<T>(acc[2 * dp + 1], af, r[2], r[3]);
+            if constexpr (TAPS) {
+                ldsm_x4_t(r, Pt + row * PLD + dp * 16 + 8 * (lane >> 4));
+                mma16816<T>(acc3[2 * dp], af, r[0], r[1]);
+                mma16816<T>(acc3[2 * dp + 1], af, r[2], r[3]);
+            }
         }
     }
     flag_warp(bad, nf);
     float ss_lo = 0.f, ss_hi = 0.f;
 #pragma unroll
-    for (int nt = 0; nt < G / 8; nt++) {
+    for (int nt = 0; nt < NT; nt++) {
         ss_lo += acc[nt][0] * acc[nt][0] + acc[nt][1] * acc[nt][1];
         ss_hi += acc[nt][2] * acc[nt][2] + acc[nt][3] * acc[nt][3];
     }
@@ -289,21 +326,103 @@ __global__ void __launch_bounds__(128) project_mma_kernel(const T *x, const floa
     const int n_lo = n0 + warp * 16 + (lane >> 2), n_hi = n_lo + 8;
     T *ob = out + (size_t)bh * N * G;
 #pragma unroll
-    for (int nt = 0; nt < G / 8; nt++) {
+    for (int nt = 0; nt < NT; nt++) {
         int c = nt * 8 + 2 * (lane & 3);
         if (n_lo < N) *reinterpret_cast<uint32_t *>(ob + (size_t)n_lo * G + c) = elem<T>::pack(acc[nt][0] * f[0], acc[nt][1] * f[0]);
         if (n_hi < N) *reinterpret_cast<uint32_t *>(ob + (size_t)n_hi * G + c) = elem<T>::pack(acc[nt][2] * f[1], acc[nt][3] * f[1]);
     }
+    if constexpr (TAPS) {
+        const int t4 = lane & 3, rn[2] = {n_lo, n_hi};
+        if (!raw_here) { // the raw rows are other rows (q0/k0 given): 16-byte loads, four per lane and row
+            const uint4 *xr = reinterpret_cast<const uint4 *>(tp.xraw) + (size_t)bh * N * (D / 8);
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int p = 0; p < D / 32; p++)
+                    if (rn[h] < N) ssr[h] += bf16_sq_sum(__ldcs(xr + (size_t)rn[h] * (D / 8) + 4 * p + t4));
+        }
+        float y[NT][4], s2[2] = {0.f, 0.f}, fs[2];
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) y[nt][e] = acc[nt][e] + acc3[nt][e];
+            s2[0] += y[nt][0] * y[nt][0] + y[nt][1] * y[nt][1];
+            s2[1] += y[nt][2] * y[nt][2] + y[nt][3] * y[nt][3];
+        }
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            ssr[h] += __shfl_xor_sync(0xffffffffu, ssr[h], 1);
+            ssr[h] += __shfl_xor_sync(0xffffffffu, ssr[h], 2);
+            s2[h] += __shfl_xor_sync(0xffffffffu, s2[h], 1);
+            s2[h] += __shfl_xor_sync(0xffffffffu, s2[h], 2);
+            const float nrm = sqrtf(s2[h]);
+            fs[h] = mod_factor(tp.modify, tp.power, tp.clip, tp.eps, nrm);
+            if (t4 == h && rn[h] < N) {
+                const bool kept = !(tp.mask && !tp.mask[(size_t)(bh / tp.H) * N + rn[h]]);
+                tp.raw[(size_t)bh * N + rn[h]] = kept ? sqrtf(ssr[h]) : __uint_as_float(SKIP_BITS);
+                tp.mod[(size_t)bh * N + rn[h]] = kept ? fs[h] * nrm : __uint_as_float(SKIP_BITS);
+            }
+        }
+        if (tp.F) { // s_far q^_r . mod(y) of the sampled queries: per quad partial dots, a reduce-scatter
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) y[nt][e] *= fs[e >> 1];
+            const float *qh = tp.qhat + (size_t)bh * tp.nsp * G;
+            for (int c16 = 0; c16 < tp.nsp; c16 += 16) {
+                float v[2][16];
+#pragma unroll
+                for (int rr = 0; rr < 16; rr++) {
+                    float d0 = 0.f, d1 = 0.f;
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++) {
+                        const float2 qv = __ldg(reinterpret_cast<const float2 *>(qh + (c16 + rr) * G + nt * 8 + 2 * t4));
+                        d0 += y[nt][0] * qv.x + y[nt][1] * qv.y;
+                        d1 += y[nt][2] * qv.x + y[nt][3] * qv.y;
+                    }
+                    v[0][rr] = d0, v[1][rr] = d1;
+                }
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const float4 o = quad_reduce_scatter16(v[h], t4);
+                    if (rn[h] < N) *reinterpret_cast<float4 *>(tp.F + ((size_t)bh * N + rn[h]) * tp.nsp + c16 + 4 * t4) = o;
+                }
+            }
+        }
+    }
+}
+
+// tp: the stats' taps (bf16, D 64/128, g 16/32 on the matrix units only; the
+// caller checks project_taps_fit), NULL = none.
+bool project_taps_fit(int dt, int D, int g) {
+    return dt == TK_DTYPE_BF16 && (D == 64 || D == 128) && (g == 16 || g == 32) && !getenv("TKC_HYBRID_PROJ_FMA");
 }
 
 template <typename T>
 int launch_project(const void *x, const float *P, int N, int D, int g, int BH, int modify, float power,
-                   float clip, float eps, float sqrt_s, void *out, unsigned *bad, cudaStream_t st) {
+                   float clip, float eps, float sqrt_s, void *out, unsigned *bad, cudaStream_t st,
+                   const ProjTaps *tp = nullptr) {
     dim3 grid((N + 63) / 64, BH);
+    ProjTaps none;
+    memset(&none, 0, sizeof none);
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+#define TKC_PROJ_TAPS(DD, GG)                                                                                     \
+    if (tp && D == DD && g == GG) {                                                                               \
+        project_mma_kernel<T, DD, GG, true><<<grid, 128, 0, st>>>((const T *)x, P, N, modify, power, clip, eps,   \
+                                                                  sqrt_s, (T *)out, bad, *tp);                    \
+        return cudaGetLastError() != cudaSuccess;                                                                 \
+    }
+        TKC_PROJ_TAPS(128, 16)
+        TKC_PROJ_TAPS(128, 32)
+        TKC_PROJ_TAPS(64, 16)
+        TKC_PROJ_TAPS(64, 32)
+#undef TKC_PROJ_TAPS
+    }
+    if (tp) return 1; // not a taps case (project_taps_fit)
 #define TKC_PROJ(DD, GG)                                                                                  \
     if (D == DD && g == GG) {                                                                             \
-        project_mma_kernel<T, DD, GG><<<grid, 128, 0, st>>>((const T *)x, P, N, modify, power, clip, eps, \
-                                                            sqrt_s, (T *)out, bad);                       \
+        project_mma_kernel<T, DD, GG, false><<<grid, 128, 0, st>>>((const T *)x, P, N, modify, power, clip, eps, \
+                                                            sqrt_s, (T *)out, bad, none);                 \
         return cudaGetLastError() != cudaSuccess;                                                         \
     }
     if (!getenv("TKC_HYBRID_PROJ_FMA")) {
@@ -1293,8 +1412,10 @@ int tkc_hybrid_flags_inputs(const tkc_hybrid_state *hs, const tk_call *call, con
 }
 
 int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
-               const tk_stats_request *sreq, cudaStream_t st, tk_result *res, int flag_inputs) {
+               const tk_stats_request *sreq, cudaStream_t st, tk_result *res, int flag_inputs,
+               tkc_stats_taps *taps) {
     char err[192] = "";
+    if (taps) taps->used = 0;
     if (!*hs) {
         tkc_hybrid_state *h = (tkc_hybrid_state *)calloc(1, sizeof *h);
         if (!h) {
@@ -1509,11 +1630,32 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
     memset(&ftabs, 0, sizeof ftabs);
     if (far) {
         const float pw = (float)cfg->qk_norm_power, cl = (float)cfg->qk_norm_clip, ep = (float)cfg->eps;
-        int lfail = dt == TK_DTYPE_BF16
+        // the stats' taps: the norms and far logits written by the projections (k's after the
+        // sampled queries' far rows, an event from the stats stream), proj_done after both
+        const bool tapped = taps && project_taps_fit(dt, D, g);
+        ProjTaps tq, tk;
+        if (tapped) {
+            memset(&tq, 0, sizeof tq);
+            tq.H = call->H, tq.modify = taps->modify, tq.power = taps->power, tq.clip = taps->clip, tq.eps = taps->eps;
+            tk = tq;
+            tq.xraw = taps->xraw[0], tq.raw = taps->raw[0], tq.mod = taps->mod[0];
+            tk.xraw = taps->xraw[1], tk.raw = taps->raw[1], tk.mod = taps->mod[1], tk.mask = taps->key_mask;
+            tk.F = taps->F, tk.qhat = taps->qhat, tk.nsp = taps->nsp;
+        }
+        int lfail = 0;
+        if (tapped) {
+            lfail = launch_project<__nv_bfloat16>(q0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, qp, bad, st, &tq);
+            if (!lfail && taps->F) lfail = cudaStreamWaitEvent(st, taps->prep_done, 0) != cudaSuccess;
+            if (!lfail) lfail = launch_project<__nv_bfloat16>(k0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, kp, bad, st, &tk);
+            if (!lfail) lfail = cudaEventRecord(taps->proj_done, st) != cudaSuccess;
+            if (!lfail) taps->used = 1;
+        } else {
+            lfail = dt == TK_DTYPE_BF16
                       ? launch_project<__nv_bfloat16>(q0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, qp, bad, st) ||
                             launch_project<__nv_bfloat16>(k0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, kp, bad, st)
                       : launch_project<__half>(q0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, qp, bad, st) ||
                             launch_project<__half>(k0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, kp, bad, st);
+        }
         ce = lfail ? cudaGetLastError() : cudaSuccess;
         if (lfail) {
             snprintf(err, sizeof err, "launch project_kernel: %s", cudaGetErrorString(ce));

@@ -200,17 +200,6 @@ __device__ __forceinline__ win_q win_query(const RowsArgs &a, int i) {
     return w;
 }
 
-// kernels/plan.c tki_qkmod_factor in fp32.
-__device__ __forceinline__ float mod_factor(int modify, float power, float clip, float eps, float norm) {
-    if (!modify) return 1.f;
-    float n = norm + eps;
-    if (modify == 1) return 1.f / n;
-    float f = 1.f;
-    if (power > 0.f) f *= powf(n, -power);
-    if (clip > 0.f && clip / n < 1.f) f *= clip / n;
-    return f;
-}
-
 template <typename T, int D, int DV, int EFF, int NB> struct RowsSmem {
     static constexpr int LDK = D + 8, LDV = DV + 8; // padded rows: ldmatrix hits distinct banks
     static constexpr size_t elems = (size_t)16 * LDK + 2 * RT_KT * LDK + 2 * RT_KT * LDV;
@@ -1074,9 +1063,7 @@ __global__ void __launch_bounds__(128) rows_finish_kernel(FinishArgs f) {
 
 // ---- norms, far-field rows, q.k sample ---------------------------------------
 
-// A value left out of a distribution (masked key): a NaN bit pattern that no
-// arithmetic produces (CUDA's own NaN is 0x7fffffff).
-constexpr unsigned SKIP_BITS = 0xffffffffu;
+// SKIP_BITS (common.cuh): a masked key left out of a distribution.
 
 struct NormArgs {
     const void *x, *x0; // rows of the raw norm; rows of the modified norm (taylor: x; hybrid: q0 or k0)
@@ -1203,35 +1190,6 @@ struct NormPair {
     NormArgs s[2];
 };
 constexpr int NM_WARPS = 4;
-
-// v[16] summed over the four lanes of a quad; lane t4 keeps the sums of
-// v[4 t4 .. 4 t4 + 3].
-__device__ __forceinline__ float4 quad_reduce_scatter16(const float (&v)[16], int t4) {
-    const bool b1 = (t4 & 2) != 0, b0 = (t4 & 1) != 0;
-    float h[8], r[4];
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const float send = b1 ? v[i] : v[i + 8], keep = b1 ? v[i + 8] : v[i];
-        h[i] = keep + __shfl_xor_sync(0xffffffffu, send, 2);
-    }
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const float send = b0 ? h[i] : h[i + 4], keep = b0 ? h[i + 4] : h[i];
-        r[i] = keep + __shfl_xor_sync(0xffffffffu, send, 1);
-    }
-    return make_float4(r[0], r[1], r[2], r[3]);
-}
-
-__device__ __forceinline__ float bf16_sq_sum(uint4 u) {
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-    float s = 0.f;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const float lo = __uint_as_float(w[i] << 16), hi = __uint_as_float(w[i] & 0xffff0000u);
-        s += lo * lo + hi * hi;
-    }
-    return s;
-}
 
 __device__ __forceinline__ uint32_t u4_word(const uint4 &u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
 
@@ -2120,7 +2078,10 @@ size_t tkc_stats_host_bytes(const tkc_stats_job *j) {
 // fills out. Both parts of one job use the same workspace and host buffer;
 // a caller that runs them on two streams orders OUTPUTS after INPUTS (an
 // event). clk: the phase clock, or NULL.
-enum { PART_INPUTS = 1, PART_OUTPUTS = 2 };
+// INPUTS is three phases a caller may queue apart (tkc_stats_inputs_prep /
+// _rest): PREP (upload, far rows of the sampled queries), NORMS, REST (rows,
+// q.k, order statistics).
+enum { PART_PREP = 1, PART_NORMS = 4, PART_REST = 8, PART_INPUTS = 13, PART_OUTPUTS = 2 };
 static int stats_queue(const tkc_stats_job *j, int num_sms, void *ws, void *host, cudaStream_t st, int parts,
                        phase_clock *clk, tk_stats *out, char *err, size_t errlen) {
     const tk_call *c = j->call;
@@ -2146,8 +2107,8 @@ static int stats_queue(const tkc_stats_job *j, int num_sms, void *ws, void *host
         const float pw = j->power, cl = j->clip, ep = j->eps;
         // the sampled indices, one upload (the host buffer is free: the previous call synchronized);
         // up to ROWS_PARAM of them, prep_kernel also zeroes the select's state and computes qhat
-        bool prepped = false; // the select's state zeroed, qhat computed
-        {
+        const bool prepped = ns + j->nqk_q + j->nqk_k <= ROWS_PARAM; // the select's state zeroed, qhat computed
+        if (parts & PART_PREP) {
             int n = ns + j->nqk_q + j->nqk_k;
             RowsParam rp; // the launch parameter (3.8 KB)
             rp.n = n;
@@ -2172,7 +2133,6 @@ static int stats_queue(const tkc_stats_job *j, int num_sms, void *ws, void *host
                 else if (dt == TK_DTYPE_F16) prep_kernel<__half><<<blocks, 256, 0, st>>>(rp, pa);
                 else prep_kernel<float><<<blocks, 256, 0, st>>>(rp, pa);
                 TKC_LAUNCHED("prep_kernel", err, errlen);
-                prepped = true;
             } else {
                 cudaError_t e = cudaMemcpyAsync(rows_d, tmp, sizeof(int) * n, cudaMemcpyHostToDevice, st);
                 if (e != cudaSuccess) {
@@ -2183,7 +2143,7 @@ static int stats_queue(const tkc_stats_job *j, int num_sms, void *ws, void *host
         }
 
         // far rows of the sampled queries (hybrid; more than ROWS_PARAM indices, else prep_kernel did it)
-        if (far_rows && !prepped) {
+        if ((parts & PART_PREP) && far_rows && !prepped) {
             if (dt == TK_DTYPE_BF16)
                 qhat_kernel<__nv_bfloat16><<<BH, 256, 0, st>>>((const __nv_bfloat16 *)q0, rows_d, ns, L.nsp, c->Nq, c->D,
                                                               j->g, j->P, j->modify, pw, cl, ep, (float)j->s_far, qhat);
@@ -2198,7 +2158,7 @@ static int stats_queue(const tkc_stats_job *j, int num_sms, void *ws, void *host
 
         if (clk) clk->mark("upload+qhat", st);
         // norms of every row (and the far logits of the sampled queries on the key side)
-        {
+        if (parts & PART_NORMS) {
             NormPair np;
             memset(&np, 0, sizeof np);
             for (int side = 0; side < 2; side++) {
@@ -2261,6 +2221,7 @@ static int stats_queue(const tkc_stats_job *j, int num_sms, void *ws, void *host
         }
 
         if (clk) clk->mark("norms", st);
+        if (!(parts & PART_REST)) return 0;
         // sampled exact rows: raw and effective streams, then the comparison with o
         if (ns > 0) {
             if (L.p.scalar) {
@@ -2432,4 +2393,34 @@ int tkc_stats_inputs(const tkc_stats_job *j, int num_sms, void *ws, void *host, 
 int tkc_stats_outputs(const tkc_stats_job *j, int num_sms, void *ws, void *host, cudaStream_t st, tk_stats *out,
                       char *err, size_t errlen) {
     return stats_queue(j, num_sms, ws, host, st, PART_OUTPUTS, nullptr, out, err, errlen);
+}
+
+int tkc_stats_taps_of(const tkc_stats_job *j, int num_sms, void *ws, tkc_stats_taps *t) {
+    const tk_call *c = j->call;
+    const layout L = layout_of(j, num_sms);
+    const void *q0 = j->q0 ? j->q0 : c->q, *k0 = j->k0 ? j->k0 : c->k;
+    const uintptr_t align = (uintptr_t)c->q | (uintptr_t)c->k | (uintptr_t)q0 | (uintptr_t)k0;
+    // the cases norms_mma_kernel covers (its definitions and accuracy), on the hybrid's own rows
+    if (j->mode != TK_MODE_HYBRID || !j->P || !L.mod_q || !L.mod_k || c->dtype != TK_DTYPE_BF16 ||
+        !(c->D == 64 || c->D == 128) || !(j->g == 16 || j->g == 32) || (align & 15) || L.nsp % 16 ||
+        c->Nq != c->Nk)
+        return 0;
+    char *w = (char *)ws;
+    memset(t, 0, sizeof *t);
+    t->xraw[0] = c->q, t->xraw[1] = c->k;
+    t->key_mask = c->key_mask, t->H = c->H;
+    for (int s = 0; s < 2; s++) t->raw[s] = (float *)(w + L.o_norm[s]), t->mod[s] = (float *)(w + L.o_norm[2 + s]);
+    if (L.p.far && j->ns > 0) t->F = (float *)(w + L.o_F), t->qhat = (const float *)(w + L.o_qhat), t->nsp = L.nsp;
+    t->modify = j->modify, t->power = j->power, t->clip = j->clip, t->eps = j->eps;
+    return 1;
+}
+
+int tkc_stats_inputs_prep(const tkc_stats_job *j, int num_sms, void *ws, void *host, cudaStream_t st, char *err,
+                          size_t errlen) {
+    return stats_queue(j, num_sms, ws, host, st, PART_PREP, nullptr, nullptr, err, errlen);
+}
+
+int tkc_stats_inputs_rest(const tkc_stats_job *j, int num_sms, void *ws, void *host, cudaStream_t st, int norms,
+                          char *err, size_t errlen) {
+    return stats_queue(j, num_sms, ws, host, st, PART_REST | (norms ? PART_NORMS : 0), nullptr, nullptr, err, errlen);
 }

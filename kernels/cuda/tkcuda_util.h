@@ -48,6 +48,10 @@ int tkcu_hybrid_projection(tk_context *ctx, int layer, int bh, float *out, int *
 /* 1 when the last hybrid call on ctx took its NaN/Inf check from its own
  * kernels (no input scan before them), 0 when it scanned first. */
 int tkcu_hybrid_flagged_inputs(tk_context *ctx);
+/* 1 when the last hybrid call's stats took their row norms and far logits
+ * from the hybrid's projection kernels (the stats taps), 0 when their own
+ * norms pass ran (or no stats). */
+int tkcu_hybrid_stats_tapped(tk_context *ctx);
 
 #ifdef __cplusplus
 }

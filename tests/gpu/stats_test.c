@@ -379,6 +379,90 @@ static void test_hybrid_stats_of_consecutive_calls_on_one_context_match_the_ref_
     free_problem(&p);
 }
 
+/* Every figure of two cuda runs of the same call (cuda vs cuda: no fit or
+ * output gap between them): quality within rel_q relative (1e-5 absolute on
+ * top), the distributions within rel_d relative. */
+static void check_same_stats(const tk_stats *a, const tk_stats *b, double rel_q, double rel_d) {
+    TH_CHECKF(a->have == b->have, "have bits 0x%x and 0x%x", a->have, b->have);
+    const tk_quality *qa[2] = {&a->quality_raw, &a->quality_eff}, *qb[2] = {&b->quality_raw, &b->quality_eff};
+    for (int k = 0; k < 2; k++) {
+        TH_CHECK(qa[k]->n == qb[k]->n);
+        const double av[7] = {qa[k]->rel_l2_mean, qa[k]->rel_l2_p95, qa[k]->rel_l2_max, qa[k]->cos_min,
+                              qa[k]->cos_mean, qa[k]->abs_err_mean, qa[k]->abs_err_max};
+        const double bv[7] = {qb[k]->rel_l2_mean, qb[k]->rel_l2_p95, qb[k]->rel_l2_max, qb[k]->cos_min,
+                              qb[k]->cos_mean, qb[k]->abs_err_mean, qb[k]->abs_err_max};
+        for (int i = 0; i < 7; i++)
+            TH_CHECKF(fabs(av[i] - bv[i]) <= rel_q * fabs(bv[i]) + 1e-5, "quality %s field %d: %.9g vs %.9g",
+                      k ? "eff" : "raw", i, av[i], bv[i]);
+    }
+    check_dist("window_mass", &a->window_mass, &b->window_mass, rel_d, 1e-7);
+    check_dist("q_norm_raw", &a->q_norm_raw, &b->q_norm_raw, rel_d, 1e-7);
+    check_dist("k_norm_raw", &a->k_norm_raw, &b->k_norm_raw, rel_d, 1e-7);
+    check_dist("q_norm_mod", &a->q_norm_mod, &b->q_norm_mod, rel_d, 1e-7);
+    check_dist("k_norm_mod", &a->k_norm_mod, &b->k_norm_mod, rel_d, 1e-7);
+    check_dist("qk", &a->qk, &b->qk, rel_d, 1e-7);
+}
+
+/* A hybrid call on a cached projection takes the stats' row norms and far
+ * logits from its own projection kernels (the stats taps, backend.cu
+ * hybrid_stats_beside); TKC_STATS_NORMS_SEPARATE=1 runs the stats' own norms
+ * pass instead. The same call both ways on one context: the taps ran (and
+ * only where asked), the output is the same bytes, and every figure equals
+ * the separate pass's -- norms and window mass to fp32 rounding (2e-6), the
+ * quality figures to 1e-4 relative (the far logits differ by fp32 rounding
+ * of the same three-part products, moving the eff reference rows by ~1e-6).
+ * Cases: q/k as the far rows, D 64, g 16; q0/k0 beside q/k, a key mask,
+ * D 128, g 32. */
+static void test_hybrid_stats_from_the_projections_equal_the_separate_norms_pass(void) {
+    need_device();
+    for (int c = 0; c < 2; c++) {
+        const int T = 8, grid = 12, N = T + grid * grid, D = c ? 128 : 64;
+        problem p = make_problem(1, 2, N, D, c ? 0.9 : 1.0, !c, c, 91 + c);
+        tk_config cfg;
+        tk_config_defaults(&cfg);
+        cfg.local_window = 2;
+        cfg.combine = TK_COMBINE_NORMALIZED;
+        cfg.global_weight = 1.0;
+        cfg.global_dim = c ? 32 : 16;
+        cfg.qk_norm_power = 0.25;
+        cfg.pca_refit_every = 0; /* fitted at step 0, cached after */
+        char err[256] = "";
+        tk_context *cu = NULL;
+        if (tk_context_open(TK_BACKEND_CUDA, &cu, err, sizeof err)) th_fail(__FILE__, __LINE__, "cuda: %s", err);
+        tk_call call;
+        memset(&call, 0, sizeof call);
+        call.B = 1, call.H = 2, call.Nq = call.Nk = N, call.D = call.Dv = D;
+        call.dtype = TK_DTYPE_BF16;
+        call.q = p.dq, call.k = p.dk, call.v = p.dv, call.q0 = p.dq0, call.k0 = p.dk0, call.o = p.dout;
+        call.key_mask = p.dmask;
+        call.text_tokens = T, call.grid_h = grid, call.grid_w = grid;
+        call.layer = 3;
+        const size_t n = (size_t)2 * N * D;
+        unsigned char *o[2] = {xmalloc(n * 2), xmalloc(n * 2)};
+        tk_result res[3];
+        for (int run = 0; run < 3; run++) { /* step 0 (fit, stats after), step 1 taps, step 1 separate */
+            if (run == 2) setenv("TKC_STATS_NORMS_SEPARATE", "1", 1);
+            call.step = run ? 1 : 0;
+            tk_stats_request sr = {16, 64, 77};
+            if (tkcu_poison(p.dout, n * 2, 0xff, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
+            TH_EQ_INT(tk_attention(cu, &call, &cfg, TK_MODE_HYBRID, &sr, &res[run]), TK_OK);
+            TH_CHECKF(res[run].reason == TK_REASON_NONE, "%s: %s", tk_reason_name(res[run].reason), res[run].detail);
+            TH_EQ_INT(tkcu_hybrid_stats_tapped(cu), run == 1);
+            if (run && tkcu_download_bytes(o[run - 1], p.dout, n * 2, err, sizeof err))
+                th_fail(__FILE__, __LINE__, "%s", err);
+        }
+        unsetenv("TKC_STATS_NORMS_SEPARATE");
+        TH_CHECK(memcmp(o[0], o[1], n * 2) == 0);
+        TH_CHECK(res[1].stats.have & TK_HAVE_WINDOW_MASS);
+        TH_CHECK(res[1].stats.q_norm_mod.n == 2 * N);
+        if (c) TH_CHECK(res[1].stats.k_norm_raw.n < 2 * N); /* the masked keys left out, as the separate pass */
+        check_same_stats(&res[1].stats, &res[2].stats, 1e-4, 2e-6);
+        free(o[0]), free(o[1]);
+        tk_context_close(cu);
+        free_problem(&p);
+    }
+}
+
 /* Many rows per distribution and ties: every q row of one head scaled to the
  * same few norms, so whole histogram bins are equal values. */
 static void test_order_statistics_of_tied_norms_match_the_ref_backend(void) {
@@ -435,6 +519,7 @@ static const th_test tests[] = {
     T(test_hybrid_window_alone_reports_no_modified_norms_like_ref),
     T(test_hybrid_stats_over_many_tiles_and_row_groups_match_the_ref_backend),
     T(test_hybrid_stats_of_consecutive_calls_on_one_context_match_the_ref_backend),
+    T(test_hybrid_stats_from_the_projections_equal_the_separate_norms_pass),
     T(test_order_statistics_of_tied_norms_match_the_ref_backend),
     T(test_order_statistics_over_blocks_and_a_ragged_tail_match_the_ref_backend),
 #else
