@@ -508,12 +508,15 @@ int stats_stream(cuda_state *s) {
 // caller takes the old order), else 0 with res filled as the old order
 // would: a failed hybrid call reports no stats and leaves o as it does.
 // flag_inputs: tkc_hybrid's (no input scan ran; its kernels check).
-// Where the job allows (tkc_stats_taps_of) and TKC_STATS_NORMS_SEPARATE is
-// not set (benchmarks: today's separate pass), the norms and far logits come
-// from the hybrid's projection kernels (struct tkc_stats_taps): the stats
-// queue their prep, the hybrid's k projection waits for it, the rest of the
-// stats' input passes wait for the projections (events, no host wait); the
-// stats' own norms pass runs only when the hybrid did not write the taps.
+// TKC_STATS_TAPS=1 (opt-in, where the job allows: tkc_stats_taps_of): the
+// norms and far logits come from the hybrid's projection kernels (struct
+// tkc_stats_taps): the stats queue their prep, the hybrid's k projection
+// waits for it, the rest of the stats' input passes wait for the projections
+// (events); the stats' own norms pass runs only when the hybrid did not
+// write the taps. Not the default: tkc_hybrid returns to the host only when
+// the call has finished on the device (it reads its counters back), so the
+// rest is queued after the call and runs after it instead of beside it (H200,
+// 16,896: 1.72-1.78 ms against 1.71 for the separate pass, docs/GPU-NOTES.md).
 int hybrid_stats_beside(cuda_state *s, const tk_call *call, const tk_config *cfg, const tk_stats_request *sreq,
                         const sampled *sm, cudaStream_t st, tk_result *res, int flag_inputs) {
     s->stats_tapped = 0;
@@ -539,9 +542,9 @@ int hybrid_stats_beside(cuda_state *s, const tk_call *call, const tk_config *cfg
     if (profile < 0) profile = getenv("TKC_STATS_PROFILE") && atoi(getenv("TKC_STATS_PROFILE")) > 0;
     struct timespec t0, t1, t2;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    const char *sep = getenv("TKC_STATS_NORMS_SEPARATE");
+    const char *tv = getenv("TKC_STATS_TAPS");
     tkc_stats_taps taps;
-    const bool tap = !(sep && atoi(sep) != 0) && tkc_stats_taps_of(&j, s->num_sms, s->sws, &taps);
+    const bool tap = tv && atoi(tv) != 0 && tkc_stats_taps_of(&j, s->num_sms, s->sws, &taps);
     int rc = 0;
     e = cudaSuccess;
     if (tap) {
