@@ -496,6 +496,39 @@ int stats_stream(cuda_state *s) {
     return 0;
 }
 
+// The stats' input passes after the projections of a hybrid call with stats
+// taps (tkc_stats_taps.queue_rest, called from inside tkc_hybrid): the stats
+// stream waits for proj_done where the projections wrote the taps, else runs
+// the norms pass itself; the join event after them. 0 ok, else the error in
+// the context's err (the CUDA error cleared, so tkc_hybrid's own checks go on).
+struct beside_rest_ctx {
+    cuda_state *s;
+    const tkc_stats_job *j;
+    int profile;
+    char *err;
+    size_t errlen;
+};
+int beside_rest(tkc_stats_taps *t) {
+    beside_rest_ctx *b = (beside_rest_ctx *)t->ctx;
+    cuda_state *s = b->s;
+    cudaError_t e = t->used ? cudaStreamWaitEvent(s->stats_st, s->stats_proj, 0) : cudaSuccess;
+    int rc = 0;
+    if (e == cudaSuccess)
+        rc = tkc_stats_inputs_rest(b->j, s->num_sms, s->sws, s->shost, s->stats_st, !t->used, b->err, b->errlen);
+    if (!rc && e == cudaSuccess && b->profile && cudaEventRecord(s->stats_end, s->stats_st) != cudaSuccess)
+        (void)cudaGetLastError();
+    if (!rc && e == cudaSuccess) e = cudaEventRecord(s->stats_join, s->stats_st);
+    if (!rc && e != cudaSuccess) {
+        snprintf(b->err, b->errlen, "stats rest: %s", cudaGetErrorString(e));
+        rc = 1;
+    }
+    if (rc) { // nothing of this call's stats left running
+        (void)cudaStreamSynchronize(s->stats_st);
+        (void)cudaGetLastError();
+    }
+    return rc;
+}
+
 // A hybrid call with stats whose far projection is known before the call
 // (cached, no fit due; or no far field): the stats' passes that read only
 // the inputs (indices, far rows, norms, the sampled rows' partial softmax,
@@ -513,10 +546,10 @@ int stats_stream(cuda_state *s) {
 // tkc_stats_taps): the stats queue their prep, the hybrid's k projection
 // waits for it, the rest of the stats' input passes wait for the projections
 // (events); the stats' own norms pass runs only when the hybrid did not
-// write the taps. Not the default: tkc_hybrid returns to the host only when
-// the call has finished on the device (it reads its counters back), so the
-// rest is queued after the call and runs after it instead of beside it (H200,
-// 16,896: 1.72-1.78 ms against 1.71 for the separate pass, docs/GPU-NOTES.md).
+// write the taps. tkc_hybrid returns to the host only when the call has
+// finished on the device (it reads its counters back), so the rest is queued
+// from inside it (beside_rest, tkc_stats_taps.queue_rest) right after the
+// projections. Not the default until measured (docs/GPU-NOTES.md).
 int hybrid_stats_beside(cuda_state *s, const tk_call *call, const tk_config *cfg, const tk_stats_request *sreq,
                         const sampled *sm, cudaStream_t st, tk_result *res, int flag_inputs) {
     s->stats_tapped = 0;
@@ -547,8 +580,10 @@ int hybrid_stats_beside(cuda_state *s, const tk_call *call, const tk_config *cfg
     const bool tap = tv && atoi(tv) != 0 && tkc_stats_taps_of(&j, s->num_sms, s->sws, &taps);
     int rc = 0;
     e = cudaSuccess;
+    beside_rest_ctx rest_ctx = {s, &j, profile, err, sizeof err};
     if (tap) {
         taps.prep_done = s->stats_prep, taps.proj_done = s->stats_proj;
+        taps.queue_rest = beside_rest, taps.ctx = &rest_ctx;
         rc = tkc_stats_inputs_prep(&j, s->num_sms, s->sws, s->shost, s->stats_st, err, sizeof err);
         if (!rc) e = cudaEventRecord(s->stats_prep, s->stats_st);
     } else {
@@ -566,18 +601,12 @@ int hybrid_stats_beside(cuda_state *s, const tk_call *call, const tk_config *cfg
     clock_gettime(CLOCK_MONOTONIC, &t1);
     tkc_hybrid(&s->hybrid, call, cfg, sreq, st, res, flag_inputs, tap ? &taps : nullptr);
     s->stats_tapped = tap && taps.used;
-    if (tap && res->reason == TK_REASON_NONE) { // the rest of the inputs part, after the projections
-        e = taps.used ? cudaStreamWaitEvent(s->stats_st, s->stats_proj, 0) : cudaSuccess;
-        if (e == cudaSuccess)
-            rc = tkc_stats_inputs_rest(&j, s->num_sms, s->sws, s->shost, s->stats_st, !taps.used, err, sizeof err);
-        if (!rc && e == cudaSuccess && profile && cudaEventRecord(s->stats_end, s->stats_st) != cudaSuccess)
-            (void)cudaGetLastError();
-        if (!rc && e == cudaSuccess) e = cudaEventRecord(s->stats_join, s->stats_st);
-        if (rc || e != cudaSuccess) { // as a failed output part: the call fails
+    if (tap && res->reason == TK_REASON_NONE) { // the rest of the inputs part, unless tkc_hybrid queued it
+        rc = taps.rest_queued ? taps.rest_rc : beside_rest(&taps);
+        if (rc) { // as a failed output part: the call fails
             (void)cudaStreamSynchronize(s->stats_st);
             (void)cudaGetLastError();
-            if (!rc) snprintf(err, sizeof err, "stats rest: %s", cudaGetErrorString(e));
-            fail_rc(res, rc ? rc : 1, err);
+            fail_rc(res, rc, err);
             return 0;
         }
     }

@@ -155,7 +155,14 @@ struct tkc_stats_taps {
     float power, clip, eps;
     cudaEvent_t prep_done;         // recorded on the stats stream after qhat
     cudaEvent_t proj_done;         // tkc_hybrid records it on st after both projections
+    // Called by tkc_hybrid once its projections are queued (proj_done recorded
+    // where used), before it waits for the call on the host: the caller queues
+    // the stats' passes that wait for the projections here, so they run beside
+    // the rest of the call. NULL = none; returns 0 ok (else its own error).
+    int (*queue_rest)(struct tkc_stats_taps *t);
+    void *ctx;                     // queue_rest's
     int used;                      // out
+    int rest_queued, rest_rc;      // out: queue_rest was called, and what it returned
 };
 struct tkc_hybrid_state;
 int tkc_hybrid(struct tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,

@@ -1415,7 +1415,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
                const tk_stats_request *sreq, cudaStream_t st, tk_result *res, int flag_inputs,
                tkc_stats_taps *taps) {
     char err[192] = "";
-    if (taps) taps->used = 0;
+    if (taps) taps->used = taps->rest_queued = taps->rest_rc = 0;
     if (!*hs) {
         tkc_hybrid_state *h = (tkc_hybrid_state *)calloc(1, sizeof *h);
         if (!h) {
@@ -1661,6 +1661,10 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
             snprintf(err, sizeof err, "launch project_kernel: %s", cudaGetErrorString(ce));
             tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
             return 0;
+        }
+        if (taps && taps->queue_rest) { // before this function waits for the call on the host
+            taps->rest_queued = 1;
+            taps->rest_rc = taps->queue_rest(taps);
         }
         size_t tkey = ((size_t)off_t << 16) | ((size_t)g << 8) | (size_t)P;
         ta.table_cached = h->table_key == tkey + 1;
