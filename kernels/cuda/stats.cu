@@ -33,7 +33,7 @@
 // Norms of every row: hybrid with bf16 rows takes norms_mma_kernel (rows read
 // once from global memory into mma fragments, the projection on the tensor
 // cores with P split in three bf16 parts, the far logits in fp32); the other
-// cases the scalar norms_kernel. With TKC_STATS_TAPS=1 a hybrid call beside
+// cases the scalar norms_kernel. By default (TKC_STATS_TAPS=0: not) a hybrid call beside
 // which the stats run (backend.cu hybrid_stats_beside) has its projection
 // kernel write the same values instead (hybrid.cu project_mma_kernel's TAPS;
 // tkc_stats_taps_of, tkc_stats_inputs_prep / _rest).

@@ -403,11 +403,11 @@ static void check_same_stats(const tk_stats *a, const tk_stats *b, double rel_q,
     check_dist("qk", &a->qk, &b->qk, rel_d, 1e-7);
 }
 
-/* With TKC_STATS_TAPS=1 a hybrid call on a cached projection takes the
- * stats' row norms and far logits from its own projection kernels (the stats
- * taps, backend.cu hybrid_stats_beside); by default the stats' own norms pass
- * runs. The same call both ways on one context: the taps ran (and
- * only where asked), the output is the same bytes, and every figure equals
+/* By default a hybrid call on a cached projection takes the stats' row
+ * norms and far logits from its own projection kernels (the stats taps,
+ * backend.cu hybrid_stats_beside); with TKC_STATS_TAPS=0 the stats' own norms
+ * pass runs. The same call both ways on one context: the taps ran (and
+ * only where they apply), the output is the same bytes, and every figure equals
  * the separate pass's -- norms and window mass to fp32 rounding (2e-6), the
  * quality figures to 1e-4 relative (the far logits differ by fp32 rounding
  * of the same three-part products, moving the eff reference rows by ~1e-6).
@@ -441,7 +441,7 @@ static void test_hybrid_stats_from_the_projections_equal_the_separate_norms_pass
         unsigned char *o[2] = {xmalloc(n * 2), xmalloc(n * 2)};
         tk_result res[3];
         for (int run = 0; run < 3; run++) { /* step 0 (fit, stats after), step 1 taps, step 1 separate */
-            if (run == 1) setenv("TKC_STATS_TAPS", "1", 1);
+            if (run == 2) setenv("TKC_STATS_TAPS", "0", 1);
             else unsetenv("TKC_STATS_TAPS");
             call.step = run ? 1 : 0;
             tk_stats_request sr = {16, 64, 77};
@@ -452,6 +452,7 @@ static void test_hybrid_stats_from_the_projections_equal_the_separate_norms_pass
             if (run && tkcu_download_bytes(o[run - 1], p.dout, n * 2, err, sizeof err))
                 th_fail(__FILE__, __LINE__, "%s", err);
         }
+        unsetenv("TKC_STATS_TAPS"); /* the default for the tests after this one */
         TH_CHECK(memcmp(o[0], o[1], n * 2) == 0);
         TH_CHECK(res[1].stats.have & TK_HAVE_WINDOW_MASS);
         TH_CHECK(res[1].stats.q_norm_mod.n == 2 * N);
