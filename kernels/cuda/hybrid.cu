@@ -254,8 +254,17 @@ __global__ void __launch_bounds__(128) project_mma_kernel(const T *x, const floa
     }
     cp_async_commit();
     const float *Pb = P + (size_t)bh * D * G;
-    for (int i = tid; i < D * G; i += 128) {
-        float p = Pb[i];
+    // P's D*G/128 values of this thread: every load issued before the first use (one
+    // round trip, not one per value: the loop that waited on each load kept a block
+    // ~4x longer than its rows' copy)
+    static_assert(D * G % 128 == 0, "whole rounds of 128 threads");
+    float pv[D * G / 128];
+#pragma unroll
+    for (int it = 0; it < D * G / 128; it++) pv[it] = __ldg(Pb + tid + it * 128);
+#pragma unroll
+    for (int it = 0; it < D * G / 128; it++) {
+        const int i = tid + it * 128;
+        const float p = pv[it];
         T hi = elem<T>::from_f(p);
         T lo = elem<T>::from_f(p - elem<T>::to_f(hi));
         Ph[(i / G) * PLD + i % G] = hi;
