@@ -45,6 +45,7 @@
 #include <cublas_v2.h>
 
 #include "cuda_internal.h"
+#include "hybrid_den.cuh"
 #include "hybrid_wgmma.h"
 #include "pca.h"
 #include "taylor_small.h"
@@ -486,11 +487,6 @@ __device__ __forceinline__ int range_bits(int lo, int hi) {
     return lo > hi ? 0 : ((2 << hi) - 1) & ~((1 << lo) - 1);
 }
 
-__device__ __forceinline__ unsigned ord_enc2(float x) {
-    unsigned u = __float_as_uint(x);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
 // Key list of a block: 2d = text tokens padded to a tile, then the clamped
 // rectangle; 1d = a contiguous token range. Returns the token of list slot L
 // (or -1) and its info word for the window test.
@@ -549,9 +545,7 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
     T *QPs = KPs + 2 * LKT * GLD;                   // [BR][GLD]
     int *info = reinterpret_cast<int *>(QPs + BR * GLD); // [2][LKT]
     __shared__ int qtok[BR];
-    __shared__ unsigned long long s_n, s_le, s_nf;
-    __shared__ unsigned s_min, s_max;
-    __shared__ double s_sum;
+    __shared__ far_den_block s_den;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int bh = blockIdx.y, b = bh / a.H;
@@ -595,10 +589,7 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
         qtok[tid] = t;
     }
     if (tid == 0) {
-        s_n = s_le = s_nf = 0;
-        s_min = 0xffffffffu;
-        s_max = 0;
-        s_sum = 0.0;
+        far_den_init(s_den);
     }
     __syncthreads();
     // Q (and q') rows by token
@@ -999,54 +990,10 @@ __global__ void __launch_bounds__(LNW * 32, 2) hybrid_local_kernel(LocalArgs a) 
             ob[(size_t)t_hi * D + c + 1] = elem<TO>::from_f(o3);
         }
     }
-    if (FAR && !a.only) {
-        // this lane's rows (quad leaders only), then one warp reduction
-        unsigned n = 0, nf = 0, le = 0, mn = 0xffffffffu, mxe = 0u;
-        double sum = 0.0;
-        if ((lane & 3) == 0) {
-            float dd[2] = {fden_lo, fden_hi};
-            int tt[2] = {t_lo, t_hi};
-            bool dr[2] = {drop_lo, drop_hi};
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                if (tt[i] < 0) continue;
-                n++;
-                if (dr[i]) a.flags[(size_t)bh * a.N + tt[i]] = 1;
-                if (!isfinite(dd[i])) {
-                    nf++;
-                    continue;
-                }
-                if (!(dd[i] > 0.f)) le++;
-                mn = min(mn, ord_enc2(dd[i]));
-                mxe = max(mxe, ord_enc2(dd[i]));
-                sum += (double)dd[i];
-            }
-        }
-        n = __reduce_add_sync(0xffffffffu, n);
-        nf = __reduce_add_sync(0xffffffffu, nf);
-        le = __reduce_add_sync(0xffffffffu, le);
-        mn = __reduce_min_sync(0xffffffffu, mn);
-        mxe = __reduce_max_sync(0xffffffffu, mxe);
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-        if (lane == 0 && n) {
-            atomicAdd(&s_n, (unsigned long long)n);
-            if (nf) atomicAdd(&s_nf, (unsigned long long)nf);
-            if (le) atomicAdd(&s_le, (unsigned long long)le);
-            atomicMin(&s_min, mn);
-            atomicMax(&s_max, mxe);
-            atomicAdd(&s_sum, sum);
-        }
-    }
+    if (FAR && !a.only)
+        far_den_warp(s_den, a.flags + (size_t)bh * a.N, lane, fden_lo, fden_hi, t_lo, t_hi, drop_lo, drop_hi);
     __syncthreads();
-    if (FAR && tid == 0 && !a.only && s_n) {
-        atomicAdd(&a.den->n, s_n);
-        atomicAdd(&a.den->n_le_eps, s_le);
-        atomicAdd(&a.den->n_nonfinite, s_nf);
-        atomicMin(reinterpret_cast<unsigned *>(&a.den->min), s_min);
-        atomicMax(reinterpret_cast<unsigned *>(&a.den->max), s_max);
-        atomicAdd(&a.den->sum, s_sum);
-    }
+    if (FAR && tid == 0 && !a.only) far_den_flush(s_den, a.den);
 }
 
 template <typename T, typename TO, int D, int G, int FARM>

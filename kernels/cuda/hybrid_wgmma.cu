@@ -30,6 +30,7 @@
 
 #include <type_traits>
 
+#include "hybrid_den.cuh"
 #include "hybrid_wgmma.h"
 
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -52,11 +53,6 @@ __device__ __forceinline__ int bits_in(int lo, int hi, int n) {
     lo = max(lo, 0);
     hi = min(hi, n - 1);
     return lo > hi ? 0 : (int)(((2u << hi) - 1u) & ~((1u << lo) - 1u));
-}
-
-__device__ __forceinline__ unsigned ord_enc(float x) {
-    unsigned u = __float_as_uint(x);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
 struct FarFeatW { // taylor.cu's feature entry: w * x[i0] x[i1] x[i2], offsets idx*32
@@ -97,9 +93,7 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
     int *linfo = ltok + TKC_HYB_WG_LIST_MAX;                      // [LIST_MAX]
     __shared__ int qtok[BR];
     __shared__ int tneed[TKC_HYB_WG_LIST_MAX / KT];
-    __shared__ unsigned long long s_n, s_le, s_nf;
-    __shared__ unsigned s_min, s_max;
-    __shared__ double s_sum;
+    __shared__ far_den_block s_den;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wg = warp >> 2, wq = warp & 3;
@@ -169,10 +163,7 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
     }
     if (tid < BR) qtok[tid] = qtoken(tid);
     if (tid == 0) {
-        s_n = s_le = s_nf = 0;
-        s_min = 0xffffffffu;
-        s_max = 0;
-        s_sum = 0.0;
+        far_den_init(s_den);
     }
     __syncthreads();
 
@@ -557,53 +548,10 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
                     *reinterpret_cast<const uint4 *>(Os + so + i * RSTEP * 128);
         }
     }
-    if (FAR && !a.only) {
-        unsigned n = 0, nf = 0, le = 0, mn = 0xffffffffu, mxe = 0u;
-        double sum = 0.0;
-        if ((lane & 3) == 0) {
-            const float dd[2] = {fden_lo, fden_hi};
-            const int tt[2] = {t_lo, t_hi};
-            const bool dr[2] = {drop_lo, drop_hi};
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                if (tt[i] < 0) continue;
-                n++;
-                if (dr[i]) a.flags[(size_t)bh * N + tt[i]] = 1;
-                if (!isfinite(dd[i])) {
-                    nf++;
-                    continue;
-                }
-                if (!(dd[i] > 0.f)) le++;
-                mn = min(mn, ord_enc(dd[i]));
-                mxe = max(mxe, ord_enc(dd[i]));
-                sum += (double)dd[i];
-            }
-        }
-        n = __reduce_add_sync(0xffffffffu, n);
-        nf = __reduce_add_sync(0xffffffffu, nf);
-        le = __reduce_add_sync(0xffffffffu, le);
-        mn = __reduce_min_sync(0xffffffffu, mn);
-        mxe = __reduce_max_sync(0xffffffffu, mxe);
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-        if (lane == 0 && n) {
-            atomicAdd(&s_n, (unsigned long long)n);
-            if (nf) atomicAdd(&s_nf, (unsigned long long)nf);
-            if (le) atomicAdd(&s_le, (unsigned long long)le);
-            atomicMin(&s_min, mn);
-            atomicMax(&s_max, mxe);
-            atomicAdd(&s_sum, sum);
-        }
-    }
+    if (FAR && !a.only)
+        far_den_warp(s_den, a.flags + (size_t)bh * N, lane, fden_lo, fden_hi, t_lo, t_hi, drop_lo, drop_hi);
     __syncthreads();
-    if (FAR && tid == 0 && !a.only && s_n) {
-        atomicAdd(&a.den->n, s_n);
-        atomicAdd(&a.den->n_le_eps, s_le);
-        atomicAdd(&a.den->n_nonfinite, s_nf);
-        atomicMin(reinterpret_cast<unsigned *>(&a.den->min), s_min);
-        atomicMax(reinterpret_cast<unsigned *>(&a.den->max), s_max);
-        atomicAdd(&a.den->sum, s_sum);
-    }
+    if (FAR && tid == 0 && !a.only) far_den_flush(s_den, a.den);
 #endif
 }
 
