@@ -45,8 +45,7 @@ template <typename T, typename TO, int D, int NW, int KT>
 __global__ void __launch_bounds__(NW * 32, (NW == 4 ? 2 : 1))
     exact_kernel(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v,
                  TO *__restrict__ o, const uint8_t *__restrict__ mask, int H, int Nq, int Nk,
-                 float scale_log2, int q_rows, int o_rows, const unsigned *bad) {
-    if (bad && *bad) return; // a hybrid call's kernels found a NaN/Inf input: o stays as it was
+                 float scale_log2, int q_rows, int o_rows) {
     constexpr int LD = ExactSmem<D>::LD;
     constexpr int BR = 16 * NW;
     constexpr int NTHR = NW * 32;
@@ -360,9 +359,7 @@ template <typename T, typename TO, int D, int KT, int NWG, bool OV>
 __global__ void __launch_bounds__(NWG * 128, 1)
     exact_wg_kernel(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v,
                     TO *__restrict__ o, const uint8_t *__restrict__ mask, int H, int Nq, int Nk,
-                    float scale_log2, int q_rows, int o_rows, uint32_t v_lbo, uint32_t v_sbo,
-                    const unsigned *bad) {
-    if (bad && *bad) return; // a hybrid call's kernels found a NaN/Inf input: o stays as it was
+                    float scale_log2, int q_rows, int o_rows, uint32_t v_lbo, uint32_t v_sbo) {
 #ifndef TKC_EXACT_NO_WGMMA
     constexpr int BR = 64 * NWG, NTHR = 128 * NWG, CH = D / 8, NS = OV ? 3 : 2;
     constexpr uint32_t QBYTES = BR * D * 2, KVBYTES = KT * D * 2;
@@ -543,7 +540,7 @@ int launch_exact_wg(const tkc_exact_args *a, cudaStream_t st, char *err, size_t 
     uint32_t lbo = KT * 128, sbo = 1024;
     kern<<<grid, NWG * 128, smem, st>>>((const T *)a->q, (const T *)a->k, (const T *)a->v, (TO *)a->o,
                                         a->mask, a->H, a->Nq, a->Nk, scale_log2,
-                                        q_rows_of(a), o_rows_of(a), lbo, sbo, a->bad);
+                                        q_rows_of(a), o_rows_of(a), lbo, sbo);
     TKC_LAUNCHED("exact_wg_kernel", err, errlen);
     return 0;
 }
@@ -559,7 +556,7 @@ int launch_exact(const tkc_exact_args *a, cudaStream_t st, char *err, size_t err
     float scale_log2 = (float)(a->scale * 1.4426950408889634);
     kern<<<grid, NW * 32, smem, st>>>((const T *)a->q, (const T *)a->k, (const T *)a->v, (TO *)a->o,
                                       a->mask, a->H, a->Nq, a->Nk, scale_log2,
-                                      q_rows_of(a), o_rows_of(a), a->bad);
+                                      q_rows_of(a), o_rows_of(a));
     TKC_LAUNCHED("exact_kernel", err, errlen);
     return 0;
 }

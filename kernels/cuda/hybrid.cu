@@ -1325,14 +1325,16 @@ const float *tkc_hybrid_cached_projection(tkc_hybrid_state *h, const tk_call *ca
 //     every head, all D columns (project_mma_kernel: a warp's A fragments
 //     hold each element of its 16 rows once; project_kernel: its 16-byte
 //     loads);
-//   v rows [T, N) of every head: far_reduce_kernel (taylor_small.cu) stages
-//     every kept key's row, all Dv columns, and the far field keeps exactly
-//     the image keys (image_key_mask_kernel, no key mask on this path); its
-//     splits cover every key tile;
+//   v rows [T, N) of every head: far_reduce_kernel (taylor_small.cu) loads
+//     every kept key's row, all Dv columns, into V fragments (its slot groups
+//     test one register of each: every element once), and the far field keeps
+//     exactly the image keys (image_key_mask_kernel, no key mask on this
+//     path); its splits cover every key tile;
 //   v rows [0, T) (the text keys it masks out): text_rows_scan_kernel.
-// The kernels that write o (the local kernel, its recompute pass, the text
-// rows' exact kernel on the side stream, forked after the flagging kernels)
-// read the word first and write nothing when it is set. A wrong pointer
+// The kernels that write o (the local kernel, its recompute pass, and
+// text_rows_copy_kernel, which moves the text rows' exact output from the
+// workspace once the far field is done) read the word first and write
+// nothing when it is set. A wrong pointer
 // equality (q0 a different buffer from q) or a key mask would leave rows
 // unread: those calls take the scan.
 static bool flag_path(const tkc_hybrid_state *h, const tk_call *call, const tk_config *cfg) {
@@ -1551,9 +1553,9 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         if (!(W <= 0 || T > 0)) return 0; // text queries (both window shapes) see every key
         tkc_exact_args ea;
         memset(&ea, 0, sizeof ea);
-        ea.q = q, ea.k = k, ea.v = v, ea.o = call->o, ea.mask = call->key_mask, ea.bad = bad;
+        ea.q = q, ea.k = k, ea.v = v, ea.o = call->o, ea.mask = call->key_mask;
         ea.B = call->B, ea.H = call->H, ea.Nq = W <= 0 ? N : T, ea.Nk = N, ea.D = D, ea.q_rows = N;
-        if (text_buf) ea.o = ws + off_text, ea.o_rows = T, ea.bad = nullptr;
+        if (text_buf) ea.o = ws + off_text, ea.o_rows = T;
         ea.scale = call->scale > 0 ? call->scale : 1.0 / sqrt((double)D);
         ea.in_dtype = dt, ea.out_dtype = call->dtype;
         cudaStream_t es = W <= 0 ? st : h->side;
