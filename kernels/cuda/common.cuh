@@ -389,6 +389,71 @@ __device__ __forceinline__ float bf16_sq_sum(uint4 u) {
     return s;
 }
 
+// The row norms of a warp's 16 projected rows y = P^T x0 (an m16n8 accumulator
+// tile y[NT][4]: the lane's quad holds rows r[0], r[1]), ss[h] the lane's part
+// of row h's raw sum of squares: finishes both over the quad, stores the raw
+// norm and the modified norm |y| mod_factor(|y|) of each row (SKIP_BITS for a
+// masked row: mrow = the batch's key mask or NULL) at out + r[h] (lane t4 == h
+// writes row h), and returns the modification factors in f.
+template <int NT>
+__device__ __forceinline__ void store_row_norms(const float (&y)[NT][4], float (&ss)[2], int t4, const int (&r)[2],
+                                                int N, const uint8_t *mrow, int modify, float power, float clip,
+                                                float eps, float *raw_out, float *mod_out, float (&f)[2]) {
+    float s2[2] = {0.f, 0.f};
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) s2[h] += y[nt][2 * h] * y[nt][2 * h] + y[nt][2 * h + 1] * y[nt][2 * h + 1];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        ss[h] += __shfl_xor_sync(0xffffffffu, ss[h], 1);
+        ss[h] += __shfl_xor_sync(0xffffffffu, ss[h], 2);
+        s2[h] += __shfl_xor_sync(0xffffffffu, s2[h], 1);
+        s2[h] += __shfl_xor_sync(0xffffffffu, s2[h], 2);
+        const float nrm = sqrtf(s2[h]);
+        f[h] = mod_factor(modify, power, clip, eps, nrm);
+        if (t4 == h && r[h] < N) {
+            const bool kept = !(mrow && !mrow[r[h]]);
+            raw_out[r[h]] = kept ? sqrtf(ss[h]) : __uint_as_float(SKIP_BITS);
+            mod_out[r[h]] = kept ? f[h] * nrm : __uint_as_float(SKIP_BITS);
+        }
+    }
+}
+
+// The far logits F[row][s] = q^_s . y of the same rows for the nsp (a multiple
+// of 16) sampled q^ rows (qh: [nsp][G], with s_far in them), y scaled by f in
+// place first; per quad partial dots, then a reduce-scatter so each lane
+// stores four (F: [N][nsp]). LDG: qh is global memory (read through the
+// read-only path), else shared.
+template <int NT, int G, bool LDG>
+__device__ __forceinline__ void store_far_logits(float (&y)[NT][4], const float (&f)[2], const float *qh, int nsp,
+                                                 int t4, const int (&r)[2], int N, float *F) {
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) y[nt][e] *= f[e >> 1];
+    for (int c16 = 0; c16 < nsp; c16 += 16) {
+        float v[2][16];
+#pragma unroll
+        for (int rr = 0; rr < 16; rr++) {
+            float d0 = 0.f, d1 = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                const float2 *p = reinterpret_cast<const float2 *>(qh + (c16 + rr) * G + nt * 8 + 2 * t4);
+                const float2 qv = LDG ? __ldg(p) : *p;
+                d0 += y[nt][0] * qv.x + y[nt][1] * qv.y;
+                d1 += y[nt][2] * qv.x + y[nt][3] * qv.y;
+            }
+            v[0][rr] = d0, v[1][rr] = d1;
+        }
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const float4 o = quad_reduce_scatter16(v[h], t4);
+            if (r[h] < N) *reinterpret_cast<float4 *>(F + (size_t)r[h] * nsp + c16 + 4 * t4) = o;
+        }
+    }
+}
+
 } // namespace tkc
 
 #endif

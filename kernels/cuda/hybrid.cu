@@ -351,54 +351,16 @@ __global__ void __launch_bounds__(128) project_mma_kernel(const T *x, const floa
                 for (int p = 0; p < D / 32; p++)
                     if (rn[h] < N) ssr[h] += bf16_sq_sum(__ldcs(xr + (size_t)rn[h] * (D / 8) + 4 * p + t4));
         }
-        float y[NT][4], s2[2] = {0.f, 0.f}, fs[2];
+        float y[NT][4], fs[2];
 #pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
+        for (int nt = 0; nt < NT; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) y[nt][e] = acc[nt][e] + acc3[nt][e];
-            s2[0] += y[nt][0] * y[nt][0] + y[nt][1] * y[nt][1];
-            s2[1] += y[nt][2] * y[nt][2] + y[nt][3] * y[nt][3];
-        }
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            ssr[h] += __shfl_xor_sync(0xffffffffu, ssr[h], 1);
-            ssr[h] += __shfl_xor_sync(0xffffffffu, ssr[h], 2);
-            s2[h] += __shfl_xor_sync(0xffffffffu, s2[h], 1);
-            s2[h] += __shfl_xor_sync(0xffffffffu, s2[h], 2);
-            const float nrm = sqrtf(s2[h]);
-            fs[h] = mod_factor(tp.modify, tp.power, tp.clip, tp.eps, nrm);
-            if (t4 == h && rn[h] < N) {
-                const bool kept = !(tp.mask && !tp.mask[(size_t)(bh / tp.H) * N + rn[h]]);
-                tp.raw[(size_t)bh * N + rn[h]] = kept ? sqrtf(ssr[h]) : __uint_as_float(SKIP_BITS);
-                tp.mod[(size_t)bh * N + rn[h]] = kept ? fs[h] * nrm : __uint_as_float(SKIP_BITS);
-            }
-        }
-        if (tp.F) { // s_far q^_r . mod(y) of the sampled queries: per quad partial dots, a reduce-scatter
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) y[nt][e] *= fs[e >> 1];
-            const float *qh = tp.qhat + (size_t)bh * tp.nsp * G;
-            for (int c16 = 0; c16 < tp.nsp; c16 += 16) {
-                float v[2][16];
-#pragma unroll
-                for (int rr = 0; rr < 16; rr++) {
-                    float d0 = 0.f, d1 = 0.f;
-#pragma unroll
-                    for (int nt = 0; nt < NT; nt++) {
-                        const float2 qv = __ldg(reinterpret_cast<const float2 *>(qh + (c16 + rr) * G + nt * 8 + 2 * t4));
-                        d0 += y[nt][0] * qv.x + y[nt][1] * qv.y;
-                        d1 += y[nt][2] * qv.x + y[nt][3] * qv.y;
-                    }
-                    v[0][rr] = d0, v[1][rr] = d1;
-                }
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const float4 o = quad_reduce_scatter16(v[h], t4);
-                    if (rn[h] < N) *reinterpret_cast<float4 *>(tp.F + ((size_t)bh * N + rn[h]) * tp.nsp + c16 + 4 * t4) = o;
-                }
-            }
-        }
+        store_row_norms<NT>(y, ssr, t4, rn, N, tp.mask ? tp.mask + (size_t)(bh / tp.H) * N : nullptr, tp.modify,
+                            tp.power, tp.clip, tp.eps, tp.raw + (size_t)bh * N, tp.mod + (size_t)bh * N, fs);
+        if (tp.F) // s_far q^_r . mod(y) of the sampled queries
+            store_far_logits<NT, G, true>(y, fs, tp.qhat + (size_t)bh * tp.nsp * G, tp.nsp, t4, rn, N,
+                                          tp.F + (size_t)bh * N * tp.nsp);
     }
 }
 

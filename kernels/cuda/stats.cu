@@ -1285,54 +1285,14 @@ __global__ void __launch_bounds__(NM_WARPS * 32) norms_mma_kernel(NormPair np) {
         for (int nt = 0; nt < NT; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[nt][e] = (ap[0][nt][e] + ap[1][nt][e]) + ap[2][nt][e];
-        float ss[2] = {0.f, 0.f}, s2[2] = {0.f, 0.f};
+        float ss[2] = {0.f, 0.f}, f[2];
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
+        for (int h = 0; h < 2; h++)
 #pragma unroll
             for (int p = 0; p < PD; p++) ss[h] += bf16_sq_sum(ux[h][p]);
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++) s2[h] += acc[nt][2 * h] * acc[nt][2 * h] + acc[nt][2 * h + 1] * acc[nt][2 * h + 1];
-        }
-        float f[2];
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            ss[h] += __shfl_xor_sync(0xffffffffu, ss[h], 1);
-            ss[h] += __shfl_xor_sync(0xffffffffu, ss[h], 2);
-            s2[h] += __shfl_xor_sync(0xffffffffu, s2[h], 1);
-            s2[h] += __shfl_xor_sync(0xffffffffu, s2[h], 2);
-            const float nrm = sqrtf(s2[h]);
-            f[h] = mod_factor(a.modify, a.power, a.clip, a.eps, nrm);
-            if (t4 == h && r[h] < N) {
-                const bool kept = !(mb && !mb[r[h]]);
-                a.raw[(size_t)bh * N + r[h]] = kept ? sqrtf(ss[h]) : __uint_as_float(SKIP_BITS);
-                a.mod[(size_t)bh * N + r[h]] = kept ? f[h] * nrm : __uint_as_float(SKIP_BITS);
-            }
-        }
-        if (a.F) {
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) acc[nt][e] *= f[e >> 1];
-            for (int c16 = 0; c16 < a.nsp; c16 += 16) {
-                float v[2][16];
-#pragma unroll
-                for (int rr = 0; rr < 16; rr++) {
-                    float d0 = 0.f, d1 = 0.f;
-#pragma unroll
-                    for (int nt = 0; nt < NT; nt++) {
-                        const float2 qv = *reinterpret_cast<const float2 *>(Qh + (c16 + rr) * G + nt * 8 + 2 * t4);
-                        d0 += acc[nt][0] * qv.x + acc[nt][1] * qv.y;
-                        d1 += acc[nt][2] * qv.x + acc[nt][3] * qv.y;
-                    }
-                    v[0][rr] = d0, v[1][rr] = d1;
-                }
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const float4 o = quad_reduce_scatter16(v[h], t4);
-                    if (r[h] < N) *reinterpret_cast<float4 *>(a.F + ((size_t)bh * N + r[h]) * a.nsp + c16 + 4 * t4) = o;
-                }
-            }
-        }
+        store_row_norms<NT>(acc, ss, t4, r, N, mb, a.modify, a.power, a.clip, a.eps, a.raw + (size_t)bh * N,
+                            a.mod + (size_t)bh * N, f);
+        if (a.F) store_far_logits<NT, G, false>(acc, f, Qh, a.nsp, t4, r, N, a.F + (size_t)bh * N * a.nsp);
     }
 }
 
