@@ -6,11 +6,12 @@
 // of hybrid.cu's kernel, warp w of a group holding cell rows 2w and 2w+1).
 // Key list: the text keys padded to 128, then the clamped rectangle of the
 // block ((8 + 2r) rows x (16 + 2r) columns at most) column by column, 128-key
-// tiles. Tokens and visibility bits (8 query rows << 16 | 16 query columns;
-// text keys all set, masked or missing keys 0) of the whole list are computed
-// once per block into shared memory, with one bit per tile and warpgroup: a
-// warpgroup skips the tiles none of its queries sees (with r = 8 the first
-// rectangle tile is warpgroup 0's alone and the last warpgroup 1's).
+// tiles. The tokens of the whole list and its visibility (per tile, one
+// ballot word per query row and per query column in the accumulator's column
+// order: a thread's visibility bits of a tile are two words ANDed) are
+// computed once per block into shared memory, with one bit per tile and
+// warpgroup: a warpgroup skips the tiles none of its queries sees (with r = 8
+// the first rectangle tile is warpgroup 0's alone and the last warpgroup 1's).
 // Per tile: K and V gathered by cp.async into the 128-byte swizzled layout
 // wgmma reads (two stages; the tokens of the next tile's rows and the next
 // tile's visibility bits are read while P.V runs), S = Q K^T by wgmma (A and B
@@ -90,7 +91,8 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
     T *KPs = reinterpret_cast<T *>(Vs + 2 * KVBYTES);           // [2][KT][GLD] (FAR)
     T *QPs = KPs + (FAR ? 2 * KT * GLD : 0);                     // [BR][GLD] (FAR)
     int *ltok = reinterpret_cast<int *>(QPs + (FAR ? BR * GLD : 0)); // [LIST_MAX]
-    int *linfo = ltok + TKC_HYB_WG_LIST_MAX;                      // [LIST_MAX]
+    uint32_t *vw = reinterpret_cast<uint32_t *>(ltok + TKC_HYB_WG_LIST_MAX); // [LIST_MAX / KT][4][24]
+    static_assert(TKC_HYB_WG_LIST_MAX / KT * 4 * 24 <= TKC_HYB_WG_LIST_MAX, "visibility words fit");
     __shared__ int qtok[BR];
     __shared__ int tneed[TKC_HYB_WG_LIST_MAX / KT];
     __shared__ far_den_block s_den;
@@ -138,14 +140,23 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
     }
     cp_async_commit();
 
-    // Key list: token (-1 = none) and visibility bits of every slot. The
-    // rectangle goes column by column: warpgroup g sees only columns 8g..8g+15+2r
-    // of it, so with r = 8 the first rectangle tile holds keys only warpgroup 0
-    // sees and the last only warpgroup 1's; tneed[tile] bit g = some key of the
-    // tile is visible to some query of warpgroup g (the other skips the tile).
+    // Key list: the token of every slot (-1 = none) and the visibility words.
+    // A slot's visibility is 8 query-row bits << 16 | 16 query-column bits
+    // (text keys all set, masked or missing keys 0). The element step wants
+    // the bits of slots 8 nt + 2 c + e of a tile (nt < 16, e < 2: the
+    // accumulator columns of the lanes with lane % 4 = c) as bit 2 nt + e, so
+    // one warp takes one (tile, c) at a time, lane 2 nt + e its slot, and
+    // ballots each of the 24 bits: vw[tile][c][0..7] row words, [8..23]
+    // column words; a thread's visibility is its row word & its column word.
+    // The rectangle goes column by column: warpgroup g sees only columns
+    // 8g..8g+15+2r of it, so with r = 8 the first rectangle tile holds keys
+    // only warpgroup 0 sees and the last only warpgroup 1's; tneed[tile] bit
+    // g = some key of the tile is visible to some query of warpgroup g (the
+    // other skips the tile).
     if (tid < TKC_HYB_WG_LIST_MAX / KT) tneed[tid] = 0;
     __syncthreads();
-    for (int L = tid; L < ntiles * KT; L += NTHR) {
+    for (int p = warp; p < ntiles * 4; p += NTHR / 32) {
+        const int L = (p >> 2) * KT + 8 * (lane >> 1) + 2 * (p & 3) + (lane & 1);
         int t = -1, inf = 0;
         if (L < Tpad) {
             if (L < T_) t = L, inf = FULL_BITS;
@@ -156,10 +167,16 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
         }
         if (t >= 0 && mb && !mb[t]) t = -1, inf = 0;
         ltok[L] = t;
-        linfo[L] = inf;
+        uint32_t mine = 0;
+#pragma unroll
+        for (int bit = 0; bit < 24; bit++) {
+            const uint32_t w = __ballot_sync(0xffffffffu, (inf >> (bit < 8 ? 16 + bit : bit - 8)) & 1);
+            if (lane == bit) mine = w;
+        }
+        if (lane < 24) vw[p * 24 + lane] = mine;
         const unsigned nb = (inf >> 16) ? ((inf & 0xff) ? 1u : 0u) | ((inf & 0xff00) ? 2u : 0u) : 0u;
-        const unsigned wb = __reduce_or_sync(0xffffffffu, nb); // a warp's 32 slots share a tile
-        if (lane == 0 && wb) atomicOr(&tneed[L / KT], (int)wb);
+        const unsigned wb = __reduce_or_sync(0xffffffffu, nb); // the warp's 32 slots share a tile
+        if (lane == 0 && wb) atomicOr(&tneed[p >> 2], (int)wb);
     }
     if (tid < BR) qtok[tid] = qtoken(tid);
     if (tid == 0) {
@@ -323,8 +340,6 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
     const int g8 = lane >> 2, t2 = 2 * (lane & 3);
     const int row_lo = wg * 64 + wq * 16 + g8, row_hi = row_lo + 8;
     const int t_lo = qtok[row_lo], t_hi = qtok[row_hi];
-    const int vb_lo = (1 << (16 + 2 * wq)) | (1 << (8 * wg + g8));
-    const int vb_hi = (1 << (17 + 2 * wq)) | (1 << (8 * wg + g8));
     const uint64_t dq = gmma_desc(base_a + wg * 64 * 128, 16, 1024);
     // kernel parameters the element loops use, in registers (read through the
     // lambdas' captures they were constant-bank loads: ~6% of the stall samples)
@@ -338,17 +353,10 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
     // the others) as packed f16 pairs (x' = q' k'^T on mma.sync).
     // visibility of the thread's 64 elements of tile j: bit 2 nt + e of each row
     auto vis_bits = [&](int j, uint32_t &lo, uint32_t &hi) {
-        const int *it = linfo + min(j, ntiles - 1) * KT + t2;
-        lo = hi = 0u;
-#pragma unroll
-        for (int nt = 0; nt < KT / 8; nt++) {
-            const int2 inf2 = *reinterpret_cast<const int2 *>(it + nt * 8);
-            // visible: the entry holds both of the row's bits (one LOP3 with a predicate result)
-            if ((~inf2.x & vb_lo) == 0) lo |= 1u << (2 * nt);
-            if ((~inf2.y & vb_lo) == 0) lo |= 2u << (2 * nt);
-            if ((~inf2.x & vb_hi) == 0) hi |= 1u << (2 * nt);
-            if ((~inf2.y & vb_hi) == 0) hi |= 2u << (2 * nt);
-        }
+        const uint32_t *w = vw + (min(j, ntiles - 1) * 4 + (lane & 3)) * 24;
+        const uint32_t cw = w[8 + 8 * wg + g8];
+        lo = w[2 * wq] & cw;
+        hi = w[2 * wq + 1] & cw;
     };
     uint32_t vm_lo, vm_hi; // of the current tile: computed one tile ahead, under the P.V product
     vis_bits(0, vm_lo, vm_hi);
