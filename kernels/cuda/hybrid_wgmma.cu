@@ -13,8 +13,8 @@
 // warpgroup: a warpgroup skips the tiles none of its queries sees (with r = 8
 // the first rectangle tile is warpgroup 0's alone and the last warpgroup 1's).
 // Per tile: K and V gathered by cp.async into the 128-byte swizzled layout
-// wgmma reads (two stages; the tokens of the next tile's rows and the next
-// tile's visibility bits are read while P.V runs), S = Q K^T by wgmma (A and B
+// wgmma reads (two stages; the next tile's gathers are issued right after S,
+// its visibility bits read while P.V runs), S = Q K^T by wgmma (A and B
 // from shared memory); rectangle tiles with the fused far field (FARM 2) also
 // form x' = q' k'^T on mma.sync and kappa(x') of the visible keys while the
 // wgmma runs. Element step as hybrid.cu: invisible keys -inf, exact online
@@ -187,15 +187,13 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
     // loads of tile j: thread copies chunk cc0 of rows r0 + i RSTEP (same swizzle)
     const uint32_t so_kv = swz(r0, cc0, KT);
     constexpr int NTK = KT / RSTEP; // key rows a thread copies per tile
-    // the tokens of those rows (read from the key list ahead of use)
-    auto load_tok = [&](int j, int (&tk)[NTK]) {
-        const int *tl = ltok + min(j, ntiles - 1) * KT + r0;
-#pragma unroll
-        for (int i = 0; i < NTK; i++) tk[i] = tl[i * RSTEP];
-    };
-    auto issue = [&](int j, const int (&tk)[NTK], bool far_tile) {
+    auto issue = [&](int j, bool far_tile) {
         const int st = j & 1;
         unsigned char *kd = Ks + st * KVBYTES + so_kv, *vd = Vs + st * KVBYTES + so_kv;
+        const int *tl = ltok + j * KT + r0;
+        int tk[NTK];
+#pragma unroll
+        for (int i = 0; i < NTK; i++) tk[i] = tl[i * RSTEP];
 #pragma unroll
         for (int i = 0; i < NTK; i++) {
             const int t = tk[i];
@@ -212,11 +210,8 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
         }
     };
 
-    int tk[NTK];
-    load_tok(0, tk);
-    issue(0, tk, FAR && ntext == 0); // tile 0 streams in during the far prologue
+    issue(0, FAR && ntext == 0); // tile 0 streams in during the far prologue
     cp_async_commit();
-    load_tok(1, tk);
 
     float acc[D / 2];
 #pragma unroll
@@ -366,11 +361,16 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
         cp_async_wait<0>();
         fence_proxy_async();
         __syncthreads(); // tile j visible; every warpgroup is done with tile j-1's stage
-        if (j + 1 < ntiles) issue(j + 1, tk, FAR && j + 1 >= ntext);
-        cp_async_commit();
+        // the loads of tile j+1: after S is issued (their token reads and
+        // address arithmetic run while S does), or at once when this
+        // warpgroup skips the tile
+        auto issue_next = [&]() {
+            if (j + 1 < ntiles) issue(j + 1, FAR && j + 1 >= ntext);
+            cp_async_commit();
+        };
         if (a.skip_tiles && !((tneed[j] >> wg) & 1)) { // no query of this warpgroup sees a key of it
+            issue_next();
             vis_bits(j + 1, vm_lo, vm_hi);
-            load_tok(j + 2, tk);
             return;
         }
         float s[KT / 2];
@@ -384,6 +384,7 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
             wgmma_ss<T, KT>(s, dq + oq, gmma_desc(k_a + st * KVBYTES, 16, 1024) + ok, kk);
         }
         wgmma_commit();
+        issue_next();
         __half2 kap[FT ? KT / 8 : 1][2]; // [nt][row lo | hi]: kappa(x') of elements e = 0, 1
         if constexpr (FT) {
             const T *kpt = KPs + st * KT * GLD;
@@ -491,9 +492,8 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
 #pragma unroll
         for (int kk = 0; kk < KT / 16; kk++) wgmma_rs_tb<T, D>(acc, pf[kk], dv + ((kk * 16 * 128) >> 4));
         wgmma_commit();
-        // while P.V runs: the next tile's visibility and the tokens of the tile after it
+        // while P.V runs: the next tile's visibility
         vis_bits(j + 1, vm_lo, vm_hi);
-        load_tok(j + 2, tk);
         wgmma_wait<0>();
 #pragma unroll
         for (int i = 0; i < D / 2; i++) reg_fence(acc[i]);
