@@ -7,7 +7,7 @@
 // Key list: the text keys padded to 128, then the clamped rectangle of the
 // block ((8 + 2r) rows x (16 + 2r) columns at most) column by column, 128-key
 // tiles. The tokens of the whole list and its visibility (per tile, one
-// ballot word per query row and per query column in the accumulator's column
+// word per query row and per query column in the accumulator's column
 // order: a thread's visibility bits of a tile are two words ANDed) are
 // computed once per block into shared memory, with one bit per tile and
 // warpgroup: a warpgroup skips the tiles none of its queries sees (with r = 8
@@ -47,6 +47,19 @@ constexpr int FULL_BITS = 0xffffff;
 
 __device__ __forceinline__ uint32_t swz(int r, int cc, int R) {
     return (uint32_t)((cc >> 3) * R * 128 + r * 128 + (((cc & 7) ^ (r & 7)) << 4));
+}
+
+// Warp-wide transpose of a 32 x 32 bit matrix: lane L holds row L (bit c =
+// entry (L, c)); afterwards lane c holds column c (bit L = entry (L, c)).
+// Each step swaps the off-diagonal j x j blocks between lanes L and L ^ j.
+__device__ __forceinline__ uint32_t warp_transpose32(uint32_t x, int lane) {
+    uint32_t m = 0x0000ffffu;
+#pragma unroll
+    for (int j = 16; j != 0; j >>= 1, m ^= m << j) {
+        const uint32_t y = __shfl_xor_sync(0xffffffffu, x, j);
+        x = (lane & j) ? (x & ~m) | ((y >> j) & m) : (x & m) | ((y & m) << j);
+    }
+    return x;
 }
 
 // Bits lo..hi of 0..n-1 (none when the range misses).
@@ -146,8 +159,9 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
     // the bits of slots 8 nt + 2 c + e of a tile (nt < 16, e < 2: the
     // accumulator columns of the lanes with lane % 4 = c) as bit 2 nt + e, so
     // one warp takes one (tile, c) at a time, lane 2 nt + e its slot, and
-    // ballots each of the 24 bits: vw[tile][c][0..7] row words, [8..23]
-    // column words; a thread's visibility is its row word & its column word.
+    // transposes the warp's 32 x 24 bit matrix: vw[tile][c][0..7] row words,
+    // [8..23] column words; a thread's visibility is its row word & its column
+    // word.
     // The rectangle goes column by column: warpgroup g sees only columns
     // 8g..8g+15+2r of it, so with r = 8 the first rectangle tile holds keys
     // only warpgroup 0 sees and the last only warpgroup 1's; tneed[tile] bit
@@ -155,25 +169,26 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
     // other skips the tile).
     if (tid < TKC_HYB_WG_LIST_MAX / KT) tneed[tid] = 0;
     __syncthreads();
+    const float rcp_rh = 1.f / (float)RH;
     for (int p = warp; p < ntiles * 4; p += NTHR / 32) {
         const int L = (p >> 2) * KT + 8 * (lane >> 1) + 2 * (p & 3) + (lane & 1);
         int t = -1, inf = 0;
         if (L < Tpad) {
             if (L < T_) t = L, inf = FULL_BITS;
         } else if (L - Tpad < nrect) {
-            const int m = L - Tpad, kx = x0 + m / RH, ky = y0 + m % RH;
+            const int m = L - Tpad;
+            int cx = (int)(((float)m + 0.5f) * rcp_rh), cy = m - cx * RH; // m / RH, m % RH
+            if (cy < 0) cx--, cy += RH;
+            else if (cy >= RH) cx++, cy -= RH;
+            const int kx = x0 + cx, ky = y0 + cy;
             t = T_ + ky * gw + kx;
             inf = (bits_in(ky - qy0 - r, ky - qy0 + r, 8) << 16) | bits_in(kx - qx0 - r, kx - qx0 + r, 16);
         }
         if (t >= 0 && mb && !mb[t]) t = -1, inf = 0;
         ltok[L] = t;
-        uint32_t mine = 0;
-#pragma unroll
-        for (int bit = 0; bit < 24; bit++) {
-            const uint32_t w = __ballot_sync(0xffffffffu, (inf >> (bit < 8 ? 16 + bit : bit - 8)) & 1);
-            if (lane == bit) mine = w;
-        }
-        if (lane < 24) vw[p * 24 + lane] = mine;
+        // lane c < 24 gets the word of visibility bit c (column x = c, row y = c - 16)
+        const uint32_t word = warp_transpose32((uint32_t)inf, lane);
+        if (lane < 24) vw[p * 24 + (lane < 16 ? 8 + lane : lane - 16)] = word;
         const unsigned nb = (inf >> 16) ? ((inf & 0xff) ? 1u : 0u) | ((inf & 0xff00) ? 2u : 0u) : 0u;
         const unsigned wb = __reduce_or_sync(0xffffffffu, nb); // the warp's 32 slots share a tile
         if (lane == 0 && wb) atomicOr(&tneed[p >> 2], (int)wb);
