@@ -89,7 +89,6 @@ template <int D, int G> constexpr size_t smem_bytes(int FARM) {
 // registers the runtime ones were re-read from the constant bank per element).
 template <typename T, typename TO, int D, int G, int FARM, bool P3>
 __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
-    if (a.bad && *a.bad) return;
 #ifndef TKC_HYB_NO_WGMMA
     constexpr bool FAR = FARM != 0;
     constexpr int CH = D / 8, GLD = G + 8, RSTEP = NTHR / CH;
@@ -248,7 +247,8 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
         __half *Zr = reinterpret_cast<__half *>(Vs + KVBYTES);           // [2][FK][8] cols D..D+7
         FarFeatW *Tb = reinterpret_cast<FarFeatW *>(Zr + 2 * FK * 8);    // [2][FK]
         __half2 *QP2 = reinterpret_cast<__half2 *>(Tb + 2 * FK);         // [64 pairs][GP]
-        static_assert(2 * SCB <= KVBYTES && 2 * FK * 16 + 2 * FK * 8 + 64 * GP * 4 <= KVBYTES,
+        unsigned *CMs = reinterpret_cast<unsigned *>(QP2 + 64 * GP);     // [DVP] the head's column maxima
+        static_assert(2 * SCB <= KVBYTES && 2 * FK * 16 + 2 * FK * 8 + 64 * GP * 4 + DVP * 4 <= KVBYTES,
                       "the far prologue lives in the stage-1 K/V buffers");
         const FarFeatW *tab = reinterpret_cast<const FarFeatW *>(a.ftab);
         const __half *shb = a.fsh + (size_t)bh * a.fRpad * DVP;
@@ -264,6 +264,9 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
             if (tid < FK / 2) cp_async16(Tb + st * FK + 2 * tid, tab + f0 + 2 * tid, 16);
         };
         if (nch > 0) load_chunk(0);
+        // the column maxima come with chunk 0 (read after the chunk loop)
+        const unsigned *cm = a.fcolmax + (size_t)bh * DVP;
+        if (tid < DVP / 4) cp_async16(CMs + 4 * tid, cm + 4 * tid, 16);
         cp_async_commit();
         cp_async_wait<2>(); // Q and q' (tile 0 and chunk 0 may be in flight)
         __syncthreads();
@@ -326,14 +329,17 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
         den_lo += __shfl_xor_sync(0xffffffffu, den_lo, 2);
         den_hi += __shfl_xor_sync(0xffffffffu, den_hi, 1);
         den_hi += __shfl_xor_sync(0xffffffffu, den_hi, 2);
-        const unsigned *cm = a.fcolmax + (size_t)bh * DVP;
-        const float dsc = col_scale(cm[D]);
+        if (nch == 0) { // (the chunk loop's first barrier makes CMs visible otherwise)
+            cp_async_wait<0>();
+            __syncthreads();
+        }
+        const float dsc = col_scale(CMs[D]);
         dfar_lo = den_lo * dsc;
         dfar_hi = den_hi * dsc;
 #pragma unroll
         for (int nt = 0; nt < D / 8; nt++) {
             const int c = nt * 8 + 2 * (lane & 3);
-            const float s0 = a.w * col_scale(cm[c]), s1 = a.w * col_scale(cm[c + 1]);
+            const float s0 = a.w * col_scale(CMs[c]), s1 = a.w * col_scale(CMs[c + 1]);
             acc[4 * nt] *= s0, acc[4 * nt + 1] *= s1, acc[4 * nt + 2] *= s0, acc[4 * nt + 3] *= s1;
         }
         m_lo = m_hi = 0.f; // the far term enters at a running max of 0 (log2 units)
@@ -551,6 +557,9 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
     // last tile's is ntiles-1 & 1, and nothing was issued after it), then 16-byte
     // stores of whole rows.
     static_assert(sizeof(TO) == sizeof(T) && BR == KT, "the output tile fits a K stage");
+    // bad input (flagged by the kernels before this one): write nothing. Read
+    // here rather than at the start, where every block waited for the load
+    if (a.bad && *a.bad) return;
     unsigned char *Os = Ks + (ntiles & 1) * KVBYTES;
 #pragma unroll
     for (int nt = 0; nt < D / 8; nt++) {

@@ -28,7 +28,7 @@ struct tkc_hyb_wg_args {
     float scale_log2, w;
     float c0, c1, c2, c3;    // kappa_P coefficients (P <= 4)
     int skip_tiles;          // a warpgroup skips the tiles none of its queries sees (0: computes all)
-    const unsigned *bad;     // device word or NULL: nonzero as the kernel starts = write nothing (hybrid.cu)
+    const unsigned *bad;     // device word or NULL, final before the kernel starts: nonzero = write nothing (hybrid.cu)
 };
 
 // 1 when tkc_hyb_wg_launch takes this shape (2d window only).
