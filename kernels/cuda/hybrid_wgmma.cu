@@ -16,8 +16,8 @@
 // wgmma reads (two stages; the next tile's gathers are issued right after S,
 // its visibility bits read while P.V runs), S = Q K^T by wgmma (A and B
 // from shared memory); rectangle tiles with the fused far field (FARM 2) also
-// form x' = q' k'^T on mma.sync and kappa(x') of the visible keys while the
-// wgmma runs. Element step as hybrid.cu: invisible keys -inf, exact online
+// form x' = q' k'^T on mma.sync and kappa(x') of the visible keys once S is
+// issued (the mma.sync queues behind the S wgmma on the tensor pipe). Element step as hybrid.cu: invisible keys -inf, exact online
 // softmax in log2 units, p = e^{x-m} - w e^{-m} kappa(x') for visible
 // rectangle keys, P packed as the register A operand of O += P V (wgmma, V
 // read transposed). Output rows leave through shared memory as 16-byte stores.
@@ -364,10 +364,11 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
 
     // One tile. FT: a rectangle tile with the far term; VIS: apply the
     // visibility bits (a text tile whose 128 slots are all kept keys needs none).
-    // While S runs on the tensor cores: the visibility of the thread's 64
-    // elements as two bit masks and, FT, kappa(x') of the visible keys (0 for
-    // the others) as packed f16 pairs (x' = q' k'^T on mma.sync).
-    // visibility of the thread's 64 elements of tile j: bit 2 nt + e of each row
+    // After S is issued: the next tile's gathers and, FT, kappa(x') of the
+    // visible keys (0 for the others) as packed f16 pairs (x' = q' k'^T on
+    // mma.sync, which waits behind the S wgmma on the tensor pipe).
+    // visibility of the thread's 64 elements of tile j (read one tile ahead,
+    // under P.V): bit 2 nt + e of each row
     auto vis_bits = [&](int j, uint32_t &lo, uint32_t &hi) {
         const uint32_t *w = vw + (min(j, ntiles - 1) * 4 + (lane & 3)) * 24;
         const uint32_t cw = w[8 + 8 * wg + g8];
