@@ -169,7 +169,12 @@ __global__ void __launch_bounds__(NTHR, 1) hyb_wg_kernel(tkc_hyb_wg_args a) {
     if (tid < TKC_HYB_WG_LIST_MAX / KT) tneed[tid] = 0;
     __syncthreads();
     const float rcp_rh = 1.f / (float)RH;
-    for (int p = warp; p < ntiles * 4; p += NTHR / 32) {
+    // whole text tiles without a key mask: tokens and need bits only (their
+    // steps apply no visibility, so their words are never read)
+    const int p0 = mb ? 0 : 4 * (T_ / KT);
+    for (int L = tid; L < p0 / 4 * KT; L += NTHR) ltok[L] = L;
+    if (tid < p0 / 4) tneed[tid] = 3;
+    for (int p = p0 + warp; p < ntiles * 4; p += NTHR / 32) {
         const int L = (p >> 2) * KT + 8 * (lane >> 1) + 2 * (p & 3) + (lane & 1);
         int t = -1, inf = 0;
         if (L < Tpad) {
