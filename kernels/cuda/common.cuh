@@ -341,6 +341,23 @@ template <> __device__ __forceinline__ void wgmma_rs_tb<__half, 128>(float *d, c
                    "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1));
 }
+// d += A(registers) * B(smem, K-major), N = 8 (taylor_small.cu's far field:
+// the row sums of A against a block of ones).
+template <typename T> __device__ __forceinline__ void wgmma_rs_n8(float *d, const uint32_t *a, uint64_t db);
+template <> __device__ __forceinline__ void wgmma_rs_n8<__nv_bfloat16>(float *d, const uint32_t *a, uint64_t db) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0,%1,%2,%3},"
+                 " {%4,%5,%6,%7}, %8, p, 1, 1, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1));
+}
+template <> __device__ __forceinline__ void wgmma_rs_n8<__half>(float *d, const uint32_t *a, uint64_t db) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0,%1,%2,%3},"
+                 " {%4,%5,%6,%7}, %8, p, 1, 1, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1));
+}
 
 // ---- shared by the stats norms (stats.cu) and the hybrid projection's stats
 // taps (hybrid.cu) ----

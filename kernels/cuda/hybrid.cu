@@ -1289,7 +1289,9 @@ const float *tkc_hybrid_cached_projection(tkc_hybrid_state *h, const tk_call *ca
 //     loads);
 //   v rows [T, N) of every head: far_reduce_kernel (taylor_small.cu) loads
 //     every kept key's row, all Dv columns, into V fragments (its slot groups
-//     test one register of each: every element once), and the far field keeps
+//     test one register of each: every element once; at Dv 128
+//     far_reduce_wg_kernel reads back the 16-byte chunks each thread staged),
+//     and the far field keeps
 //     exactly the image keys (image_key_mask_kernel, no key mask on this
 //     path); its splits cover every key tile;
 //   v rows [0, T) (the text keys it masks out): text_rows_scan_kernel.

@@ -1286,14 +1286,17 @@ __global__ void __launch_bounds__(32 * far_warps<NB>(), 1)
     unsigned v_nf = 0; // a.bad: this thread saw a NaN/Inf in v (its share of the V fragments, far_tile)
     const bool chk = a.bad != nullptr;
     // copies: TPK threads per key (key r = tid / TPK), each every TPK-th 16-byte
-    // chunk of its row; the key's mask byte is loaded one tile ahead
+    // chunk of its row; the key's mask byte is loaded two tiles before its
+    // copy is issued (one tile ahead, its latency stalled every step), by an
+    // unconditional load (clamped key) that nothing waits for before the use
     constexpr int TPK = NTH / KTA;
     static_assert(NTH % KTA == 0, "whole keys per thread group");
     const int r = tid / TPK, sub = tid - r * TPK;
-    auto kept = [&](int tile) {
-        const int key = tile * KTA + r;
-        return tile < t0 + nt && key < a.Nk && (!mb || mb[key]);
+    auto kept_raw = [&](int tile) {
+        if (!mb || a.Nk == 0) return 1;
+        return (int)mb[min(tile * KTA + r, a.Nk - 1)];
     };
+    auto kept = [&](int tile, int m) { return tile < t0 + nt && tile * KTA + r < a.Nk && m != 0; };
     auto issue = [&](int tile, int stg, bool in) {
         const int key = in ? tile * KTA + r : 0;
         TI *Ks = stage + stg * STG, *Vs = Ks + KTA * FKLD;
@@ -1317,17 +1320,19 @@ __global__ void __launch_bounds__(32 * far_warps<NB>(), 1)
     for (int j = 0; j < 3; j++) accg[j][0] = accg[j][1] = accg[j][2] = accg[j][3] = 0.f;
 #pragma unroll
     for (int i = 0; i < FSTAGES - 1; i++) {
-        if (i < nt) issue(t0 + i, i, kept(t0 + i));
+        if (i < nt) issue(t0 + i, i, kept(t0 + i, kept_raw(t0 + i)));
         cp_async_commit();
     }
-    bool next_in = kept(t0 + FSTAGES - 1);
+    int m_next = kept_raw(t0 + FSTAGES - 1), m_next2 = kept_raw(t0 + FSTAGES);
     const bool gram = ch == 0;
     for (int i = 0; i < nt; i++) {
         cp_async_wait<FSTAGES - 2>();
         __syncthreads(); // stage i is in; every warp is done with the stage refilled next
-        if (i + FSTAGES - 1 < nt) issue(t0 + i + FSTAGES - 1, (i + FSTAGES - 1) % FSTAGES, next_in);
+        if (i + FSTAGES - 1 < nt)
+            issue(t0 + i + FSTAGES - 1, (i + FSTAGES - 1) % FSTAGES, kept(t0 + i + FSTAGES - 1, m_next));
         cp_async_commit();
-        next_in = kept(t0 + i + FSTAGES); // used at the next step: the load's latency hides behind this one
+        m_next = m_next2;
+        m_next2 = kept_raw(t0 + i + FSTAGES + 1);
         const TI *Ks = stage + (i % FSTAGES) * STG, *Vs = Ks + KTA * FKLD;
         switch (sg) { // outside the 16-key steps: each case is straight-line code
         case 0: far_tile<TI, 0, CSW, VLD>(Ks, Vs, ch * CSW * 16, lane, t, acc, accg, gram, chk, v_nf); break;
@@ -1366,6 +1371,45 @@ __device__ __forceinline__ float far_col_scale(unsigned bits) { // taylor.cu's c
     return m > 0.f ? m * (1.f / 1024.f) : 1.f;
 }
 
+// The tables' second half (both record layouts): T holds features x (the
+// block's 16 columns, z) weighted; column maxima, then S | z in f16.
+__device__ __forceinline__ void far_tables_emit(float (*T)[17], unsigned *cmax, int cs, int bh, int Dv, int R,
+                                                int Rpad, __half *__restrict__ sh, unsigned *__restrict__ colmax) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, dvp = Dv + 8;
+    const int ncol = cs == 0 ? 17 : 16;
+    for (int c = warp; c < ncol; c += FT_THREADS / 32) {
+        unsigned mx = 0u;
+        for (int f = lane; f < R; f += 32) {
+            float m = fabsf(T[f][c]);
+            if (m != m) m = INFINITY;
+            mx = max(mx, __float_as_uint(m));
+        }
+        mx = __reduce_max_sync(0xffffffffu, mx);
+        if (lane == 0) cmax[c] = mx;
+    }
+    __syncthreads();
+    unsigned *cmg = colmax + (size_t)bh * dvp;
+    if (tid < 16) cmg[cs * 16 + tid] = cmax[tid];
+    if (cs == 0 && tid >= 16 && tid < 24) cmg[Dv + tid - 16] = tid == 16 ? cmax[16] : 0u;
+    __half *shb = sh + (size_t)bh * Rpad * dvp;
+    for (int e = tid; e < Rpad * 2; e += FT_THREADS) { // 8 columns (16 B) per item
+        const int f = e >> 1, c0 = 8 * (e & 1);
+        uint32_t h[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float x0 = f < R ? T[f][c0 + 2 * i] / far_col_scale(cmax[c0 + 2 * i]) : 0.f;
+            const float x1 = f < R ? T[f][c0 + 2 * i + 1] / far_col_scale(cmax[c0 + 2 * i + 1]) : 0.f;
+            h[i] = packh(x0, x1);
+        }
+        *reinterpret_cast<uint4 *>(shb + (size_t)f * dvp + cs * 16 + c0) = make_uint4(h[0], h[1], h[2], h[3]);
+    }
+    if (cs == 0)
+        for (int f = tid; f < Rpad; f += FT_THREADS) {
+            const float z = f < R ? T[f][16] / far_col_scale(cmax[16]) : 0.f;
+            *reinterpret_cast<uint4 *>(shb + (size_t)f * dvp + Dv) = make_uint4(packh(z, 0.f), 0u, 0u, 0u);
+        }
+}
+
 // Grid (NB, BH): column group cs of head bh (cs 0 also the z column).
 __global__ void __launch_bounds__(FT_THREADS)
     far_tables_kernel(const float4 *__restrict__ part, const int *__restrict__ cnt, int NB, int BH, int split, int R,
@@ -1374,7 +1418,7 @@ __global__ void __launch_bounds__(FT_THREADS)
     __shared__ float T[FAR_R_MAX][17]; // features x (16 columns of the group, z)
     __shared__ unsigned cmax[17];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
-    const int cs = blockIdx.x, bh = blockIdx.y, Dv = 16 * NB, dvp = Dv + 8;
+    const int cs = blockIdx.x, bh = blockIdx.y, Dv = 16 * NB;
     const int recs = NB * FSLOTS + 3, ntau = cs == 0 ? FSLOTS + 3 : FSLOTS;
     for (int e = tid; e < FAR_R_MAX * 17; e += FT_THREADS) (&T[0][0])[e] = 0.f;
     __syncthreads();
@@ -1440,42 +1484,271 @@ __global__ void __launch_bounds__(FT_THREADS)
         T[0][16] = (float)n;
     }
     __syncthreads();
-    const int ncol = cs == 0 ? 17 : 16;
-    for (int c = warp; c < ncol; c += FT_THREADS / 32) {
-        unsigned mx = 0u;
-        for (int f = lane; f < R; f += 32) {
-            float m = fabsf(T[f][c]);
-            if (m != m) m = INFINITY;
-            mx = max(mx, __float_as_uint(m));
+    far_tables_emit(T, cmax, cs, bh, Dv, R, Rpad, sh, colmax);
+}
+
+// ---- far phase A on wgmma (sm_90a; Dv = 128, the Flux head) ----
+//
+// far_reduce_wg_kernel, grid (key split, head), three warpgroups: warpgroup w
+// owns feature rows 64 w .. 64 w + 63 of [S | z] (the SPEC 3 order, padded to
+// 192 rows). Row f's A fragment is x[i0] * x[i1] over the tile's keys, x = k'
+// with a 1 appended (dim 16) and a 0 (dim 17): f = 0 -> (16, 16), f = 1..16 ->
+// (f - 1, 16), f = far_pair(m, b) -> (m, b), f >= R -> (17, 17). x is staged
+// dim-major one tile ahead (key pairs as 32-bit words, a pair p = t + 4u at
+// word 8 t + u so a thread's pairs of a tile are two 16-byte loads per dim):
+// a thread's 16 A registers of a 64-key tile are 8 shared loads and 16 HMUL2.
+// B is the staged V tile (MN-major, 128-byte swizzle, as the local kernel's
+// P.V); z, the row sums, comes from a second m64n8 wgmma against a block of
+// ones. Masked keys are zero-filled by the copy as in far_reduce_kernel (only
+// f = 0 sees them as 1: its z is replaced by the count). Records, per (split,
+// head): fp32 S by 16-column group [8][192][16], then z [192];
+// far_tables_rows_kernel sums them (one column group per block). Same features in the same 16-bit type as far_reduce_kernel, whose
+// A = K'^T product for G is exact where this one rounds k'_m k'_b first.
+constexpr int FWG_ROWS = 192, FWG_THREADS = 384, FWG_STAGES = 6, FWG_DV = 128;
+constexpr int FWG_XLD = 36;            // words per dim row of the staged x (16-byte rows, 2-way stores)
+constexpr int FWG_XW = 18 * FWG_XLD;   // words per staged x tile
+constexpr uint32_t FWG_VBYTES = KTA * FWG_DV * 2, FWG_STB = FWG_VBYTES + KTA * 32; // V + raw k' per stage
+constexpr size_t fwg_smem() { return 1024 + (size_t)FWG_STAGES * FWG_STB + 1024 + 2 * FWG_XW * 4; }
+__host__ __device__ constexpr size_t fwg_rec_floats() { return (size_t)FWG_ROWS * (FWG_DV + 1); }
+static_assert(FWG_STB % 1024 == 0, "stages keep the 1024-byte alignment of the swizzle");
+
+__device__ __forceinline__ uint32_t fwg_swz(int r, int cc, int R) {
+    return (uint32_t)((cc >> 3) * R * 128 + r * 128 + (((cc & 7) ^ (r & 7)) << 4));
+}
+
+// (i0, i1) of feature row f (see above).
+__device__ __forceinline__ void fwg_dims(int f, int R, int &i0, int &i1) {
+    if (f >= R) {
+        i0 = i1 = 17;
+    } else if (f == 0) {
+        i0 = i1 = 16;
+    } else if (f <= 16) {
+        i0 = f - 1, i1 = 16;
+    } else {
+        int m = 0;
+        while (m < 15 && far_pair(m + 1, m + 1) <= f) m++;
+        i0 = m, i1 = m + (f - far_pair(m, m));
+    }
+}
+
+template <typename TI>
+__global__ void __launch_bounds__(FWG_THREADS, 1)
+    far_reduce_wg_kernel(FArgs a, float *__restrict__ part, int *__restrict__ cnt, int R) {
+#if !(defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL))
+    constexpr int DV = FWG_DV, CPR = 2 + DV / 8, TPK = FWG_THREADS / KTA, FS = FWG_STAGES;
+    static_assert(FWG_THREADS % KTA == 0 && FS >= 4, "copy tiling, stages");
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const uint32_t raw_a = smem_addr(smem_raw), base_a = (raw_a + 1023u) & ~1023u;
+    unsigned char *base = smem_raw + (base_a - raw_a);
+    const uint32_t ones_a = base_a + FS * FWG_STB;
+    uint32_t *ones = reinterpret_cast<uint32_t *>(base + FS * FWG_STB);  // [256] (1, 1)
+    uint32_t *xw = ones + 256;                                          // [2][18][XLD]
+    __shared__ int s_cnt;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2, wq = warp & 3;
+    const int g = lane >> 2, t = lane & 3;
+    const int sp = blockIdx.x, bh = blockIdx.y, bidx = bh / a.H;
+    const TI *kb = reinterpret_cast<const TI *>(a.k) + (size_t)bh * a.Nk * 16;
+    const TI *vb = reinterpret_cast<const TI *>(a.v) + (size_t)bh * a.Nk * DV;
+    const uint8_t *mb = a.mask ? a.mask + (size_t)bidx * a.Nk : nullptr;
+    const int tiles = (a.Nk + KTA - 1) / KTA;
+    const int per = (tiles + a.split - 1) / a.split;
+    const int t0 = min(tiles, sp * per), nt = min(tiles, t0 + per) - t0;
+    const bool chk = a.bad != nullptr, active = 64 * wg < R; // rows of this warpgroup to write
+    int my_cnt = 0;
+    unsigned v_nf = 0;
+    // copies: TPK threads per key, chunks sub, sub + TPK, ... of its 18 (2 of k', 16 of v)
+    const int r = tid / TPK, sub = tid - r * TPK;
+    // the key's mask byte two tiles ahead (as in far_reduce_kernel)
+    auto kept_raw = [&](int tile) {
+        if (!mb || a.Nk == 0) return 1;
+        return (int)mb[min(tile * KTA + r, a.Nk - 1)];
+    };
+    auto kept = [&](int tile, int m) { return tile < t0 + nt && tile * KTA + r < a.Nk && m != 0; };
+    auto issue = [&](int tile, int stg, bool in) {
+        const int key = in ? tile * KTA + r : 0;
+        unsigned char *st = base + stg * FWG_STB;
+        if (sub == 0) my_cnt += in;
+#pragma unroll
+        for (int cc = sub; cc < CPR; cc += TPK) {
+            if (cc < 2) cp_async16(st + FWG_VBYTES + r * 32 + cc * 16, kb + (size_t)key * 16 + cc * 8, in ? 16 : 0);
+            else cp_async16(st + fwg_swz(r, cc - 2, KTA), vb + (size_t)key * DV + (cc - 2) * 8, in ? 16 : 0);
         }
-        mx = __reduce_max_sync(0xffffffffu, mx);
-        if (lane == 0) cmax[c] = mx;
+    };
+    // x of the tile in stage stg, dim-major, into buffer b: word (d, p) = x[2p][d] | x[2p+1][d] << 16
+    auto stage_x = [&](int stg, int b) {
+        const uint16_t *raw = reinterpret_cast<const uint16_t *>(base + stg * FWG_STB + FWG_VBYTES);
+        for (int e = tid; e < 16 * KTA / 2; e += FWG_THREADS) {
+            const int d = e & 15, p = e >> 4;
+            xw[b * FWG_XW + d * FWG_XLD + (p & 3) * 8 + (p >> 2)] =
+                (uint32_t)raw[2 * p * 16 + d] | ((uint32_t)raw[(2 * p + 1) * 16 + d] << 16);
+        }
+    };
+
+    if (tid == 0) s_cnt = 0;
+    if (tid < 256) ones[tid] = one2<TI>::v;
+    if (tid < 2 * 2 * 32) { // dims 16 (ones) and 17 (zeros) of both buffers
+        const int b = tid >> 6, d = 16 + ((tid >> 5) & 1), p = tid & 31;
+        xw[b * FWG_XW + d * FWG_XLD + (p & 3) * 8 + (p >> 2)] = d == 16 ? one2<TI>::v : 0u;
+    }
+    fence_proxy_async(); // the ones are read by wgmma
+    // this thread's A rows and their dims' word offsets (two 16-byte loads per dim and tile)
+    int xo[4];
+    {
+        const int f_lo = 64 * wg + 16 * wq + g;
+        int i0, i1, i2, i3;
+        fwg_dims(f_lo, R, i0, i1);
+        fwg_dims(f_lo + 8, R, i2, i3);
+        xo[0] = i0 * FWG_XLD + 8 * t, xo[1] = i1 * FWG_XLD + 8 * t;
+        xo[2] = i2 * FWG_XLD + 8 * t, xo[3] = i3 * FWG_XLD + 8 * t;
+    }
+    float acc[DV / 2], accz[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int i = 0; i < DV / 2; i++) acc[i] = 0.f;
+
+    // Loads run FS - 2 tiles ahead, into the stage of tile i - 2: tile i's wgmma
+    // is waited for one tile later (it runs under the next tile's barrier, x
+    // staging and A fragments), so tile i - 1's may still read its stage.
+#pragma unroll
+    for (int i = 0; i < FS - 2; i++) {
+        if (i < nt) issue(t0 + i, i, kept(t0 + i, kept_raw(t0 + i)));
+        cp_async_commit();
+    }
+    int m_next = kept_raw(t0 + FS - 2), m_next2 = kept_raw(t0 + FS - 1);
+    cp_async_wait<FS - 3>(); // tile 0
+    __syncthreads();
+    if (nt > 0) stage_x(0, 0);
+    const uint64_t d1 = gmma_desc(ones_a, 0, 1024);
+    // A registers by tile parity (compile-time: the in-flight wgmma's stay untouched)
+    auto step = [&](int i, uint32_t (&af)[4][4]) {
+        const int stg = i % FS;
+        cp_async_wait<FS - 4>(); // tiles <= i + 1
+        fence_proxy_async();
+        __syncthreads(); // tiles i, i+1 and x of tile i visible; tile i-2's wgmma done in every warp
+        if (i + FS - 2 < nt) issue(t0 + i + FS - 2, (i + FS - 2) % FS, kept(t0 + i + FS - 2, m_next));
+        cp_async_commit();
+        m_next = m_next2;
+        m_next2 = kept_raw(t0 + i + FS);
+        if (i + 1 < nt) stage_x((i + 1) % FS, (i + 1) & 1);
+        // (every warpgroup: a wgmma on a branch is serialized; rows >= R are zeros)
+        const uint32_t *xb = xw + (i & 1) * FWG_XW;
+        uint4 x[4][2];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            x[k][0] = *reinterpret_cast<const uint4 *>(xb + xo[k]);
+            x[k][1] = *reinterpret_cast<const uint4 *>(xb + xo[k] + 4);
+        }
+        auto w = [&](int k, int u) { // word u (pair t + 4u) of dim slot k
+            const uint4 &q = x[k][u >> 2];
+            return (u & 3) == 0 ? q.x : (u & 3) == 1 ? q.y : (u & 3) == 2 ? q.z : q.w;
+        };
+#pragma unroll
+        for (int s = 0; s < 4; s++) {
+            af[s][0] = hmul2t<TI>(w(0, 2 * s), w(1, 2 * s));
+            af[s][1] = hmul2t<TI>(w(2, 2 * s), w(3, 2 * s));
+            af[s][2] = hmul2t<TI>(w(0, 2 * s + 1), w(1, 2 * s + 1));
+            af[s][3] = hmul2t<TI>(w(2, 2 * s + 1), w(3, 2 * s + 1));
+        }
+        wgmma_fence();
+        const uint64_t dv = gmma_desc(base_a + stg * FWG_STB, KTA * 128, 1024);
+#pragma unroll
+        for (int s = 0; s < 4; s++) {
+            wgmma_rs_tb<TI, DV>(acc, af[s], dv + ((s * 16 * 128) >> 4));
+            wgmma_rs_n8<TI>(accz, af[s], d1);
+        }
+        wgmma_commit();
+        if (chk) { // this thread's v chunks of tile i (each element of the tile once)
+            const unsigned char *st = base + stg * FWG_STB;
+#pragma unroll
+            for (int cc = sub; cc < CPR; cc += TPK) {
+                if (cc < 2) continue;
+                const uint4 u = *reinterpret_cast<const uint4 *>(st + fwg_swz(r, cc - 2, KTA));
+                v_nf |= far_nonfinite2<TI>(u.x) | far_nonfinite2<TI>(u.y) | far_nonfinite2<TI>(u.z) |
+                        far_nonfinite2<TI>(u.w);
+            }
+        }
+        wgmma_wait<1>(); // tile i-1's: its A registers and stage are free
+    };
+    uint32_t af0[4][4], af1[4][4];
+#pragma unroll
+    for (int j = 0; j < DV / 2; j++) reg_fence(acc[j]);
+#pragma unroll
+    for (int j = 0; j < 4; j++) reg_fence(accz[j]);
+    int i = 0;
+    for (; i + 1 < nt; i += 2) {
+        step(i, af0);
+        step(i + 1, af1);
+    }
+    if (i < nt) step(i, af0);
+    wgmma_wait<0>();
+#pragma unroll
+    for (int j = 0; j < DV / 2; j++) reg_fence(acc[j]);
+#pragma unroll
+    for (int j = 0; j < 4; j++) reg_fence(accz[j]);
+    cp_async_wait<0>();
+    if (a.bad && __any_sync(0xffffffffu, v_nf != 0) && lane == 0) *a.bad = 1u;
+    atomicAdd(&s_cnt, my_cnt);
+    if (active) {
+        float *pb = part + (size_t)(sp * a.BH + bh) * fwg_rec_floats();
+        const int f_lo = 64 * wg + 16 * wq + g, f_hi = f_lo + 8;
+#pragma unroll
+        for (int j = 0; j < DV / 8; j++) {
+            float *pc = pb + (size_t)(j >> 1) * FWG_ROWS * 16 + 8 * (j & 1) + 2 * t; // column group j / 2
+            if (f_lo < R) *reinterpret_cast<float2 *>(pc + f_lo * 16) = make_float2(acc[4 * j], acc[4 * j + 1]);
+            if (f_hi < R) *reinterpret_cast<float2 *>(pc + f_hi * 16) = make_float2(acc[4 * j + 2], acc[4 * j + 3]);
+        }
+        if (t == 0) {
+            if (f_lo < R) pb[(size_t)FWG_ROWS * DV + f_lo] = accz[0];
+            if (f_hi < R) pb[(size_t)FWG_ROWS * DV + f_hi] = accz[2];
+        }
     }
     __syncthreads();
-    unsigned *cmg = colmax + (size_t)bh * dvp;
-    if (tid < 16) cmg[cs * 16 + tid] = cmax[tid];
-    if (cs == 0 && tid >= 16 && tid < 24) cmg[Dv + tid - 16] = tid == 16 ? cmax[16] : 0u;
-    __half *shb = sh + (size_t)bh * Rpad * dvp;
-    for (int e = tid; e < Rpad * 2; e += FT_THREADS) { // 8 columns (16 B) per item
-        const int f = e >> 1, c0 = 8 * (e & 1);
-        uint32_t h[4];
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const float x0 = f < R ? T[f][c0 + 2 * i] / far_col_scale(cmax[c0 + 2 * i]) : 0.f;
-            const float x1 = f < R ? T[f][c0 + 2 * i + 1] / far_col_scale(cmax[c0 + 2 * i + 1]) : 0.f;
-            h[i] = packh(x0, x1);
-        }
-        *reinterpret_cast<uint4 *>(shb + (size_t)f * dvp + cs * 16 + c0) = make_uint4(h[0], h[1], h[2], h[3]);
+    if (tid == 0) cnt[sp * a.BH + bh] = s_cnt;
+#endif
+}
+
+// far_tables_kernel for far_reduce_wg_kernel's records: grid (column group, head).
+__global__ void __launch_bounds__(FT_THREADS)
+    far_tables_rows_kernel(const float *__restrict__ part, const int *__restrict__ cnt, int BH, int split, int R,
+                           int Rpad, float s, float sqrt_s, float diag_w, __half *__restrict__ sh,
+                           unsigned *__restrict__ colmax) {
+    constexpr int Dv = FWG_DV;
+    __shared__ float T[FAR_R_MAX][17]; // features x (16 columns of the group, z)
+    __shared__ unsigned cmax[17];
+    const int tid = threadIdx.x, cs = blockIdx.x, bh = blockIdx.y;
+    const size_t rec = fwg_rec_floats(), stride = (size_t)BH * rec;
+    const float *pb = part + (size_t)bh * rec;
+    __shared__ float wf[FAR_R_MAX]; // the weight of feature f
+    for (int f = tid; f < R; f += FT_THREADS) {
+        int i0, i1;
+        fwg_dims(f, R, i0, i1);
+        wf[f] = f == 0 ? 1.f : f <= 16 ? sqrt_s : i0 == i1 ? s * diag_w : s;
     }
-    if (cs == 0)
-        for (int f = tid; f < Rpad; f += FT_THREADS) {
-            const float z = f < R ? T[f][16] / far_col_scale(cmax[16]) : 0.f;
-            *reinterpret_cast<uint4 *>(shb + (size_t)f * dvp + Dv) = make_uint4(packh(z, 0.f), 0u, 0u, 0u);
-        }
+    __syncthreads();
+    for (int e = tid; e < R * 17; e += FT_THREADS) {
+        const int f = e / 17, c = e - f * 17;
+        if (c == 16 && (cs != 0 || f == 0)) continue; // z: column group 0; z[0] is the count
+        const float *src = c < 16 ? pb + ((size_t)cs * FWG_ROWS + f) * 16 + c : pb + (size_t)FWG_ROWS * Dv + f;
+        float x0 = 0.f, x1 = 0.f, x2 = 0.f, x3 = 0.f; // splits in a fixed order: deterministic
+        int k = 0;
+        for (; k + 4 <= split; k += 4) // four loads in flight
+            x0 += src[k * stride], x1 += src[(k + 1) * stride], x2 += src[(k + 2) * stride], x3 += src[(k + 3) * stride];
+        for (; k < split; k++) x0 += src[k * stride];
+        const float x = (x0 + x1) + (x2 + x3);
+        T[f][c] = x * wf[f];
+    }
+    if (cs == 0 && tid == FT_THREADS - 1) {
+        long long n = 0;
+        for (int k = 0; k < split; k++) n += cnt[k * BH + bh];
+        T[0][16] = (float)n;
+    }
+    __syncthreads();
+    far_tables_emit(T, cmax, cs, bh, Dv, R, Rpad, sh, colmax);
 }
 
 struct FarPlan {
     int NB, BH, split;
+    bool wg; // far_reduce_wg_kernel (Dv 128 on sm_90a; TKC_FAR_MMA=1 keeps far_reduce_kernel)
     size_t off_part, off_cnt, total;
 };
 
@@ -1495,6 +1768,19 @@ template <typename TI, int NB> int far_occupancy() {
     return occ;
 }
 
+template <typename TI> int far_wg_occupancy() {
+    static int occ = -1;
+    if (occ < 0) {
+        auto k = far_reduce_wg_kernel<TI>;
+        int o = 0;
+        if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)fwg_smem()) != cudaSuccess ||
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, k, FWG_THREADS, fwg_smem()) != cudaSuccess || o < 1)
+            return -1;
+        occ = o;
+    }
+    return occ;
+}
+
 template <typename TI> int far_occupancy_nb(int NB) {
     return NB == 2 ? far_occupancy<TI, 2>() : NB == 4 ? far_occupancy<TI, 4>() : far_occupancy<TI, 8>();
 }
@@ -1506,7 +1792,14 @@ template <typename TI> int far_occupancy_nb(int NB) {
 bool far_plan(const tkc_taylor_args *a, int num_sms, FarPlan *p) {
     p->NB = a->Dv / 16;
     p->BH = a->B * a->H;
-    const int occ = a->dtype == TK_DTYPE_BF16 ? far_occupancy_nb<__nv_bfloat16>(p->NB) : far_occupancy_nb<__half>(p->NB);
+    p->wg = false;
+    int occ = -1;
+    if (p->NB == 8 && getenv("TKC_FAR_MMA") == nullptr) {
+        occ = a->dtype == TK_DTYPE_BF16 ? far_wg_occupancy<__nv_bfloat16>() : far_wg_occupancy<__half>();
+        p->wg = occ >= 1;
+    }
+    if (!p->wg)
+        occ = a->dtype == TK_DTYPE_BF16 ? far_occupancy_nb<__nv_bfloat16>(p->NB) : far_occupancy_nb<__half>(p->NB);
     if (occ < 1) return false;
     const int tiles = (a->Nk + KTA - 1) / KTA;
     const double rec_w = 5.0 * p->NB / 8, rec_r = 1.0 * p->NB / 8;
@@ -1525,7 +1818,8 @@ bool far_plan(const tkc_taylor_args *a, int num_sms, FarPlan *p) {
     p->split = best;
     size_t off = 0;
     p->off_part = off;
-    off += align256((size_t)p->split * p->BH * (p->NB * FSLOTS + 3) * 32 * sizeof(float4));
+    const size_t rec = p->wg ? fwg_rec_floats() * sizeof(float) : (size_t)(p->NB * FSLOTS + 3) * 32 * sizeof(float4);
+    off += align256((size_t)p->split * p->BH * rec);
     p->off_cnt = off;
     off += align256((size_t)p->split * p->BH * sizeof(int));
     p->total = off;
@@ -1533,10 +1827,16 @@ bool far_plan(const tkc_taylor_args *a, int num_sms, FarPlan *p) {
 }
 
 template <typename TI, int NB>
-int far_launch(const tkc_taylor_args *a, const FarPlan &p, void *ws, cudaStream_t st, char *err, size_t errlen) {
+int far_launch(const tkc_taylor_args *a, const FarPlan &p, int R, void *ws, cudaStream_t st, char *err, size_t errlen) {
     FArgs f;
     f.k = a->k, f.v = a->v, f.mask = a->mask, f.H = a->H, f.Nk = a->Nk, f.BH = p.BH, f.split = p.split;
     f.bad = a->bad;
+    if (NB == 8 && p.wg) {
+        far_reduce_wg_kernel<TI><<<dim3(p.split, p.BH), FWG_THREADS, fwg_smem(), st>>>(
+            f, at<float>(ws, p.off_part), at<int>(ws, p.off_cnt), R);
+        TKC_LAUNCHED("far_reduce_wg_kernel", err, errlen);
+        return 0;
+    }
     far_reduce_kernel<TI, NB><<<dim3(p.split, p.BH), 32 * far_warps<NB>(), far_smem<NB>(), st>>>(
         f, at<float4>(ws, p.off_part), at<int>(ws, p.off_cnt));
     TKC_LAUNCHED("far_reduce_kernel", err, errlen);
@@ -1544,10 +1844,11 @@ int far_launch(const tkc_taylor_args *a, const FarPlan &p, void *ws, cudaStream_
 }
 
 template <typename TI>
-int far_launch_nb(const tkc_taylor_args *a, const FarPlan &p, void *ws, cudaStream_t st, char *err, size_t errlen) {
-    return p.NB == 2 ? far_launch<TI, 2>(a, p, ws, st, err, errlen)
-           : p.NB == 4 ? far_launch<TI, 4>(a, p, ws, st, err, errlen)
-                       : far_launch<TI, 8>(a, p, ws, st, err, errlen);
+int far_launch_nb(const tkc_taylor_args *a, const FarPlan &p, int R, void *ws, cudaStream_t st, char *err,
+                  size_t errlen) {
+    return p.NB == 2 ? far_launch<TI, 2>(a, p, R, ws, st, err, errlen)
+           : p.NB == 4 ? far_launch<TI, 4>(a, p, R, ws, st, err, errlen)
+                       : far_launch<TI, 8>(a, p, R, ws, st, err, errlen);
 }
 
 } // namespace
@@ -1573,15 +1874,20 @@ int tkc_far_small_run(const tkc_taylor_args *a, void *ws, size_t ws_bytes, int n
         return 3;
     }
     if (p.BH == 0) return 0;
-    int rc = a->dtype == TK_DTYPE_BF16 ? far_launch_nb<__nv_bfloat16>(a, p, ws, st, err, errlen)
-                                       : far_launch_nb<__half>(a, p, ws, st, err, errlen);
+    int rc = a->dtype == TK_DTYPE_BF16 ? far_launch_nb<__nv_bfloat16>(a, p, R, ws, st, err, errlen)
+                                       : far_launch_nb<__half>(a, p, R, ws, st, err, errlen);
     if (rc) return rc;
     const float sqrt_s = sqrtf(a->s);
     // the table's f16 weight of a diagonal feature (taylor.cu's build_table: 1/sqrt(2))
     const float diag_w = 0.5f / __half2float(__float2half((float)(1.0 / sqrt(2.0))));
-    far_tables_kernel<<<dim3(p.NB, p.BH), FT_THREADS, 0, st>>>(at<float4>(ws, p.off_part), at<int>(ws, p.off_cnt),
-                                                               p.NB, p.BH, p.split, R, Rpad, a->s, sqrt_s, diag_w,
-                                                               (__half *)sh, colmax);
+    if (p.wg)
+        far_tables_rows_kernel<<<dim3(p.NB, p.BH), FT_THREADS, 0, st>>>(at<float>(ws, p.off_part),
+                                                                        at<int>(ws, p.off_cnt), p.BH, p.split, R, Rpad,
+                                                                        a->s, sqrt_s, diag_w, (__half *)sh, colmax);
+    else
+        far_tables_kernel<<<dim3(p.NB, p.BH), FT_THREADS, 0, st>>>(at<float4>(ws, p.off_part), at<int>(ws, p.off_cnt),
+                                                                   p.NB, p.BH, p.split, R, Rpad, a->s, sqrt_s, diag_w,
+                                                                   (__half *)sh, colmax);
     TKC_LAUNCHED("far_tables_kernel", err, errlen);
     return 0;
 }

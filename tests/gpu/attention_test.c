@@ -701,12 +701,15 @@ static void test_hybrid_2d_rows_with_negative_far_denominator_keep_the_local_ter
 }
 
 /* The far field of a normalized hybrid call on the degree-2 path
- * (taylor_small.cu: far_reduce_kernel + far_tables_kernel write the f16 S|z
- * tables the local kernel reads) against the generic Taylor phase A
+ * (taylor_small.cu: far_reduce_kernel, or far_reduce_wg_kernel at Dv 128, and the
+ * tables kernel write the f16 S|z tables the local kernel reads) against the
+ * generic Taylor phase A
  * (TKC_HYBRID_FAR_GENERIC=1) and the ref backend: a ragged grid (77 text
  * tokens, 40 x 52 cells, N = 2,157, not a multiple of the 64-key tiles), a
  * key mask (the text keys are masked out of the far field besides), B = 2,
- * Dv 128 / 64 / 32 (8, 4, 2 column groups), bf16 and f16, P 3 and 2.
+ * Dv 128 / 64 / 32 (8, 4, 2 column groups), bf16 and f16, P 3 and 2; at
+ * Dv 128 also the wgmma kernel against the mma.sync one (TKC_FAR_MMA=1), same
+ * threshold (its G rounds k'_m k'_b to the input type first).
  * Thresholds: against ref the issue's nMSE <= 5e-4; between the two paths
  * 5e-5: they differ only in rounding -- the degree-2 features are products
  * in the input type (bf16: relative 2^-9) here against f16 products there,
@@ -763,6 +766,15 @@ static void compare_far_paths(const tk_config *cfg, problem *p, int T, int gh, i
            cfg->global_P, e, es);
     TH_CHECKF(e <= 5e-5, "nMSE between the far-field paths %.3g > 5e-5", e);
     TH_CHECKF(es <= 5e-5, "nMSE between splits %.3g > 5e-5", es);
+    if (p->Dv == 128) { /* Dv 128 runs far_reduce_wg_kernel; TKC_FAR_MMA=1 the mma.sync kernel */
+        setenv("TKC_FAR_MMA", "1", 1);
+        float *om = hybrid_out(p, cfg, T, gh, gw);
+        unsetenv("TKC_FAR_MMA");
+        double em = nmse_of(o1, om, n);
+        printf("# far field D %d P %d: nMSE wgmma kernel vs mma.sync kernel %.3g\n", p->D, cfg->global_P, em);
+        TH_CHECKF(em <= 5e-5, "nMSE between the far-field kernels %.3g > 5e-5", em);
+        free(om);
+    }
     free(o1), free(o2), free(os), free(og);
 }
 
@@ -774,6 +786,11 @@ static void test_hybrid_far_field_on_the_degree_2_path_matches_the_generic_path_
     cfg.local_window = 8;
     problem p = make_problem(2, 2, N, N, 128, 128, TK_DTYPE_BF16, 1.0, 0.8, 61);
     compare_far_paths(&cfg, &p, T, gh, gw);
+    free_problem(&p);
+    p = make_problem(1, 2, N, N, 128, 128, TK_DTYPE_F16, 1.0, 0.8, 64);
+    cfg.global_P = 2; /* R = 17: the wgmma kernel's rows past R stay zero */
+    compare_far_paths(&cfg, &p, T, gh, gw);
+    cfg.global_P = 3;
     free_problem(&p);
     p = make_problem(2, 2, N, N, 64, 64, TK_DTYPE_F16, 1.0, 0.9, 62);
     cfg.local_window = 5;

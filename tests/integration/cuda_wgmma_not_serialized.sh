@@ -1,5 +1,6 @@
 #!/bin/sh
-# The wgmma kernels (kernels/cuda/exact.cu and hybrid_wgmma.cu, sm_90a) as
+# The wgmma kernels (kernels/cuda/exact.cu, hybrid_wgmma.cu and the far
+# field of taylor_small.cu, sm_90a) as
 # ptxas builds them: when ptxas cannot keep the warpgroup MMAs asynchronous
 # it serializes them and says so only as an info line (C7510/C7515/C7520,
 # "Potential Performance Loss", or C7519 "warpgroup.arrive is injected":
@@ -14,7 +15,7 @@ flags=$(sed -n 's/^  NVCCFLAGS = .*\(-gencode=[^ ]*\).*/\1/p' Makefile | head -1
 [ -n "$flags" ] || { echo "cannot read the -gencode target from the Makefile"; exit 1; }
 out=$(mktemp "${TMPDIR:-/tmp}/ts-ptxas.XXXXXX") || exit 1
 trap 'rm -f "$out" "$out.o"' EXIT
-for src in exact.cu hybrid_wgmma.cu; do
+for src in exact.cu hybrid_wgmma.cu taylor_small.cu; do
     nvcc -O3 -std=c++17 "$flags" ${WGMMA_CHECK_EXTRA:-} -Xptxas -v -Ikernels -DTK_HAVE_CUDA=1 \
         -c "kernels/cuda/$src" -o "$out.o" >"$out" 2>&1 || {
         cat "$out"
