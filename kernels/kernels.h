@@ -230,7 +230,9 @@ typedef struct {
     tk_reason reason;        /* TK_REASON_NONE: o written */
     tk_stage stage;          /* for denominator_too_small */
     tk_path path;            /* path taken (FALLBACK when reason != NONE) */
-    char detail[192];        /* human-readable detail of the reason, e.g. "R=366145 > 20000" */
+    char detail[192];        /* human-readable detail of the reason, e.g. "R=366145 > 20000";
+                                with reason NONE empty, or why requested stats are missing
+                                (the output stands: "no stats: ...") */
     int64_t R;               /* feature count used (Taylor: per slice; hybrid: far field) */
     int window;              /* window W/r in force (hybrid), -1 n/a, 0 = full */
     double w;                /* far weight in force (hybrid) */

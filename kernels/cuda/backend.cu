@@ -231,6 +231,34 @@ void fail_rc(tk_result *res, int rc, const char *err) {
          err);
 }
 
+// The stats of a call whose output is already in the caller's buffer failed
+// (status rc, text err). SPEC 1: a FALLBACK writes nothing, so when the
+// device is still sound (the error was the stats' own: every stream of the
+// call drains without an error) the output stands, as when a stats buffer
+// cannot be allocated: no stats but the kernel time, the error in detail. Only a
+// device fault (the streams do not drain) fails the call, backend_error:
+// nothing written by then can be vouched for.
+void stats_failed_after_output(cuda_state *s, cudaStream_t st, tk_result *res, int rc, const char *err) {
+    (void)cudaGetLastError(); // a launch error of the stats is not sticky
+    const bool sound = cudaStreamSynchronize(st) == cudaSuccess &&
+                       (!s->stats_st || cudaStreamSynchronize(s->stats_st) == cudaSuccess);
+    if (!sound) {
+        fail_rc(res, rc ? rc : 1, err);
+        return;
+    }
+    memset(&res->stats, 0, sizeof res->stats);
+    snprintf(res->detail, sizeof res->detail, "no stats: %s", err);
+}
+
+// TKC_STATS_FAIL=1 (tests only): the stats job reports a CUDA error before it
+// queues anything, so the path above can be exercised.
+int stats_fail_injected(char *err, size_t errlen) {
+    const char *f = getenv("TKC_STATS_FAIL");
+    if (!f || atoi(f) == 0) return 0;
+    snprintf(err, errlen, "TKC_STATS_FAIL: an injected error");
+    return 1;
+}
+
 int run_exact(cuda_state *s, const tk_call *call, cudaStream_t st, void *o_dst, size_t ws_off,
               char *err, size_t errlen) {
     if (call->Dv != call->D) {
@@ -451,10 +479,15 @@ int run_stats(cuda_state *s, const tk_call *call, const tk_config *cfg, tk_mode 
         memset(&res->stats, 0, sizeof res->stats);
         return 0;
     }
-    int rc = tkc_stats_run(&j, s->num_sms, s->sws, s->shost, st, &res->stats, err, sizeof err);
+    int rc = stats_fail_injected(err, sizeof err);
+    if (!rc) rc = tkc_stats_run(&j, s->num_sms, s->sws, s->shost, st, &res->stats, err, sizeof err);
     if (rc == 2) {
         memset(&res->stats, 0, sizeof res->stats);
         return 0;
+    }
+    if (rc && out == call->o) { // the output is written: it stands unless the device failed
+        stats_failed_after_output(s, st, res, rc, err);
+        return res->reason != TK_REASON_NONE;
     }
     if (rc) {
         fail_rc(res, rc, err);
@@ -604,10 +637,9 @@ int hybrid_stats_beside(cuda_state *s, const tk_call *call, const tk_config *cfg
     s->stats_tapped = tap && taps.used;
     if (tap && res->reason == TK_REASON_NONE) { // the rest of the inputs part, unless tkc_hybrid queued it
         rc = taps.rest_queued ? taps.rest_rc : beside_rest(&taps);
-        if (rc) { // as a failed output part: the call fails
-            (void)cudaStreamSynchronize(s->stats_st);
-            (void)cudaGetLastError();
-            fail_rc(res, rc, err);
+        if (rc) { // o is written: as a failed output part
+            (void)cudaStreamWaitEvent(st, s->stats_join, 0);
+            stats_failed_after_output(s, st, res, rc, err);
             return 0;
         }
     }
@@ -633,7 +665,8 @@ int hybrid_stats_beside(cuda_state *s, const tk_call *call, const tk_config *cfg
         tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
         return 0;
     }
-    rc = tkc_stats_outputs(&j, s->num_sms, s->sws, s->shost, st, &res->stats, err, sizeof err);
+    rc = stats_fail_injected(err, sizeof err);
+    if (!rc) rc = tkc_stats_outputs(&j, s->num_sms, s->sws, s->shost, st, &res->stats, err, sizeof err);
     if (profile && !rc) {
         float in_ms = -1.f, hyb_ms = -1.f;
         if (cudaEventElapsedTime(&in_ms, s->ev0, s->stats_end) != cudaSuccess ||
@@ -650,7 +683,7 @@ int hybrid_stats_beside(cuda_state *s, const tk_call *call, const tk_config *cfg
         memset(&res->stats, 0, sizeof res->stats);
         return 0;
     }
-    if (rc) fail_rc(res, rc, err);
+    if (rc) stats_failed_after_output(s, st, res, rc, err); // o is written
     return 0;
 }
 

@@ -503,6 +503,82 @@ static void test_order_statistics_over_blocks_and_a_ragged_tail_match_the_ref_ba
     TH_CHECK(r.cu.stats.k_norm_raw.n < 3 * 2051);
     free_problem(&p);
 }
+/* SPEC 1: a FALLBACK writes nothing, so stats that fail after the output is
+ * in o (exact, Taylor's small path, the hybrid in both orders: a fitting call
+ * runs its stats after it, a call on a cached layer beside it) must leave the
+ * call standing: reason none, the same output bytes as without stats, no
+ * stats but the kernel time (have = TK_HAVE_TIME, as the ref backend when its
+ * stats fail) and the error in detail. TKC_STATS_FAIL=1 makes the stats
+ * job report a CUDA error (backend.cu; the device stays sound). */
+static unsigned char *call_bytes(tk_context *cu, problem *p, tk_mode mode, const tk_config *cfg,
+                                 const tk_stats_request *sr, int step, int expect_fail) {
+    char err[256] = "";
+    tk_call c;
+    memset(&c, 0, sizeof c);
+    c.B = p->B, c.H = p->H, c.Nq = c.Nk = p->N, c.D = c.Dv = p->D;
+    c.dtype = TK_DTYPE_BF16;
+    c.q = p->dq, c.k = p->dk, c.v = p->dv, c.o = p->dout;
+    c.text_tokens = 8, c.grid_h = 12, c.grid_w = 12;
+    c.layer = 3, c.step = step;
+    size_t nb = (size_t)p->B * p->H * p->N * p->D * 2;
+    if (tkcu_poison(p->dout, nb, 0xff, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
+    if (expect_fail) setenv("TKC_STATS_FAIL", "1", 1);
+    tk_result res;
+    TH_EQ_INT(tk_attention(cu, &c, cfg, mode, sr, &res), TK_OK);
+    unsetenv("TKC_STATS_FAIL");
+    TH_CHECKF(res.reason == TK_REASON_NONE, "mode %d: %s: %s", (int)mode, tk_reason_name(res.reason), res.detail);
+    TH_CHECK(res.path != TK_PATH_FALLBACK);
+    if (expect_fail) {
+        TH_EQ_INT(res.stats.have, TK_HAVE_TIME);
+        TH_CHECKF(strstr(res.detail, "no stats") && strstr(res.detail, "TKC_STATS_FAIL"), "detail \"%s\"",
+                  res.detail);
+    } else {
+        TH_CHECK(sr == NULL || res.stats.have != 0);
+    }
+    unsigned char *ob = xmalloc(nb);
+    if (tkcu_download_bytes(ob, p->dout, nb, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
+    return ob;
+}
+
+static void test_stats_that_fail_after_the_output_is_written_leave_the_call_standing_without_stats(void) {
+    need_device();
+    const int N = 8 + 12 * 12, D = 64;
+    problem p = make_problem(1, 2, N, D, 1.0, 1, 0, 71);
+    const size_t nb = (size_t)2 * N * D * 2;
+    tk_stats_request sr = {16, 64, 5};
+    char err[256] = "";
+    tk_config cfg;
+    tk_config_defaults(&cfg);
+    cfg.local_window = 2;
+    cfg.sub_head_blocks = 4, cfg.terms = 3; /* Taylor: slices of 16, P 3 (taylor_small.cu) */
+    const tk_mode modes[2] = {TK_MODE_EXACT, TK_MODE_TAYLOR};
+    for (int m = 0; m < 2; m++) {
+        tk_context *cu = NULL;
+        if (tk_context_open(TK_BACKEND_CUDA, &cu, err, sizeof err)) th_fail(__FILE__, __LINE__, "cuda: %s", err);
+        unsigned char *o0 = call_bytes(cu, &p, modes[m], &cfg, NULL, 0, 0);
+        unsigned char *o1 = call_bytes(cu, &p, modes[m], &cfg, &sr, 0, 1);
+        TH_CHECKF(memcmp(o0, o1, nb) == 0, "mode %d: the output moved", (int)modes[m]);
+        unsigned char *o2 = call_bytes(cu, &p, modes[m], &cfg, &sr, 0, 0); /* and the next call has stats */
+        TH_CHECK(memcmp(o0, o2, nb) == 0);
+        free(o0), free(o1), free(o2);
+        tk_context_close(cu);
+    }
+    /* hybrid: a context that fits the layer without stats, one that fits it
+     * with failing stats (after the call), then a cached call (beside it) */
+    tk_context *c0 = NULL, *c1 = NULL;
+    if (tk_context_open(TK_BACKEND_CUDA, &c0, err, sizeof err) || tk_context_open(TK_BACKEND_CUDA, &c1, err, sizeof err))
+        th_fail(__FILE__, __LINE__, "cuda: %s", err);
+    unsigned char *o0 = call_bytes(c0, &p, TK_MODE_HYBRID, &cfg, NULL, 0, 0);
+    unsigned char *o1 = call_bytes(c1, &p, TK_MODE_HYBRID, &cfg, &sr, 0, 1);
+    unsigned char *o2 = call_bytes(c1, &p, TK_MODE_HYBRID, &cfg, &sr, 1, 1);
+    unsigned char *o3 = call_bytes(c1, &p, TK_MODE_HYBRID, &cfg, &sr, 2, 0);
+    TH_CHECKF(memcmp(o0, o1, nb) == 0, "hybrid (stats after the call): the output moved");
+    TH_CHECKF(memcmp(o0, o2, nb) == 0, "hybrid (stats beside the call): the output moved");
+    TH_CHECK(memcmp(o0, o3, nb) == 0);
+    free(o0), free(o1), free(o2), free(o3);
+    tk_context_close(c0), tk_context_close(c1);
+    free_problem(&p);
+}
 #endif
 
 #define T(fn) TH_TEST(fn)
@@ -523,6 +599,7 @@ static const th_test tests[] = {
     T(test_hybrid_stats_from_the_projections_equal_the_separate_norms_pass),
     T(test_order_statistics_of_tied_norms_match_the_ref_backend),
     T(test_order_statistics_over_blocks_and_a_ragged_tail_match_the_ref_backend),
+    T(test_stats_that_fail_after_the_output_is_written_leave_the_call_standing_without_stats),
 #else
     T(x),
 #endif
