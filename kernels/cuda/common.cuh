@@ -14,6 +14,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 // Every CUDA call is checked; the first failure's text goes to the caller.
 #define TKC_TRY(call, err, errlen)                                                   \
     do {                                                                             \
@@ -106,6 +108,24 @@ __device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_b
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Order-preserving unsigned code of a float (min/max by integer atomics; the
+// host decodes it): the denominators' counters of taylor.cu, taylor_small.cu
+// and the hybrid's local kernels.
+__device__ __forceinline__ unsigned ord_enc(float x) {
+    unsigned u = __float_as_uint(x);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Nonzero when either 16-bit value packed in w (T = __half or
+// __nv_bfloat16) is NaN or Inf: the exponent bits all ones (bf16 0x7f80, f16
+// 0x7c00); an add and two masks per pair (the exponent all ones plus its
+// lowest bit carries into the half's sign bit, never across halves).
+template <typename T> __device__ __forceinline__ unsigned nonfinite2(uint32_t w) {
+    constexpr bool H16 = std::is_same<T, __half>::value;
+    constexpr uint32_t E = H16 ? 0x7c007c00u : 0x7f807f80u, INC = H16 ? 0x04000400u : 0x00800080u;
+    return ((w & E) + INC) & 0x80008000u;
 }
 
 __device__ __forceinline__ float ex2(float x) {

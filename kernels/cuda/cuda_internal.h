@@ -40,7 +40,6 @@ struct tkc_exact_args {
     int warps; // 4 or 8 (query rows per block = 16 * warps); 0 = default
     int q_rows; // rows per head in q and o (0 = Nq): the first Nq rows of each head are computed
     int o_rows; // rows per head in o when it differs from q_rows (0 = q_rows): a compact buffer
-                         // (a hybrid call whose kernels found a NaN/Inf input: hybrid.cu)
 };
 int tkc_exact_launch(const tkc_exact_args *a, cudaStream_t st, char *err, size_t errlen);
 

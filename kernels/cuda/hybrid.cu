@@ -110,14 +110,7 @@ __global__ void gather_sel_rows(const T *q0, const T *k0, const int *sel, int n,
     }
 }
 
-// Nonzero when either 16-bit value packed in w is NaN or Inf: the exponent
-// bits all ones (bf16 0x7f80, f16 0x7c00); an add and two masks per pair.
-template <typename T> __device__ __forceinline__ unsigned nonfinite2(uint32_t w) {
-    // exponent all ones + its lowest bit carries into the half's sign bit (no carry across halves)
-    constexpr bool H16 = std::is_same<T, __half>::value;
-    constexpr uint32_t E = H16 ? 0x7c007c00u : 0x7f807f80u, INC = H16 ? 0x04000400u : 0x00800080u;
-    return ((w & E) + INC) & 0x80008000u;
-}
+// nonfinite2 (common.cuh) over 16 bytes.
 template <typename T> __device__ __forceinline__ unsigned nonfinite8(const uint4 &u) {
     return nonfinite2<T>(u.x) | nonfinite2<T>(u.y) | nonfinite2<T>(u.z) | nonfinite2<T>(u.w);
 }

@@ -10,12 +10,6 @@
 
 namespace tkc {
 
-// Order-preserving unsigned code of a float: the launcher decodes min/max.
-__device__ __forceinline__ unsigned den_ord_enc(float x) {
-    unsigned u = __float_as_uint(x);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
 // A block's running figures (in shared memory).
 struct far_den_block {
     unsigned long long n, le, nf;
@@ -53,8 +47,8 @@ __device__ __forceinline__ void far_den_warp(far_den_block &b, uint8_t *flags_he
                 continue;
             }
             if (!(dd[i] > 0.f)) le++;
-            mn = min(mn, den_ord_enc(dd[i]));
-            mx = max(mx, den_ord_enc(dd[i]));
+            mn = min(mn, ord_enc(dd[i]));
+            mx = max(mx, ord_enc(dd[i]));
             sum += (double)dd[i];
         }
     }

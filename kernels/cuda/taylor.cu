@@ -333,11 +333,6 @@ __global__ void taylor_pack_kernel(const float *part, const unsigned *colmax, __
     }
 }
 
-__device__ __forceinline__ unsigned ord_enc(float x) {
-    unsigned u = __float_as_uint(x);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
 template <typename TI, typename TO, int DS, int DV, bool RAW>
 __global__ void __launch_bounds__(128) taylor_apply_kernel(KArgs a, const Feat *__restrict__ tab,
                                                            const __half *__restrict__ sh,

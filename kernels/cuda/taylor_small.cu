@@ -113,11 +113,6 @@ template <typename MT> struct one2;
 template <> struct one2<__half> { static constexpr uint32_t v = 0x3C003C00u; };
 template <> struct one2<__nv_bfloat16> { static constexpr uint32_t v = 0x3F803F80u; };
 
-__device__ __forceinline__ unsigned ord_enc(float x) {
-    unsigned u = __float_as_uint(x);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
 // Position of key r (0..63) in a row of the transposed K' tile: inside each
 // 16 keys, lane t's keys 2t, 2t+1, 2t+8, 2t+9 sit at 4t..4t+3 (one 8-byte load).
 __device__ __forceinline__ int kt_pos(int r) {
@@ -1218,15 +1213,6 @@ struct FArgs {
     unsigned *bad;     // or NULL: set to 1 when an element of v the kernel reads is NaN/Inf
 };
 
-// Nonzero when either 16-bit value packed in w is NaN or Inf: the exponent
-// bits all ones (bf16 0x7f80, f16 0x7c00); an add and two masks per pair.
-template <typename TI> __device__ __forceinline__ unsigned far_nonfinite2(uint32_t w) {
-    // exponent all ones + its lowest bit carries into the half's sign bit (no carry across halves)
-    constexpr bool H16 = std::is_same<TI, __half>::value;
-    constexpr uint32_t E = H16 ? 0x7c007c00u : 0x7f807f80u, INC = H16 ? 0x04000400u : 0x00800080u;
-    return ((w & E) + INC) & 0x80008000u;
-}
-
 // One slot group SG of a warp: 7 slots, CSW column groups; acc[j][c].
 template <typename MT, int SG, int CSW>
 __device__ __forceinline__ void far_slots(float (&acc)[7][CSW][4], float (&accg)[3][4], const uint32_t (&VA)[CSW][4],
@@ -1283,7 +1269,7 @@ __device__ __forceinline__ void far_tile(const MT *Ks, const MT *Vs, int cbase, 
         if (chk) {
             static_assert(SG < 4, "four slot groups, four fragment registers");
 #pragma unroll
-            for (int c = 0; c < CSW; c++) nf |= far_nonfinite2<MT>(VA[c][SG]);
+            for (int c = 0; c < CSW; c++) nf |= nonfinite2<MT>(VA[c][SG]);
         }
         far_slots<MT, SG, CSW>(acc, accg, VA, KA, t, gram);
     }
@@ -1689,8 +1675,8 @@ __global__ void __launch_bounds__(FWG_THREADS, 1)
             for (int cc = sub; cc < CPR; cc += TPK) {
                 if (cc < 2) continue;
                 const uint4 u = *reinterpret_cast<const uint4 *>(st + fwg_swz(r, cc - 2, KTA));
-                v_nf |= far_nonfinite2<TI>(u.x) | far_nonfinite2<TI>(u.y) | far_nonfinite2<TI>(u.z) |
-                        far_nonfinite2<TI>(u.w);
+                v_nf |= nonfinite2<TI>(u.x) | nonfinite2<TI>(u.y) | nonfinite2<TI>(u.z) |
+                        nonfinite2<TI>(u.w);
             }
         }
         wgmma_wait<1>(); // tile i-1's: its A registers and stage are free
