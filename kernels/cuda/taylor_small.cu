@@ -1213,6 +1213,41 @@ struct FArgs {
     unsigned *bad;     // or NULL: set to 1 when an element of v the kernel reads is NaN/Inf
 };
 
+// A far phase-A block's key tiles (split sp of head bh: tiles t0 .. t0+nt-1
+// of 64 keys) and whether key slot r of a tile is copied. The key's mask byte
+// is loaded two tiles before its copy is issued (one tile ahead, its latency
+// stalled every step), by an unconditional load (clamped key) that nothing
+// waits for before the use: raw() then kept().
+struct FarKeys {
+    const uint8_t *mb;
+    int Nk, t0, nt, r;
+    __device__ FarKeys(const FArgs &a, int sp, int bh, int r_) : Nk(a.Nk), r(r_) {
+        mb = a.mask ? a.mask + (size_t)(bh / a.H) * a.Nk : nullptr;
+        const int tiles = (a.Nk + KTA - 1) / KTA, per = (tiles + a.split - 1) / a.split;
+        t0 = min(tiles, sp * per);
+        nt = min(tiles, t0 + per) - t0;
+    }
+    __device__ int raw(int tile) const { return !mb || Nk == 0 ? 1 : (int)mb[min(tile * KTA + r, Nk - 1)]; }
+    __device__ bool kept(int tile, int m) const { return tile < t0 + nt && tile * KTA + r < Nk && m != 0; }
+};
+
+// The sum over the key splits of a partial record value (src: split 0,
+// stride between splits) in a fixed order (deterministic): four running sums
+// (four loads in flight), then (r0 + r1) + (r2 + r3). Both tables kernels.
+__device__ __forceinline__ float fadd(float a, float b) { return a + b; }
+__device__ __forceinline__ float4 fadd(float4 a, float4 b) {
+    return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+template <typename V> __device__ __forceinline__ V far_split_sum(const V *src, size_t stride, int split, V zero) {
+    V r[4] = {zero, zero, zero, zero};
+    int k = 0;
+    for (; k + 4 <= split; k += 4)
+#pragma unroll
+        for (int u = 0; u < 4; u++) r[u] = fadd(r[u], src[(k + u) * stride]);
+    for (; k < split; k++) r[0] = fadd(r[0], src[k * stride]);
+    return fadd(fadd(r[0], r[1]), fadd(r[2], r[3]));
+}
+
 // One slot group SG of a warp: 7 slots, CSW column groups; acc[j][c].
 template <typename MT, int SG, int CSW>
 __device__ __forceinline__ void far_slots(float (&acc)[7][CSW][4], float (&accg)[3][4], const uint32_t (&VA)[CSW][4],
@@ -1287,28 +1322,18 @@ __global__ void __launch_bounds__(32 * far_warps<NB>(), 1)
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, t = lane & 3;
     const int ch = warp % NCH, sg = warp / NCH; // column half, slot group
-    const int sp = blockIdx.x, bh = blockIdx.y, bidx = bh / a.H;
+    const int sp = blockIdx.x, bh = blockIdx.y;
     const TI *kb = reinterpret_cast<const TI *>(a.k) + (size_t)bh * a.Nk * 16;
     const TI *vb = reinterpret_cast<const TI *>(a.v) + (size_t)bh * a.Nk * DV;
-    const uint8_t *mb = a.mask ? a.mask + (size_t)bidx * a.Nk : nullptr;
-    const int tiles = (a.Nk + KTA - 1) / KTA;
-    const int per = (tiles + a.split - 1) / a.split;
-    const int t0 = min(tiles, sp * per), nt = min(tiles, t0 + per) - t0;
     int my_cnt = 0;
     unsigned v_nf = 0; // a.bad: this thread saw a NaN/Inf in v (its share of the V fragments, far_tile)
     const bool chk = a.bad != nullptr;
-    // copies: TPK threads per key (key r = tid / TPK), each every TPK-th 16-byte
-    // chunk of its row; the key's mask byte is loaded two tiles before its
-    // copy is issued (one tile ahead, its latency stalled every step), by an
-    // unconditional load (clamped key) that nothing waits for before the use
+    // copies: TPK threads per key (key r = tid / TPK), each every TPK-th 16-byte chunk of its row
     constexpr int TPK = NTH / KTA;
     static_assert(NTH % KTA == 0, "whole keys per thread group");
     const int r = tid / TPK, sub = tid - r * TPK;
-    auto kept_raw = [&](int tile) {
-        if (!mb || a.Nk == 0) return 1;
-        return (int)mb[min(tile * KTA + r, a.Nk - 1)];
-    };
-    auto kept = [&](int tile, int m) { return tile < t0 + nt && tile * KTA + r < a.Nk && m != 0; };
+    const FarKeys fk(a, sp, bh, r);
+    const int t0 = fk.t0, nt = fk.nt;
     auto issue = [&](int tile, int stg, bool in) {
         const int key = in ? tile * KTA + r : 0;
         TI *Ks = stage + stg * STG, *Vs = Ks + KTA * FKLD;
@@ -1332,19 +1357,19 @@ __global__ void __launch_bounds__(32 * far_warps<NB>(), 1)
     for (int j = 0; j < 3; j++) accg[j][0] = accg[j][1] = accg[j][2] = accg[j][3] = 0.f;
 #pragma unroll
     for (int i = 0; i < FSTAGES - 1; i++) {
-        if (i < nt) issue(t0 + i, i, kept(t0 + i, kept_raw(t0 + i)));
+        if (i < nt) issue(t0 + i, i, fk.kept(t0 + i, fk.raw(t0 + i)));
         cp_async_commit();
     }
-    int m_next = kept_raw(t0 + FSTAGES - 1), m_next2 = kept_raw(t0 + FSTAGES);
+    int m_next = fk.raw(t0 + FSTAGES - 1), m_next2 = fk.raw(t0 + FSTAGES);
     const bool gram = ch == 0;
     for (int i = 0; i < nt; i++) {
         cp_async_wait<FSTAGES - 2>();
         __syncthreads(); // stage i is in; every warp is done with the stage refilled next
         if (i + FSTAGES - 1 < nt)
-            issue(t0 + i + FSTAGES - 1, (i + FSTAGES - 1) % FSTAGES, kept(t0 + i + FSTAGES - 1, m_next));
+            issue(t0 + i + FSTAGES - 1, (i + FSTAGES - 1) % FSTAGES, fk.kept(t0 + i + FSTAGES - 1, m_next));
         cp_async_commit();
         m_next = m_next2;
-        m_next2 = kept_raw(t0 + i + FSTAGES + 1);
+        m_next2 = fk.raw(t0 + i + FSTAGES + 1);
         const TI *Ks = stage + (i % FSTAGES) * STG, *Vs = Ks + KTA * FKLD;
         switch (sg) { // outside the 16-key steps: each case is straight-line code
         case 0: far_tile<TI, 0, CSW, VLD>(Ks, Vs, ch * CSW * 16, lane, t, acc, accg, gram, chk, v_nf); break;
@@ -1438,23 +1463,7 @@ __global__ void __launch_bounds__(FT_THREADS)
         const int rec = tau < FSLOTS ? cs * FSLOTS + tau : NB * FSLOTS + (tau - FSLOTS);
         const float4 *src = part + (size_t)bh * recs * 32 + (size_t)rec * 32 + lane;
         const size_t stride = (size_t)BH * recs * 32;
-        float4 r[4];
-#pragma unroll
-        for (int k = 0; k < 4; k++) r[k] = make_float4(0.f, 0.f, 0.f, 0.f);
-        int sp = 0;
-        for (; sp + 4 <= split; sp += 4) {
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                const float4 p = src[(sp + k) * stride];
-                r[k].x += p.x, r[k].y += p.y, r[k].z += p.z, r[k].w += p.w;
-            }
-        }
-        for (; sp < split; sp++) {
-            const float4 p = src[sp * stride];
-            r[0].x += p.x, r[0].y += p.y, r[0].z += p.z, r[0].w += p.w;
-        }
-        const float4 v = make_float4((r[0].x + r[1].x) + (r[2].x + r[3].x), (r[0].y + r[1].y) + (r[2].y + r[3].y),
-                                     (r[0].z + r[1].z) + (r[2].z + r[3].z), (r[0].w + r[1].w) + (r[2].w + r[3].w));
+        const float4 v = far_split_sum(src, stride, split, make_float4(0.f, 0.f, 0.f, 0.f));
         // (row, column) of the four values: S tiles have rows v column g / g+8
         // and columns features (b0 = 2t, b1 = 2t+1 of the tile's 8); G tiles
         // rows dim m = g / g+8, columns dim b
@@ -1559,24 +1568,16 @@ __global__ void __launch_bounds__(FWG_THREADS, 1)
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2, wq = warp & 3;
     const int g = lane >> 2, t = lane & 3;
-    const int sp = blockIdx.x, bh = blockIdx.y, bidx = bh / a.H;
+    const int sp = blockIdx.x, bh = blockIdx.y;
     const TI *kb = reinterpret_cast<const TI *>(a.k) + (size_t)bh * a.Nk * 16;
     const TI *vb = reinterpret_cast<const TI *>(a.v) + (size_t)bh * a.Nk * DV;
-    const uint8_t *mb = a.mask ? a.mask + (size_t)bidx * a.Nk : nullptr;
-    const int tiles = (a.Nk + KTA - 1) / KTA;
-    const int per = (tiles + a.split - 1) / a.split;
-    const int t0 = min(tiles, sp * per), nt = min(tiles, t0 + per) - t0;
     const bool chk = a.bad != nullptr, active = 64 * wg < R; // rows of this warpgroup to write
     int my_cnt = 0;
     unsigned v_nf = 0;
     // copies: TPK threads per key, chunks sub, sub + TPK, ... of its 18 (2 of k', 16 of v)
     const int r = tid / TPK, sub = tid - r * TPK;
-    // the key's mask byte two tiles ahead (as in far_reduce_kernel)
-    auto kept_raw = [&](int tile) {
-        if (!mb || a.Nk == 0) return 1;
-        return (int)mb[min(tile * KTA + r, a.Nk - 1)];
-    };
-    auto kept = [&](int tile, int m) { return tile < t0 + nt && tile * KTA + r < a.Nk && m != 0; };
+    const FarKeys fk(a, sp, bh, r);
+    const int t0 = fk.t0, nt = fk.nt;
     auto issue = [&](int tile, int stg, bool in) {
         const int key = in ? tile * KTA + r : 0;
         unsigned char *st = base + stg * FWG_STB;
@@ -1623,10 +1624,10 @@ __global__ void __launch_bounds__(FWG_THREADS, 1)
     // staging and A fragments), so tile i - 1's may still read its stage.
 #pragma unroll
     for (int i = 0; i < FS - 2; i++) {
-        if (i < nt) issue(t0 + i, i, kept(t0 + i, kept_raw(t0 + i)));
+        if (i < nt) issue(t0 + i, i, fk.kept(t0 + i, fk.raw(t0 + i)));
         cp_async_commit();
     }
-    int m_next = kept_raw(t0 + FS - 2), m_next2 = kept_raw(t0 + FS - 1);
+    int m_next = fk.raw(t0 + FS - 2), m_next2 = fk.raw(t0 + FS - 1);
     cp_async_wait<FS - 3>(); // tile 0
     __syncthreads();
     if (nt > 0) stage_x(0, 0);
@@ -1637,10 +1638,10 @@ __global__ void __launch_bounds__(FWG_THREADS, 1)
         cp_async_wait<FS - 4>(); // tiles <= i + 1
         fence_proxy_async();
         __syncthreads(); // tiles i, i+1 and x of tile i visible; tile i-2's wgmma done in every warp
-        if (i + FS - 2 < nt) issue(t0 + i + FS - 2, (i + FS - 2) % FS, kept(t0 + i + FS - 2, m_next));
+        if (i + FS - 2 < nt) issue(t0 + i + FS - 2, (i + FS - 2) % FS, fk.kept(t0 + i + FS - 2, m_next));
         cp_async_commit();
         m_next = m_next2;
-        m_next2 = kept_raw(t0 + i + FS);
+        m_next2 = fk.raw(t0 + i + FS);
         if (i + 1 < nt) stage_x((i + 1) % FS, (i + 1) & 1);
         // (every warpgroup: a wgmma on a branch is serialized; rows >= R are zeros)
         const uint32_t *xb = xw + (i & 1) * FWG_XW;
@@ -1741,13 +1742,7 @@ __global__ void __launch_bounds__(FT_THREADS)
         const int f = e / 17, c = e - f * 17;
         if (c == 16 && (cs != 0 || f == 0)) continue; // z: column group 0; z[0] is the count
         const float *src = c < 16 ? pb + ((size_t)cs * FWG_ROWS + f) * 16 + c : pb + (size_t)FWG_ROWS * Dv + f;
-        float x0 = 0.f, x1 = 0.f, x2 = 0.f, x3 = 0.f; // splits in a fixed order: deterministic
-        int k = 0;
-        for (; k + 4 <= split; k += 4) // four loads in flight
-            x0 += src[k * stride], x1 += src[(k + 1) * stride], x2 += src[(k + 2) * stride], x3 += src[(k + 3) * stride];
-        for (; k < split; k++) x0 += src[k * stride];
-        const float x = (x0 + x1) + (x2 + x3);
-        T[f][c] = x * wf[f];
+        T[f][c] = far_split_sum(src, stride, split, 0.f) * wf[f];
     }
     if (cs == 0 && tid == FT_THREADS - 1) {
         long long n = 0;
