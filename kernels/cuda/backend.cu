@@ -637,8 +637,7 @@ int hybrid_stats_beside(cuda_state *s, const tk_call *call, const tk_config *cfg
     s->stats_tapped = tap && taps.used;
     if (tap && res->reason == TK_REASON_NONE) { // the rest of the inputs part, unless tkc_hybrid queued it
         rc = taps.rest_queued ? taps.rest_rc : beside_rest(&taps);
-        if (rc) { // o is written: as a failed output part
-            (void)cudaStreamWaitEvent(st, s->stats_join, 0);
+        if (rc) { // o is written: as a failed output part (both streams drained there)
             stats_failed_after_output(s, st, res, rc, err);
             return 0;
         }

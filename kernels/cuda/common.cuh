@@ -415,14 +415,16 @@ __device__ __forceinline__ float4 quad_reduce_scatter16(const float (&v)[16], in
     return make_float4(r[0], r[1], r[2], r[3]);
 }
 
+// Sums of squares of packed bf16 values: a pair, eight.
+__device__ __forceinline__ float bf16_sq2(uint32_t w) {
+    const float lo = __uint_as_float(w << 16), hi = __uint_as_float(w & 0xffff0000u);
+    return lo * lo + hi * hi;
+}
 __device__ __forceinline__ float bf16_sq_sum(uint4 u) {
     const uint32_t w[4] = {u.x, u.y, u.z, u.w};
     float s = 0.f;
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const float lo = __uint_as_float(w[i] << 16), hi = __uint_as_float(w[i] & 0xffff0000u);
-        s += lo * lo + hi * hi;
-    }
+    for (int i = 0; i < 4; i++) s += bf16_sq2(w[i]);
     return s;
 }
 

@@ -282,10 +282,7 @@ __global__ void __launch_bounds__(128) project_mma_kernel(const T *x, const floa
         if (bad) nf |= nonfinite2<T>(af[0]) | nonfinite2<T>(af[1]) | nonfinite2<T>(af[2]) | nonfinite2<T>(af[3]);
         if (raw_here)
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const float l = __uint_as_float(af[i] << 16), h = __uint_as_float(af[i] & 0xffff0000u);
-                ssr[i & 1] += l * l + h * h; // af[0], af[2]: row lane/4; af[1], af[3]: row lane/4 + 8
-            }
+            for (int i = 0; i < 4; i++) ssr[i & 1] += bf16_sq2(af[i]); // af[0], af[2]: row lane/4; af[1], af[3]: row lane/4 + 8
         const int row = kk * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
 #pragma unroll
         for (int dp = 0; dp < G / 16; dp++) {
