@@ -1409,10 +1409,18 @@ __device__ __forceinline__ float far_col_scale(unsigned bits) { // taylor.cu's c
 }
 
 // The tables' second half (both record layouts): T holds features x (the
-// block's 16 columns, z) weighted; column maxima, then S | z in f16.
-__device__ __forceinline__ void far_tables_emit(float (*T)[17], unsigned *cmax, int cs, int bh, int Dv, int R,
-                                                int Rpad, __half *__restrict__ sh, unsigned *__restrict__ colmax) {
+// block's 16 columns, z but z[0]) weighted; z[0] = N' (the kept keys of every
+// split), then the column maxima and S | z in f16.
+__device__ __forceinline__ void far_tables_emit(float (*T)[17], unsigned *cmax, const int *__restrict__ cnt,
+                                                int split, int BH, int cs, int bh, int Dv, int R, int Rpad,
+                                                __half *__restrict__ sh, unsigned *__restrict__ colmax) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, dvp = Dv + 8;
+    if (cs == 0 && tid == FT_THREADS - 1) {
+        long long n = 0;
+        for (int sp = 0; sp < split; sp++) n += cnt[sp * BH + bh];
+        T[0][16] = (float)n;
+    }
+    __syncthreads();
     const int ncol = cs == 0 ? 17 : 16;
     for (int c = warp; c < ncol; c += FT_THREADS / 32) {
         unsigned mx = 0u;
@@ -1499,13 +1507,7 @@ __global__ void __launch_bounds__(FT_THREADS)
             if (t == 0 && R > 1) T[1 + g][16] = v.x * sqrt_s, T[9 + g][16] = v.z * sqrt_s;
         }
     }
-    if (cs == 0 && tid == FT_THREADS - 1) {
-        long long n = 0;
-        for (int sp = 0; sp < split; sp++) n += cnt[sp * BH + bh];
-        T[0][16] = (float)n;
-    }
-    __syncthreads();
-    far_tables_emit(T, cmax, cs, bh, Dv, R, Rpad, sh, colmax);
+    far_tables_emit(T, cmax, cnt, split, BH, cs, bh, Dv, R, Rpad, sh, colmax);
 }
 
 // ---- far phase A on wgmma (sm_90a; Dv = 128, the Flux head) ----
@@ -1744,13 +1746,7 @@ __global__ void __launch_bounds__(FT_THREADS)
         const float *src = c < 16 ? pb + ((size_t)cs * FWG_ROWS + f) * 16 + c : pb + (size_t)FWG_ROWS * Dv + f;
         T[f][c] = far_split_sum(src, stride, split, 0.f) * wf[f];
     }
-    if (cs == 0 && tid == FT_THREADS - 1) {
-        long long n = 0;
-        for (int k = 0; k < split; k++) n += cnt[k * BH + bh];
-        T[0][16] = (float)n;
-    }
-    __syncthreads();
-    far_tables_emit(T, cmax, cs, bh, Dv, R, Rpad, sh, colmax);
+    far_tables_emit(T, cmax, cnt, split, BH, cs, bh, Dv, R, Rpad, sh, colmax);
 }
 
 struct FarPlan {
