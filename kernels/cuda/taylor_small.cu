@@ -23,7 +23,10 @@
 //     slice's S fragments stay in registers; per 16 queries, 13 k-steps of
 //     q'_m * [q' pair] A fragments against them; den = N' + q'.mu +
 //     q'^T G q' / 2 (G q' on the tensor cores); the epilogue divides, clamps
-//     den <= eps and counts the denominators (SPEC 3.1) on the device.
+//     den <= eps and counts the denominators (SPEC 3.1) on the device; the
+//     output rows replace the q rows in the tile's stage and leave as whole
+//     rows (16-byte stores). In the one-pass call the den pass's values
+//     ([B*H][Nq][NB]) come into the same stage with the q rows.
 //   probe: den of the sampled rows from (N', mu, G) in the sum kernel,
 //     which is psi(q').z of SPEC 3.4. The apply kernel is queued before the
 //     host reads them (it writes only the workspace copy of o), so the GPU
@@ -129,8 +132,10 @@ template <typename TI, int NB, bool FAST> constexpr size_t smem_a() {
     return (size_t)a_stages<TI, FAST>() * 2 * KTA * raw_ld<TI, NB>() * sizeof(TI) +
            (FAST ? 0 : (size_t)NB * KTA * LDC * 2 * 2 + (size_t)NB * 16 * KTA * 2);
 }
-template <typename TI, int NB> constexpr size_t smem_b() {
-    return (size_t)b_stages<TI>() * QTB * raw_ld<TI, NB>() * sizeof(TI);
+// ONE: each stage also holds the den pass's values of its queries, [QTB][NB] floats.
+template <typename TI, int NB, bool ONE = false> constexpr size_t smem_b() {
+    return (size_t)b_stages<TI>() * QTB * raw_ld<TI, NB>() * sizeof(TI) +
+           (ONE ? (size_t)b_stages<TI>() * NB * QTB * sizeof(float) : 0);
 }
 
 // Phase A: grid (split, B*H), 64*NB threads (2 warps per slice). FAST (16-bit
@@ -467,7 +472,7 @@ __device__ bool record_passes(const tkc_small_record *rec, const tkc_small_rule 
 
 // Den pass: den = N' + x.mu + x^T G x / 2, x = q * the row's factor (SPEC
 // 3.3 and sqrt(s); the probe's formula, fp32), for every (query, slice),
-// written to den_out [B*H*NB][Nq] and counted into rec->den. As computed:
+// written to den_out [B*H][Nq][NB] and counted into rec->den. As computed:
 // den = N' + (sum_m x_m t_m) / 2 with t_m = 2 mu_m + sum_{b>=m} G''_mb x_b
 // (G'' the upper triangle of G + G^T, diagonal G_mm); without q/k
 // modification x is the raw row and sqrt(s) is folded into G'' and mu in
@@ -548,13 +553,13 @@ __global__ void __launch_bounds__(DEN_TH, 3)
             }
         }
         const float Ns = G[NTRI + 16];
-        float *dout = den_out + (size_t)(bh * NB + c) * a.Nq;
+        float *dout = den_out + (size_t)bh * a.Nq * NB + c; // [B*H][Nq][NB]: a warp's stores are whole rows
 #pragma unroll
         for (int j = 0; j < DEN_RPT; j++) {
             const int row = r0 + j * GROUPS + grp;
             if (row >= a.Nq) continue;
             const float d = Ns + 0.5f * quad[j];
-            dout[row] = d;
+            dout[(size_t)row * NB] = d;
             n_all++;
             if (!isfinite(d)) {
                 n_nf++;
@@ -611,7 +616,8 @@ __global__ void __launch_bounds__(32 * NB, 2)
     constexpr int D = 16 * NB, NTH = 32 * NB, RLD = raw_ld<TI, NB>(), ST = b_stages<TI>();
     constexpr int EPC = 16 / (int)sizeof(TI), CPR = D / EPC;
     extern __shared__ __align__(16) unsigned char sm[];
-    TI *raw = reinterpret_cast<TI *>(sm); // [ST][QTB][RLD]
+    TI *raw = reinterpret_cast<TI *>(sm);                      // [ST][QTB][RLD]
+    float *dst_den = reinterpret_cast<float *>(raw + ST * QTB * RLD); // ONE: [ST][QTB][NB]
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, t = lane & 3, g = lane >> 2;
     if constexpr (ONE) {
         __shared__ int s_ok;
@@ -633,6 +639,23 @@ __global__ void __launch_bounds__(32 * NB, 2)
             const bool in = qi < a.Nq;
             cp_async16(raw + (stg * QTB + r) * RLD + cc * EPC, qb + (size_t)(in ? qi : 0) * D + cc * EPC,
                        in ? 16 : 0);
+        }
+        // ONE: the den pass's values with the rows (loaded in the loop, each
+        // waited for by its first use: 14% of the stall samples, ncu)
+        if constexpr (ONE) {
+            const float *src = den_in + ((size_t)bh * a.Nq + q0) * NB; // [B*H][Nq][NB]: the tile's rows in a row
+            float *dst = dst_den + stg * QTB * NB;
+            if constexpr (NB >= 4) { // 16-byte pieces of one row each (aligned: 16 NB bytes per row)
+                for (int e = tid; e < QTB * NB / 4; e += NTH) {
+                    const bool in = q0 + e * 4 / NB < a.Nq;
+                    cp_async16(dst + 4 * e, src + (in ? 4 * e : 0), in ? 16 : 0);
+                }
+            } else {
+                for (int e = tid; e < QTB * NB; e += NTH) {
+                    const bool in = q0 + e / NB < a.Nq;
+                    cp_async4(dst + e, src + (in ? e : 0), in ? 4 : 0);
+                }
+            }
         }
     };
 #pragma unroll
@@ -684,26 +707,11 @@ __global__ void __launch_bounds__(32 * NB, 2)
             if (a.Nq < 0 && w == 0u) rec->applied = w; // never taken (Nq >= 0): only makes w, and so the waits, real
         }
         const TI *stile = raw + (i % ST) * QTB * RLD + warp * 16;
-        TI *ob = o + (size_t)bh * a.Nq * D + warp * 16;
-        // ONE: the den pass's values of the next 16 queries are loaded one
-        // step ahead (their latency runs under this step's mma)
-        const float *dr = ONE ? den_in + (size_t)(bh * NB + warp) * a.Nq : nullptr;
-        float dn0 = 1.f, dn1 = 1.f;
-        if constexpr (ONE) {
-            if (q0 + g < a.Nq) dn0 = dr[q0 + g];
-            if (q0 + g + 8 < a.Nq) dn1 = dr[q0 + g + 8];
-        }
+        TI *srow = raw + (i % ST) * QTB * RLD + warp * 16; // the output rows replace the input rows
+        const float *sden = dst_den + (i % ST) * QTB * NB + warp; // ONE: [QTB][NB] (rows past Nq: 0, not stored)
 #pragma unroll 1
         for (int j = 0; j < QTB / 16; j++) {
             const int r0 = j * 16 + g;
-            float dc0 = dn0, dc1 = dn1;
-            if constexpr (ONE) {
-                const int qn = q0 + r0 + 16;
-                if (j + 1 < QTB / 16) {
-                    dn0 = qn < a.Nq ? dr[qn] : 1.f;
-                    dn1 = qn + 8 < a.Nq ? dr[qn + 8] : 1.f;
-                }
-            }
             uint32_t P0[8], P1[8]; // q rows g, g+8 as f16 pairs (dims 2i, 2i+1), unscaled
             float f0, f1;
             {
@@ -761,7 +769,7 @@ __global__ void __launch_bounds__(32 * NB, 2)
             const int qa = q0 + r0, qb = qa + 8;
             float d0, d1;
             if constexpr (ONE) {
-                d0 = dc0, d1 = dc1;
+                d0 = sden[r0 * NB], d1 = sden[(r0 + 8) * NB];
             } else {
             float y[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
             mma16816<__half>(y[0], AQ, GF[0].x, GF[0].y);
@@ -781,8 +789,8 @@ __global__ void __launch_bounds__(32 * NB, 2)
             d1 += __shfl_xor_sync(0xffffffffu, d1, 2);
             d0 += Nn, d1 += Nn;
             }
-            // __frcp_rn: the correctly rounded 1/x, the same bits as 1.f / x, without the division's slow path
-            const float inv0 = __frcp_rn(d0 <= a.eps ? a.eps : d0), inv1 = __frcp_rn(d1 <= a.eps ? a.eps : d1);
+            // rcp.approx (the correctly rounded __frcp_rn took ~20 instructions of ~350 per step)
+            const float inv0 = rcp_approx(d0 <= a.eps ? a.eps : d0), inv1 = rcp_approx(d1 <= a.eps ? a.eps : d1);
             const float f0s = f0 * f0, f1s = f1 * f1;
 #pragma unroll
             for (int nt = 0; nt < 2; nt++) {
@@ -792,10 +800,9 @@ __global__ void __launch_bounds__(32 * NB, 2)
                 for (int e = 0; e < 4; e++)
                     v[e] = cin[nt][e & 1] + (e < 2 ? f0 : f1) * acc1[nt][e] +
                            (e < 2 ? f0s : f1s) * (acc2[0][nt][e] + acc2[1][nt][e]);
-                if (qa < a.Nq)
-                    store2(ob + (size_t)qa * D + col, v[0] * csc[nt][0] * inv0, v[1] * csc[nt][1] * inv0);
-                if (qb < a.Nq)
-                    store2(ob + (size_t)qb * D + col, v[2] * csc[nt][0] * inv1, v[3] * csc[nt][1] * inv1);
+                // into the rows' own places in the stage (this warp's slice, read above)
+                store2(srow + r0 * RLD + col, v[0] * csc[nt][0] * inv0, v[1] * csc[nt][1] * inv0);
+                store2(srow + (r0 + 8) * RLD + col, v[2] * csc[nt][0] * inv1, v[3] * csc[nt][1] * inv1);
             }
             if (!ONE && t == 0) {
                 const float dd[2] = {d0, d1};
@@ -813,6 +820,19 @@ __global__ void __launch_bounds__(32 * NB, 2)
                     emax = max(emax, ord_enc(dd[e]));
                     dsum += (double)dd[e];
                 }
+            }
+        }
+        // the tile's output rows, whole: 16-byte stores (the next issue into
+        // this stage waits for the loop's first barrier)
+        __syncthreads();
+        {
+            TI *ob = o + ((size_t)bh * a.Nq + q0) * D;
+            const TI *st_o = raw + (i % ST) * QTB * RLD;
+            for (int e = tid; e < QTB * CPR; e += NTH) {
+                const int r = e / CPR, cc = e - r * CPR;
+                if (q0 + r < a.Nq)
+                    *reinterpret_cast<uint4 *>(ob + (size_t)r * D + cc * EPC) =
+                        *reinterpret_cast<const uint4 *>(st_o + r * RLD + cc * EPC);
             }
         }
     }
@@ -862,14 +882,14 @@ template <typename TI, int NB, bool FAST> int occupancy(Occ *out) {
         auto kb = small_apply_kernel<TI, NB, false>;
         auto kb1 = small_apply_kernel<TI, NB, true>;
         auto kd = small_den_kernel<TI, NB>;
-        constexpr size_t sa = smem_a<TI, NB, FAST>(), sb = smem_b<TI, NB>();
+        constexpr size_t sa = smem_a<TI, NB, FAST>(), sb = smem_b<TI, NB>(), sb1 = smem_b<TI, NB, true>();
         Occ o;
         if (cudaFuncSetAttribute(ka, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sa) != cudaSuccess ||
             cudaFuncSetAttribute(kb, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb) != cudaSuccess ||
-            cudaFuncSetAttribute(kb1, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb) != cudaSuccess ||
+            cudaFuncSetAttribute(kb1, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sb1) != cudaSuccess ||
             cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o.a, ka, 64 * NB, sa) != cudaSuccess ||
             cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o.b, kb, 32 * NB, sb) != cudaSuccess ||
-            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o.b1, kb1, 32 * NB, sb) != cudaSuccess ||
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o.b1, kb1, 32 * NB, sb1) != cudaSuccess ||
             cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o.d, kd, DEN_TH, 0) != cudaSuccess || o.a < 1 ||
             o.b < 1 || o.b1 < 1 || o.d < 1)
             return 1;
@@ -1007,7 +1027,7 @@ int apply_t(const tkc_taylor_args *a, const Plan &p, void *ws, cudaStream_t st, 
             s, at<uint2>(ws, p.off_sfrag), at<uint2>(ws, p.off_gfrag), at<float>(ws, p.off_consts), (TI *)a->o,
             at<tkc_den_stats>(ws, p.off_den), p.units, p.tiles_q, nullptr, nullptr, none, 0);
     } else {
-        small_apply_kernel<TI, NB, true><<<p.gridB1, 32 * NB, smem_b<TI, NB>(), st>>>(
+        small_apply_kernel<TI, NB, true><<<p.gridB1, 32 * NB, smem_b<TI, NB, true>(), st>>>(
             s, at<uint2>(ws, p.off_sfrag), at<uint2>(ws, p.off_gfrag), at<float>(ws, p.off_consts), (TI *)a->o,
             nullptr, p.units, p.tiles_q, at<float>(ws, p.off_dens), at<tkc_small_record>(ws, p.off_den), *rule,
             gated);
