@@ -993,6 +993,48 @@ static int output_bytes_are(const problem *p, unsigned char byte) {
     return diff == 0;
 }
 
+/* A hybrid call on cu and the same on ref (h: its host copy, output in oh): both
+ * run, the cuda output is within nMSE 5e-4 of ref's; flagged >= 0: the cuda
+ * call took (1) or skipped (0) the flagged path; denoms: it reported the
+ * denominators. o is poisoned first. */
+static void hybrid_clean_call(tk_context *cu, tk_context *ref, const tk_call *c, const tk_call *h, const tk_config *cfg,
+                              const tk_stats_request *sq, problem *p, const float *oh, double *ref64, int round,
+                              int flagged, int denoms) {
+    size_t no = (size_t)p->B * p->H * p->Nq * p->Dv;
+    tk_result rc, rr;
+    poison(p);
+    TH_EQ_INT(tk_attention(cu, c, cfg, TK_MODE_HYBRID, sq, &rc), TK_OK);
+    TH_EQ_INT(tk_attention(ref, h, cfg, TK_MODE_HYBRID, sq, &rr), TK_OK);
+    TH_CHECKF(rc.reason == TK_REASON_NONE && rr.reason == TK_REASON_NONE, "round %d: cuda %s (%s), ref %s (%s)", round,
+              tk_reason_name(rc.reason), rc.detail, tk_reason_name(rr.reason), rr.detail);
+    if (flagged >= 0) TH_EQ_INT(tkcu_hybrid_flagged_inputs(cu), flagged);
+    if (denoms) TH_CHECK(rc.stats.have & TK_HAVE_DENOMS);
+    for (size_t i = 0; i < no; i++) ref64[i] = oh[i];
+    double e = nmse(p, ref64);
+    TH_CHECKF(e <= 5e-4, "round %d: normalized MSE against ref %.3g > 5e-4", round, e);
+}
+
+/* A hybrid call with a NaN/Inf in tensor `name` (already uploaded), on cu and
+ * on ref: bad_input on both with the same detail, which names the tensor, a
+ * fallback without stats, and o byte for byte as poisoned (0x5a) before. */
+static void hybrid_bad_call(tk_context *cu, tk_context *ref, const tk_call *c, const tk_call *h, const tk_config *cfg,
+                            const tk_stats_request *sq, problem *p, const char *name, const char *what) {
+    char err[256] = "";
+    size_t nbytes = (size_t)p->B * p->H * p->Nq * p->Dv * tk_dtype_size(p->dt);
+    tk_result rc, rr;
+    if (tkcu_poison(p->dout, nbytes, 0x5a, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
+    TH_EQ_INT(tk_attention(cu, c, cfg, TK_MODE_HYBRID, sq, &rc), TK_OK);
+    TH_EQ_INT(tk_attention(ref, h, cfg, TK_MODE_HYBRID, sq, &rr), TK_OK);
+    TH_EQ_STR(tk_reason_name(rr.reason), "bad_input");
+    TH_CHECKF(rc.reason == TK_REASON_BAD_INPUT, "%s (%s): cuda %s (%s)", what, name, tk_reason_name(rc.reason), rc.detail);
+    TH_EQ_INT(rc.path, TK_PATH_FALLBACK);
+    TH_EQ_STR(rc.detail, rr.detail); /* same tensor, same first element */
+    TH_CHECKF(strncmp(rc.detail, name, strlen(name)) == 0 && rc.detail[strlen(name)] == ' ',
+              "detail \"%s\" does not name %s", rc.detail, name);
+    TH_EQ_INT(rc.stats.have, 0);
+    TH_CHECKF(output_bytes_are(p, 0x5a), "%s (%s): o was written", what, name);
+}
+
 static void cached_layer_bad_inputs(const char *local_kernel, int with_q0k0) {
     char err[256] = "";
     int T = 20, gh = 12, gw = 10, N = T + gh * gw, H = 2, D = 64;
@@ -1023,17 +1065,8 @@ static void cached_layer_bad_inputs(const char *local_kernel, int with_q0k0) {
     h.dtype = TK_DTYPE_F32, h.q = p.q, h.k = p.k, h.v = p.v, h.o = oh;
     h.q0 = with_q0k0 ? q0 : NULL, h.k0 = with_q0k0 ? k0 : NULL;
     h.key_mask = p.mask, h.stream = NULL;
-    tk_result rc, rr;
     for (int round = 0; round < 2; round++) { /* the clean call before and after the bad ones */
-        poison(&p);
-        TH_EQ_INT(tk_attention(cu, &c, &cfg, TK_MODE_HYBRID, &sr, &rc), TK_OK);
-        TH_EQ_INT(tk_attention(ref, &h, &cfg, TK_MODE_HYBRID, &sr, &rr), TK_OK);
-        TH_CHECKF(rc.reason == TK_REASON_NONE && rr.reason == TK_REASON_NONE, "round %d: cuda %s (%s), ref %s (%s)",
-                  round, tk_reason_name(rc.reason), rc.detail, tk_reason_name(rr.reason), rr.detail);
-        TH_CHECK(rc.stats.have & TK_HAVE_DENOMS);
-        for (size_t i = 0; i < no; i++) ref64[i] = oh[i];
-        double e = nmse(&p, ref64);
-        TH_CHECKF(e <= 5e-4, "round %d: normalized MSE against ref %.3g > 5e-4", round, e);
+        hybrid_clean_call(cu, ref, &c, &h, &cfg, &sr, &p, oh, ref64, round, -1, 1);
         if (round == 1) break;
         /* a NaN or Inf in each input in turn, and the three ways o gets written */
         struct {
@@ -1060,18 +1093,9 @@ static void cached_layer_bad_inputs(const char *local_kernel, int with_q0k0) {
             tk_config bc = cfg;
             bc.local_window = bad[t].window;
             if (!bad[t].far) bc.global_weight = 0;
-            if (tkcu_poison(p.dout, no * 2, 0x5a, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
-            TH_EQ_INT(tk_attention(cu, &c, &bc, TK_MODE_HYBRID, &sr, &rc), TK_OK);
-            TH_EQ_INT(tk_attention(ref, &h, &bc, TK_MODE_HYBRID, &sr, &rr), TK_OK);
-            TH_EQ_STR(tk_reason_name(rr.reason), "bad_input");
-            TH_CHECKF(rc.reason == TK_REASON_BAD_INPUT, "%s case %d: cuda %s (%s)", bad[t].name, t,
-                      tk_reason_name(rc.reason), rc.detail);
-            TH_EQ_INT(rc.path, TK_PATH_FALLBACK);
-            TH_EQ_STR(rc.detail, rr.detail); /* same tensor, same first element */
-            TH_CHECKF(strncmp(rc.detail, bad[t].name, strlen(bad[t].name)) == 0 && rc.detail[strlen(bad[t].name)] == ' ',
-                      "detail \"%s\" does not name %s", rc.detail, bad[t].name);
-            TH_EQ_INT(rc.stats.have, 0);
-            TH_CHECKF(output_bytes_are(&p, 0x5a), "%s case %d: o was written", bad[t].name, t);
+            char what[32];
+            snprintf(what, sizeof what, "case %d", t);
+            hybrid_bad_call(cu, ref, &c, &h, &bc, &sr, &p, bad[t].name, what);
             bad[t].host[bad[t].at] = keep;
             if (tkcu_upload(bad[t].dev, bad[t].host, n, p.dt, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
         }
@@ -1105,7 +1129,7 @@ static void flagged_bad_inputs(const char *local_kernel, tk_dtype dt, int stats_
     char err[256] = "";
     int T = 20, gh = 12, gw = 10, N = T + gh * gw, H = 2, D = 64;
     problem p = make_problem(1, H, N, N, D, D, dt, 1.0, 1.0, 97); /* keep 1: no key mask */
-    size_t n = (size_t)H * N * D, no = n, es = tk_dtype_size(dt);
+    size_t n = (size_t)H * N * D, no = n;
     if (local_kernel) setenv("TKC_HYBRID_LOCAL", local_kernel, 1);
     unsetenv("TKC_HYBRID_SCAN");
     tk_context *cu = NULL, *ref = NULL;
@@ -1122,22 +1146,8 @@ static void flagged_bad_inputs(const char *local_kernel, tk_dtype dt, int stats_
     double *ref64 = xmalloc(sizeof(double) * no);
     tk_call h = c;
     h.dtype = TK_DTYPE_F32, h.q = p.q, h.k = p.k, h.v = p.v, h.o = oh, h.key_mask = NULL, h.stream = NULL;
-    tk_result rc, rr;
     /* one call against ref: clean (round 0 fits the PCA: scanned; later rounds are not) */
-#define CLEAN_CALL(round, flagged)                                                                              \
-    do {                                                                                                        \
-        poison(&p);                                                                                             \
-        TH_EQ_INT(tk_attention(cu, &c, &cfg, TK_MODE_HYBRID, sq, &rc), TK_OK);                                  \
-        TH_EQ_INT(tk_attention(ref, &h, &cfg, TK_MODE_HYBRID, sq, &rr), TK_OK);                                 \
-        TH_CHECKF(rc.reason == TK_REASON_NONE && rr.reason == TK_REASON_NONE, "round %d: cuda %s (%s), ref %s (%s)", \
-                  round, tk_reason_name(rc.reason), rc.detail, tk_reason_name(rr.reason), rr.detail);           \
-        TH_EQ_INT(tkcu_hybrid_flagged_inputs(cu), flagged);                                                    \
-        if (stats_on) TH_CHECK(rc.stats.have & TK_HAVE_DENOMS);                                                 \
-        for (size_t i_ = 0; i_ < no; i_++) ref64[i_] = oh[i_];                                                  \
-        double e_ = nmse(&p, ref64);                                                                            \
-        TH_CHECKF(e_ <= 5e-4, "round %d: normalized MSE against ref %.3g > 5e-4", round, e_);                   \
-    } while (0)
-    CLEAN_CALL(0, 0);
+    hybrid_clean_call(cu, ref, &c, &h, &cfg, sq, &p, oh, ref64, 0, 0, stats_on);
     struct {
         float *host;
         void *dev;
@@ -1166,25 +1176,16 @@ static void flagged_bad_inputs(const char *local_kernel, tk_dtype dt, int stats_
             tk_config bc = cfg;
             if (mode == 1) bcall.key_mask = dmask, bh.key_mask = mask;
             if (mode == 2) bc.pca_refit_every = 1, bcall.step = bh.step = 3;
-            if (tkcu_poison(p.dout, no * es, 0x5a, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
-            TH_EQ_INT(tk_attention(cu, &bcall, &bc, TK_MODE_HYBRID, sq, &rc), TK_OK);
-            TH_EQ_INT(tk_attention(ref, &bh, &bc, TK_MODE_HYBRID, sq, &rr), TK_OK);
-            TH_EQ_STR(tk_reason_name(rr.reason), "bad_input");
-            TH_CHECKF(rc.reason == TK_REASON_BAD_INPUT, "mode %d case %d (%s): cuda %s (%s)", mode, t, bad[t].name,
-                      tk_reason_name(rc.reason), rc.detail);
-            TH_CHECKF(tkcu_hybrid_flagged_inputs(cu) == (mode == 0), "mode %d case %d: flagged %d", mode, t,
+            char what[32];
+            snprintf(what, sizeof what, "mode %d case %d", mode, t);
+            hybrid_bad_call(cu, ref, &bcall, &bh, &bc, sq, &p, bad[t].name, what);
+            TH_CHECKF(tkcu_hybrid_flagged_inputs(cu) == (mode == 0), "%s: flagged %d", what,
                       tkcu_hybrid_flagged_inputs(cu));
-            TH_EQ_INT(rc.path, TK_PATH_FALLBACK);
-            TH_EQ_STR(rc.detail, rr.detail); /* same tensor, same first element */
-            TH_CHECKF(strncmp(rc.detail, bad[t].name, strlen(bad[t].name)) == 0 && rc.detail[strlen(bad[t].name)] == ' ',
-                      "detail \"%s\" does not name %s", rc.detail, bad[t].name);
-            TH_EQ_INT(rc.stats.have, 0);
-            TH_CHECKF(output_bytes_are(&p, 0x5a), "mode %d case %d (%s): o was written", mode, t, bad[t].name);
             bad[t].host[bad[t].at] = keep;
             if (tkcu_upload(bad[t].dev, bad[t].host, n, p.dt, err, sizeof err)) th_fail(__FILE__, __LINE__, "%s", err);
-            if (mode == 0) CLEAN_CALL(1 + t, 1); /* after each bad call: unscanned, and like ref */
+            if (mode == 0) /* after each bad call: unscanned, and like ref */
+                hybrid_clean_call(cu, ref, &c, &h, &cfg, sq, &p, oh, ref64, 1 + t, 1, stats_on);
         }
-#undef CLEAN_CALL
     if (local_kernel) unsetenv("TKC_HYBRID_LOCAL");
     free(oh), free(ref64), free(mask);
     tkcu_free(dmask);
