@@ -706,8 +706,8 @@ __global__ void __launch_bounds__(32 * NB, 2)
                     w ^= __float_as_uint(csc[nt][e]) ^ __float_as_uint(cin[nt][e]) ^ __float_as_uint(cmu[nt][e]);
             if (a.Nq < 0 && w == 0u) rec->applied = w; // never taken (Nq >= 0): only makes w, and so the waits, real
         }
-        const TI *stile = raw + (i % ST) * QTB * RLD + warp * 16;
-        TI *srow = raw + (i % ST) * QTB * RLD + warp * 16; // the output rows replace the input rows
+        TI *stg = raw + (i % ST) * QTB * RLD;  // this tile's rows: q in, then the output in their place
+        TI *srow = stg + warp * 16;              // this warp's slice of them
         const float *sden = dst_den + (i % ST) * QTB * NB + warp; // ONE: [QTB][NB] (rows past Nq: 0, not stored)
 #pragma unroll 1
         for (int j = 0; j < QTB / 16; j++) {
@@ -716,7 +716,7 @@ __global__ void __launch_bounds__(32 * NB, 2)
             float f0, f1;
             {
                 float x[16];
-                load16(stile + r0 * RLD, x);
+                load16(srow + r0 * RLD, x);
                 f0 = a.sqrt_s;
                 if (a.modify) {
                     float ss = 0.f;
@@ -726,7 +726,7 @@ __global__ void __launch_bounds__(32 * NB, 2)
                 }
 #pragma unroll
                 for (int m = 0; m < 8; m++) P0[m] = packh(x[2 * m], x[2 * m + 1]);
-                load16(stile + (r0 + 8) * RLD, x);
+                load16(srow + (r0 + 8) * RLD, x);
                 f1 = a.sqrt_s;
                 if (a.modify) {
                     float ss = 0.f;
@@ -827,12 +827,11 @@ __global__ void __launch_bounds__(32 * NB, 2)
         __syncthreads();
         {
             TI *ob = o + ((size_t)bh * a.Nq + q0) * D;
-            const TI *st_o = raw + (i % ST) * QTB * RLD;
             for (int e = tid; e < QTB * CPR; e += NTH) {
                 const int r = e / CPR, cc = e - r * CPR;
                 if (q0 + r < a.Nq)
                     *reinterpret_cast<uint4 *>(ob + (size_t)r * D + cc * EPC) =
-                        *reinterpret_cast<const uint4 *>(st_o + r * RLD + cc * EPC);
+                        *reinterpret_cast<const uint4 *>(stg + r * RLD + cc * EPC);
             }
         }
     }
