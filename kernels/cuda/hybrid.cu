@@ -91,6 +91,8 @@ struct tkc_hybrid_state {
     size_t table_key;         // far-field feature table in ws: (offset, g, P) + 1, 0 = none
     cudaStream_t side;        // text queries' exact rows run here, beside the far field
     cudaEvent_t fork, join;
+    cudaEvent_t tl[5]; // TKC_HYBRID_TIMELINE (diagnostics): call start, projections, far field, local, text rows
+    int tl_ok;
 };
 
 namespace {
@@ -1243,6 +1245,8 @@ void tkc_hybrid_free(tkc_hybrid_state *h) {
     if (h->side) cudaStreamDestroy(h->side);
     if (h->fork) cudaEventDestroy(h->fork);
     if (h->join) cudaEventDestroy(h->join);
+    for (int i = 0; i < 5; i++)
+        if (h->tl[i]) cudaEventDestroy(h->tl[i]);
     free(h);
 }
 
@@ -1350,6 +1354,21 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
         *hs = h;
     }
     tkc_hybrid_state *h = *hs;
+    // TKC_HYBRID_TIMELINE=1 (diagnostics): where each part of the call ends on the device, printed
+    // to stderr when the call reads its counters back (timing events on both streams)
+    static const bool timeline = getenv("TKC_HYBRID_TIMELINE") && atoi(getenv("TKC_HYBRID_TIMELINE")) > 0;
+    if (timeline && !h->tl_ok) { // 1 created, 2 failed (no timeline)
+        h->tl_ok = 1;
+        for (int i = 0; i < 5; i++)
+            if (cudaEventCreate(&h->tl[i]) != cudaSuccess) h->tl_ok = 2;
+        (void)cudaGetLastError();
+    }
+    const bool tl = timeline && h->tl_ok == 1;
+    unsigned tl_marked = 0; // the parts this call ran
+    auto mark = [&](int i, cudaStream_t s_) {
+        if (tl && cudaEventRecord(h->tl[i], s_) == cudaSuccess) tl_marked |= 1u << i;
+    };
+    mark(0, st);
     // the flagged path (flag_path): the kernels check the inputs; the caller ran no scan
     const bool flagged = flag_inputs && flag_path(h, call, cfg);
     if (flag_inputs && !flagged) { // cannot happen (the caller asked flag_path); its scan then decides
@@ -1523,6 +1542,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
             }
         }
         rc = tkc_exact_launch(&ea, es, err, sizeof err);
+        if (!rc) mark(4, es);
         if (!rc && es != st) {
             ce = cudaEventRecord(h->join, es);
             if (ce != cudaSuccess) {
@@ -1569,6 +1589,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
                             launch_project<__half>(k0, Pm, N, D, g, BH, modify, pw, cl, ep, sqrt_s, kp, bad, st);
         }
         ce = lfail ? cudaGetLastError() : cudaSuccess;
+        if (!lfail) mark(1, st);
         if (lfail) {
             snprintf(err, sizeof err, "launch project_kernel: %s", cudaGetErrorString(ce));
             tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
@@ -1607,6 +1628,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
             tkc_fail(res, TK_REASON_BACKEND_ERROR, "hybrid: far tables");
             return 0;
         }
+        mark(2, st);
     }
     if (text_buf) { // bad is final now: the text rows reach o unless it is set
         ce = cudaEventRecord(h->fork, st);
@@ -1675,6 +1697,7 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
             tkc_fail(res, rc == 2 ? TK_REASON_OUT_OF_MEMORY : rc == 3 ? TK_REASON_UNSUPPORTED_SHAPE : TK_REASON_BACKEND_ERROR, err);
             return 0;
         }
+        mark(3, st);
         if (joined) {
             ce = cudaStreamWaitEvent(st, h->join, 0); // st waits on the device; the host does not
             joined = false;
@@ -1692,6 +1715,18 @@ int tkc_hybrid(tkc_hybrid_state **hs, const tk_call *call, const tk_config *cfg,
                 snprintf(err, sizeof err, "hybrid: %s", cudaGetErrorString(ce));
                 tkc_fail(res, TK_REASON_BACKEND_ERROR, err);
                 return 0;
+            }
+            if (tl) {
+                float ms[5] = {-1.f, -1.f, -1.f, -1.f, -1.f}; // -1: not run in this call
+                for (int i = 1; i < 5; i++)
+                    if ((tl_marked & 1u) && ((tl_marked >> i) & 1u) &&
+                        cudaEventElapsedTime(&ms[i], h->tl[0], h->tl[i]) != cudaSuccess)
+                        ms[i] = -1.f;
+                (void)cudaGetLastError();
+                fprintf(stderr,
+                        "hybrid timeline (ms from the call's start, -1 = not run): projections %.4f, far field %.4f, "
+                        "local %.4f, text rows %.4f\n",
+                        ms[1], ms[2], ms[3], ms[4]);
             }
             if (bad && hw.bad) { // nothing wrote o; no den figures, no recompute pass
                 tkc_fail(res, TK_REASON_BAD_INPUT, "hybrid: a NaN or Inf input (found by the kernels)");
