@@ -709,7 +709,10 @@ __global__ void __launch_bounds__(32 * NB, 2)
         TI *stg = raw + (i % ST) * QTB * RLD;  // this tile's rows: q in, then the output in their place
         TI *srow = stg + warp * 16;              // this warp's slice of them
         const float *sden = dst_den + (i % ST) * QTB * NB + warp; // ONE: [QTB][NB] (rows past Nq: 0, not stored)
-#pragma unroll 2
+        // the one-pass call's loop two groups of 16 at a time (their loads and mma chains
+        // interleave: apply -3% at 66,048 on an H100); the probe/run variant spills so
+        constexpr int JUNROLL = ONE ? 2 : 1;
+#pragma unroll JUNROLL
         for (int j = 0; j < QTB / 16; j++) {
             const int r0 = j * 16 + g;
             uint32_t P0[8], P1[8]; // q rows g, g+8 as f16 pairs (dims 2i, 2i+1), unscaled
