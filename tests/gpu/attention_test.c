@@ -1176,7 +1176,7 @@ static void flagged_bad_inputs(const char *local_kernel, tk_dtype dt, int stats_
             tk_config bc = cfg;
             if (mode == 1) bcall.key_mask = dmask, bh.key_mask = mask;
             if (mode == 2) bc.pca_refit_every = 1, bcall.step = bh.step = 3;
-            char what[32];
+            char what[48];
             snprintf(what, sizeof what, "mode %d case %d", mode, t);
             hybrid_bad_call(cu, ref, &bcall, &bh, &bc, sq, &p, bad[t].name, what);
             TH_CHECKF(tkcu_hybrid_flagged_inputs(cu) == (mode == 0), "%s: flagged %d", what,
