@@ -297,6 +297,24 @@ __global__ void __launch_bounds__(64 * NB, 1)
     if (tid == 0) cnt[sp * a.BH + bh] = s_cnt;
 }
 
+// The sum over the key splits of a partial value (src: split 0, stride
+// between splits) in a fixed order (deterministic): four running sums (four
+// loads in flight), then (r0 + r1) + (r2 + r3). The sum kernel and both far
+// tables kernels.
+__device__ __forceinline__ float fadd(float a, float b) { return a + b; }
+__device__ __forceinline__ float4 fadd(float4 a, float4 b) {
+    return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+template <typename V> __device__ __forceinline__ V split_sum(const V *src, size_t stride, int split, V zero) {
+    V r[4] = {zero, zero, zero, zero};
+    int k = 0;
+    for (; k + 4 <= split; k += 4)
+#pragma unroll
+        for (int u = 0; u < 4; u++) r[u] = fadd(r[u], src[(k + u) * stride]);
+    for (; k < split; k++) r[0] = fadd(r[0], src[k * stride]);
+    return fadd(fadd(r[0], r[1]), fadd(r[2], r[3]));
+}
+
 // Splits summed in order, weights, scales, fragments; then the probe rows'
 // den (pn > 0). Grid B*H*NB, SUM_WARPS warps over the accumulator tiles. fs2, fs1: factors of the degree-2
 // and degree-1 sums (s and sqrt(s) when phase A ran on unscaled k, else 1).
@@ -319,26 +337,9 @@ __global__ void __launch_bounds__(32 * SUM_WARPS)
         den->sum = 0.0;
     }
     __syncthreads();
-    for (int tau = warp; tau < NTILE; tau += SUM_WARPS) { // four running sums over the splits, combined in a fixed order
-        float4 r[4];
-#pragma unroll
-        for (int k = 0; k < 4; k++) r[k] = make_float4(0.f, 0.f, 0.f, 0.f);
-        const float4 *src = part + (size_t)bhc * NTILE * 32 + tau * 32 + lane;
-        const size_t stride = (size_t)BHC * NTILE * 32;
-        int sp = 0;
-        for (; sp + 4 <= a.split; sp += 4) {
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                const float4 p = src[(sp + k) * stride];
-                r[k].x += p.x, r[k].y += p.y, r[k].z += p.z, r[k].w += p.w;
-            }
-        }
-        for (; sp < a.split; sp++) {
-            const float4 p = src[sp * stride];
-            r[0].x += p.x, r[0].y += p.y, r[0].z += p.z, r[0].w += p.w;
-        }
-        float4 s = make_float4((r[0].x + r[1].x) + (r[2].x + r[3].x), (r[0].y + r[1].y) + (r[2].y + r[3].y),
-                               (r[0].z + r[1].z) + (r[2].z + r[3].z), (r[0].w + r[1].w) + (r[2].w + r[3].w));
+    for (int tau = warp; tau < NTILE; tau += SUM_WARPS) { // the splits in a fixed order (split_sum)
+        float4 s = split_sum(part + (size_t)bhc * NTILE * 32 + tau * 32 + lane, (size_t)BHC * NTILE * 32, a.split,
+                             make_float4(0.f, 0.f, 0.f, 0.f));
         // sum v and sum k' take every element of v and k (unmasked keys): a
         // NaN/Inf there is NaN/Inf here; the host then runs the input scan
         if ((tau == 26 || tau == 29) && !(isfinite(s.x) && isfinite(s.y) && isfinite(s.z) && isfinite(s.w)))
@@ -1253,22 +1254,6 @@ struct FarKeys {
     __device__ bool kept(int tile, int m) const { return tile < t0 + nt && tile * KTA + r < Nk && m != 0; }
 };
 
-// The sum over the key splits of a partial record value (src: split 0,
-// stride between splits) in a fixed order (deterministic): four running sums
-// (four loads in flight), then (r0 + r1) + (r2 + r3). Both tables kernels.
-__device__ __forceinline__ float fadd(float a, float b) { return a + b; }
-__device__ __forceinline__ float4 fadd(float4 a, float4 b) {
-    return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
-}
-template <typename V> __device__ __forceinline__ V far_split_sum(const V *src, size_t stride, int split, V zero) {
-    V r[4] = {zero, zero, zero, zero};
-    int k = 0;
-    for (; k + 4 <= split; k += 4)
-#pragma unroll
-        for (int u = 0; u < 4; u++) r[u] = fadd(r[u], src[(k + u) * stride]);
-    for (; k < split; k++) r[0] = fadd(r[0], src[k * stride]);
-    return fadd(fadd(r[0], r[1]), fadd(r[2], r[3]));
-}
 
 // One slot group SG of a warp: 7 slots, CSW column groups; acc[j][c].
 template <typename MT, int SG, int CSW>
@@ -1493,7 +1478,7 @@ __global__ void __launch_bounds__(FT_THREADS)
         const int rec = tau < FSLOTS ? cs * FSLOTS + tau : NB * FSLOTS + (tau - FSLOTS);
         const float4 *src = part + (size_t)bh * recs * 32 + (size_t)rec * 32 + lane;
         const size_t stride = (size_t)BH * recs * 32;
-        const float4 v = far_split_sum(src, stride, split, make_float4(0.f, 0.f, 0.f, 0.f));
+        const float4 v = split_sum(src, stride, split, make_float4(0.f, 0.f, 0.f, 0.f));
         // (row, column) of the four values: S tiles have rows v column g / g+8
         // and columns features (b0 = 2t, b1 = 2t+1 of the tile's 8); G tiles
         // rows dim m = g / g+8, columns dim b
@@ -1766,7 +1751,7 @@ __global__ void __launch_bounds__(FT_THREADS)
         const int f = e / 17, c = e - f * 17;
         if (c == 16 && (cs != 0 || f == 0)) continue; // z: column group 0; z[0] is the count
         const float *src = c < 16 ? pb + ((size_t)cs * FWG_ROWS + f) * 16 + c : pb + (size_t)FWG_ROWS * Dv + f;
-        T[f][c] = far_split_sum(src, stride, split, 0.f) * wf[f];
+        T[f][c] = split_sum(src, stride, split, 0.f) * wf[f];
     }
     far_tables_emit(T, cmax, cnt, split, BH, cs, bh, Dv, R, Rpad, sh, colmax);
 }
